@@ -1,0 +1,862 @@
+//! `pgzfs reset-secondary`: re-seed this standby from the primary.
+//!
+//! The runbook: preflight (refuse anything unsafe, change nothing) → locks → replication
+//! slot → backup-safe cut on the primary → plan → receive → make standby → start and
+//! verify streaming → protect the new common base.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::cli::{Context, Global};
+use crate::config::Node;
+use crate::error::{Error, Result};
+use crate::exec::Local;
+use crate::lock::LocalLock;
+use crate::pg::control::{self, ControlData};
+use crate::pg::ctl::PgCtl;
+use crate::pg::standby::{make_standby, StandbySetup};
+use crate::pg::{Pg, PgTarget, RESEED_LOCK};
+use crate::progress::{human_bytes, Progress};
+use crate::replicate::{plan, Plan, PlanInput};
+use crate::ssh::{SshHost, SshTarget};
+use crate::transfer::{self, Interrupt};
+use crate::zfs::cli::ZfsCli;
+use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName};
+use crate::zfs::{prop, Snapshot, Zfs};
+
+#[derive(Debug, Args)]
+pub struct ResetSecondary {
+    /// Re-seed from this node [default: the one primary found among the configured nodes]
+    #[arg(long, value_name = "NODE")]
+    pub from: Option<String>,
+    /// Copy everything, keeping an existing local dataset renamed aside
+    #[arg(long)]
+    pub full: bool,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation on a terminal
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the summary as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ResetSecondary {
+    pub fn run(&self, global: &Global) -> Result<i32> {
+        let ctx = global.load()?;
+        let interrupt = Interrupt::install()?;
+        let reseed = Reseed {
+            args: self,
+            ctx,
+            interrupt,
+        };
+        let outcome = reseed.execute();
+        match outcome {
+            Ok(Outcome::DryRun(plan)) => {
+                if self.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&plan).expect("plan serializes")
+                    );
+                } else {
+                    println!("{}", plan.text);
+                }
+                Ok(0)
+            }
+            Ok(Outcome::Done(summary)) => {
+                if self.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&summary).expect("summary serializes")
+                    );
+                } else {
+                    println!("{}", summary.text());
+                }
+                Ok(0)
+            }
+            Err(e) => Err(e.context("reset-secondary")),
+        }
+    }
+}
+
+/// Seconds spent per step, in order.
+#[derive(Debug, Default)]
+struct Steps {
+    done: Vec<(&'static str, Duration)>,
+    started: Option<Instant>,
+}
+
+impl Steps {
+    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.started.get_or_insert_with(Instant::now);
+        tracing::info!("{name} ...");
+        let start = Instant::now();
+        let result = f();
+        let took = start.elapsed();
+        self.done.push((name, took));
+        match &result {
+            Ok(_) => tracing::info!("{name}: done in {:.1}s", took.as_secs_f64()),
+            Err(e) => tracing::error!("{name}: failed after {:.1}s: {e}", took.as_secs_f64()),
+        }
+        result
+    }
+
+    fn seconds(&self) -> BTreeMap<String, f64> {
+        self.done
+            .iter()
+            .map(|(name, d)| (name.to_string(), round(d.as_secs_f64())))
+            .collect()
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[derive(Debug, Serialize)]
+pub struct DryRun {
+    node: String,
+    source: String,
+    #[serde(flatten)]
+    plan: Plan,
+    estimated_bytes: Option<u64>,
+    #[serde(skip)]
+    text: String,
+}
+
+/// What a finished re-seed reports (`--json` prints exactly this).
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub node: String,
+    pub source: String,
+    pub mode: &'static str,
+    pub snapshot: String,
+    pub base: Option<String>,
+    pub renamed_aside: Option<String>,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub transfer_seconds: f64,
+    pub throughput_bytes_per_second: u64,
+    pub steps: BTreeMap<String, f64>,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub timeline: u32,
+    pub slot: Option<String>,
+    pub replication_state: String,
+    pub lag_bytes: Option<i64>,
+}
+
+impl Summary {
+    fn text(&self) -> String {
+        let mut out = format!(
+            "re-seeded {} from {}: {} ({}{}) of {}\n  {} in {:.1}s ({}/s); total {:.1}s\n  replication: {}, lag {}\n",
+            self.node,
+            self.source,
+            self.mode,
+            self.snapshot,
+            self.base.as_ref().map(|b| format!(" since {b}")).unwrap_or_default(),
+            human_bytes(self.bytes),
+            human_bytes(self.bytes),
+            self.transfer_seconds,
+            human_bytes(self.throughput_bytes_per_second),
+            self.seconds,
+            self.replication_state,
+            self.lag_bytes.map(|b| human_bytes(b.max(0) as u64)).unwrap_or_else(|| "unknown".into()),
+        );
+        if let Some(aside) = &self.renamed_aside {
+            out.push_str(&format!("  the previous dataset is kept as {aside}\n"));
+        }
+        out.push_str("  steps:");
+        for (name, secs) in &self.steps {
+            out.push_str(&format!(" {name} {secs:.1}s;"));
+        }
+        out
+    }
+}
+
+enum Outcome {
+    DryRun(DryRun),
+    Done(Summary),
+}
+
+struct Reseed<'a> {
+    args: &'a ResetSecondary,
+    ctx: Context,
+    interrupt: Interrupt,
+}
+
+/// What preflight learned about this node.
+struct LocalState {
+    dataset_exists: bool,
+    control: Option<ControlData>,
+    running: bool,
+}
+
+fn pg_target(node: &Node, host: &str) -> PgTarget {
+    PgTarget {
+        node: node.name.clone(),
+        host: host.to_string(),
+        port: node.pg_port,
+        user: node.pg_user.clone(),
+        database: node.pg_database.clone(),
+        passfile: node.pg_passfile.clone(),
+        connect_timeout: node.connect_timeout,
+    }
+}
+
+fn ssh_target(local: &Node, source: &Node) -> SshTarget {
+    // SSH credentials are those of the node we log in *from*; the port is the target's.
+    SshTarget {
+        host: source.host.clone(),
+        port: source.ssh_port,
+        user: local.ssh_user.clone(),
+        key: local.ssh_key.clone(),
+        known_hosts: local.known_hosts.clone(),
+        connect_timeout: local.connect_timeout,
+    }
+}
+
+impl Reseed<'_> {
+    fn execute(&self) -> Result<Outcome> {
+        let mut steps = Steps::default();
+        let local = self.ctx.local.clone();
+        let local_zfs = ZfsCli::new(Local);
+        let pgctl = PgCtl::new(
+            &local.pg_bin,
+            &local.data_dir,
+            &local.pg_log_file,
+            &local.pg_os_user,
+        )?;
+
+        // 1. Preflight: every refusal happens here, before anything changes.
+        let (state, source, mut primary, remote_zfs, remote_snaps, local_snaps) = steps.run("preflight", || {
+            let state = self.inspect_local(&local, &local_zfs, &pgctl)?;
+            let (source, mut primary) = self.find_primary(&local)?;
+            self.check_compatible(&local, &state, &pgctl, &mut primary)?;
+            let ssh = SshHost::connect(&ssh_target(&local, &source))?;
+            let remote_zfs = ZfsCli::new(ssh);
+            if !remote_zfs.exists(&source.dataset)? {
+                return Err(Error::failed(format!("dataset {} does not exist on {}", source.dataset, source.name)));
+            }
+            let children = remote_zfs.children(&source.dataset)?;
+            if !children.is_empty() {
+                let names: Vec<String> = children.iter().map(|c| c.to_string()).collect();
+                return Err(Error::refused(format!(
+                    "{} on {} has child datasets ({}); re-seeding dataset trees is not supported yet, and sending only the top would leave the standby incomplete",
+                    source.dataset,
+                    source.name,
+                    names.join(", ")
+                )));
+            }
+            let remote_snaps = remote_zfs.snapshots(&source.dataset)?;
+            let local_snaps = if state.dataset_exists { Some(local_zfs.snapshots(&local.dataset)?) } else { None };
+            Ok((state, source, primary, remote_zfs, remote_snaps, local_snaps))
+        })?;
+
+        let stamp = crate::timestamp::utc_compact(SystemTime::now());
+        let planned_snapshot = SnapName::parse(&format!("pgzfs-{stamp}"))?;
+        let preview = plan(&PlanInput {
+            source_dataset: &source.dataset,
+            source_snapshots: &remote_snaps,
+            local_dataset: &local.dataset,
+            local_snapshots: local_snaps.as_deref(),
+            snapshot: &planned_snapshot,
+            full: self.args.full,
+            stamp: &stamp,
+        })?;
+        if self.args.dry_run {
+            let estimated_bytes = estimate(&remote_zfs, &preview, None);
+            let text = format!(
+                "plan for {} (nothing was changed):\n  source: {} ({}), PostgreSQL {}\n  {}\n  estimated size: {}\n  steps: lock, replication slot{}, backup start, snapshot {}, backup stop, \
+                 stop local PostgreSQL, {}receive, standby config, start, wait for streaming, hold the new base",
+                local.name,
+                source.name,
+                source.host,
+                primary.major(),
+                preview.describe().replace('\n', "\n  "),
+                estimated_bytes.map(human_bytes).unwrap_or_else(|| "unknown (this ZFS cannot estimate incremental streams)".into()),
+                if local.use_slots { format!(" {}", local.slot_name) } else { " (disabled)".into() },
+                preview.source_snapshot(),
+                if preview.rename_aside.is_some() { "rename aside, " } else { "" },
+            );
+            return Ok(Outcome::DryRun(DryRun {
+                node: local.name.clone(),
+                source: source.name.clone(),
+                plan: preview,
+                estimated_bytes,
+                text,
+            }));
+        }
+        self.confirm(&preview)?;
+        self.interrupt.check()?;
+
+        // 2. Locks: one operation per node, one re-seed per primary.
+        let _local_lock = steps.run("lock", || {
+            let lock = LocalLock::acquire(&local.lock_file, local.lock_timeout, "reset-secondary")?;
+            wait_for_advisory_lock(&mut primary, local.lock_timeout, &self.interrupt)?;
+            Ok(lock)
+        })?;
+
+        // 3. Slot before snapshot: from now on the primary keeps the WAL we will need.
+        if local.use_slots {
+            let slot = local.slot_name.clone();
+            let what = steps.run("slot", || primary.ensure_physical_slot(&slot))?;
+            tracing::info!("replication slot {slot} on {}: {what}", source.name);
+        }
+        self.interrupt.check()?;
+
+        // 4. The backup-safe cut, all in one session on the primary.
+        let snapshot_name = unique_snapshot_name(&planned_snapshot, &remote_snaps)?;
+        let new_snapshot = source.dataset.snapshot(&snapshot_name);
+        let label = format!("pgzfs {} {}", local.name, snapshot_name);
+        let start_lsn = steps.run("backup start", || primary.backup_start(&label))?;
+        let snapped = steps.run("snapshot", || remote_zfs.snapshot_recursive(&new_snapshot));
+        let stop = steps.run("backup stop", || primary.backup_stop());
+        snapped?;
+        let stop = stop?;
+        let timeline = primary.current_timeline()?;
+        let sysid = primary.system_identifier()?;
+        let mut props = vec![
+            (prop::LSN, start_lsn.clone()),
+            (prop::STOP_LSN, stop.stop_lsn.clone()),
+            (prop::TIMELINE, timeline.to_string()),
+            (prop::SYSTEM_ID, sysid.to_string()),
+            (prop::PG_MAJOR, primary.major().to_string()),
+            (prop::BACKUP_LABEL, hex(&stop.labelfile)),
+            (prop::SOURCE_NODE, source.name.clone()),
+        ];
+        if !stop.spcmapfile.is_empty() {
+            props.push((prop::TABLESPACE_MAP, hex(&stop.spcmapfile)));
+        }
+        remote_zfs.set_snapshot_props(&new_snapshot, &props)?;
+        tracing::info!(
+            "took {new_snapshot}: backup from {start_lsn} to {} on timeline {timeline}",
+            stop.stop_lsn
+        );
+
+        // 5. The real plan, against the snapshot that now exists.
+        let remote_snaps = remote_zfs.snapshots(&source.dataset)?;
+        let the_plan = plan(&PlanInput {
+            source_dataset: &source.dataset,
+            source_snapshots: &remote_snaps,
+            local_dataset: &local.dataset,
+            local_snapshots: local_snaps.as_deref(),
+            snapshot: &snapshot_name,
+            full: self.args.full,
+            stamp: &stamp,
+        })?;
+        tracing::info!("plan: {}", the_plan.describe());
+        let estimate = estimate(&remote_zfs, &the_plan, Some(&new_snapshot));
+
+        // 6. Receive.
+        self.interrupt.check()?;
+        let was_running = state.running;
+        steps.run("postgres stop", || {
+            pgctl
+                .stop(local.stop_timeout)
+                .map(|how| tracing::info!("local PostgreSQL: {how}"))
+        })?;
+        let moved = steps.run("send/receive", || {
+            self.receive(
+                &local,
+                &local_zfs,
+                &remote_zfs,
+                &the_plan,
+                state.dataset_exists,
+                estimate,
+            )
+        });
+        let transferred = match moved {
+            Ok(t) => t,
+            Err(e) => {
+                if was_running {
+                    // The dataset is back at its last good state: bring the old standby back
+                    // too, so a failed re-seed costs nothing but the time it took.
+                    if let Err(start_err) = pgctl.start(local.streaming_timeout) {
+                        tracing::warn!("could not restart the previous PostgreSQL: {start_err}");
+                    }
+                }
+                return Err(e);
+            }
+        };
+
+        // 7. Make it a standby.
+        steps.run("standby config", || {
+            let setup = StandbySetup {
+                major: primary.major(),
+                node_name: local.name.clone(),
+                primary_host: source.host.clone(),
+                primary_port: source.pg_port,
+                user: local.pg_user.clone(),
+                passfile: crate::pgpass::passfile_path(local.pg_passfile.as_deref()),
+                slot: local.use_slots.then(|| local.slot_name.clone()),
+                local_settings: local_settings(&local),
+                managed_keys: managed_keys(&self.ctx.config.nodes),
+                labelfile: stop.labelfile.clone(),
+                spcmapfile: stop.spcmapfile.clone(),
+            };
+            make_standby(&local.data_dir, &setup)
+        })?;
+
+        // 8. Start and verify.
+        steps.run("postgres start", || pgctl.start(local.streaming_timeout))?;
+        let replication =
+            steps.run("catch-up", || self.wait_for_streaming(&local, &mut primary))?;
+
+        // 9. Protect the new base on both sides, release the old one, trim the standby.
+        steps.run("holds", || {
+            protect_new_base(
+                &local,
+                &local_zfs,
+                &remote_zfs,
+                &source.dataset,
+                &snapshot_name,
+            )
+        })?;
+        let _ = primary_unlock(&mut primary);
+
+        let total = steps.started.map(|s| s.elapsed()).unwrap_or_default();
+        let secs = transferred.elapsed.as_secs_f64();
+        Ok(Outcome::Done(Summary {
+            node: local.name.clone(),
+            source: source.name.clone(),
+            mode: if the_plan.is_incremental() {
+                "incremental"
+            } else {
+                "full"
+            },
+            snapshot: the_plan.source_snapshot().to_string(),
+            base: the_plan.base_snapshot().map(|b| b.to_string()),
+            renamed_aside: the_plan.rename_aside.as_ref().map(|d| d.to_string()),
+            bytes: transferred.bytes,
+            seconds: round(total.as_secs_f64()),
+            transfer_seconds: round(secs),
+            throughput_bytes_per_second: if secs > 0.0 {
+                (transferred.bytes as f64 / secs) as u64
+            } else {
+                transferred.bytes
+            },
+            steps: steps.seconds(),
+            start_lsn,
+            stop_lsn: stop.stop_lsn,
+            timeline,
+            slot: local.use_slots.then(|| local.slot_name.clone()),
+            replication_state: replication.state,
+            lag_bytes: replication.replay_lag_bytes,
+        }))
+    }
+
+    /// Learn what this node holds, and refuse to touch a primary.
+    fn inspect_local(&self, local: &Node, zfs: &dyn Zfs, pgctl: &PgCtl) -> Result<LocalState> {
+        let dataset_exists = zfs.exists(&local.dataset)?;
+        if dataset_exists && !zfs.is_mounted(&local.dataset)? {
+            // Left unmounted by an interrupted run: mount it to read its pg_control. This
+            // restores the normal state and changes no data.
+            tracing::info!("mounting {} to inspect it", local.dataset);
+            zfs.mount(&local.dataset)?;
+        }
+        let control = control::read_control(&local.data_dir)?;
+        let running = pgctl.is_running();
+        if running {
+            let target = pg_target(local, &local.host);
+            match Pg::connect(&target).and_then(|mut pg| pg.is_in_recovery()) {
+                Ok(false) => {
+                    return Err(Error::refused(format!(
+                        "PostgreSQL on this node ({}) is running as a primary (not in recovery); refusing to reset it. \
+                         Run reset-secondary on a standby, or demote this node first",
+                        local.name
+                    )))
+                }
+                Ok(true) => {}
+                Err(e) => {
+                    // Cannot ask the server; its control file still tells a primary apart.
+                    if control.is_none_or(|c| c.state.was_primary()) {
+                        return Err(Error::refused(format!(
+                            "PostgreSQL on this node ({}) is running and could not be asked whether it is a standby ({e}); \
+                             its control file does not say it is in recovery, so it may be a primary: refusing",
+                            local.name
+                        )));
+                    }
+                    tracing::warn!("cannot connect to the local standby ({e}); its control file says it is in recovery");
+                }
+            }
+        } else if let Some(c) = control {
+            if c.state.was_primary() && !self.args.full {
+                return Err(Error::refused(format!(
+                    "the data directory {} was last used by a primary (state {:?}); re-seeding it would discard writes \
+                     that may exist nowhere else. Use `pgzfs rejoin` to keep them, or --full to rename the dataset aside",
+                    local.data_dir.display(),
+                    c.state
+                )));
+            }
+        }
+        Ok(LocalState {
+            dataset_exists,
+            control,
+            running,
+        })
+    }
+
+    /// The source: `--from`, or the one primary among the other configured nodes.
+    fn find_primary(&self, local: &Node) -> Result<(Node, Pg)> {
+        let config = &self.ctx.config;
+        if let Some(name) = &self.args.from {
+            let node = config.node(name)?.clone();
+            if node.name == local.name {
+                return Err(Error::usage(format!(
+                    "--from {name} names this node; re-seed from another node"
+                )));
+            }
+            let mut pg = Pg::connect(&pg_target(&node, &node.host))
+                .map_err(|e| Error::refused(format!("the source {name} is not reachable: {e}")))?;
+            if pg.is_in_recovery()? {
+                return Err(Error::refused(format!(
+                    "the source {name} is not a primary: it is in recovery"
+                )));
+            }
+            return Ok((node, pg));
+        }
+        let mut primaries = Vec::new();
+        let mut notes = Vec::new();
+        for node in config.other_nodes(local) {
+            match Pg::connect(&pg_target(node, &node.host)) {
+                Ok(mut pg) => match pg.is_in_recovery() {
+                    Ok(false) => primaries.push((node.clone(), pg)),
+                    Ok(true) => notes.push(format!("{}: standby", node.name)),
+                    Err(e) => notes.push(format!("{}: {e}", node.name)),
+                },
+                Err(e) => notes.push(format!("{}: {e}", node.name)),
+            }
+        }
+        match primaries.len() {
+            1 => Ok(primaries.pop().expect("one primary")),
+            0 => Err(Error::refused(format!(
+                "found no reachable primary among the other nodes ({})",
+                notes.join("; ")
+            ))),
+            _ => {
+                let names: Vec<&str> = primaries.iter().map(|(n, _)| n.name.as_str()).collect();
+                Err(Error::refused(format!(
+                    "found more than one primary ({}): possible split brain. Name the source with --from once you know which one is right",
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+
+    fn check_compatible(
+        &self,
+        local: &Node,
+        state: &LocalState,
+        pgctl: &PgCtl,
+        primary: &mut Pg,
+    ) -> Result<()> {
+        let primary_major = primary.major();
+        let binary_major = pgctl.binary_major()?;
+        if binary_major != primary_major {
+            return Err(Error::refused(format!(
+                "the primary runs PostgreSQL {primary_major} but this node's binaries ({}) are {binary_major}",
+                local.pg_bin.display()
+            )));
+        }
+        if let Some(data_major) = control::read_major(&local.data_dir)? {
+            if data_major != primary_major && !self.args.full {
+                return Err(Error::refused(format!(
+                    "the local data directory is PostgreSQL {data_major}, the primary {primary_major}; use --full to replace it (the old dataset is kept)"
+                )));
+            }
+        }
+        if let Some(control) = state.control {
+            let primary_id = primary.system_identifier()?;
+            if control.system_identifier != primary_id && !self.args.full {
+                return Err(Error::refused(format!(
+                    "the local data directory belongs to another cluster (system identifier {} vs the primary's {primary_id}); \
+                     use --full to replace it (the old dataset is renamed aside, not destroyed)",
+                    control.system_identifier
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn confirm(&self, plan: &Plan) -> Result<()> {
+        if self.args.yes || !std::io::stdin().is_terminal() {
+            return Ok(());
+        }
+        eprint!(
+            "{}\nRe-seed {} now? [y/N] ",
+            plan.describe(),
+            self.ctx.local.name
+        );
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map_err(|e| Error::failed(format!("reading the answer: {e}")))?;
+        if matches!(answer.trim(), "y" | "Y" | "yes") {
+            Ok(())
+        } else {
+            Err(Error::refused("not confirmed; nothing was changed"))
+        }
+    }
+
+    /// Stop using the old data, receive the new, and leave the dataset mounted at its
+    /// mountpoint. On failure the dataset is left at its last good state, mounted.
+    fn receive(
+        &self,
+        local: &Node,
+        local_zfs: &dyn Zfs,
+        remote_zfs: &dyn Zfs,
+        plan: &Plan,
+        dataset_exists: bool,
+        estimate: Option<u64>,
+    ) -> Result<transfer::Transferred> {
+        let dataset = &local.dataset;
+        let old_mountpoint = if dataset_exists {
+            local_zfs.mountpoint(dataset)?
+        } else {
+            None
+        };
+        if dataset_exists {
+            // zfs-fuse serves stale data after receiving into a mounted dataset, and
+            // PostgreSQL must not see files change underneath it anyway.
+            local_zfs.unmount(dataset)?;
+        }
+        if let Some(aside) = &plan.rename_aside {
+            local_zfs.rename(dataset, aside)?;
+            local_zfs.set_canmount_noauto(aside)?;
+            tracing::info!("kept the previous dataset as {aside}");
+        }
+        let result = (|| {
+            let source = remote_zfs.send(&plan.source_snapshot(), plan.base_snapshot().as_ref())?;
+            let sink = local_zfs.receive(dataset, plan.is_incremental())?;
+            let progress = Progress::new(estimate);
+            let moved = transfer::copy(source, sink, &progress, &self.interrupt);
+            progress.finish();
+            moved
+        })();
+        if let Err(e) = &result {
+            tracing::error!("the transfer failed, restoring the last good state: {e}");
+            if let Some(aside) = &plan.rename_aside {
+                if !local_zfs.exists(dataset).unwrap_or(true) {
+                    local_zfs.rename(aside, dataset)?;
+                }
+            }
+            if local_zfs.exists(dataset).unwrap_or(false) {
+                local_zfs.mount(dataset)?;
+            }
+            return result;
+        }
+        let wanted = local
+            .mountpoint
+            .clone()
+            .or(old_mountpoint)
+            .unwrap_or_else(|| local.data_dir.clone());
+        if local_zfs.mountpoint(dataset)?.as_deref() != Some(wanted.as_path()) {
+            local_zfs.set_mountpoint(dataset, &wanted)?;
+        }
+        local_zfs.mount(dataset)?;
+        if !local.data_dir.starts_with(&wanted) {
+            return Err(Error::usage(format!(
+                "data_dir {} is not below the dataset's mountpoint {}",
+                local.data_dir.display(),
+                wanted.display()
+            )));
+        }
+        result
+    }
+
+    fn wait_for_streaming(
+        &self,
+        local: &Node,
+        primary: &mut Pg,
+    ) -> Result<crate::pg::ReplicationInfo> {
+        let deadline = Instant::now() + local.streaming_timeout;
+        let target = pg_target(local, &local.host);
+        let mut last;
+        loop {
+            self.interrupt.check()?;
+            let standby_status = Pg::connect(&target).and_then(|mut pg| pg.wal_receiver_status());
+            match standby_status {
+                Ok(Some(status)) if status == "streaming" => {
+                    if let Some(info) = primary.replication_info(&local.name)? {
+                        if info.state == "streaming" {
+                            return Ok(info);
+                        }
+                        last = format!("the primary sees {} in state {}", local.name, info.state);
+                    } else {
+                        last = format!(
+                            "the primary does not list {} in pg_stat_replication yet",
+                            local.name
+                        );
+                    }
+                }
+                Ok(Some(status)) => last = format!("WAL receiver status {status}"),
+                Ok(None) => last = "no WAL receiver yet".into(),
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::failed(format!(
+                    "the standby did not start streaming within {:?} (streaming_timeout): {last}. Check {}",
+                    local.streaming_timeout,
+                    local.pg_log_file.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn primary_unlock(primary: &mut Pg) -> Result<()> {
+    // Closing the session would release it too; unlocking explicitly keeps the log honest.
+    primary.advisory_unlock(RESEED_LOCK)
+}
+
+fn wait_for_advisory_lock(
+    primary: &mut Pg,
+    timeout: Duration,
+    interrupt: &Interrupt,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if primary.try_advisory_lock(RESEED_LOCK)? {
+            return Ok(());
+        }
+        interrupt.check()?;
+        if Instant::now() >= deadline {
+            return Err(Error::refused(format!(
+                "another standby is being re-seeded from {} (its advisory lock is held); waited {timeout:?} (lock_timeout)",
+                primary.target().node
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Snapshot names carry the time to the second; a second re-seed within the same second
+/// gets a suffix rather than a collision.
+fn unique_snapshot_name(planned: &SnapName, existing: &[Snapshot]) -> Result<SnapName> {
+    let taken: BTreeSet<&str> = existing.iter().map(|s| s.name.snap().as_str()).collect();
+    if !taken.contains(planned.as_str()) {
+        return Ok(planned.clone());
+    }
+    (2..100)
+        .map(|n| format!("{planned}-{n}"))
+        .find(|name| !taken.contains(name.as_str()))
+        .map(|name| SnapName::parse(&name))
+        .unwrap_or_else(|| Err(Error::failed("too many snapshots with the same timestamp")))
+}
+
+/// The stream size when the sending side can tell it without sending.
+fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<u64> {
+    let object = taken
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| plan.source_dataset.to_string());
+    match plan.base_snapshot() {
+        None => zfs.get_number(&object, "referenced").ok().flatten(),
+        Some(base) if zfs.features().ok()?.written_property => zfs
+            .get_number(&object, &format!("written@{}", base.snap()))
+            .ok()
+            .flatten(),
+        Some(_) => None,
+    }
+}
+
+/// This node's settings that must survive a re-seed: its port plus its `pg_settings`.
+fn local_settings(node: &Node) -> BTreeMap<String, String> {
+    let mut settings = node.pg_settings.clone();
+    settings.insert("port".into(), node.pg_port.to_string());
+    settings
+}
+
+/// Every key any node manages, so one node's values never leak into another's copy.
+fn managed_keys(nodes: &[Node]) -> BTreeSet<String> {
+    let mut keys: BTreeSet<String> = nodes
+        .iter()
+        .flat_map(|n| n.pg_settings.keys().cloned())
+        .collect();
+    keys.insert("port".into());
+    keys
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hold the new common snapshot on both sides so neither retention nor an operator can
+/// break the incremental chain, release this node's hold on older ones, and keep only the
+/// newest `keep_common` pgzfs snapshots on the standby.
+fn protect_new_base(
+    local: &Node,
+    local_zfs: &dyn Zfs,
+    remote_zfs: &dyn Zfs,
+    source_dataset: &DatasetName,
+    snap: &SnapName,
+) -> Result<()> {
+    let tag = HoldTag::parse(&format!("pgzfs-{}", local.slot_name))?;
+    let local_new = local.dataset.snapshot(snap);
+    let remote_new = source_dataset.snapshot(snap);
+    remote_zfs.hold(&tag, &remote_new)?;
+    local_zfs.hold(&tag, &local_new)?;
+    for (zfs, dataset, keep) in [
+        (remote_zfs, source_dataset, &remote_new),
+        (local_zfs, &local.dataset, &local_new),
+    ] {
+        for old in zfs
+            .snapshots(dataset)?
+            .iter()
+            .filter(|s| s.is_held() && &s.name != keep && s.name.snap().is_pgzfs())
+        {
+            if zfs.release(&tag, &old.name)? {
+                tracing::info!("released {} on {}", old.name, zfs.location());
+            }
+        }
+    }
+    let pgzfs_snaps: Vec<Snapshot> = local_zfs
+        .snapshots(&local.dataset)?
+        .into_iter()
+        .filter(|s| s.name.snap().is_pgzfs())
+        .collect();
+    let excess = pgzfs_snaps.len().saturating_sub(local.keep_common);
+    for old in pgzfs_snaps.iter().take(excess) {
+        if old.is_held() || old.name == local_new {
+            continue;
+        }
+        local_zfs.destroy_snapshot(&old.name)?;
+        tracing::info!(
+            "destroyed old standby snapshot {} (keep_common = {})",
+            old.name,
+            local.keep_common
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zfs::fake::snap;
+
+    #[test]
+    fn a_second_reseed_in_the_same_second_gets_its_own_snapshot_name() {
+        let planned = SnapName::parse("pgzfs-20261122T010000Z").unwrap();
+        let existing = [snap("tank/pg@pgzfs-20261122T010000Z", 1, 1)];
+        assert_eq!(
+            unique_snapshot_name(&planned, &existing).unwrap().as_str(),
+            "pgzfs-20261122T010000Z-2"
+        );
+        assert_eq!(unique_snapshot_name(&planned, &[]).unwrap(), planned);
+    }
+
+    #[test]
+    fn backup_labels_are_stored_in_a_property_safe_form() {
+        assert_eq!(hex("START\n"), "53544152540a");
+    }
+}

@@ -1,0 +1,1517 @@
+//! The config file, identical on every node of a cluster.
+//!
+//! ```toml
+//! cluster = "haclu"
+//! [defaults]            # every node inherits these; a node may override any of them
+//! dataset = "tank/pgdata"
+//! data_dir = "/var/db/postgres/data15"
+//! [[nodes]]
+//! name = "db1"
+//! host = "10.0.0.1"
+//! [[nodes]]
+//! name = "db2"
+//! host = "10.0.0.2"
+//! pg_port = 5433        # per-node override
+//! ```
+//!
+//! Everything is checked at load time, before any command runs: a typo found during a
+//! failover is found too late. Values are validated where they are written (so an error
+//! names `defaults.lock_timeout` or `nodes[2].dataset`), then each node's entry is laid
+//! over `[defaults]`, then the built-in defaults fill the rest.
+//!
+//! Values that end up on remote command lines (paths, user names, hosts) are restricted
+//! to characters no shell treats specially, on top of the quoting done when commands are
+//! built.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration::parse_duration;
+use crate::error::{Error, Result};
+use crate::zfs::names::DatasetName;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/usr/local/etc/pgzfs.toml";
+const DEFAULT_LOG_FILE: &str = "/var/log/pgzfs.log";
+
+const DEFAULT_PG_BIN: &str = "/usr/local/bin";
+const DEFAULT_PG_OS_USER: &str = "postgres";
+const DEFAULT_PG_PORT: u16 = 5432;
+const DEFAULT_PG_USER: &str = "replicator";
+const DEFAULT_PG_DATABASE: &str = "postgres";
+const DEFAULT_SSH_USER: &str = "zfssync";
+const DEFAULT_SSH_PORT: u16 = 22;
+const DEFAULT_SSH_KEY: &str = "~/.ssh/id_ed25519";
+const DEFAULT_KNOWN_HOSTS: &str = "~/.ssh/known_hosts";
+const DEFAULT_KEEP_COMMON: usize = 3;
+const DEFAULT_STREAMING_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// PostgreSQL's NAMEDATALEN - 1: the longest replication slot name.
+const MAX_SLOT_NAME_LEN: usize = 63;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from, for messages.
+    pub path: PathBuf,
+    pub cluster: String,
+    pub log_file: PathBuf,
+    pub nodes: Vec<Node>,
+}
+
+/// One node with every setting resolved: its own entry, then `[defaults]`, then the
+/// built-in defaults.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub host: String,
+    pub dataset: DatasetName,
+    pub data_dir: PathBuf,
+    /// Where the dataset is mounted. None: keep the dataset's existing mountpoint, or use
+    /// `data_dir` for a dataset pgzfs creates.
+    pub mountpoint: Option<PathBuf>,
+    pub pg_bin: PathBuf,
+    pub pg_os_user: String,
+    pub pg_port: u16,
+    pub pg_user: String,
+    pub pg_database: String,
+    pub pg_passfile: Option<PathBuf>,
+    /// Where `pg_ctl start` writes the server log.
+    pub pg_log_file: PathBuf,
+    /// PostgreSQL settings that belong to this node and must survive every re-seed from
+    /// another node's snapshot (listen_addresses, ...).
+    pub pg_settings: BTreeMap<String, String>,
+    pub ssh_user: String,
+    pub ssh_port: u16,
+    pub ssh_key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub use_slots: bool,
+    /// The replication slot this node uses on whichever node is primary.
+    pub slot_name: String,
+    /// How many common snapshots to keep between primary and standby.
+    pub keep_common: usize,
+    pub streaming_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub lock_file: PathBuf,
+}
+
+impl Config {
+    /// Read and check the config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::usage(format!("{}: cannot read config file: {e}", path.display()))
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Check config text; `path` is only used in messages and kept in `Config::path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        Config::parse_with_home(text, path, crate::pgpass::home_dir().as_deref())
+    }
+
+    /// `parse` with the home directory used to expand "~/" given explicitly, so that
+    /// tests do not depend on who runs them.
+    fn parse_with_home(text: &str, path: &Path, home: Option<&Path>) -> Result<Config> {
+        let in_file = |message: String| Error::usage(format!("{}: {message}", path.display()));
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| in_file(e.to_string().trim_end().to_string()))?;
+        let (cluster, log_file, nodes) = resolve(raw, home).map_err(in_file)?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            cluster,
+            log_file,
+            nodes,
+        })
+    }
+
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|node| node.name == name)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "no node named {name:?} in {}; configured: {}",
+                    self.path.display(),
+                    self.node_names()
+                ))
+            })
+    }
+
+    /// The node pgzfs runs on: `--node`, else `$PGZFS_NODE`, else the node named like
+    /// this host (the full hostname first, then the part before the first '.').
+    pub fn local_node(&self, explicit: Option<&str>) -> Result<&Node> {
+        let from_env = std::env::var("PGZFS_NODE").ok();
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok());
+        self.pick_local_node(explicit, from_env, hostname)
+    }
+
+    fn pick_local_node(
+        &self,
+        explicit: Option<&str>,
+        from_env: Option<String>,
+        hostname: Option<String>,
+    ) -> Result<&Node> {
+        if let Some(name) = explicit {
+            return self.node(name).map_err(|e| e.context("--node"));
+        }
+        if let Some(name) = from_env.filter(|name| !name.is_empty()) {
+            return self.node(&name).map_err(|e| e.context("PGZFS_NODE"));
+        }
+        let not_found = |tried: String| {
+            Error::usage(format!(
+                "cannot tell which node this is: no --node given, PGZFS_NODE is not set, and {tried}; \
+                 configured nodes in {}: {}. Pass --node NAME or set PGZFS_NODE.",
+                self.path.display(),
+                self.node_names()
+            ))
+        };
+        let Some(hostname) = hostname.filter(|name| !name.is_empty()) else {
+            return Err(not_found("the hostname could not be read".to_string()));
+        };
+        if let Some(node) = self.nodes.iter().find(|node| node.name == hostname) {
+            return Ok(node);
+        }
+        match hostname.split_once('.') {
+            Some((short, _)) => match self.nodes.iter().find(|node| node.name == short) {
+                Some(node) => Ok(node),
+                None => Err(not_found(format!(
+                    "neither the hostname {hostname:?} nor its short form {short:?} is a node"
+                ))),
+            },
+            None => Err(not_found(format!(
+                "the hostname {hostname:?} is not a node"
+            ))),
+        }
+    }
+
+    /// Every node except `local`, in config order.
+    pub fn other_nodes<'a>(&'a self, local: &'a Node) -> impl Iterator<Item = &'a Node> {
+        self.nodes
+            .iter()
+            .filter(move |node| node.name != local.name)
+    }
+
+    fn node_names(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| node.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Which config file to read: `--config`, else `$PGZFS_CONFIG`, else the default.
+pub fn config_path(explicit: Option<&Path>) -> PathBuf {
+    choose_config_path(explicit, std::env::var_os("PGZFS_CONFIG"))
+}
+
+fn choose_config_path(explicit: Option<&Path>, from_env: Option<OsString>) -> PathBuf {
+    match (explicit, from_env) {
+        (Some(explicit), _) => explicit.to_path_buf(),
+        (None, Some(from_env)) if !from_env.is_empty() => PathBuf::from(from_env),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: Option<String>,
+    log_file: Option<String>,
+    #[serde(default)]
+    defaults: RawSettings,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+}
+
+/// Declares the per-node settings once for both places they may appear. serde cannot
+/// combine `flatten` with `deny_unknown_fields`, so `[[nodes]]` entries repeat the fields
+/// instead of embedding `RawSettings`.
+macro_rules! per_node_settings {
+    ($($key:ident: $type:ty,)*) => {
+        /// `[defaults]` as written.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawSettings {
+            $($key: Option<$type>,)*
+        }
+
+        /// One `[[nodes]]` entry as written: the node-only keys plus every setting.
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawNode {
+            name: Option<String>,
+            host: Option<String>,
+            $($key: Option<$type>,)*
+        }
+
+        impl RawNode {
+            fn split(self) -> (Option<String>, Option<String>, RawSettings) {
+                (self.name, self.host, RawSettings { $($key: self.$key,)* })
+            }
+        }
+    };
+}
+
+// Ports and counts are read as i64 so that out-of-range values get our message, which
+// names the key and the range, instead of a bare "invalid value".
+per_node_settings! {
+    dataset: String,
+    data_dir: String,
+    mountpoint: String,
+    pg_bin: String,
+    pg_os_user: String,
+    pg_port: i64,
+    pg_user: String,
+    pg_database: String,
+    pg_passfile: String,
+    pg_log_file: String,
+    pg_settings: BTreeMap<String, toml::Value>,
+    ssh_user: String,
+    ssh_port: i64,
+    ssh_key: String,
+    known_hosts: String,
+    use_slots: bool,
+    slot_name: String,
+    keep_common: i64,
+    streaming_timeout: String,
+    lock_timeout: String,
+    stop_timeout: String,
+    connect_timeout: String,
+    lock_file: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Checked, but not yet merged.
+
+/// The settings of one section after checking; None where the section is silent.
+#[derive(Debug, Clone, Default)]
+struct Settings {
+    dataset: Option<DatasetName>,
+    data_dir: Option<PathBuf>,
+    mountpoint: Option<PathBuf>,
+    pg_bin: Option<PathBuf>,
+    pg_os_user: Option<String>,
+    pg_port: Option<u16>,
+    pg_user: Option<String>,
+    pg_database: Option<String>,
+    pg_passfile: Option<PathBuf>,
+    pg_log_file: Option<PathBuf>,
+    pg_settings: BTreeMap<String, String>,
+    ssh_user: Option<String>,
+    ssh_port: Option<u16>,
+    ssh_key: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    use_slots: Option<bool>,
+    slot_name: Option<String>,
+    keep_common: Option<usize>,
+    streaming_timeout: Option<Duration>,
+    lock_timeout: Option<Duration>,
+    stop_timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    lock_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// This section's values where it has them, `base`'s otherwise. `pg_settings` are
+    /// merged key by key, so a node can add listen_addresses without repeating the
+    /// cluster-wide settings.
+    fn over(self, base: &Settings) -> Settings {
+        let mut pg_settings = base.pg_settings.clone();
+        pg_settings.extend(self.pg_settings);
+        Settings {
+            dataset: self.dataset.or_else(|| base.dataset.clone()),
+            data_dir: self.data_dir.or_else(|| base.data_dir.clone()),
+            mountpoint: self.mountpoint.or_else(|| base.mountpoint.clone()),
+            pg_bin: self.pg_bin.or_else(|| base.pg_bin.clone()),
+            pg_os_user: self.pg_os_user.or_else(|| base.pg_os_user.clone()),
+            pg_port: self.pg_port.or(base.pg_port),
+            pg_user: self.pg_user.or_else(|| base.pg_user.clone()),
+            pg_database: self.pg_database.or_else(|| base.pg_database.clone()),
+            pg_passfile: self.pg_passfile.or_else(|| base.pg_passfile.clone()),
+            pg_log_file: self.pg_log_file.or_else(|| base.pg_log_file.clone()),
+            pg_settings,
+            ssh_user: self.ssh_user.or_else(|| base.ssh_user.clone()),
+            ssh_port: self.ssh_port.or(base.ssh_port),
+            ssh_key: self.ssh_key.or_else(|| base.ssh_key.clone()),
+            known_hosts: self.known_hosts.or_else(|| base.known_hosts.clone()),
+            use_slots: self.use_slots.or(base.use_slots),
+            slot_name: self.slot_name.or_else(|| base.slot_name.clone()),
+            keep_common: self.keep_common.or(base.keep_common),
+            streaming_timeout: self.streaming_timeout.or(base.streaming_timeout),
+            lock_timeout: self.lock_timeout.or(base.lock_timeout),
+            stop_timeout: self.stop_timeout.or(base.stop_timeout),
+            connect_timeout: self.connect_timeout.or(base.connect_timeout),
+            lock_file: self.lock_file.or_else(|| base.lock_file.clone()),
+        }
+    }
+}
+
+/// Names one section in messages: `defaults` or `nodes[2]` (counted from 1, like the
+/// `[[nodes]]` blocks in the file), with the node's name when it has a valid one.
+struct Section {
+    label: String,
+    node_name: Option<String>,
+}
+
+impl Section {
+    fn key(&self, key: &str) -> String {
+        match &self.node_name {
+            Some(name) => format!("{}.{key} (node {name:?})", self.label),
+            None => format!("{}.{key}", self.label),
+        }
+    }
+
+    fn whole(&self) -> String {
+        match &self.node_name {
+            Some(name) => format!("{} (node {name:?})", self.label),
+            None => self.label.clone(),
+        }
+    }
+}
+
+/// Attach the key to a problem with its value.
+fn at_key<'a>(section: &'a Section, key: &'a str) -> impl Fn(String) -> String + 'a {
+    move |why| format!("{}: {why}", section.key(key))
+}
+
+fn check_settings(
+    raw: RawSettings,
+    section: &Section,
+    home: Option<&Path>,
+) -> std::result::Result<Settings, String> {
+    let at = |key: &'static str| at_key(section, key);
+    let path = |key: &'static str, value: Option<String>| {
+        value
+            .map(|v| absolute_path(&v).map_err(at(key)))
+            .transpose()
+    };
+    let home_path = |key: &'static str, value: Option<String>| {
+        value
+            .map(|v| expand_home(&v, home).map_err(at(key)))
+            .transpose()
+    };
+    let word = |key: &'static str, value: Option<String>| {
+        value.map(|v| plain_word(&v).map_err(at(key))).transpose()
+    };
+    let port = |key: &'static str, value: Option<i64>| {
+        value.map(|v| port_number(v).map_err(at(key))).transpose()
+    };
+    let duration = |key: &'static str, value: Option<String>| {
+        value
+            .map(|v| parse_duration(&v).map_err(at(key)))
+            .transpose()
+    };
+
+    let dataset = raw
+        .dataset
+        .map(|v| DatasetName::parse(&v).map_err(|e| at("dataset")(e.message().to_string())))
+        .transpose()?;
+    let keep_common = raw
+        .keep_common
+        .map(|v| match usize::try_from(v) {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(at("keep_common")(format!(
+                "{v} is not allowed; keep at least 1 common snapshot, or the next sync needs a full re-seed"
+            ))),
+        })
+        .transpose()?;
+    let connect_timeout = duration("connect_timeout", raw.connect_timeout)?;
+    if connect_timeout == Some(Duration::ZERO) {
+        return Err(at("connect_timeout")("must be longer than 0".to_string()));
+    }
+    let mut pg_settings = BTreeMap::new();
+    for (name, value) in raw.pg_settings.unwrap_or_default() {
+        let key = format!("pg_settings.{name}");
+        check_pg_setting_name(&name).map_err(at_key(section, &key))?;
+        pg_settings.insert(
+            name,
+            pg_setting_value(value).map_err(at_key(section, &key))?,
+        );
+    }
+
+    Ok(Settings {
+        dataset,
+        data_dir: path("data_dir", raw.data_dir)?,
+        mountpoint: path("mountpoint", raw.mountpoint)?,
+        pg_bin: path("pg_bin", raw.pg_bin)?,
+        pg_os_user: word("pg_os_user", raw.pg_os_user)?,
+        pg_port: port("pg_port", raw.pg_port)?,
+        pg_user: word("pg_user", raw.pg_user)?,
+        pg_database: word("pg_database", raw.pg_database)?,
+        pg_passfile: home_path("pg_passfile", raw.pg_passfile)?,
+        pg_log_file: path("pg_log_file", raw.pg_log_file)?,
+        pg_settings,
+        ssh_user: word("ssh_user", raw.ssh_user)?,
+        ssh_port: port("ssh_port", raw.ssh_port)?,
+        ssh_key: home_path("ssh_key", raw.ssh_key)?,
+        known_hosts: home_path("known_hosts", raw.known_hosts)?,
+        use_slots: raw.use_slots,
+        slot_name: raw
+            .slot_name
+            .map(|v| slot_name(&v).map_err(at("slot_name")))
+            .transpose()?,
+        keep_common,
+        streaming_timeout: duration("streaming_timeout", raw.streaming_timeout)?,
+        lock_timeout: duration("lock_timeout", raw.lock_timeout)?,
+        stop_timeout: duration("stop_timeout", raw.stop_timeout)?,
+        connect_timeout,
+        lock_file: path("lock_file", raw.lock_file)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Merged and complete.
+
+type Resolved = (String, PathBuf, Vec<Node>);
+
+fn resolve(raw: RawConfig, home: Option<&Path>) -> std::result::Result<Resolved, String> {
+    let cluster = match raw.cluster {
+        None => return Err("cluster is not set; add e.g. cluster = \"pg\" at the top".to_string()),
+        Some(cluster) => {
+            let valid = !cluster.is_empty()
+                && cluster
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(format!(
+                    "cluster: {cluster:?} may only contain letters, digits, '_' and '-'"
+                ));
+            }
+            cluster
+        }
+    };
+    let log_file = match raw.log_file {
+        Some(value) => absolute_path(&value).map_err(|why| format!("log_file: {why}"))?,
+        None => PathBuf::from(DEFAULT_LOG_FILE),
+    };
+
+    let defaults_section = Section {
+        label: "defaults".to_string(),
+        node_name: None,
+    };
+    let defaults = check_settings(raw.defaults, &defaults_section, home)?;
+
+    if raw.nodes.is_empty() {
+        return Err(
+            "no nodes are configured; add a [[nodes]] entry with name and host for every node"
+                .to_string(),
+        );
+    }
+    let mut nodes: Vec<Node> = Vec::with_capacity(raw.nodes.len());
+    for (index, raw_node) in raw.nodes.into_iter().enumerate() {
+        let mut section = Section {
+            label: format!("nodes[{}]", index + 1),
+            node_name: None,
+        };
+        let (name, host, raw_settings) = raw_node.split();
+
+        let name = name.ok_or_else(|| format!("{}: name is not set", section.whole()))?;
+        node_name(&name).map_err(|why| format!("{}: {why}", section.key("name")))?;
+        if nodes.iter().any(|earlier| earlier.name == name) {
+            return Err(format!(
+                "{}: node name {name:?} is used more than once",
+                section.key("name")
+            ));
+        }
+        section.node_name = Some(name.clone());
+        let host = host.ok_or_else(|| format!("{}: host is not set", section.whole()))?;
+        host_name(&host).map_err(|why| format!("{}: {why}", section.key("host")))?;
+
+        let settings = check_settings(raw_settings, &section, home)?.over(&defaults);
+        let node = complete_node(name, host, settings, home)
+            .map_err(|why| format!("{}: {why}", section.whole()))?;
+        nodes.push(node);
+    }
+
+    // Two standbys sharing one slot on the primary would each see the other's progress
+    // as their own, and WAL either one still needs could be removed.
+    let mut slots = HashSet::new();
+    for node in nodes.iter().filter(|node| node.use_slots) {
+        if !slots.insert(node.slot_name.as_str()) {
+            return Err(format!(
+                "node {:?}: slot_name {:?} is also used by another node; set slot_name for one of them",
+                node.name, node.slot_name
+            ));
+        }
+    }
+
+    Ok((cluster, log_file, nodes))
+}
+
+/// Fill in the built-in defaults and check what can only be checked once the node's
+/// entry and `[defaults]` are combined.
+fn complete_node(
+    name: String,
+    host: String,
+    settings: Settings,
+    home: Option<&Path>,
+) -> std::result::Result<Node, String> {
+    let missing =
+        |key: &str| format!("{key} is not set; set it in [defaults] or in this [[nodes]] entry");
+    let dataset = settings.dataset.ok_or_else(|| missing("dataset"))?;
+    let data_dir = settings.data_dir.ok_or_else(|| missing("data_dir"))?;
+    if let Some(mountpoint) = &settings.mountpoint {
+        if !data_dir.starts_with(mountpoint) {
+            return Err(format!(
+                "data_dir {:?} is not inside mountpoint {:?}; the data directory must live on the \
+                 replicated dataset",
+                data_dir.display().to_string(),
+                mountpoint.display().to_string()
+            ));
+        }
+    }
+    let default_home_path = |key: &str, default: &str| {
+        expand_home(default, home).map_err(|why| {
+            format!("{key} is not set and its default {default:?} cannot be used: {why}")
+        })
+    };
+    let ssh_key = match settings.ssh_key {
+        Some(path) => path,
+        None => default_home_path("ssh_key", DEFAULT_SSH_KEY)?,
+    };
+    let known_hosts = match settings.known_hosts {
+        Some(path) => path,
+        None => default_home_path("known_hosts", DEFAULT_KNOWN_HOSTS)?,
+    };
+
+    Ok(Node {
+        pg_log_file: settings
+            .pg_log_file
+            .unwrap_or_else(|| data_dir.join("postmaster.log")),
+        slot_name: settings
+            .slot_name
+            .unwrap_or_else(|| slot_name_for_node(&name)),
+        lock_file: settings
+            .lock_file
+            .unwrap_or_else(|| PathBuf::from(format!("/var/run/pgzfs-{name}.lock"))),
+        name,
+        host,
+        dataset,
+        data_dir,
+        mountpoint: settings.mountpoint,
+        pg_bin: settings
+            .pg_bin
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN)),
+        pg_os_user: settings
+            .pg_os_user
+            .unwrap_or_else(|| DEFAULT_PG_OS_USER.to_string()),
+        pg_port: settings.pg_port.unwrap_or(DEFAULT_PG_PORT),
+        pg_user: settings
+            .pg_user
+            .unwrap_or_else(|| DEFAULT_PG_USER.to_string()),
+        pg_database: settings
+            .pg_database
+            .unwrap_or_else(|| DEFAULT_PG_DATABASE.to_string()),
+        pg_passfile: settings.pg_passfile,
+        pg_settings: settings.pg_settings,
+        ssh_user: settings
+            .ssh_user
+            .unwrap_or_else(|| DEFAULT_SSH_USER.to_string()),
+        ssh_port: settings.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
+        ssh_key,
+        known_hosts,
+        use_slots: settings.use_slots.unwrap_or(true),
+        keep_common: settings.keep_common.unwrap_or(DEFAULT_KEEP_COMMON),
+        streaming_timeout: settings
+            .streaming_timeout
+            .unwrap_or(DEFAULT_STREAMING_TIMEOUT),
+        lock_timeout: settings.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
+        stop_timeout: settings.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+        connect_timeout: settings.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Single values. Each returns why a value is wrong; the caller adds which key it was.
+
+/// Characters a path may contain: enough for any sane installation, nothing a shell
+/// would expand or split on.
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '.' | '-' | '+' | ',' | ':' | '=' | '@')
+}
+
+/// An absolute path without "." or ".." components, returned in normal form (no
+/// doubled or trailing '/'), so that "is data_dir inside mountpoint" compares what the
+/// file system would.
+fn absolute_path(value: &str) -> std::result::Result<PathBuf, String> {
+    if !value.starts_with('/') {
+        return Err(format!(
+            "{value:?} must be an absolute path (starting with '/')"
+        ));
+    }
+    if let Some(bad) = value.chars().find(|&c| !is_path_char(c)) {
+        return Err(format!(
+            "{value:?} contains {bad:?}; paths may only contain letters, digits and / _ . - + , : = @"
+        ));
+    }
+    let mut normal = PathBuf::new();
+    for component in Path::new(value).components() {
+        match component {
+            Component::RootDir | Component::Normal(_) => normal.push(component),
+            Component::CurDir | Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "{value:?} must not contain \".\" or \"..\" components"
+                ))
+            }
+        }
+    }
+    Ok(normal)
+}
+
+/// Like `absolute_path`, but "~/..." is taken relative to the home directory of the
+/// user pgzfs runs as.
+fn expand_home(value: &str, home: Option<&Path>) -> std::result::Result<PathBuf, String> {
+    let below_home = if value == "~" {
+        Some("")
+    } else {
+        value.strip_prefix("~/")
+    };
+    match below_home {
+        Some(relative) => {
+            let home =
+                home.ok_or_else(|| format!("{value:?} starts with '~' but HOME is not set"))?;
+            let expanded = home.join(relative);
+            let expanded = expanded
+                .to_str()
+                .ok_or_else(|| format!("{value:?} expands to a path that is not valid UTF-8"))?;
+            absolute_path(expanded).map_err(|why| format!("{value:?} expands to {why}"))
+        }
+        None if value.starts_with('~') => Err(format!(
+            "{value:?}: only \"~/\" (the current user's home) is supported"
+        )),
+        None => absolute_path(value),
+    }
+}
+
+/// A user or database name that may appear on a command line: letters, digits, '_',
+/// '.', '-', not starting with '-'.
+fn plain_word(value: &str) -> std::result::Result<String, String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if value.starts_with('-') {
+        return Err(format!(
+            "{value:?} starts with '-', which would look like a command-line option"
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!(
+            "{value:?} contains {bad:?}; only letters, digits, '_', '.' and '-' are allowed"
+        ));
+    }
+    Ok(value.to_string())
+}
+
+fn port_number(value: i64) -> std::result::Result<u16, String> {
+    match u16::try_from(value) {
+        Ok(port) if port >= 1 => Ok(port),
+        _ => Err(format!("{value} is not a port number (1-65535)")),
+    }
+}
+
+fn node_name(value: &str) -> std::result::Result<(), String> {
+    // Node names appear on command lines (--node) and in lock file paths, like user names.
+    plain_word(value).map(drop)
+}
+
+/// A host for ssh and libpq: a name, an IPv4 address, or an IPv6 address (with an
+/// optional %zone). Never starting with '-', which ssh would read as an option.
+fn host_name(value: &str) -> std::result::Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if value.starts_with('-') {
+        return Err(format!(
+            "{value:?} starts with '-', which ssh would read as an option"
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '%')))
+    {
+        return Err(format!(
+            "{value:?} contains {bad:?}; a host is a name or an IP address (letters, digits, '_', '.', '-', ':', '%')"
+        ));
+    }
+    Ok(())
+}
+
+fn slot_name(value: &str) -> std::result::Result<String, String> {
+    let valid = !value.is_empty()
+        && value.len() <= MAX_SLOT_NAME_LEN
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a replication slot name: 1 to {MAX_SLOT_NAME_LEN} characters, only a-z, 0-9 and '_'"
+        ))
+    }
+}
+
+/// The slot a node uses when none is configured: its name made acceptable to PostgreSQL.
+fn slot_name_for_node(node: &str) -> String {
+    node.chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_SLOT_NAME_LEN)
+        .collect()
+}
+
+fn check_pg_setting_name(name: &str) -> std::result::Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    if valid {
+        Ok(())
+    } else {
+        Err("is not a PostgreSQL setting name (lower case letters, digits, '_' and '.', not starting with a digit)".to_string())
+    }
+}
+
+/// A setting's value as PostgreSQL reads it. Control characters are refused: a newline
+/// in a value written to postgresql.auto.conf would start a setting of its own.
+fn pg_setting_value(value: toml::Value) -> std::result::Result<String, String> {
+    match value {
+        toml::Value::String(text) => {
+            if text.chars().any(char::is_control) {
+                Err(format!(
+                    "{text:?} contains a control character (such as a newline)"
+                ))
+            } else {
+                Ok(text)
+            }
+        }
+        toml::Value::Integer(number) => Ok(number.to_string()),
+        toml::Value::Boolean(flag) => Ok(if flag { "on" } else { "off" }.to_string()),
+        toml::Value::Float(number) if number.is_finite() => Ok(number.to_string()),
+        toml::Value::Float(number) => Err(format!("{number} is not a usable number")),
+        other => Err(format!(
+            "{} values are not allowed; use a string, an integer, a float or a boolean",
+            other.type_str()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Kind;
+
+    const SAMPLE: &str = r#"
+cluster = "haclu"
+[defaults]                       # every node inherits these; a node may override any of them
+dataset = "tank/pgdata"
+data_dir = "/var/db/postgres/data15"
+pg_bin = "/usr/local/bin"
+pg_os_user = "postgres"
+pg_port = 5432
+pg_user = "replicator"
+pg_database = "postgres"
+ssh_user = "zfssync"
+ssh_port = 22
+ssh_key = "/home/zfssync/.ssh/id_ed25519"
+known_hosts = "/home/zfssync/.ssh/known_hosts"
+[[nodes]]
+name = "db1"
+host = "10.0.0.1"
+[[nodes]]
+name = "db2"
+host = "10.0.0.2"
+pg_port = 5433                   # per-node override
+"#;
+
+    /// Just what is required; everything else comes from the built-in defaults.
+    const MINIMAL: &str = r#"
+cluster = "pg"
+[defaults]
+dataset = "tank/pgdata"
+data_dir = "/var/db/postgres/data15"
+[[nodes]]
+name = "db1"
+host = "db1.example.net"
+"#;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse_with_home(text, Path::new("/etc/pgzfs.toml"), Some(Path::new("/root")))
+    }
+
+    /// The message of a config error, after checking it is a usage error naming the file.
+    fn refusal(text: &str) -> String {
+        let err = parse(text).expect_err("expected the config to be refused");
+        assert_eq!(err.kind(), Kind::Usage, "config errors exit 2");
+        assert!(
+            err.message().starts_with("/etc/pgzfs.toml: "),
+            "names the file: {}",
+            err.message()
+        );
+        err.message().to_string()
+    }
+
+    /// MINIMAL with extra lines appended to the `[[nodes]]` entry of db1.
+    fn minimal_with_node_lines(lines: &str) -> String {
+        format!("{MINIMAL}{lines}\n")
+    }
+
+    /// MINIMAL with extra lines in `[defaults]`.
+    fn minimal_with_default_lines(lines: &str) -> String {
+        MINIMAL.replace("[defaults]\n", &format!("[defaults]\n{lines}\n"))
+    }
+
+    #[test]
+    fn the_documented_sample_parses_with_per_node_overrides() {
+        let config = parse(SAMPLE).unwrap();
+        assert_eq!(config.cluster, "haclu");
+        assert_eq!(config.path, PathBuf::from("/etc/pgzfs.toml"));
+        assert_eq!(config.nodes.len(), 2);
+        let db1 = config.node("db1").unwrap();
+        let db2 = config.node("db2").unwrap();
+        assert_eq!(db1.pg_port, 5432);
+        assert_eq!(db2.pg_port, 5433);
+        assert_eq!(db1.host, "10.0.0.1");
+        assert_eq!(db2.host, "10.0.0.2");
+        for node in [db1, db2] {
+            assert_eq!(node.dataset.as_str(), "tank/pgdata");
+            assert_eq!(node.data_dir, PathBuf::from("/var/db/postgres/data15"));
+            assert_eq!(node.ssh_key, PathBuf::from("/home/zfssync/.ssh/id_ed25519"));
+            assert_eq!(
+                node.known_hosts,
+                PathBuf::from("/home/zfssync/.ssh/known_hosts")
+            );
+            assert_eq!(node.ssh_user, "zfssync");
+        }
+    }
+
+    #[test]
+    fn unset_settings_get_the_documented_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.log_file, PathBuf::from("/var/log/pgzfs.log"));
+        let node = &config.nodes[0];
+        assert_eq!(node.mountpoint, None);
+        assert_eq!(node.pg_bin, PathBuf::from("/usr/local/bin"));
+        assert_eq!(node.pg_os_user, "postgres");
+        assert_eq!(node.pg_port, 5432);
+        assert_eq!(node.pg_user, "replicator");
+        assert_eq!(node.pg_database, "postgres");
+        assert_eq!(node.pg_passfile, None);
+        assert_eq!(
+            node.pg_log_file,
+            PathBuf::from("/var/db/postgres/data15/postmaster.log")
+        );
+        assert!(node.pg_settings.is_empty());
+        assert_eq!(node.ssh_user, "zfssync");
+        assert_eq!(node.ssh_port, 22);
+        assert_eq!(node.ssh_key, PathBuf::from("/root/.ssh/id_ed25519"));
+        assert_eq!(node.known_hosts, PathBuf::from("/root/.ssh/known_hosts"));
+        assert!(node.use_slots);
+        assert_eq!(node.slot_name, "db1");
+        assert_eq!(node.keep_common, 3);
+        assert_eq!(node.streaming_timeout, Duration::from_secs(120));
+        assert_eq!(node.lock_timeout, Duration::from_secs(60));
+        assert_eq!(node.stop_timeout, Duration::from_secs(60));
+        assert_eq!(node.connect_timeout, Duration::from_secs(5));
+        assert_eq!(node.lock_file, PathBuf::from("/var/run/pgzfs-db1.lock"));
+    }
+
+    #[test]
+    fn every_setting_can_be_given_per_node() {
+        let config = parse(&minimal_with_node_lines(
+            r#"
+dataset = "zroot/pg"
+data_dir = "/pg/data"
+mountpoint = "/pg"
+pg_bin = "/usr/lib/postgresql/16/bin"
+pg_os_user = "pgsql"
+pg_port = 6432
+pg_user = "repl"
+pg_database = "template1"
+pg_passfile = "~/.pgpass-pgzfs"
+pg_log_file = "/var/log/postgresql.log"
+pg_settings = { listen_addresses = "10.0.0.1" }
+ssh_user = "sync"
+ssh_port = 2222
+ssh_key = "/etc/pgzfs/key"
+known_hosts = "/etc/pgzfs/known_hosts"
+use_slots = false
+slot_name = "standby_1"
+keep_common = 5
+streaming_timeout = "5m"
+lock_timeout = "1m30s"
+stop_timeout = "2m"
+connect_timeout = "500ms"
+lock_file = "/tmp/pgzfs.lock"
+"#,
+        ))
+        .unwrap();
+        let node = &config.nodes[0];
+        assert_eq!(node.dataset.as_str(), "zroot/pg");
+        assert_eq!(node.data_dir, PathBuf::from("/pg/data"));
+        assert_eq!(node.mountpoint, Some(PathBuf::from("/pg")));
+        assert_eq!(node.pg_bin, PathBuf::from("/usr/lib/postgresql/16/bin"));
+        assert_eq!(node.pg_os_user, "pgsql");
+        assert_eq!(node.pg_port, 6432);
+        assert_eq!(node.pg_user, "repl");
+        assert_eq!(node.pg_database, "template1");
+        assert_eq!(node.pg_passfile, Some(PathBuf::from("/root/.pgpass-pgzfs")));
+        assert_eq!(node.pg_log_file, PathBuf::from("/var/log/postgresql.log"));
+        assert_eq!(node.pg_settings["listen_addresses"], "10.0.0.1");
+        assert_eq!(node.ssh_user, "sync");
+        assert_eq!(node.ssh_port, 2222);
+        assert_eq!(node.ssh_key, PathBuf::from("/etc/pgzfs/key"));
+        assert_eq!(node.known_hosts, PathBuf::from("/etc/pgzfs/known_hosts"));
+        assert!(!node.use_slots);
+        assert_eq!(node.slot_name, "standby_1");
+        assert_eq!(node.keep_common, 5);
+        assert_eq!(node.streaming_timeout, Duration::from_secs(300));
+        assert_eq!(node.lock_timeout, Duration::from_secs(90));
+        assert_eq!(node.stop_timeout, Duration::from_secs(120));
+        assert_eq!(node.connect_timeout, Duration::from_millis(500));
+        assert_eq!(node.lock_file, PathBuf::from("/tmp/pgzfs.lock"));
+    }
+
+    #[test]
+    fn a_top_level_log_file_is_honoured() {
+        let config = parse(&format!("log_file = \"/var/log/pg/pgzfs.log\"\n{MINIMAL}")).unwrap();
+        assert_eq!(config.log_file, PathBuf::from("/var/log/pg/pgzfs.log"));
+        assert!(refusal(&format!("log_file = \"pgzfs.log\"\n{MINIMAL}")).contains("log_file"));
+    }
+
+    #[test]
+    fn an_unknown_top_level_key_is_refused_by_name() {
+        let message = refusal(&format!("clustr = \"typo\"\n{MINIMAL}"));
+        assert!(message.contains("clustr"), "{message}");
+        assert!(message.contains("line 1"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_defaults_is_refused_by_name() {
+        let message = refusal(&minimal_with_default_lines("pg_prot = 5433"));
+        assert!(message.contains("pg_prot"), "{message}");
+        // Node-only keys do not belong in [defaults] either.
+        assert!(refusal(&minimal_with_default_lines("host = \"x\"")).contains("host"));
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_node_is_refused_by_name() {
+        let message = refusal(&minimal_with_node_lines("sshport = 2222"));
+        assert!(message.contains("sshport"), "{message}");
+        assert!(message.contains("line 9"), "{message}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_with_its_location() {
+        let message = refusal(&minimal_with_node_lines("pg_port = \"5433\""));
+        assert!(message.contains("pg_port"), "{message}");
+        assert!(message.contains("line 9"), "{message}");
+        assert!(refusal(&minimal_with_default_lines("use_slots = \"yes\"")).contains("use_slots"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_toml_is_refused() {
+        assert!(refusal("cluster = \n").contains("line 1"));
+    }
+
+    #[test]
+    fn asking_for_a_missing_node_lists_the_configured_ones() {
+        let config = parse(SAMPLE).unwrap();
+        let err = config.node("db3").unwrap_err();
+        assert_eq!(err.kind(), Kind::Usage);
+        assert_eq!(
+            err.message(),
+            "no node named \"db3\" in /etc/pgzfs.toml; configured: db1, db2"
+        );
+    }
+
+    #[test]
+    fn a_bad_dataset_name_is_refused_naming_the_node_and_the_key() {
+        let text = SAMPLE.replace(
+            "pg_port = 5433 ",
+            "dataset = \"tank/pg data\"\npg_port = 5433 ",
+        );
+        let message = refusal(&text);
+        assert!(message.contains("nodes[2].dataset"), "{message}");
+        assert!(message.contains("\"db2\""), "{message}");
+        assert!(message.contains("\"tank/pg data\""), "{message}");
+        assert!(message.contains("a space"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_dataset_in_defaults_is_refused_naming_defaults() {
+        let message = refusal(&MINIMAL.replace("tank/pgdata", "tank/pg;data"));
+        assert!(message.contains("defaults.dataset"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_duration_is_refused_naming_the_key() {
+        let message = refusal(&minimal_with_default_lines("lock_timeout = \"1x\""));
+        assert!(message.contains("defaults.lock_timeout"), "{message}");
+        assert!(message.contains("unknown unit"), "{message}");
+        let message = refusal(&minimal_with_node_lines("stop_timeout = \"-1s\""));
+        assert!(
+            message.contains("nodes[1].stop_timeout (node \"db1\")"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_zero_connect_timeout_is_refused() {
+        assert!(refusal(&minimal_with_node_lines("connect_timeout = \"0\""))
+            .contains("connect_timeout"));
+        // Zero is a sensible lock timeout: try once, do not wait.
+        let config = parse(&minimal_with_node_lines("lock_timeout = \"0\"")).unwrap();
+        assert_eq!(config.nodes[0].lock_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn node_settings_override_defaults_but_pg_settings_merge_key_by_key() {
+        let text = r#"
+cluster = "pg"
+[defaults]
+dataset = "tank/pgdata"
+data_dir = "/var/db/postgres/data15"
+pg_settings = { max_connections = 200, listen_addresses = "*", "log_line_prefix" = "%m [%p] " }
+[[nodes]]
+name = "db1"
+host = "10.0.0.1"
+pg_settings = { listen_addresses = "10.0.0.1", hot_standby = true, "auto_explain.log_min_duration" = 2.5 }
+[[nodes]]
+name = "db2"
+host = "10.0.0.2"
+"#;
+        let config = parse(text).unwrap();
+        let db1 = &config.node("db1").unwrap().pg_settings;
+        assert_eq!(db1.len(), 5);
+        assert_eq!(db1["max_connections"], "200");
+        assert_eq!(db1["listen_addresses"], "10.0.0.1");
+        assert_eq!(db1["log_line_prefix"], "%m [%p] ");
+        assert_eq!(db1["hot_standby"], "on");
+        assert_eq!(db1["auto_explain.log_min_duration"], "2.5");
+        let db2 = &config.node("db2").unwrap().pg_settings;
+        assert_eq!(db2.len(), 3);
+        assert_eq!(db2["listen_addresses"], "*");
+    }
+
+    #[test]
+    fn bad_pg_settings_are_refused_naming_the_setting() {
+        let message = refusal(&minimal_with_node_lines(
+            "pg_settings = { Listen_Addresses = \"*\" }",
+        ));
+        assert!(
+            message.contains("pg_settings.Listen_Addresses"),
+            "{message}"
+        );
+        let message = refusal(&minimal_with_node_lines("pg_settings = { \"1x\" = 1 }"));
+        assert!(message.contains("pg_settings.1x"), "{message}");
+        let message = refusal(&minimal_with_node_lines(
+            "pg_settings = { shared_preload_libraries = [\"a\"] }",
+        ));
+        assert!(
+            message.contains("array values are not allowed"),
+            "{message}"
+        );
+        let message = refusal(&minimal_with_default_lines(
+            "pg_settings = { work_mem = \"4MB\\nfsync = off\" }",
+        ));
+        assert!(
+            message.contains("defaults.pg_settings.work_mem"),
+            "{message}"
+        );
+        assert!(message.contains("control character"), "{message}");
+        assert!(
+            !message.contains('\n'),
+            "the message does not carry the newline: {message:?}"
+        );
+    }
+
+    #[test]
+    fn the_slot_name_is_derived_from_the_node_name() {
+        assert_eq!(slot_name_for_node("db1"), "db1");
+        assert_eq!(slot_name_for_node("DB-2.example.net"), "db_2_example_net");
+        assert_eq!(slot_name_for_node(&"n".repeat(80)).len(), 63);
+        let config = parse(&SAMPLE.replace("name = \"db2\"", "name = \"DB-2\"")).unwrap();
+        assert_eq!(config.node("DB-2").unwrap().slot_name, "db_2");
+    }
+
+    #[test]
+    fn an_invalid_explicit_slot_name_is_refused() {
+        for bad in ["Standby", "standby-1", "", "x".repeat(64).as_str()] {
+            let message = refusal(&minimal_with_node_lines(&format!("slot_name = \"{bad}\"")));
+            assert!(message.contains("nodes[1].slot_name"), "{message}");
+        }
+    }
+
+    #[test]
+    fn two_nodes_that_would_share_a_slot_are_refused() {
+        let text = SAMPLE
+            .replace("name = \"db1\"", "name = \"db-x\"")
+            .replace("name = \"db2\"", "name = \"db_x\"");
+        assert!(refusal(&text).contains("slot_name \"db_x\""));
+        // Without slots the clash does not matter.
+        let without_slots = text.replace("[defaults]", "[defaults]\nuse_slots = false");
+        parse(&without_slots).unwrap();
+    }
+
+    #[test]
+    fn data_dir_may_equal_or_lie_below_the_mountpoint() {
+        let equal = parse(&minimal_with_node_lines(
+            "mountpoint = \"/var/db/postgres/data15\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            equal.nodes[0].mountpoint,
+            Some(PathBuf::from("/var/db/postgres/data15"))
+        );
+        parse(&minimal_with_node_lines(
+            "mountpoint = \"/var/db/postgres\"",
+        ))
+        .unwrap();
+        parse(&minimal_with_node_lines(
+            "mountpoint = \"/var/db/postgres/\"",
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn data_dir_outside_the_mountpoint_is_refused() {
+        let message = refusal(&minimal_with_node_lines("mountpoint = \"/tank/pg\""));
+        assert!(message.contains("nodes[1] (node \"db1\")"), "{message}");
+        assert!(message.contains("not inside mountpoint"), "{message}");
+        // A common string prefix is not enough: /var/db/postgres/data1 is not inside .../data15.
+        let message = refusal(&MINIMAL.replace(
+            "data_dir = \"/var/db/postgres/data15\"",
+            "data_dir = \"/var/db/postgres/data15\"\nmountpoint = \"/var/db/postgres/data1\"",
+        ));
+        assert!(message.contains("not inside mountpoint"), "{message}");
+    }
+
+    #[test]
+    fn paths_must_be_absolute_plain_and_free_of_dot_dot() {
+        assert!(
+            refusal(&MINIMAL.replace("\"/var/db/postgres/data15\"", "\"var/db\""))
+                .contains("absolute")
+        );
+        assert!(
+            refusal(&MINIMAL.replace("\"/var/db/postgres/data15\"", "\"/var/db/../etc\""))
+                .contains("\"..\"")
+        );
+        assert!(
+            refusal(&MINIMAL.replace("\"/var/db/postgres/data15\"", "\"/var/db/pg data\""))
+                .contains("' '")
+        );
+        assert!(
+            refusal(&MINIMAL.replace("\"/var/db/postgres/data15\"", "\"/var/db/$(reboot)\""))
+                .contains("'$'")
+        );
+        assert!(refusal(&minimal_with_node_lines("pg_bin = \"bin\"")).contains("nodes[1].pg_bin"));
+        assert!(
+            refusal(&minimal_with_node_lines("lock_file = \"/var/run/x;y\"")).contains("lock_file")
+        );
+        let normalised =
+            parse(&MINIMAL.replace("\"/var/db/postgres/data15\"", "\"/var//db/postgres/\""))
+                .unwrap();
+        assert_eq!(
+            normalised.nodes[0].data_dir,
+            PathBuf::from("/var/db/postgres")
+        );
+    }
+
+    #[test]
+    fn tilde_paths_expand_to_the_home_of_the_user_running_pgzfs() {
+        let config = parse(&minimal_with_node_lines("ssh_key = \"~/.ssh/pgzfs\"")).unwrap();
+        assert_eq!(config.nodes[0].ssh_key, PathBuf::from("/root/.ssh/pgzfs"));
+        assert!(
+            refusal(&minimal_with_node_lines("ssh_key = \"~zfssync/.ssh/id\""))
+                .contains("only \"~/\"")
+        );
+        let err = Config::parse_with_home(MINIMAL, Path::new("/etc/pgzfs.toml"), None).unwrap_err();
+        assert!(
+            err.message().contains("ssh_key is not set"),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("HOME"), "{}", err.message());
+        // With explicit key paths no home directory is needed.
+        let explicit = MINIMAL.replace(
+            "[defaults]",
+            "[defaults]\nssh_key = \"/k\"\nknown_hosts = \"/kh\"",
+        );
+        Config::parse_with_home(&explicit, Path::new("/etc/pgzfs.toml"), None).unwrap();
+    }
+
+    #[test]
+    fn a_missing_cluster_name_is_refused() {
+        let message = refusal(&MINIMAL.replace("cluster = \"pg\"", ""));
+        assert!(message.contains("cluster is not set"), "{message}");
+        assert!(
+            refusal(&MINIMAL.replace("cluster = \"pg\"", "cluster = \"pg ha\""))
+                .contains("cluster")
+        );
+        assert!(
+            refusal(&MINIMAL.replace("cluster = \"pg\"", "cluster = \"\"")).contains("cluster")
+        );
+    }
+
+    #[test]
+    fn a_config_without_nodes_is_refused() {
+        let text = "cluster = \"pg\"\n[defaults]\ndataset = \"tank/pgdata\"\n";
+        assert!(refusal(text).contains("no nodes"));
+    }
+
+    #[test]
+    fn duplicate_node_names_are_refused() {
+        let message = refusal(&SAMPLE.replace("name = \"db2\"", "name = \"db1\""));
+        assert!(message.contains("nodes[2].name"), "{message}");
+        assert!(message.contains("more than once"), "{message}");
+    }
+
+    #[test]
+    fn a_node_without_name_or_host_is_refused() {
+        assert!(
+            refusal(&SAMPLE.replace("name = \"db2\"\n", "")).contains("nodes[2]: name is not set")
+        );
+        assert!(refusal(&SAMPLE.replace("host = \"10.0.0.2\"\n", ""))
+            .contains("nodes[2] (node \"db2\"): host is not set"));
+    }
+
+    #[test]
+    fn node_names_and_hosts_that_could_be_abused_are_refused() {
+        for bad in ["db 1", "db1;reboot", "-db1", "db/1", ""] {
+            refusal(&SAMPLE.replace("name = \"db1\"", &format!("name = \"{bad}\"")));
+        }
+        for bad in [
+            "-oProxyCommand=reboot",
+            "10.0.0.1 ",
+            "db1;reboot",
+            "$(reboot)",
+            "",
+            "user@db1",
+        ] {
+            let message =
+                refusal(&SAMPLE.replace("host = \"10.0.0.1\"", &format!("host = \"{bad}\"")));
+            assert!(message.contains("nodes[1].host"), "{message}");
+        }
+        parse(&SAMPLE.replace("host = \"10.0.0.1\"", "host = \"fe80::1%em0\"")).unwrap();
+    }
+
+    #[test]
+    fn a_dataset_or_data_dir_missing_everywhere_is_refused() {
+        let message = refusal(&MINIMAL.replace("dataset = \"tank/pgdata\"\n", ""));
+        assert!(
+            message.contains("nodes[1] (node \"db1\"): dataset is not set"),
+            "{message}"
+        );
+        let message = refusal(&MINIMAL.replace("data_dir = \"/var/db/postgres/data15\"\n", ""));
+        assert!(message.contains("data_dir is not set"), "{message}");
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_naming_the_key() {
+        assert!(refusal(&minimal_with_node_lines("pg_port = 0")).contains("nodes[1].pg_port"));
+        assert!(refusal(&minimal_with_node_lines("pg_port = 70000")).contains("1-65535"));
+        assert!(
+            refusal(&minimal_with_default_lines("ssh_port = -22")).contains("defaults.ssh_port")
+        );
+        assert!(refusal(&minimal_with_node_lines("keep_common = 0")).contains("keep_common"));
+        assert!(refusal(&minimal_with_node_lines("keep_common = -1")).contains("keep_common"));
+    }
+
+    #[test]
+    fn user_and_database_names_that_could_be_abused_are_refused() {
+        assert!(
+            refusal(&minimal_with_node_lines("pg_os_user = \"postgres;id\""))
+                .contains("pg_os_user")
+        );
+        assert!(
+            refusal(&minimal_with_node_lines("ssh_user = \"-oProxyCommand=x\""))
+                .contains("ssh_user")
+        );
+        assert!(refusal(&minimal_with_node_lines("pg_user = \"\"")).contains("pg_user"));
+        assert!(refusal(&minimal_with_node_lines("pg_database = \"a b\"")).contains("pg_database"));
+    }
+
+    fn two_nodes() -> Config {
+        parse(SAMPLE).unwrap()
+    }
+
+    #[test]
+    fn the_local_node_is_the_one_named_on_the_command_line() {
+        let config = two_nodes();
+        let node = config
+            .pick_local_node(Some("db2"), Some("db1".into()), Some("db1".into()))
+            .unwrap();
+        assert_eq!(node.name, "db2");
+        let err = config.pick_local_node(Some("db9"), None, None).unwrap_err();
+        assert!(err.message().contains("--node"), "{}", err.message());
+        assert!(
+            err.message().contains("configured: db1, db2"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn without_node_option_pgzfs_node_from_the_environment_is_used() {
+        let config = two_nodes();
+        assert_eq!(
+            config
+                .pick_local_node(None, Some("db2".into()), Some("db1".into()))
+                .unwrap()
+                .name,
+            "db2"
+        );
+        let err = config
+            .pick_local_node(None, Some("db9".into()), Some("db1".into()))
+            .unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("PGZFS_NODE: no node named \"db9\""),
+            "{}",
+            err.message()
+        );
+        // An empty variable counts as unset.
+        assert_eq!(
+            config
+                .pick_local_node(None, Some(String::new()), Some("db1".into()))
+                .unwrap()
+                .name,
+            "db1"
+        );
+    }
+
+    #[test]
+    fn otherwise_the_hostname_or_its_short_form_picks_the_node() {
+        let config = two_nodes();
+        assert_eq!(
+            config
+                .pick_local_node(None, None, Some("db2".into()))
+                .unwrap()
+                .name,
+            "db2"
+        );
+        assert_eq!(
+            config
+                .pick_local_node(None, None, Some("db2.example.net".into()))
+                .unwrap()
+                .name,
+            "db2"
+        );
+        let fqdn_nodes =
+            parse(&SAMPLE.replace("name = \"db1\"", "name = \"db1.example.net\"")).unwrap();
+        assert_eq!(
+            fqdn_nodes
+                .pick_local_node(None, None, Some("db1.example.net".into()))
+                .unwrap()
+                .name,
+            "db1.example.net"
+        );
+    }
+
+    #[test]
+    fn an_unknown_host_is_refused_saying_what_was_tried() {
+        let config = two_nodes();
+        let err = config
+            .pick_local_node(None, None, Some("web1.example.net".into()))
+            .unwrap_err();
+        assert_eq!(err.kind(), Kind::Usage);
+        let message = err.message();
+        assert!(message.contains("\"web1.example.net\""), "{message}");
+        assert!(message.contains("\"web1\""), "{message}");
+        assert!(message.contains("PGZFS_NODE"), "{message}");
+        assert!(message.contains("--node"), "{message}");
+        assert!(message.contains("db1, db2"), "{message}");
+        let unreadable = config.pick_local_node(None, None, None).unwrap_err();
+        assert!(
+            unreadable.message().contains("hostname could not be read"),
+            "{}",
+            unreadable.message()
+        );
+    }
+
+    #[test]
+    fn the_other_nodes_are_all_but_the_local_one() {
+        let config = parse(&format!(
+            "{SAMPLE}[[nodes]]\nname = \"db3\"\nhost = \"10.0.0.3\"\n"
+        ))
+        .unwrap();
+        let local = config.node("db2").unwrap();
+        let others: Vec<&str> = config
+            .other_nodes(local)
+            .map(|node| node.name.as_str())
+            .collect();
+        assert_eq!(others, ["db1", "db3"]);
+    }
+
+    #[test]
+    fn the_config_path_comes_from_the_option_then_the_environment_then_the_default() {
+        let option = Path::new("/tmp/test.toml");
+        assert_eq!(
+            choose_config_path(Some(option), Some("/env.toml".into())),
+            PathBuf::from("/tmp/test.toml")
+        );
+        assert_eq!(
+            choose_config_path(None, Some("/env.toml".into())),
+            PathBuf::from("/env.toml")
+        );
+        assert_eq!(
+            choose_config_path(None, Some(OsString::new())),
+            PathBuf::from(DEFAULT_CONFIG_PATH)
+        );
+        assert_eq!(
+            choose_config_path(None, None),
+            PathBuf::from("/usr/local/etc/pgzfs.toml")
+        );
+    }
+
+    #[test]
+    fn an_unreadable_config_file_is_a_usage_error_naming_it() {
+        let path = std::env::temp_dir().join(format!(
+            "pgzfs-config-test-missing-{}.toml",
+            std::process::id()
+        ));
+        let err = Config::load(&path).unwrap_err();
+        assert_eq!(err.kind(), Kind::Usage);
+        assert!(
+            err.message().contains(&path.display().to_string()),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("cannot read"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_config_file_on_disk_loads() {
+        let path =
+            std::env::temp_dir().join(format!("pgzfs-config-test-{}.toml", std::process::id()));
+        std::fs::write(&path, SAMPLE).unwrap();
+        let loaded = Config::load(&path);
+        std::fs::remove_file(&path).unwrap();
+        let config = loaded.unwrap();
+        assert_eq!(config.path, path);
+        assert_eq!(config.nodes.len(), 2);
+    }
+}

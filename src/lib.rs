@@ -1,0 +1,24 @@
+//! pgzfs keeps PostgreSQL standbys in sync with ZFS snapshots.
+//!
+//! Layers, top to bottom (a module only uses what sits below it):
+//! `cli` → `commands` → domain logic (`replicate`, `transfer`) → narrow interfaces to the
+//! outside world (`zfs`, `ssh`, `pg`, `exec`, `clock`) → `config`, `error`.
+
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod exec;
+pub mod lock;
+pub mod log;
+pub mod pg;
+pub mod pgpass;
+pub mod progress;
+pub mod replicate;
+pub mod shell;
+pub mod ssh;
+pub mod timestamp;
+pub mod transfer;
+pub mod zfs;

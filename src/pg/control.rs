@@ -1,0 +1,159 @@
+//! What a data directory says about itself, read straight from its files so that it works
+//! while the server is down and without pg_controldata (which not every install ships).
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// `DBState` from pg_control. The numbering has been stable since PostgreSQL 9.0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    Startup,
+    ShutDown,
+    ShutDownInRecovery,
+    ShuttingDown,
+    InCrashRecovery,
+    InArchiveRecovery,
+    InProduction,
+    Unknown(u32),
+}
+
+impl ClusterState {
+    fn from_raw(raw: u32) -> ClusterState {
+        match raw {
+            0 => ClusterState::Startup,
+            1 => ClusterState::ShutDown,
+            2 => ClusterState::ShutDownInRecovery,
+            3 => ClusterState::ShuttingDown,
+            4 => ClusterState::InCrashRecovery,
+            5 => ClusterState::InArchiveRecovery,
+            6 => ClusterState::InProduction,
+            other => ClusterState::Unknown(other),
+        }
+    }
+
+    /// Whether this data directory was last used as a primary (read-write).
+    pub fn was_primary(self) -> bool {
+        matches!(
+            self,
+            ClusterState::InProduction | ClusterState::ShutDown | ClusterState::ShuttingDown
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlData {
+    pub system_identifier: u64,
+    pub state: ClusterState,
+}
+
+/// Parse the head of `global/pg_control`: the system identifier (u64), the control file
+/// version (u32), the catalog version (u32) and the state (enum, u32), in the machine's
+/// byte order. Those leading fields have kept their place in every release since 9.0.
+pub fn parse_control(bytes: &[u8]) -> Result<ControlData> {
+    if bytes.len() < 20 {
+        return Err(Error::failed("pg_control is truncated"));
+    }
+    let u64_at = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let version = u32_at(8);
+    if !(900..=2000).contains(&version) {
+        return Err(Error::failed(format!(
+            "pg_control has unexpected version {version} (wrong byte order or not a control file)"
+        )));
+    }
+    Ok(ControlData {
+        system_identifier: u64_at(0),
+        state: ClusterState::from_raw(u32_at(16)),
+    })
+}
+
+/// None when the directory holds no cluster.
+pub fn read_control(data_dir: &Path) -> Result<Option<ControlData>> {
+    let path = data_dir.join("global/pg_control");
+    match std::fs::read(&path) {
+        Ok(bytes) => parse_control(&bytes)
+            .map(Some)
+            .map_err(|e| e.context(path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::failed(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// The major version in PG_VERSION ("15", or "9.6" for old clusters).
+pub fn read_major(data_dir: &Path) -> Result<Option<u32>> {
+    let path = data_dir.join("PG_VERSION");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_major(text.trim()).map(Some).ok_or_else(|| {
+            Error::failed(format!("{}: odd version {:?}", path.display(), text.trim()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::failed(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// "15" → 15, "9.6" → 9, "15.18 (Debian 15.18-0+deb12u1)" → 15.
+pub fn parse_major(version: &str) -> Option<u32> {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The postmaster's PID when postmaster.pid names a live process.
+pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    alive.then_some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control(sysid: u64, state: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&sysid.to_ne_bytes());
+        bytes.extend_from_slice(&1300u32.to_ne_bytes());
+        bytes.extend_from_slice(&202209061u32.to_ne_bytes());
+        bytes.extend_from_slice(&state.to_ne_bytes());
+        bytes.resize(8192, 0);
+        bytes
+    }
+
+    #[test]
+    fn a_running_primary_and_a_standby_are_told_apart() {
+        let primary = parse_control(&control(7_300_000_000_000_000_001, 6)).unwrap();
+        assert_eq!(primary.system_identifier, 7_300_000_000_000_000_001);
+        assert!(primary.state.was_primary());
+        let standby = parse_control(&control(1, 5)).unwrap();
+        assert_eq!(standby.state, ClusterState::InArchiveRecovery);
+        assert!(!standby.state.was_primary());
+        assert!(
+            !parse_control(&control(1, 2)).unwrap().state.was_primary(),
+            "shut down in recovery = standby"
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_mistaken_for_a_control_file() {
+        assert!(parse_control(&[0u8; 8]).is_err());
+        assert!(parse_control(&[0xffu8; 64]).is_err());
+    }
+
+    #[test]
+    fn major_versions_parse_from_every_format() {
+        assert_eq!(parse_major("15"), Some(15));
+        assert_eq!(parse_major("9.6"), Some(9));
+        assert_eq!(parse_major("15.18 (Debian 15.18-0+deb12u1)"), Some(15));
+        assert_eq!(parse_major("x"), None);
+    }
+}

@@ -1,0 +1,106 @@
+//! pg_ctl and postgres on this node, run as the PostgreSQL OS user.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::exec::{self, Cmd, RunAs};
+
+pub struct PgCtl {
+    bin: PathBuf,
+    data_dir: PathBuf,
+    log_file: PathBuf,
+    run_as: Option<RunAs>,
+}
+
+impl PgCtl {
+    pub fn new(bin: &Path, data_dir: &Path, log_file: &Path, os_user: &str) -> Result<PgCtl> {
+        Ok(PgCtl {
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            log_file: log_file.to_path_buf(),
+            run_as: RunAs::user(os_user)?,
+        })
+    }
+
+    fn program(&self, name: &str) -> Result<String> {
+        let path = self.bin.join(name);
+        if !path.exists() {
+            return Err(Error::usage(format!(
+                "{} not found (check pg_bin)",
+                path.display()
+            )));
+        }
+        Ok(path.display().to_string())
+    }
+
+    fn pg_ctl(&self) -> Result<Cmd> {
+        Ok(Cmd::new(self.program("pg_ctl")?)
+            .arg("-D")
+            .arg(self.data_dir.display().to_string()))
+    }
+
+    /// The major version of the installed server binaries.
+    pub fn binary_major(&self) -> Result<u32> {
+        let text = exec::run(
+            &Cmd::new(self.program("postgres")?).arg("--version"),
+            self.run_as.as_ref(),
+        )?;
+        // "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+        text.split_whitespace()
+            .find_map(|word| {
+                word.chars()
+                    .next()
+                    .filter(char::is_ascii_digit)
+                    .and_then(|_| super::control::parse_major(word))
+            })
+            .ok_or_else(|| Error::failed(format!("cannot tell the version from {text:?}")))
+    }
+
+    pub fn is_running(&self) -> bool {
+        super::control::running_postmaster(&self.data_dir).is_some()
+    }
+
+    pub fn start(&self, timeout: Duration) -> Result<()> {
+        let cmd = self
+            .pg_ctl()?
+            .args(["-w", "-t"])
+            .arg(timeout.as_secs().max(1).to_string())
+            .arg("-l")
+            .arg(self.log_file.display().to_string())
+            .arg("start");
+        exec::run(&cmd, self.run_as.as_ref())
+            .map(drop)
+            .map_err(|e| {
+                e.context(format!(
+                    "starting PostgreSQL (log: {})",
+                    self.log_file.display()
+                ))
+            })
+    }
+
+    /// Stop fast (abort transactions, clean shutdown); if that does not finish within the
+    /// timeout, stop immediately. Immediate is safe here: the data is about to be replaced
+    /// by the primary's snapshot anyway, or recovers on the next start.
+    pub fn stop(&self, timeout: Duration) -> Result<&'static str> {
+        if !self.is_running() {
+            return Ok("already stopped");
+        }
+        let fast = self
+            .pg_ctl()?
+            .args(["-w", "-t"])
+            .arg(timeout.as_secs().max(1).to_string())
+            .args(["-m", "fast", "stop"]);
+        match exec::run(&fast, self.run_as.as_ref()) {
+            Ok(_) => Ok("fast"),
+            Err(e) => {
+                tracing::warn!("fast shutdown did not finish ({e}); stopping immediately");
+                let immediate = self
+                    .pg_ctl()?
+                    .args(["-w", "-t", "60", "-m", "immediate", "stop"]);
+                exec::run(&immediate, self.run_as.as_ref())?;
+                Ok("immediate")
+            }
+        }
+    }
+}

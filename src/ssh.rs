@@ -1,0 +1,370 @@
+//! SSH to other nodes with libssh2 (the ssh2 crate): key authentication, strict
+//! known_hosts checking, and commands on exec channels whose stdout can be a ZFS stream.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use ssh2::{CheckResult, HashType, KnownHostFileKind, Session};
+
+use crate::error::{Error, Result};
+use crate::exec::{Cmd, Output, Runner};
+use crate::transfer::{Sink, Source};
+
+/// Where and how to log in.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub connect_timeout: Duration,
+}
+
+impl SshTarget {
+    pub fn describe(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host, self.port)
+    }
+
+    /// How known_hosts names this host: OpenSSH writes `[host]:port` for ports other than 22.
+    fn known_hosts_name(&self) -> String {
+        if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A logged-in session to one node.
+pub struct SshHost {
+    session: Session,
+    target: SshTarget,
+}
+
+/// A blocking read of a ZFS stream may legitimately wait while the sender walks metadata;
+/// a dead peer is caught by keepalives long before this.
+const IO_TIMEOUT_MS: u32 = 600_000;
+
+impl SshHost {
+    pub fn connect(target: &SshTarget) -> Result<SshHost> {
+        let who = target.describe();
+        let addr = (target.host.as_str(), target.port)
+            .to_socket_addrs()
+            .map_err(|e| Error::failed(format!("cannot resolve {}: {e}", target.host)))?
+            .next()
+            .ok_or_else(|| Error::failed(format!("{} resolves to no address", target.host)))?;
+        let tcp = TcpStream::connect_timeout(&addr, target.connect_timeout)
+            .map_err(|e| Error::failed(format!("cannot reach {who}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let mut session = Session::new().map_err(|e| Error::failed(format!("ssh: {e}")))?;
+        session.set_tcp_stream(tcp);
+        session.set_timeout(target.connect_timeout.as_millis().min(u32::MAX as u128) as u32);
+        session
+            .handshake()
+            .map_err(|e| Error::failed(format!("ssh handshake with {who} failed: {e}")))?;
+        check_host_key(&session, target)?;
+        session
+            .userauth_pubkey_file(&target.user, None, &target.key, None)
+            .map_err(|e| {
+                Error::failed(format!(
+                    "ssh key authentication as {who} with {} failed: {e}",
+                    target.key.display()
+                ))
+            })?;
+        if !session.authenticated() {
+            return Err(Error::failed(format!(
+                "ssh: {who} did not accept key {}",
+                target.key.display()
+            )));
+        }
+        session.set_keepalive(true, 15);
+        session.set_timeout(IO_TIMEOUT_MS);
+        tracing::debug!("ssh: logged in to {who}");
+        Ok(SshHost {
+            session,
+            target: target.clone(),
+        })
+    }
+
+    fn exec(&self, cmd: &Cmd) -> Result<ssh2::Channel> {
+        let line = crate::shell::join(&cmd.argv);
+        tracing::debug!("ssh {}: {line}", self.target.describe());
+        let mut channel = self.session.channel_session().map_err(|e| {
+            Error::failed(format!(
+                "ssh {}: cannot open a channel: {e}",
+                self.target.describe()
+            ))
+        })?;
+        channel.exec(&line).map_err(|e| {
+            Error::failed(format!(
+                "ssh {}: cannot run {}: {e}",
+                self.target.describe(),
+                cmd.program()
+            ))
+        })?;
+        Ok(channel)
+    }
+}
+
+/// Refuse unknown and changed host keys. Accepting a key is an operator decision, made
+/// once, after comparing the fingerprint out of band.
+fn check_host_key(session: &Session, target: &SshTarget) -> Result<()> {
+    let (key, key_type) = session
+        .host_key()
+        .ok_or_else(|| Error::failed("ssh: the server sent no host key"))?;
+    let fingerprint = session
+        .host_key_hash(HashType::Sha256)
+        .map(|h| format!("SHA256:{}", base64_unpadded(h)))
+        .unwrap_or_default();
+    let key_type = format!("{key_type:?}");
+    let name = target.known_hosts_name();
+    let file = &target.known_hosts;
+    let mut known = session
+        .known_hosts()
+        .map_err(|e| Error::failed(format!("ssh: {e}")))?;
+    if file.exists() {
+        known
+            .read_file(file, KnownHostFileKind::OpenSSH)
+            .map_err(|e| {
+                Error::usage(format!("cannot read known_hosts {}: {e}", file.display()))
+            })?;
+    }
+    match known.check_port(&target.host, target.port, key) {
+        CheckResult::Match => Ok(()),
+        CheckResult::NotFound => Err(Error::refused(format!(
+            "the host key of {name} is not in {known}: {key_type} {fingerprint}\n  \
+             Compare this fingerprint with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on that host; \
+             if it matches, accept it with:\n    ssh-keyscan -p {port} {host} >> {known}",
+            known = file.display(),
+            port = target.port,
+            host = target.host,
+        ))),
+        CheckResult::Mismatch => Err(Error::refused(format!(
+            "THE HOST KEY OF {name} HAS CHANGED: it now presents {key_type} {fingerprint}, which differs from \
+             the key recorded in {known}. Someone may be intercepting the connection. If the host was \
+             legitimately reinstalled, verify the new fingerprint on the host, then replace the entry:\n    \
+             ssh-keygen -R '{name}' -f {known} && ssh-keyscan -p {port} {host} >> {known}",
+            known = file.display(),
+            port = target.port,
+            host = target.host,
+        ))),
+        CheckResult::Failure => Err(Error::failed(format!("ssh: checking the host key of {name} against {} failed", file.display()))),
+    }
+}
+
+fn base64_unpadded(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len() * 4 / 3 + 4);
+    for chunk in bytes.chunks(3) {
+        let n = (chunk[0] as u32) << 16
+            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+            | *chunk.get(2).unwrap_or(&0) as u32;
+        let emit = chunk.len() + 1;
+        for i in 0..emit {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The remote command's end: its exit status, or the signal that killed it.
+fn remote_status(channel: &mut ssh2::Channel) -> Result<ExitStatus> {
+    let _ = channel.wait_close();
+    if let Ok(signal) = channel.exit_signal() {
+        if let Some(name) = signal.exit_signal {
+            // libssh2 reports 0 as the exit status when the command died from a signal, so
+            // the signal must be checked first or a killed sender would look successful.
+            let number = match name.as_str() {
+                "KILL" => 9,
+                "TERM" => 15,
+                "INT" => 2,
+                "PIPE" => 13,
+                "HUP" => 1,
+                _ => 6,
+            };
+            return Ok(ExitStatus::from_raw(number));
+        }
+    }
+    let code = channel
+        .exit_status()
+        .map_err(|e| Error::failed(format!("ssh: no exit status: {e}")))?;
+    Ok(ExitStatus::from_raw((code & 0xff) << 8))
+}
+
+fn read_stderr(channel: &mut ssh2::Channel) -> String {
+    let mut text = String::new();
+    let _ = channel.stderr().read_to_string(&mut text);
+    text.trim().to_string()
+}
+
+impl Runner for SshHost {
+    fn output(&self, cmd: &Cmd) -> Result<Output> {
+        let mut channel = self.exec(cmd)?;
+        let mut stdout = String::new();
+        channel.read_to_string(&mut stdout).map_err(|e| {
+            Error::failed(format!(
+                "ssh {}: reading output of {}: {e}",
+                self.target.describe(),
+                cmd.program()
+            ))
+        })?;
+        let stderr = read_stderr(&mut channel);
+        let status = remote_status(&mut channel)?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn source(&self, cmd: &Cmd) -> Result<Box<dyn Source>> {
+        let channel = self.exec(cmd)?;
+        Ok(Box::new(RemoteSource {
+            session: self.session.clone(),
+            channel,
+            cmd: cmd.clone(),
+            who: self.target.describe(),
+            stderr: Vec::new(),
+            reads: 0,
+        }))
+    }
+
+    fn sink(&self, cmd: &Cmd) -> Result<Box<dyn Sink>> {
+        let channel = self.exec(cmd)?;
+        Ok(Box::new(RemoteSink {
+            channel,
+            cmd: cmd.clone(),
+            who: self.target.describe(),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        self.target.describe()
+    }
+}
+
+struct RemoteSource {
+    session: Session,
+    channel: ssh2::Channel,
+    cmd: Cmd,
+    who: String,
+    stderr: Vec<u8>,
+    reads: u32,
+}
+
+impl RemoteSource {
+    /// Drain whatever stderr has arrived without waiting for more. The stream and stderr
+    /// share one SSH flow-control window, so stderr left unread could stall the stream.
+    fn drain_stderr_now(&mut self) {
+        self.session.set_blocking(false);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.channel.stderr().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            self.stderr.extend_from_slice(&buf[..n]);
+        }
+        self.session.set_blocking(true);
+    }
+}
+
+impl Source for RemoteSource {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reads = self.reads.wrapping_add(1);
+        if self.reads % 64 == 0 {
+            self.drain_stderr_now();
+        }
+        self.channel.read(buf)
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let mut rest = Vec::new();
+        let _ = self.channel.stderr().read_to_end(&mut rest);
+        self.stderr.extend_from_slice(&rest);
+        let status = remote_status(&mut self.channel)?;
+        let said = String::from_utf8_lossy(&self.stderr).trim().to_string();
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::failed(format!(
+                "`{}` on {} failed ({}): {said}",
+                self.cmd.display(),
+                self.who,
+                crate::exec::describe_status(status)
+            )))
+        }
+    }
+
+    fn abort(mut self: Box<Self>) {
+        // Closing the channel makes sshd hang up on the sender, which then dies of SIGPIPE.
+        let _ = self.channel.close();
+    }
+}
+
+struct RemoteSink {
+    channel: ssh2::Channel,
+    cmd: Cmd,
+    who: String,
+}
+
+impl Sink for RemoteSink {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.channel.write_all(buf)
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let _ = self.channel.send_eof();
+        let said = read_stderr(&mut self.channel);
+        let status = remote_status(&mut self.channel)?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::failed(format!(
+                "`{}` on {} failed ({}): {said}",
+                self.cmd.display(),
+                self.who,
+                crate::exec::describe_status(status)
+            )))
+        }
+    }
+
+    fn abort(mut self: Box<Self>) {
+        let _ = self.channel.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_are_printed_like_openssh_does() {
+        // OpenSSH prints SHA256 fingerprints as unpadded base64.
+        assert_eq!(
+            base64_unpadded(b"any carnal pleasure."),
+            "YW55IGNhcm5hbCBwbGVhc3VyZS4"
+        );
+        assert_eq!(base64_unpadded(b"ab"), "YWI");
+        assert_eq!(base64_unpadded(b""), "");
+    }
+
+    #[test]
+    fn known_hosts_names_non_standard_ports_in_brackets() {
+        let mut t = SshTarget {
+            host: "10.0.0.1".into(),
+            port: 22,
+            user: "zfssync".into(),
+            key: "k".into(),
+            known_hosts: "kh".into(),
+            connect_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(t.known_hosts_name(), "10.0.0.1");
+        t.port = 2222;
+        assert_eq!(t.known_hosts_name(), "[10.0.0.1]:2222");
+    }
+}
