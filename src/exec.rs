@@ -84,20 +84,13 @@ impl RunAs {
     }
 
     fn apply(&self, command: &mut Command) {
-        let gid = self.gid;
+        // std drops root's supplementary groups itself when it changes the uid, so the
+        // server runs with the user's primary group only.
         command
             .uid(self.uid)
             .gid(self.gid)
             .env("HOME", &self.home)
             .current_dir("/");
-        // SAFETY: setgroups is async-signal-safe; it drops root's supplementary groups
-        // before exec so PostgreSQL does not inherit them.
-        unsafe {
-            command.pre_exec(move || {
-                nix::unistd::setgroups(&[nix::unistd::Gid::from_raw(gid)])
-                    .map_err(std::io::Error::from)
-            });
-        }
     }
 }
 

@@ -94,18 +94,24 @@ pub fn copy(
     };
     match outcome {
         Ok(()) => {
-            // The sender's verdict first: a sender killed mid-stream ends with a short read,
-            // and only its exit status tells us the stream was truncated.
-            if let Err(e) = source.finish() {
-                sink.abort();
-                return Err(e.context("the sender failed"));
+            // The receiver is the judge: a ZFS stream carries checksums and an end record,
+            // and zfs recv commits nothing unless the stream is complete and intact. So a
+            // receiver that succeeded holds the whole snapshot, even if the sender then
+            // reported trouble (with zfs-fuse the daemon writes the stream, and a killed
+            // zfs(8) client may still have delivered all of it).
+            let received = sink.finish();
+            let sent = source.finish();
+            match (received, sent) {
+                (Ok(()), Ok(())) => Ok(Transferred { bytes, elapsed: started.elapsed() }),
+                (Ok(()), Err(e)) => {
+                    tracing::warn!("the sender reported an error after a complete, verified stream: {e}");
+                    Ok(Transferred { bytes, elapsed: started.elapsed() })
+                }
+                (Err(e), Ok(())) => Err(e.context("the receiver failed")),
+                (Err(received), Err(sent)) => Err(Error::failed(format!(
+                    "the sender failed: {sent}; so the receiver discarded the partial stream: {received}"
+                ))),
             }
-            sink.finish()
-                .map_err(|e| e.context("the receiver failed"))?;
-            Ok(Transferred {
-                bytes,
-                elapsed: started.elapsed(),
-            })
         }
         Err(e) => {
             sink.abort();
@@ -140,13 +146,24 @@ mod tests {
     }
 
     #[derive(Default, Clone)]
-    struct Recorder(Rc<RefCell<(Vec<u8>, &'static str)>>);
+    struct Recorder(Rc<RefCell<(Vec<u8>, &'static str)>>, bool);
+    impl Recorder {
+        fn refusing() -> Recorder {
+            Recorder(Rc::default(), true)
+        }
+    }
     impl Sink for Recorder {
         fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
             self.0.borrow_mut().0.extend_from_slice(buf);
             Ok(())
         }
         fn finish(self: Box<Self>) -> Result<()> {
+            if self.1 {
+                self.0.borrow_mut().1 = "refused";
+                return Err(Error::failed(
+                    "cannot receive: invalid stream (checksum mismatch)",
+                ));
+            }
             self.0.borrow_mut().1 = "finished";
             Ok(())
         }
@@ -172,8 +189,8 @@ mod tests {
     }
 
     #[test]
-    fn a_sender_that_died_mid_stream_makes_the_receiver_abort() {
-        let sink = Recorder::default();
+    fn a_failing_receiver_fails_the_transfer_and_names_the_sender() {
+        let sink = Recorder::refusing();
         let err = copy(
             Box::new(Bytes(vec![1; 10], false)),
             Box::new(sink.clone()),
@@ -182,7 +199,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("sender failed"), "{err}");
-        assert_eq!(sink.0.borrow().1, "aborted");
+        assert!(err.to_string().contains("discarded"), "{err}");
+    }
+
+    #[test]
+    fn a_receiver_that_verified_the_whole_stream_wins_over_a_sender_complaint() {
+        let sink = Recorder::default();
+        let done = copy(
+            Box::new(Bytes(vec![1; 10], false)),
+            Box::new(sink.clone()),
+            &Progress::hidden(),
+            &Interrupt::default(),
+        )
+        .unwrap();
+        assert_eq!(done.bytes, 10);
+        assert_eq!(sink.0.borrow().1, "finished");
     }
 
     #[test]

@@ -107,7 +107,7 @@ impl Steps {
         result
     }
 
-    fn seconds(&self) -> BTreeMap<String, f64> {
+    fn in_order(&self) -> Vec<(String, f64)> {
         self.done
             .iter()
             .map(|(name, d)| (name.to_string(), round(d.as_secs_f64())))
@@ -150,6 +150,9 @@ pub struct Summary {
     pub slot: Option<String>,
     pub replication_state: String,
     pub lag_bytes: Option<i64>,
+    /// The steps in the order they ran, for the human summary.
+    #[serde(skip)]
+    pub step_order: Vec<(String, f64)>,
 }
 
 impl Summary {
@@ -173,7 +176,7 @@ impl Summary {
             out.push_str(&format!("  the previous dataset is kept as {aside}\n"));
         }
         out.push_str("  steps:");
-        for (name, secs) in &self.steps {
+        for (name, secs) in &self.step_order {
             out.push_str(&format!(" {name} {secs:.1}s;"));
         }
         out
@@ -375,6 +378,23 @@ impl Reseed<'_> {
         let transferred = match moved {
             Ok(t) => t,
             Err(e) => {
+                // When in doubt (zfs not answering), assume the worst: received.
+                let received = match local_zfs.exists(&local.dataset) {
+                    Ok(false) => false,
+                    Ok(true) => local_zfs
+                        .snapshots(&local.dataset)
+                        .map(|snaps| snaps.iter().any(|s| s.name.snap() == &snapshot_name))
+                        .unwrap_or(true),
+                    Err(_) => true,
+                };
+                if received {
+                    // The new data is in place but not yet a standby: starting it now would
+                    // start a copy of the primary. Leave it stopped; a rerun finishes the job.
+                    return Err(e.context(format!(
+                        "{} was received but not yet configured as a standby; PostgreSQL stays stopped. Run reset-secondary again",
+                        snapshot_name
+                    )));
+                }
                 if was_running {
                     // The dataset is back at its last good state: bring the old standby back
                     // too, so a failed re-seed costs nothing but the time it took.
@@ -442,13 +462,14 @@ impl Reseed<'_> {
             } else {
                 transferred.bytes
             },
-            steps: steps.seconds(),
+            steps: steps.in_order().into_iter().collect(),
             start_lsn,
             stop_lsn: stop.stop_lsn,
             timeline,
             slot: local.use_slots.then(|| local.slot_name.clone()),
             replication_state: replication.state,
             lag_bytes: replication.replay_lag_bytes,
+            step_order: steps.in_order(),
         }))
     }
 
@@ -663,6 +684,10 @@ impl Reseed<'_> {
             local_zfs.set_mountpoint(dataset, &wanted)?;
         }
         local_zfs.mount(dataset)?;
+        // The copied lock file names the primary's postmaster; nothing may act on it here.
+        for leftover in ["postmaster.pid", "postmaster.opts"] {
+            let _ = std::fs::remove_file(local.data_dir.join(leftover));
+        }
         if !local.data_dir.starts_with(&wanted) {
             return Err(Error::usage(format!(
                 "data_dir {} is not below the dataset's mountpoint {}",

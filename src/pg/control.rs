@@ -107,12 +107,44 @@ pub fn parse_major(version: &str) -> Option<u32> {
         .ok()
 }
 
-/// The postmaster's PID when postmaster.pid names a live process.
+/// The postmaster's PID when postmaster.pid names a live PostgreSQL server of *this* data
+/// directory. A received copy of the primary's files carries the primary's postmaster.pid,
+/// whose PID may belong to any process here; believing it would make `pg_ctl stop` signal
+/// a stranger. So the PID must be alive, be a postgres process, and the file must name
+/// this directory.
 pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    alive.then_some(pid)
+    let (pid, dir) = parse_pid_file(&text)?;
+    if !same_dir(Path::new(&dir), data_dir) {
+        return None;
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).ok()?;
+    is_postgres_process(pid).then_some(pid)
+}
+
+/// (PID, data directory) from the first two lines of postmaster.pid.
+pub fn parse_pid_file(text: &str) -> Option<(i32, String)> {
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    let dir = lines.next()?.trim().to_string();
+    Some((pid, dir))
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+fn is_postgres_process(pid: i32) -> bool {
+    // Linux has /proc; FreeBSD's ps(1) answers the same question without procfs.
+    let name = match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(name) => name,
+        Err(_) => std::process::Command::new("ps")
+            .args(["-o", "comm=", "-p", &pid.to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default(),
+    };
+    matches!(name.trim(), "postgres" | "postmaster")
 }
 
 #[cfg(test)]
@@ -147,6 +179,31 @@ mod tests {
     fn garbage_is_not_mistaken_for_a_control_file() {
         assert!(parse_control(&[0u8; 8]).is_err());
         assert!(parse_control(&[0xffu8; 64]).is_err());
+    }
+
+    #[test]
+    fn a_copied_pid_file_of_another_directory_does_not_count_as_running() {
+        let dir = std::env::temp_dir().join(format!("pgzfs-pid-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Our own PID is certainly alive, but it is neither postgres nor of this directory.
+        let me = std::process::id();
+        std::fs::write(
+            dir.join("postmaster.pid"),
+            format!("{me}\n/var/db/postgres/data15\n"),
+        )
+        .unwrap();
+        assert_eq!(running_postmaster(&dir), None);
+        std::fs::write(
+            dir.join("postmaster.pid"),
+            format!("{me}\n{}\n", dir.display()),
+        )
+        .unwrap();
+        assert_eq!(
+            running_postmaster(&dir),
+            None,
+            "alive, right directory, but not postgres"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

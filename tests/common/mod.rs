@@ -1,0 +1,341 @@
+//! The lab the integration tests run in: real zfs-fuse, real sshd, real PostgreSQL, set up
+//! by `scripts/lab` (the same lab the demo uses). A machine that lacks any of them fails
+//! the test loudly; nothing is skipped.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn pgzfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pgzfs"))
+}
+
+/// A throwaway two-node lab: db1 is a running primary with pgbench data, db2 has nothing
+/// yet. Torn down when dropped.
+pub struct Lab {
+    pub dir: PathBuf,
+    pub env: HashMap<String, String>,
+    keep: bool,
+}
+
+fn require_lab_prerequisites() {
+    assert!(nix_is_root(), "the lab tests need root (zfs-fuse, sshd, PostgreSQL as user postgres); run them via scripts/test as root");
+    for tool in ["zfs", "zpool", "zfs-fuse", "/usr/sbin/sshd", "psql"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(found, "{tool} is not installed: run scripts/install-deps first (the lab tests refuse to pass without real components)");
+    }
+}
+
+fn nix_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+impl Lab {
+    pub fn up(test: &str) -> Lab {
+        Lab::up_with(test, 15, 1)
+    }
+
+    /// `test` must be short: it names the pool and the lab directory.
+    pub fn up_with(test: &str, pg_major: u32, scale: u32) -> Lab {
+        require_lab_prerequisites();
+        let name = format!(
+            "t{}{}",
+            test.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+            std::process::id() % 100000
+        );
+        let dir = PathBuf::from(format!("/tmp/pgzfs-lab/{name}"));
+        let out = Command::new(repo().join("scripts/lab"))
+            .arg("up")
+            .arg(&dir)
+            .args([
+                "--name",
+                &name,
+                "--pg-major",
+                &pg_major.to_string(),
+                "--scale",
+                &scale.to_string(),
+            ])
+            .output()
+            .expect("run scripts/lab");
+        assert!(
+            out.status.success(),
+            "scripts/lab up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(dir.join("lab.env"))
+            .expect("lab.env")
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Lab {
+            dir,
+            env,
+            keep: std::env::var_os("PGZFS_KEEP_LAB").is_some(),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        self.env
+            .get(key)
+            .unwrap_or_else(|| panic!("lab.env has no {key}"))
+    }
+
+    pub fn config(&self) -> PathBuf {
+        PathBuf::from(self.get("CONFIG"))
+    }
+
+    pub fn pool(&self) -> &str {
+        self.get("POOL")
+    }
+
+    pub fn dataset(&self, node: &str) -> String {
+        format!("{}/{node}", self.pool())
+    }
+
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.dir.join(node).join("data")
+    }
+
+    /// Run pgzfs as an operator would on `node`.
+    pub fn pgzfs(&self, node: &str, args: &[&str]) -> Output {
+        let out = self.pgzfs_command(node, args).output().expect("run pgzfs");
+        eprintln!(
+            "$ pgzfs --node {node} {}\n-- exit {:?}\n-- stdout:\n{}\n-- stderr:\n{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn pgzfs_command(&self, node: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(pgzfs_bin());
+        cmd.arg("--config")
+            .arg(self.config())
+            .arg("--node")
+            .arg(node)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.env_remove("PGZFS_CONFIG")
+            .env_remove("PGZFS_NODE")
+            .env_remove("PGPASSFILE");
+        cmd
+    }
+
+    /// The re-seed every scenario starts from, with its JSON summary.
+    pub fn reset_secondary(&self, node: &str) -> serde_json::Value {
+        let out = self.pgzfs(node, &["reset-secondary", "--yes", "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "reset-secondary on {node} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
+    }
+
+    fn socket_dir(&self, node: &str) -> String {
+        match node {
+            "db1" => self.get("SOCK_DIR").to_string(),
+            other => format!(
+                "{}/sock{}",
+                self.dir.display(),
+                other.trim_start_matches("db")
+            ),
+        }
+    }
+
+    fn port(&self, node: &str) -> String {
+        match node {
+            "db1" => self.get("DB1_PORT").to_string(),
+            "db2" => self.get("DB2_PORT").to_string(),
+            other => panic!("no port known for {other}"),
+        }
+    }
+
+    /// One value from SQL run as the postgres superuser over the node's unix socket.
+    pub fn try_sql(&self, node: &str, sql: &str) -> Result<String, String> {
+        self.try_sql_at(&self.socket_dir(node), &self.port(node), sql)
+    }
+
+    pub fn try_sql_at(&self, socket_dir: &str, port: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(format!("{}/psql", "/usr/lib/postgresql/15/bin"))
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                socket_dir,
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    pub fn sql(&self, node: &str, sql: &str) -> String {
+        self.try_sql(node, sql)
+            .unwrap_or_else(|e| panic!("SQL on {node} failed: {sql}: {e}"))
+    }
+
+    /// A fingerprint of the data the tests change, to compare primary and standby.
+    pub fn contents(&self, node: &str) -> String {
+        self.sql(node, "SELECT count(*) || ':' || md5(string_agg(aid || '=' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts")
+    }
+
+    /// Wait until the standby has replayed everything the primary has now, then compare.
+    pub fn assert_same_contents(&self, primary: &str, standby: &str) {
+        let want = self.contents(primary);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = self.try_sql(standby, "SELECT count(*) || ':' || md5(string_agg(aid || '=' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts");
+            if got.as_deref() == Ok(want.as_str()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{standby} never caught up with {primary}: want {want}, got {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn assert_streaming(&self, standby: &str) {
+        assert_eq!(
+            self.sql(standby, "SELECT status FROM pg_stat_wal_receiver"),
+            "streaming",
+            "{standby} is not streaming"
+        );
+        assert_eq!(self.sql(standby, "SELECT pg_is_in_recovery()"), "t");
+        let state = self.sql(
+            "db1",
+            &format!("SELECT state FROM pg_stat_replication WHERE application_name = '{standby}'"),
+        );
+        assert_eq!(
+            state, "streaming",
+            "the primary does not see {standby} streaming"
+        );
+    }
+
+    pub fn zfs(&self, args: &[&str]) -> String {
+        let out = Command::new("zfs").args(args).output().expect("run zfs");
+        assert!(
+            out.status.success(),
+            "zfs {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// (snapshot name, guid) of a dataset's snapshots, oldest first.
+    pub fn snapshots(&self, dataset: &str) -> Vec<(String, String)> {
+        let text = self.zfs(&[
+            "get",
+            "-H",
+            "-p",
+            "-d",
+            "1",
+            "-o",
+            "name,property,value",
+            "guid,createtxg",
+            dataset,
+        ]);
+        let mut rows: HashMap<String, (String, u64)> = HashMap::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() != 3 || !f[0].contains('@') {
+                continue;
+            }
+            let e = rows.entry(f[0].to_string()).or_default();
+            match f[1] {
+                "guid" => e.0 = f[2].to_string(),
+                "createtxg" => e.1 = f[2].parse().unwrap(),
+                _ => {}
+            }
+        }
+        let mut v: Vec<(String, String, u64)> =
+            rows.into_iter().map(|(n, (g, t))| (n, g, t)).collect();
+        v.sort_by_key(|r| r.2);
+        v.into_iter().map(|(n, g, _)| (n, g)).collect()
+    }
+
+    pub fn dataset_exists(&self, dataset: &str) -> bool {
+        Command::new("zfs")
+            .args(["get", "-H", "-o", "value", "type", dataset])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Run a shell command as the postgres OS user (pg_ctl and friends).
+    pub fn as_postgres(&self, command: &str) -> Output {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--", "sh", "-c", command])
+            .output()
+            .expect("runuser")
+    }
+
+    pub fn pg_bin(&self) -> &str {
+        self.get("PG_BIN")
+    }
+
+    pub fn append_config(&self, text: &str) {
+        let path = self.config();
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        config.push_str(text);
+        std::fs::write(&path, config).unwrap();
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config(), text).unwrap();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("PGZFS_KEEP_LAB: leaving the lab in {}", self.dir.display());
+            return;
+        }
+        let _ = Command::new(repo().join("scripts/lab"))
+            .arg("down")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn file_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}

@@ -1,0 +1,457 @@
+//! Re-seeding a standby, end to end on real zfs-fuse, sshd and PostgreSQL 15.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{file_text, stderr_of, Lab};
+
+#[test]
+fn first_full_reseed_then_incremental_reseed_keep_the_standby_streaming_and_equal() {
+    let lab = Lab::up("fullincr");
+    assert!(
+        !lab.dataset_exists(&lab.dataset("db2")),
+        "db2 starts without a dataset"
+    );
+
+    // The operator previews first: nothing may change.
+    let out = lab.pgzfs("db2", &["reset-secondary", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains("full"),
+        "a standby without a dataset gets a full copy: {plan}"
+    );
+    assert!(
+        !lab.dataset_exists(&lab.dataset("db2")),
+        "--dry-run created nothing"
+    );
+    assert!(
+        lab.snapshots(&lab.dataset("db1")).is_empty(),
+        "--dry-run took no snapshot on the primary"
+    );
+
+    let full = lab.reset_secondary("db2");
+    assert_eq!(full["mode"], "full");
+    assert!(
+        full["bytes"].as_u64().unwrap() > 1_000_000,
+        "a full stream carries the whole cluster: {full}"
+    );
+    for step in [
+        "preflight",
+        "lock",
+        "slot",
+        "backup start",
+        "snapshot",
+        "backup stop",
+        "postgres stop",
+        "send/receive",
+        "postgres start",
+        "catch-up",
+    ] {
+        assert!(
+            full["steps"][step].is_number(),
+            "the summary times step {step}: {full}"
+        );
+    }
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+
+    // The snapshot explains itself.
+    let snapshot = full["snapshot"].as_str().unwrap();
+    assert!(
+        snapshot.starts_with(&format!("{}@pgzfs-", lab.dataset("db1"))),
+        "{snapshot}"
+    );
+    let lsn = lab.zfs(&["get", "-H", "-o", "value", "pgzfs:lsn", snapshot]);
+    assert_eq!(lsn.trim(), full["start_lsn"].as_str().unwrap());
+    let sysid = lab.zfs(&["get", "-H", "-o", "value", "pgzfs:sysid", snapshot]);
+    assert_eq!(
+        sysid.trim(),
+        lab.sql("db1", "SELECT system_identifier FROM pg_control_system()")
+    );
+    // Per-node settings survived the copy of the primary's files.
+    assert_eq!(lab.sql("db2", "SHOW port"), lab.get("DB2_PORT"));
+    assert!(lab.data_dir("db2").join("standby.signal").exists());
+    // The new common base is held on both sides.
+    let held = |s: &str| {
+        lab.zfs(&["get", "-H", "-o", "value", "userrefs", s])
+            .trim()
+            .to_string()
+    };
+    let standby_copy = snapshot.replacen(&lab.dataset("db1"), &lab.dataset("db2"), 1);
+    assert_eq!(held(snapshot), "1");
+    assert_eq!(held(&standby_copy), "1");
+
+    // Writes on the primary, then an incremental re-seed.
+    lab.sql(
+        "db1",
+        "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 10 = 0",
+    );
+    lab.sql(
+        "db1",
+        "CREATE TABLE after_first_seed AS SELECT generate_series(1, 1000) AS n",
+    );
+    let incremental = lab.reset_secondary("db2");
+    assert_eq!(incremental["mode"], "incremental");
+    assert_eq!(
+        incremental["base"].as_str(),
+        Some(snapshot),
+        "the base is the previous common snapshot"
+    );
+    // (Most of an incremental stream on a tiny database is WAL written since the last cut.)
+    assert!(
+        incremental["bytes"].as_u64().unwrap() < full["bytes"].as_u64().unwrap(),
+        "the incremental stream follows the changed blocks: {} vs full {}",
+        incremental["bytes"],
+        full["bytes"]
+    );
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+    assert_eq!(
+        lab.sql("db2", "SELECT count(*) FROM after_first_seed"),
+        "1000"
+    );
+    // The hold moved to the new base; the old one is released on both sides.
+    assert_eq!(held(snapshot), "0");
+    assert_eq!(held(incremental["snapshot"].as_str().unwrap()), "1");
+
+    // Everything was logged to the log file support reads.
+    let log = file_text(&lab.dir.join("pgzfs.log"));
+    assert!(
+        log.contains("send/receive: done"),
+        "log file has the steps:\n{log}"
+    );
+    assert!(
+        !log.contains(&lab_password(&lab)),
+        "the password never reaches the log"
+    );
+}
+
+fn lab_password(lab: &Lab) -> String {
+    let pgpass = file_text(std::path::Path::new(lab.get("PGPASSFILE")));
+    pgpass
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_standby_that_wrote_its_own_files_is_rolled_back_by_the_incremental_reseed() {
+    let lab = Lab::up("diverged");
+    lab.reset_secondary("db2");
+    // The standby has been running (restartpoints, its own WAL, its own postmaster.pid),
+    // and someone left a file in its data directory.
+    let stray = lab
+        .data_dir("db2")
+        .join("stray-file-written-on-the-standby");
+    std::fs::write(&stray, "local only").unwrap();
+    lab.sql(
+        "db1",
+        "UPDATE pgbench_accounts SET abalance = 42 WHERE aid < 100",
+    );
+
+    let again = lab.reset_secondary("db2");
+    assert_eq!(again["mode"], "incremental");
+    assert!(
+        !stray.exists(),
+        "the standby's own changes since the common snapshot were rolled back"
+    );
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+}
+
+#[test]
+fn reset_secondary_on_the_primary_is_refused_and_the_primary_is_untouched() {
+    let lab = Lab::up("onprimary");
+    let before = lab.snapshots(&lab.dataset("db1"));
+    let out = lab.pgzfs("db1", &["reset-secondary", "--yes"]);
+    assert_eq!(out.status.code(), Some(3), "refused for safety");
+    assert!(
+        stderr_of(&out).contains("primary"),
+        "the message says why: {}",
+        stderr_of(&out)
+    );
+    assert_eq!(
+        lab.sql("db1", "SELECT pg_is_in_recovery()"),
+        "f",
+        "still a running primary"
+    );
+    lab.sql("db1", "CREATE TABLE still_writable (x int)");
+    assert_eq!(
+        lab.snapshots(&lab.dataset("db1")),
+        before,
+        "no snapshot was taken or destroyed"
+    );
+}
+
+#[test]
+fn an_unknown_or_changed_ssh_host_key_is_refused() {
+    let lab = Lab::up("hostkey");
+    let known_hosts = lab.dir.join("ssh/known_hosts");
+    let genuine = file_text(&known_hosts);
+
+    std::fs::write(&known_hosts, "").unwrap();
+    let out = lab.pgzfs("db2", &["reset-secondary", "--yes"]);
+    assert_eq!(out.status.code(), Some(3));
+    let said = stderr_of(&out);
+    assert!(
+        said.contains("SHA256:") && said.contains("ssh-keyscan"),
+        "shows the fingerprint and how to accept it: {said}"
+    );
+    assert!(
+        !lab.dataset_exists(&lab.dataset("db2")),
+        "nothing was received"
+    );
+
+    // A different key recorded for the same host: a possible man in the middle.
+    let impostor_dir = lab.dir.join("impostor");
+    std::fs::create_dir_all(&impostor_dir).unwrap();
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(impostor_dir.join("key"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let impostor_key = file_text(&impostor_dir.join("key.pub"));
+    let host = genuine.split_whitespace().next().unwrap();
+    let key = impostor_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    std::fs::write(&known_hosts, format!("{host} {key}\n")).unwrap();
+    let out = lab.pgzfs("db2", &["reset-secondary", "--yes"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr_of(&out).contains("CHANGED"), "{}", stderr_of(&out));
+    assert!(
+        lab.snapshots(&lab.dataset("db1")).is_empty(),
+        "refused before the primary was touched"
+    );
+
+    std::fs::write(&known_hosts, genuine).unwrap();
+    lab.reset_secondary("db2");
+}
+
+/// Wait for a process whose command line contains `needle`; return its pid.
+fn wait_for_process(needle: &str, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) && !cmdline.contains("sh -c") {
+                return Some(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// The process's parent PID, from /proc.
+fn parent_of(pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn kill(pid: i32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+}
+
+/// A standby with a full copy, and enough new writes on the primary that the next
+/// incremental stream takes several seconds: time to interrupt it.
+fn lab_with_a_long_incremental_ahead(name: &str) -> (Lab, Vec<(String, String)>) {
+    let lab = Lab::up_with(name, 15, 5);
+    lab.reset_secondary("db2");
+    let before = lab.snapshots(&lab.dataset("db2"));
+    lab.sql("db1", "UPDATE pgbench_accounts SET abalance = abalance + 1");
+    (lab, before)
+}
+
+/// Start a re-seed and wait until its stream is flowing.
+fn start_reseed_and_wait_for_the_stream(lab: &Lab) -> (std::process::Child, i32) {
+    let child = lab
+        .pgzfs_command("db2", &["reset-secondary", "--yes"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // (zfs-fuse's zfs rewrites its argv, splitting "ds@snap" into "ds snap".)
+    let sender = wait_for_process(
+        &format!("zfs send -i {}", lab.dataset("db1")),
+        Duration::from_secs(60),
+    )
+    .expect("the incremental zfs send started on the primary");
+    wait_for_process(
+        &format!("zfs receive -u -F {}", lab.dataset("db2")),
+        Duration::from_secs(10),
+    )
+    .expect("the receive started on the standby");
+    std::thread::sleep(Duration::from_millis(500));
+    (child, sender)
+}
+
+/// After an interrupted run: the standby is exactly as before and running again.
+fn assert_standby_back_at_its_last_good_state(lab: &Lab, before: &[(String, String)]) {
+    assert_eq!(
+        lab.snapshots(&lab.dataset("db2")),
+        before,
+        "the standby's dataset is at its last good state"
+    );
+    assert_eq!(
+        lab.zfs(&["get", "-H", "-o", "value", "mounted", &lab.dataset("db2")])
+            .trim(),
+        "yes"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lab.try_sql("db2", "SELECT 1").is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the previous standby was not restarted"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        lab.sql("db2", "SELECT pg_is_in_recovery()"),
+        "t",
+        "it is still a standby"
+    );
+    // The non-exclusive backup ended with its session; no pgzfs session lingers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab.sql(
+        "db1",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgzfs'",
+    ) != "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a pgzfs session is still open on the primary"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_sender_killed_mid_stream_leaves_the_standby_as_it_was_and_a_rerun_succeeds() {
+    let (lab, before) = lab_with_a_long_incremental_ahead("killsend");
+    let (child, sender) = start_reseed_and_wait_for_the_stream(&lab);
+    // Kill the sending side: zfs send and the SSH session carrying its stream.
+    let session = parent_of(sender);
+    kill(sender, nix::sys::signal::Signal::SIGKILL);
+    kill(session, nix::sys::signal::Signal::SIGKILL);
+    let out = child.wait_with_output().unwrap();
+    eprintln!("interrupted run:\n{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(1), "the interrupted run fails");
+    assert_standby_back_at_its_last_good_state(&lab, &before);
+
+    let rerun = lab.reset_secondary("db2");
+    assert_eq!(rerun["mode"], "incremental");
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+}
+
+#[test]
+fn sigterm_during_the_transfer_aborts_cleanly_and_a_rerun_succeeds() {
+    let (lab, before) = lab_with_a_long_incremental_ahead("sigterm");
+    let (child, _) = start_reseed_and_wait_for_the_stream(&lab);
+    kill(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    eprintln!("interrupted run:\n{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("interrupted"),
+        "says why it stopped"
+    );
+    assert_standby_back_at_its_last_good_state(&lab, &before);
+
+    let rerun = lab.reset_secondary("db2");
+    assert_eq!(rerun["mode"], "incremental");
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+}
+
+#[test]
+fn two_reseeds_at_once_never_run_together() {
+    let lab = Lab::up("twoatonce");
+    // A third node, so that two standbys compete for the primary's re-seed lock.
+    let sock3 = lab.dir.join("sock3");
+    std::fs::create_dir_all(&sock3).unwrap();
+    assert!(Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(&sock3)
+        .status()
+        .unwrap()
+        .success());
+    let port3 = free_port();
+    lab.append_config(&format!(
+        "\n[[nodes]]\nname = \"db3\"\nhost = \"127.0.0.1\"\ndataset = \"{pool}/db3\"\ndata_dir = \"{dir}/db3/data\"\nmountpoint = \"{dir}/db3\"\n\
+         pg_port = {port3}\nlock_file = \"{dir}/db3.lock\"\npg_log_file = \"{dir}/db3.log\"\nlock_timeout = \"1s\"\n[nodes.pg_settings]\nunix_socket_directories = \"{sock}\"\n",
+        pool = lab.pool(),
+        dir = lab.dir.display(),
+        sock = sock3.display(),
+    ));
+    let config =
+        file_text(&lab.config()).replace("lock_timeout = \"20s\"", "lock_timeout = \"1s\"");
+    lab.write_config(&config);
+
+    let spawn = |node: &str| {
+        lab.pgzfs_command(node, &["reset-secondary", "--yes"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("db2"), spawn("db3"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    eprintln!("db2:\n{}\ndb3:\n{}", stderr_of(&a), stderr_of(&b));
+    let mut codes = [a.status.code(), b.status.code()];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [Some(0), Some(3)],
+        "exactly one re-seed ran; the other refused after lock_timeout"
+    );
+    let loser = if a.status.code() == Some(3) { &a } else { &b };
+    assert!(
+        stderr_of(loser).contains("advisory lock"),
+        "the refusal names the lock: {}",
+        stderr_of(loser)
+    );
+
+    // The same node twice: the local lock file stops the second run.
+    let first = spawn("db2");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = lab.pgzfs("db2", &["reset-secondary", "--yes"]);
+    let first = first.wait_with_output().unwrap();
+    let codes = [first.status.code(), second.status.code()];
+    assert!(
+        codes.contains(&Some(0)) && codes.contains(&Some(3)),
+        "one ran, one was refused: {codes:?}\n{}",
+        stderr_of(&second)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
