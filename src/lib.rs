@@ -6,8 +6,10 @@
 
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod cut;
 pub mod duration;
 pub mod error;
 pub mod exec;
@@ -19,6 +21,7 @@ pub mod progress;
 pub mod replicate;
 pub mod shell;
 pub mod ssh;
+pub mod steps;
 pub mod timestamp;
 pub mod transfer;
 pub mod zfs;

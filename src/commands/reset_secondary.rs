@@ -12,6 +12,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::cli::{Context, Global};
+use crate::cluster::{find_primary, pg_target, ssh_target};
 use crate::config::Node;
 use crate::error::{Error, Result};
 use crate::exec::Local;
@@ -19,14 +20,15 @@ use crate::lock::LocalLock;
 use crate::pg::control::{self, ControlData};
 use crate::pg::ctl::PgCtl;
 use crate::pg::standby::{make_standby, StandbySetup};
-use crate::pg::{Pg, PgTarget, RESEED_LOCK};
+use crate::pg::{Pg, RESEED_LOCK};
 use crate::progress::{human_bytes, Progress};
 use crate::replicate::{plan, Plan, PlanInput};
-use crate::ssh::{SshHost, SshTarget};
+use crate::ssh::SshHost;
+use crate::steps::{round, Steps};
 use crate::transfer::{self, Interrupt};
 use crate::zfs::cli::ZfsCli;
 use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName};
-use crate::zfs::{prop, Snapshot, Zfs};
+use crate::zfs::{Snapshot, Zfs};
 
 #[derive(Debug, Args)]
 pub struct ResetSecondary {
@@ -83,40 +85,6 @@ impl ResetSecondary {
             Err(e) => Err(e.context("reset-secondary")),
         }
     }
-}
-
-/// Seconds spent per step, in order.
-#[derive(Debug, Default)]
-struct Steps {
-    done: Vec<(&'static str, Duration)>,
-    started: Option<Instant>,
-}
-
-impl Steps {
-    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        self.started.get_or_insert_with(Instant::now);
-        tracing::info!("{name} ...");
-        let start = Instant::now();
-        let result = f();
-        let took = start.elapsed();
-        self.done.push((name, took));
-        match &result {
-            Ok(_) => tracing::info!("{name}: done in {:.1}s", took.as_secs_f64()),
-            Err(e) => tracing::error!("{name}: failed after {:.1}s: {e}", took.as_secs_f64()),
-        }
-        result
-    }
-
-    fn in_order(&self) -> Vec<(String, f64)> {
-        self.done
-            .iter()
-            .map(|(name, d)| (name.to_string(), round(d.as_secs_f64())))
-            .collect()
-    }
-}
-
-fn round(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 #[derive(Debug, Serialize)]
@@ -201,34 +169,14 @@ struct LocalState {
     running: bool,
 }
 
-fn pg_target(node: &Node, host: &str) -> PgTarget {
-    PgTarget {
-        node: node.name.clone(),
-        host: host.to_string(),
-        port: node.pg_port,
-        user: node.pg_user.clone(),
-        database: node.pg_database.clone(),
-        passfile: node.pg_passfile.clone(),
-        connect_timeout: node.connect_timeout,
-    }
-}
-
-fn ssh_target(local: &Node, source: &Node) -> SshTarget {
-    // SSH credentials are those of the node we log in *from*; the port is the target's.
-    SshTarget {
-        host: source.host.clone(),
-        port: source.ssh_port,
-        user: local.ssh_user.clone(),
-        key: local.ssh_key.clone(),
-        known_hosts: local.known_hosts.clone(),
-        connect_timeout: local.connect_timeout,
-    }
-}
-
 impl Reseed<'_> {
     fn execute(&self) -> Result<Outcome> {
         let mut steps = Steps::default();
         let local = self.ctx.local.clone();
+        if let Some(from) = &self.args.from {
+            // A typo in --from is a usage error, reported before anything is inspected.
+            self.ctx.config.node(from).map_err(|e| e.context("--from"))?;
+        }
         let local_zfs = ZfsCli::new(Local);
         let pgctl = PgCtl::new(
             &local.pg_bin,
@@ -240,7 +188,7 @@ impl Reseed<'_> {
         // 1. Preflight: every refusal happens here, before anything changes.
         let (state, source, mut primary, remote_zfs, remote_snaps, local_snaps) = steps.run("preflight", || {
             let state = self.inspect_local(&local, &local_zfs, &pgctl)?;
-            let (source, mut primary) = self.find_primary(&local)?;
+            let (source, mut primary) = find_primary(&self.ctx.config, &local, self.args.from.as_deref())?;
             self.check_compatible(&local, &state, &pgctl, &mut primary)?;
             let ssh = SshHost::connect(&ssh_target(&local, &source))?;
             let remote_zfs = ZfsCli::new(ssh);
@@ -315,33 +263,19 @@ impl Reseed<'_> {
         self.interrupt.check()?;
 
         // 4. The backup-safe cut, all in one session on the primary.
-        let snapshot_name = unique_snapshot_name(&planned_snapshot, &remote_snaps)?;
-        let new_snapshot = source.dataset.snapshot(&snapshot_name);
-        let label = format!("pgzfs {} {}", local.name, snapshot_name);
-        let start_lsn = steps.run("backup start", || primary.backup_start(&label))?;
-        let snapped = steps.run("snapshot", || remote_zfs.snapshot_recursive(&new_snapshot));
-        let stop = steps.run("backup stop", || primary.backup_stop());
-        snapped?;
-        let stop = stop?;
-        let timeline = primary.current_timeline()?;
-        let sysid = primary.system_identifier()?;
-        let mut props = vec![
-            (prop::LSN, start_lsn.clone()),
-            (prop::STOP_LSN, stop.stop_lsn.clone()),
-            (prop::TIMELINE, timeline.to_string()),
-            (prop::SYSTEM_ID, sysid.to_string()),
-            (prop::PG_MAJOR, primary.major().to_string()),
-            (prop::BACKUP_LABEL, hex(&stop.labelfile)),
-            (prop::SOURCE_NODE, source.name.clone()),
-        ];
-        if !stop.spcmapfile.is_empty() {
-            props.push((prop::TABLESPACE_MAP, hex(&stop.spcmapfile)));
-        }
-        remote_zfs.set_snapshot_props(&new_snapshot, &props)?;
-        tracing::info!(
-            "took {new_snapshot}: backup from {start_lsn} to {} on timeline {timeline}",
-            stop.stop_lsn
-        );
+        let label = format!("pgzfs {}", local.name);
+        let cut = crate::cut::take(
+            &mut steps,
+            &mut primary,
+            &remote_zfs,
+            &source.dataset,
+            &planned_snapshot,
+            &label,
+            &source.name,
+        )?;
+        let snapshot_name = cut.snapshot.snap().clone();
+        let new_snapshot = cut.snapshot.clone();
+        let (start_lsn, stop, timeline) = (cut.start_lsn.clone(), cut.stop.clone(), cut.timeline);
 
         // 5. The real plan, against the snapshot that now exists.
         let remote_snaps = remote_zfs.snapshots(&source.dataset)?;
@@ -441,7 +375,7 @@ impl Reseed<'_> {
         })?;
         let _ = primary_unlock(&mut primary);
 
-        let total = steps.started.map(|s| s.elapsed()).unwrap_or_default();
+        let total = steps.total();
         let secs = transferred.elapsed.as_secs_f64();
         Ok(Outcome::Done(Summary {
             node: local.name.clone(),
@@ -485,7 +419,7 @@ impl Reseed<'_> {
         let control = control::read_control(&local.data_dir)?;
         let running = pgctl.is_running();
         if running {
-            let target = pg_target(local, &local.host);
+            let target = pg_target(local);
             match Pg::connect(&target).and_then(|mut pg| pg.is_in_recovery()) {
                 Ok(false) => {
                     return Err(Error::refused(format!(
@@ -522,53 +456,6 @@ impl Reseed<'_> {
             control,
             running,
         })
-    }
-
-    /// The source: `--from`, or the one primary among the other configured nodes.
-    fn find_primary(&self, local: &Node) -> Result<(Node, Pg)> {
-        let config = &self.ctx.config;
-        if let Some(name) = &self.args.from {
-            let node = config.node(name)?.clone();
-            if node.name == local.name {
-                return Err(Error::usage(format!(
-                    "--from {name} names this node; re-seed from another node"
-                )));
-            }
-            let mut pg = Pg::connect(&pg_target(&node, &node.host))
-                .map_err(|e| Error::refused(format!("the source {name} is not reachable: {e}")))?;
-            if pg.is_in_recovery()? {
-                return Err(Error::refused(format!(
-                    "the source {name} is not a primary: it is in recovery"
-                )));
-            }
-            return Ok((node, pg));
-        }
-        let mut primaries = Vec::new();
-        let mut notes = Vec::new();
-        for node in config.other_nodes(local) {
-            match Pg::connect(&pg_target(node, &node.host)) {
-                Ok(mut pg) => match pg.is_in_recovery() {
-                    Ok(false) => primaries.push((node.clone(), pg)),
-                    Ok(true) => notes.push(format!("{}: standby", node.name)),
-                    Err(e) => notes.push(format!("{}: {e}", node.name)),
-                },
-                Err(e) => notes.push(format!("{}: {e}", node.name)),
-            }
-        }
-        match primaries.len() {
-            1 => Ok(primaries.pop().expect("one primary")),
-            0 => Err(Error::refused(format!(
-                "found no reachable primary among the other nodes ({})",
-                notes.join("; ")
-            ))),
-            _ => {
-                let names: Vec<&str> = primaries.iter().map(|(n, _)| n.name.as_str()).collect();
-                Err(Error::refused(format!(
-                    "found more than one primary ({}): possible split brain. Name the source with --from once you know which one is right",
-                    names.join(", ")
-                )))
-            }
-        }
     }
 
     fn check_compatible(
@@ -704,7 +591,7 @@ impl Reseed<'_> {
         primary: &mut Pg,
     ) -> Result<crate::pg::ReplicationInfo> {
         let deadline = Instant::now() + local.streaming_timeout;
-        let target = pg_target(local, &local.host);
+        let target = pg_target(local);
         let mut last;
         loop {
             self.interrupt.check()?;
@@ -765,20 +652,6 @@ fn wait_for_advisory_lock(
     }
 }
 
-/// Snapshot names carry the time to the second; a second re-seed within the same second
-/// gets a suffix rather than a collision.
-fn unique_snapshot_name(planned: &SnapName, existing: &[Snapshot]) -> Result<SnapName> {
-    let taken: BTreeSet<&str> = existing.iter().map(|s| s.name.snap().as_str()).collect();
-    if !taken.contains(planned.as_str()) {
-        return Ok(planned.clone());
-    }
-    (2..100)
-        .map(|n| format!("{planned}-{n}"))
-        .find(|name| !taken.contains(name.as_str()))
-        .map(|name| SnapName::parse(&name))
-        .unwrap_or_else(|| Err(Error::failed("too many snapshots with the same timestamp")))
-}
-
 /// The stream size when the sending side can tell it without sending.
 fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<u64> {
     let object = taken
@@ -809,10 +682,6 @@ fn managed_keys(nodes: &[Node]) -> BTreeSet<String> {
         .collect();
     keys.insert("port".into());
     keys
-}
-
-fn hex(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Hold the new common snapshot on both sides so neither retention nor an operator can
@@ -862,26 +731,4 @@ fn protect_new_base(
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::zfs::fake::snap;
-
-    #[test]
-    fn a_second_reseed_in_the_same_second_gets_its_own_snapshot_name() {
-        let planned = SnapName::parse("pgzfs-20261122T010000Z").unwrap();
-        let existing = [snap("tank/pg@pgzfs-20261122T010000Z", 1, 1)];
-        assert_eq!(
-            unique_snapshot_name(&planned, &existing).unwrap().as_str(),
-            "pgzfs-20261122T010000Z-2"
-        );
-        assert_eq!(unique_snapshot_name(&planned, &[]).unwrap(), planned);
-    }
-
-    #[test]
-    fn backup_labels_are_stored_in_a_property_safe_form() {
-        assert_eq!(hex("START\n"), "53544152540a");
-    }
 }

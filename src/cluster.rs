@@ -1,0 +1,77 @@
+//! The cluster as a whole: how to reach each node, and which one is the primary.
+
+use crate::config::{Config, Node};
+use crate::error::{Error, Result};
+use crate::pg::{Pg, PgTarget};
+use crate::ssh::SshTarget;
+
+/// How to reach a node's PostgreSQL as the configured replication role.
+pub fn pg_target(node: &Node) -> PgTarget {
+    PgTarget {
+        node: node.name.clone(),
+        host: node.host.clone(),
+        port: node.pg_port,
+        user: node.pg_user.clone(),
+        database: node.pg_database.clone(),
+        passfile: node.pg_passfile.clone(),
+        connect_timeout: node.connect_timeout,
+    }
+}
+
+pub fn ssh_target(local: &Node, source: &Node) -> SshTarget {
+    // SSH credentials are those of the node we log in *from*; the port is the target's.
+    SshTarget {
+        host: source.host.clone(),
+        port: source.ssh_port,
+        user: local.ssh_user.clone(),
+        key: local.ssh_key.clone(),
+        known_hosts: local.known_hosts.clone(),
+        connect_timeout: local.connect_timeout,
+    }
+}
+
+/// The source: `--from`, or the one primary among the other configured nodes.
+pub fn find_primary(config: &Config, local: &Node, from: Option<&str>) -> Result<(Node, Pg)> {
+    if let Some(name) = from {
+        let node = config.node(name)?.clone();
+        if node.name == local.name {
+            return Err(Error::usage(format!(
+                "--from {name} names this node; re-seed from another node"
+            )));
+        }
+        let mut pg = Pg::connect(&pg_target(&node))
+            .map_err(|e| Error::refused(format!("the source {name} is not reachable: {e}")))?;
+        if pg.is_in_recovery()? {
+            return Err(Error::refused(format!(
+                "the source {name} is not a primary: it is in recovery"
+            )));
+        }
+        return Ok((node, pg));
+    }
+    let mut primaries = Vec::new();
+    let mut notes = Vec::new();
+    for node in config.other_nodes(local) {
+        match Pg::connect(&pg_target(node)) {
+            Ok(mut pg) => match pg.is_in_recovery() {
+                Ok(false) => primaries.push((node.clone(), pg)),
+                Ok(true) => notes.push(format!("{}: standby", node.name)),
+                Err(e) => notes.push(format!("{}: {e}", node.name)),
+            },
+            Err(e) => notes.push(format!("{}: {e}", node.name)),
+        }
+    }
+    match primaries.len() {
+        1 => Ok(primaries.pop().expect("one primary")),
+        0 => Err(Error::refused(format!(
+            "found no reachable primary among the other nodes ({})",
+            notes.join("; ")
+        ))),
+        _ => {
+            let names: Vec<&str> = primaries.iter().map(|(n, _)| n.name.as_str()).collect();
+            Err(Error::refused(format!(
+                "found more than one primary ({}): possible split brain. Name the source with --from once you know which one is right",
+                names.join(", ")
+            )))
+        }
+    }
+}
