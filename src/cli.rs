@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::reset_secondary::ResetSecondary;
+use crate::commands::serve::Serve;
 use crate::config::{config_path, Config, Node};
 use crate::error::Result;
 
@@ -39,12 +40,48 @@ pub struct Global {
 pub enum Command {
     /// Re-seed this standby from the primary with an incremental ZFS snapshot
     ResetSecondary(ResetSecondary),
+    /// SSH forced command: run only the zfs commands a standby needs from this node
+    Serve(Serve),
+    /// Promote this standby, after checking that no other node is a writable primary
+    Promote(crate::commands::promote::Promote),
+    /// React to a CARP state change (ifstated, devd, ucarp or keepalived hook)
+    CarpEvent(crate::commands::carp_event::CarpEvent),
+    /// Turn a stopped or fenced former primary into a standby, keeping its diverged writes
+    Rejoin(crate::commands::rejoin::Rejoin),
+    /// Point this standby at a new primary
+    Follow(crate::commands::follow::Follow),
+    /// Planned role swap with zero data loss, run on the primary
+    Switchover(crate::commands::switchover::Switchover),
+    /// Take a backup-safe snapshot of this primary's dataset now
+    Snapshot(crate::commands::snapshot::TakeSnapshot),
+    /// List this node's snapshots with their holds and the standbys they are the base of
+    Snapshots(crate::commands::snapshots::ListSnapshots),
+    /// Apply [retention] to this node's pgzfs snapshots, showing what is kept and why
+    Prune(crate::commands::prune::Prune),
+    /// Check the config (and, without --config-only, this node's dataset and PostgreSQL)
+    Check(crate::commands::check::Check),
+    /// Show every node of the cluster: role, lag, common snapshot, slots, warnings
+    Status(crate::commands::status::Status),
+    /// Run as a service: scheduled snapshots on the primary, automatic re-seed on a standby
+    Daemon(crate::commands::daemon::Daemon),
 }
 
 impl Cli {
     pub fn run(self) -> Result<i32> {
         match self.command {
             Command::ResetSecondary(cmd) => cmd.run(&self.global),
+            Command::Serve(cmd) => cmd.run(&self.global),
+            Command::Promote(cmd) => cmd.run(&self.global),
+            Command::CarpEvent(cmd) => cmd.run(&self.global),
+            Command::Rejoin(cmd) => cmd.run(&self.global),
+            Command::Follow(cmd) => cmd.run(&self.global),
+            Command::Switchover(cmd) => cmd.run(&self.global),
+            Command::Snapshot(cmd) => cmd.run(&self.global),
+            Command::Snapshots(cmd) => cmd.run(&self.global),
+            Command::Prune(cmd) => cmd.run(&self.global),
+            Command::Check(cmd) => cmd.run(&self.global),
+            Command::Status(cmd) => cmd.run(&self.global),
+            Command::Daemon(cmd) => cmd.run(&self.global),
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The cluster as a whole: how to reach each node, and which one is the primary.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::config::{Config, Node};
 use crate::error::{Error, Result};
+use crate::pg::standby::StandbySetup;
 use crate::pg::{Pg, PgTarget};
 use crate::ssh::SshTarget;
 
@@ -74,4 +77,39 @@ pub fn find_primary(config: &Config, local: &Node, from: Option<&str>) -> Result
             )))
         }
     }
+}
+
+/// The standby configuration `local` needs to follow `primary` (no backup_label: the
+/// re-seed adds it).
+pub fn standby_setup(config: &Config, local: &Node, primary: &Node, major: u32) -> StandbySetup {
+    StandbySetup {
+        major,
+        node_name: local.name.clone(),
+        primary_host: primary.host.clone(),
+        primary_port: primary.pg_port,
+        user: local.pg_user.clone(),
+        passfile: crate::pgpass::passfile_path(local.pg_passfile.as_deref()),
+        slot: local.use_slots.then(|| local.slot_name.clone()),
+        local_settings: local_settings(local),
+        managed_keys: managed_keys(&config.nodes),
+        labelfile: String::new(),
+        spcmapfile: String::new(),
+    }
+}
+
+/// This node's settings that must survive a re-seed: its port plus its `pg_settings`.
+fn local_settings(node: &Node) -> BTreeMap<String, String> {
+    let mut settings = node.pg_settings.clone();
+    settings.insert("port".into(), node.pg_port.to_string());
+    settings
+}
+
+/// Every key any node manages, so one node's values never leak into another's copy.
+fn managed_keys(nodes: &[Node]) -> BTreeSet<String> {
+    let mut keys: BTreeSet<String> = nodes
+        .iter()
+        .flat_map(|n| n.pg_settings.keys().cloned())
+        .collect();
+    keys.insert("port".into());
+    keys
 }

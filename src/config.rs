@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -51,16 +52,48 @@ const DEFAULT_STREAMING_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(3600);
+const DEFAULT_RESEED_AFTER: Duration = Duration::from_secs(300);
 /// PostgreSQL's NAMEDATALEN - 1: the longest replication slot name.
 const MAX_SLOT_NAME_LEN: usize = 63;
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `[events]`: the hook run on every role change.
+    pub events: Events,
     /// The file this was read from, for messages.
     pub path: PathBuf,
     pub cluster: String,
     pub log_file: PathBuf,
     pub nodes: Vec<Node>,
+    /// `[retention]`: which scheduled snapshots the primary keeps.
+    pub retention: Retention,
+}
+
+/// How many snapshots to keep per grandfather-father-son class: the newest snapshot of
+/// each of the last `hourly` hours that have one, of the last `daily` such days, and so
+/// on. One policy for the cluster, because after a failover the new primary applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Retention {
+    pub hourly: usize,
+    pub daily: usize,
+    pub weekly: usize,
+    pub monthly: usize,
+    pub yearly: usize,
+}
+
+impl Default for Retention {
+    /// "No production without backup": a day of hourlies, a week of dailies, seven
+    /// weeklies and a year of monthlies.
+    fn default() -> Self {
+        Retention {
+            hourly: 24,
+            daily: 7,
+            weekly: 7,
+            monthly: 12,
+            yearly: 0,
+        }
+    }
 }
 
 /// One node with every setting resolved: its own entry, then `[defaults]`, then the
@@ -99,6 +132,60 @@ pub struct Node {
     pub stop_timeout: Duration,
     pub connect_timeout: Duration,
     pub lock_file: PathBuf,
+    /// Which ZFS interface local operations use (`zfs_backend`).
+    pub zfs_backend: ZfsBackend,
+    /// daemon: how often to take a backup-safe snapshot on the primary.
+    pub snapshot_interval: Duration,
+    /// daemon: how long streaming may stay broken before this standby is re-seeded.
+    pub reseed_after: Duration,
+    /// daemon: where to serve health checks and metrics; None: no HTTP at all.
+    pub http_listen: Option<SocketAddr>,
+    /// promote: how many times, and how far apart, to ask every other node (on a fresh
+    /// connection each time) whether it is a writable primary before promoting.
+    pub promote_check_attempts: u32,
+    pub promote_check_interval: Duration,
+    /// promote: refuse when replay is this many bytes behind the last WAL received.
+    pub max_lag_on_failover: u64,
+    pub promote_timeout: Duration,
+    /// carp-event BACKUP on a primary: fence only, or fence and rejoin the new primary.
+    pub on_backup: OnBackup,
+    /// rejoin: where the diverged writes of a former primary are kept as a stream file.
+    pub quarantine_dir: PathBuf,
+    /// switchover: the target may be at most this many bytes behind.
+    pub switchover_max_lag: u64,
+    /// switchover: run on the old primary so the CARP address moves too (via /bin/sh).
+    pub carp_move_command: Option<String>,
+    /// pgzfs on the other nodes, for steps that run there over SSH.
+    pub pgzfs_bin: PathBuf,
+}
+
+/// `[events]`: `command` is a template with repmgr-compatible placeholders (%n node,
+/// %e event, %s success 1/0, %t timestamp, %d details, %p the other node); `only`
+/// limits which events run it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Events {
+    pub command: Option<String>,
+    pub only: Vec<String>,
+}
+
+/// The events pgzfs emits. `daemon`: a state change the daemon saw or caused (streaming
+/// broken or back, PostgreSQL restarted, a re-seed started).
+pub const EVENT_NAMES: [&str; 8] = [
+    "promote",
+    "fence",
+    "rejoin",
+    "switchover",
+    "follow",
+    "reset_secondary",
+    "failure",
+    "daemon",
+];
+
+/// What a primary does when its CARP address goes to another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackup {
+    Fence,
+    Rejoin,
 }
 
 impl Config {
@@ -119,14 +206,18 @@ impl Config {
     /// tests do not depend on who runs them.
     fn parse_with_home(text: &str, path: &Path, home: Option<&Path>) -> Result<Config> {
         let in_file = |message: String| Error::usage(format!("{}: {message}", path.display()));
-        let raw: RawConfig =
+        let mut raw: RawConfig =
             toml::from_str(text).map_err(|e| in_file(e.to_string().trim_end().to_string()))?;
+        let events = check_events(raw.events.take()).map_err(in_file)?;
+        let retention = check_retention(raw.retention.take()).map_err(in_file)?;
         let (cluster, log_file, nodes) = resolve(raw, home).map_err(in_file)?;
         Ok(Config {
             path: path.to_path_buf(),
+            events,
             cluster,
             log_file,
             nodes,
+            retention,
         })
     }
 
@@ -221,6 +312,31 @@ fn choose_config_path(explicit: Option<&Path>, from_env: Option<OsString>) -> Pa
     }
 }
 
+/// `zfs_backend`: how pgzfs drives ZFS on this node. `auto` uses libzfs_core when pgzfs
+/// was built with it (cargo feature `libzfs-core`) and /dev/zfs can be opened, and the
+/// zfs(8) command otherwise; `cli` always uses zfs(8); `lzc` insists on libzfs_core and
+/// fails if it is not there. Operations on other nodes always go through zfs(8) over SSH.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ZfsBackend {
+    #[default]
+    Auto,
+    Cli,
+    Lzc,
+}
+
+impl ZfsBackend {
+    fn parse(value: &str) -> std::result::Result<ZfsBackend, String> {
+        match value {
+            "auto" => Ok(ZfsBackend::Auto),
+            "cli" => Ok(ZfsBackend::Cli),
+            "lzc" => Ok(ZfsBackend::Lzc),
+            other => Err(format!(
+                "{other:?} is not a ZFS backend; use \"auto\", \"cli\" or \"lzc\""
+            )),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The file as written.
 
@@ -233,6 +349,26 @@ struct RawConfig {
     defaults: RawSettings,
     #[serde(default)]
     nodes: Vec<RawNode>,
+    retention: Option<RawRetention>,
+    events: Option<RawEvents>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    command: Option<String>,
+    only: Option<Vec<String>>,
+}
+
+/// `[retention]` as written; counts are read as i64 for the same reason as ports.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    hourly: Option<i64>,
+    daily: Option<i64>,
+    weekly: Option<i64>,
+    monthly: Option<i64>,
+    yearly: Option<i64>,
 }
 
 /// Declares the per-node settings once for both places they may appear. serde cannot
@@ -290,6 +426,19 @@ per_node_settings! {
     stop_timeout: String,
     connect_timeout: String,
     lock_file: String,
+    zfs_backend: String,
+    snapshot_interval: String,
+    reseed_after: String,
+    http_listen: String,
+    promote_check_attempts: i64,
+    promote_check_interval: String,
+    max_lag_on_failover: i64,
+    promote_timeout: String,
+    on_backup: String,
+    quarantine_dir: String,
+    switchover_max_lag: i64,
+    carp_move_command: String,
+    pgzfs_bin: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -321,6 +470,19 @@ struct Settings {
     stop_timeout: Option<Duration>,
     connect_timeout: Option<Duration>,
     lock_file: Option<PathBuf>,
+    zfs_backend: Option<ZfsBackend>,
+    snapshot_interval: Option<Duration>,
+    reseed_after: Option<Duration>,
+    http_listen: Option<SocketAddr>,
+    promote_check_attempts: Option<u32>,
+    promote_check_interval: Option<Duration>,
+    max_lag_on_failover: Option<u64>,
+    promote_timeout: Option<Duration>,
+    on_backup: Option<OnBackup>,
+    quarantine_dir: Option<PathBuf>,
+    switchover_max_lag: Option<u64>,
+    carp_move_command: Option<String>,
+    pgzfs_bin: Option<PathBuf>,
 }
 
 impl Settings {
@@ -354,6 +516,21 @@ impl Settings {
             stop_timeout: self.stop_timeout.or(base.stop_timeout),
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
             lock_file: self.lock_file.or_else(|| base.lock_file.clone()),
+            zfs_backend: self.zfs_backend.or(base.zfs_backend),
+            snapshot_interval: self.snapshot_interval.or(base.snapshot_interval),
+            reseed_after: self.reseed_after.or(base.reseed_after),
+            http_listen: self.http_listen.or(base.http_listen),
+            promote_check_attempts: self.promote_check_attempts.or(base.promote_check_attempts),
+            promote_check_interval: self.promote_check_interval.or(base.promote_check_interval),
+            max_lag_on_failover: self.max_lag_on_failover.or(base.max_lag_on_failover),
+            promote_timeout: self.promote_timeout.or(base.promote_timeout),
+            on_backup: self.on_backup.or(base.on_backup),
+            quarantine_dir: self.quarantine_dir.or_else(|| base.quarantine_dir.clone()),
+            switchover_max_lag: self.switchover_max_lag.or(base.switchover_max_lag),
+            carp_move_command: self
+                .carp_move_command
+                .or_else(|| base.carp_move_command.clone()),
+            pgzfs_bin: self.pgzfs_bin.or_else(|| base.pgzfs_bin.clone()),
         }
     }
 }
@@ -431,6 +608,15 @@ fn check_settings(
     if connect_timeout == Some(Duration::ZERO) {
         return Err(at("connect_timeout")("must be longer than 0".to_string()));
     }
+    let snapshot_interval = duration("snapshot_interval", raw.snapshot_interval)?;
+    if snapshot_interval.is_some_and(|d| d < Duration::from_secs(1)) {
+        // Snapshot names carry the time to the second.
+        return Err(at("snapshot_interval")("must be at least 1s".to_string()));
+    }
+    let http_listen = raw
+        .http_listen
+        .map(|v| listen_address(&v).map_err(at("http_listen")))
+        .transpose()?;
     let mut pg_settings = BTreeMap::new();
     for (name, value) in raw.pg_settings.unwrap_or_default() {
         let key = format!("pg_settings.{name}");
@@ -468,6 +654,103 @@ fn check_settings(
         stop_timeout: duration("stop_timeout", raw.stop_timeout)?,
         connect_timeout,
         lock_file: path("lock_file", raw.lock_file)?,
+        zfs_backend: raw
+            .zfs_backend
+            .map(|v| ZfsBackend::parse(&v).map_err(at("zfs_backend")))
+            .transpose()?,
+        snapshot_interval,
+        reseed_after: duration("reseed_after", raw.reseed_after)?,
+        http_listen,
+        promote_check_attempts: raw
+            .promote_check_attempts
+            .map(|v| match u32::try_from(v) {
+                Ok(n) if (1..=100).contains(&n) => Ok(n),
+                _ => Err(at("promote_check_attempts")(format!(
+                    "{v} is not between 1 and 100"
+                ))),
+            })
+            .transpose()?,
+        promote_check_interval: duration("promote_check_interval", raw.promote_check_interval)?,
+        max_lag_on_failover: byte_count("max_lag_on_failover", raw.max_lag_on_failover, section)?,
+        promote_timeout: duration("promote_timeout", raw.promote_timeout)?,
+        on_backup: raw
+            .on_backup
+            .map(|v| match v.as_str() {
+                "fence" => Ok(OnBackup::Fence),
+                "rejoin" => Ok(OnBackup::Rejoin),
+                _ => Err(at("on_backup")(format!(
+                    "{v:?} must be \"fence\" or \"rejoin\""
+                ))),
+            })
+            .transpose()?,
+        quarantine_dir: path("quarantine_dir", raw.quarantine_dir)?,
+        switchover_max_lag: byte_count("switchover_max_lag", raw.switchover_max_lag, section)?,
+        carp_move_command: raw
+            .carp_move_command
+            .map(|v| {
+                if v.trim().is_empty() || v.contains(['\n', '\r', '\0']) {
+                    Err(at("carp_move_command")(
+                        "must be one non-empty line".to_string(),
+                    ))
+                } else {
+                    Ok(v)
+                }
+            })
+            .transpose()?,
+        pgzfs_bin: path("pgzfs_bin", raw.pgzfs_bin)?,
+    })
+}
+
+fn check_events(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
+    let Some(raw) = raw else {
+        return Ok(Events::default());
+    };
+    if let Some(command) = &raw.command {
+        if command.trim().is_empty() || command.contains(['\n', '\r', '\0']) {
+            return Err("events.command: must be one non-empty line".to_string());
+        }
+    }
+    let only = raw.only.unwrap_or_default();
+    if let Some(unknown) = only.iter().find(|e| !EVENT_NAMES.contains(&e.as_str())) {
+        return Err(format!(
+            "events.only: unknown event {unknown:?}; known: {}",
+            EVENT_NAMES.join(", ")
+        ));
+    }
+    Ok(Events {
+        command: raw.command,
+        only,
+    })
+}
+
+fn byte_count(
+    key: &'static str,
+    value: Option<i64>,
+    section: &Section,
+) -> std::result::Result<Option<u64>, String> {
+    value
+        .map(|v| {
+            u64::try_from(v).map_err(|_| at_key(section, key)(format!("{v} must not be negative")))
+        })
+        .transpose()
+}
+
+/// `[retention]` with the built-in defaults for the counts it does not mention.
+fn check_retention(raw: Option<RawRetention>) -> std::result::Result<Retention, String> {
+    let raw = raw.unwrap_or_default();
+    let defaults = Retention::default();
+    let count = |key: &str, value: Option<i64>, default: usize| match value {
+        None => Ok(default),
+        Some(v) => usize::try_from(v).map_err(|_| {
+            format!("retention.{key}: {v} is not a number of snapshots to keep (0 or more)")
+        }),
+    };
+    Ok(Retention {
+        hourly: count("hourly", raw.hourly, defaults.hourly)?,
+        daily: count("daily", raw.daily, defaults.daily)?,
+        weekly: count("weekly", raw.weekly, defaults.weekly)?,
+        monthly: count("monthly", raw.monthly, defaults.monthly)?,
+        yearly: count("yearly", raw.yearly, defaults.yearly)?,
     })
 }
 
@@ -596,6 +879,7 @@ fn complete_node(
         lock_file: settings
             .lock_file
             .unwrap_or_else(|| PathBuf::from(format!("/var/run/pgzfs-{name}.lock"))),
+        zfs_backend: settings.zfs_backend.unwrap_or_default(),
         name,
         host,
         dataset,
@@ -630,6 +914,27 @@ fn complete_node(
         lock_timeout: settings.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
         stop_timeout: settings.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
         connect_timeout: settings.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        snapshot_interval: settings
+            .snapshot_interval
+            .unwrap_or(DEFAULT_SNAPSHOT_INTERVAL),
+        reseed_after: settings.reseed_after.unwrap_or(DEFAULT_RESEED_AFTER),
+        http_listen: settings.http_listen,
+        promote_check_attempts: settings.promote_check_attempts.unwrap_or(3),
+        promote_check_interval: settings
+            .promote_check_interval
+            .unwrap_or(Duration::from_secs(1)),
+        // 1 MiB, like Patroni's maximum_lag_on_failover: losing more needs --force.
+        max_lag_on_failover: settings.max_lag_on_failover.unwrap_or(1 << 20),
+        promote_timeout: settings.promote_timeout.unwrap_or(Duration::from_secs(60)),
+        on_backup: settings.on_backup.unwrap_or(OnBackup::Fence),
+        quarantine_dir: settings
+            .quarantine_dir
+            .unwrap_or_else(|| PathBuf::from("/var/db/pgzfs/quarantine")),
+        switchover_max_lag: settings.switchover_max_lag.unwrap_or(16 << 20),
+        carp_move_command: settings.carp_move_command,
+        pgzfs_bin: settings
+            .pgzfs_bin
+            .unwrap_or_else(|| PathBuf::from("/usr/local/bin/pgzfs")),
     })
 }
 
@@ -722,6 +1027,23 @@ fn port_number(value: i64) -> std::result::Result<u16, String> {
         Ok(port) if port >= 1 => Ok(port),
         _ => Err(format!("{value} is not a port number (1-65535)")),
     }
+}
+
+/// An IP address and port to listen on. Host names are refused: the address a name
+/// resolves to can change under a running daemon, and a health endpoint that moves is
+/// one the load balancer stops finding.
+fn listen_address(value: &str) -> std::result::Result<SocketAddr, String> {
+    let address: SocketAddr = value.parse().map_err(|_| {
+        format!(
+            "{value:?} is not an IP address and port such as \"127.0.0.1:8008\" or \"[::]:8008\""
+        )
+    })?;
+    if address.port() == 0 {
+        return Err(format!(
+            "{value:?}: port 0 is not allowed; name the port to listen on"
+        ));
+    }
+    Ok(address)
 }
 
 fn node_name(value: &str) -> std::result::Result<(), String> {
@@ -881,6 +1203,56 @@ host = "db1.example.net"
     /// MINIMAL with extra lines in `[defaults]`.
     fn minimal_with_default_lines(lines: &str) -> String {
         MINIMAL.replace("[defaults]\n", &format!("[defaults]\n{lines}\n"))
+    }
+
+    #[test]
+    fn failover_settings_have_safe_defaults_and_can_be_overridden() {
+        let text = format!("{}\n[events]\ncommand = \"/usr/local/libexec/hook %e %n\"\nonly = [\"promote\", \"fence\"]\n", minimal_with_node_lines("on_backup = \"rejoin\"\nmax_lag_on_failover = 0"));
+        let config = Config::parse(&text, Path::new("/etc/pgzfs.toml")).unwrap();
+        let node = &config.nodes[0];
+        assert_eq!(node.on_backup, OnBackup::Rejoin);
+        assert_eq!(node.max_lag_on_failover, 0);
+        assert_eq!(node.promote_check_attempts, 3);
+        assert_eq!(config.events.only, vec!["promote", "fence"]);
+        let defaults =
+            Config::parse(&minimal_with_node_lines(""), Path::new("/etc/pgzfs.toml")).unwrap();
+        assert_eq!(
+            defaults.nodes[0].on_backup,
+            OnBackup::Fence,
+            "fencing alone is the default: rejoining is a choice"
+        );
+        assert_eq!(defaults.events, Events::default());
+    }
+
+    #[test]
+    fn bad_failover_settings_are_refused_by_name() {
+        assert!(refusal(&minimal_with_node_lines("on_backup = \"promote\"")).contains("on_backup"));
+        assert!(
+            refusal(&minimal_with_node_lines("promote_check_attempts = 0"))
+                .contains("promote_check_attempts")
+        );
+        assert!(
+            refusal(&minimal_with_node_lines("max_lag_on_failover = -1"))
+                .contains("max_lag_on_failover")
+        );
+        let text = format!(
+            "{}\n[events]\nonly = [\"reboot\"]\n",
+            minimal_with_node_lines("")
+        );
+        assert!(Config::parse(&text, Path::new("/etc/pgzfs.toml"))
+            .unwrap_err()
+            .to_string()
+            .contains("events.only"));
+    }
+
+    #[test]
+    fn the_daemons_state_changes_can_be_chosen_for_the_hook() {
+        let text = format!("{}\n[events]\ncommand = \"/bin/true\"\nonly = [\"daemon\", \"reset_secondary\", \"failure\"]\n", minimal_with_node_lines(""));
+        let config = Config::parse(&text, Path::new("/etc/pgzfs.toml")).unwrap();
+        assert_eq!(
+            config.events.only,
+            vec!["daemon", "reset_secondary", "failure"]
+        );
     }
 
     #[test]
@@ -1513,5 +1885,132 @@ host = "10.0.0.2"
         let config = loaded.unwrap();
         assert_eq!(config.path, path);
         assert_eq!(config.nodes.len(), 2);
+    }
+
+    #[test]
+    fn without_a_retention_table_the_documented_policy_applies() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(
+            config.retention,
+            Retention {
+                hourly: 24,
+                daily: 7,
+                weekly: 7,
+                monthly: 12,
+                yearly: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn a_retention_table_overrides_only_the_counts_it_names() {
+        let config = parse(&format!(
+            "{MINIMAL}[retention]\ndaily = 30\nyearly = 5\nhourly = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(config.retention.hourly, 0);
+        assert_eq!(config.retention.daily, 30);
+        assert_eq!(config.retention.weekly, 7);
+        assert_eq!(config.retention.monthly, 12);
+        assert_eq!(config.retention.yearly, 5);
+    }
+
+    #[test]
+    fn a_typo_or_a_negative_count_in_retention_is_refused_by_name() {
+        let message = refusal(&format!("{MINIMAL}[retention]\nmontly = 6\n"));
+        assert!(message.contains("montly"), "{message}");
+        let message = refusal(&format!("{MINIMAL}[retention]\nweekly = -1\n"));
+        assert!(message.contains("retention.weekly"), "{message}");
+        assert!(message.contains("-1"), "{message}");
+        let message = refusal(&format!("{MINIMAL}[retention]\ndaily = \"7\"\n"));
+        assert!(message.contains("daily"), "{message}");
+        // The policy is cluster-wide: it has no place in [defaults] or a node.
+        assert!(refusal(&minimal_with_default_lines("hourly = 3")).contains("hourly"));
+    }
+
+    #[test]
+    fn the_daemon_settings_default_to_hourly_snapshots_and_no_http() {
+        let node = &parse(MINIMAL).unwrap().nodes[0];
+        assert_eq!(node.snapshot_interval, Duration::from_secs(3600));
+        assert_eq!(node.reseed_after, Duration::from_secs(300));
+        assert_eq!(node.http_listen, None);
+    }
+
+    #[test]
+    fn the_daemon_settings_can_be_given_in_defaults_and_per_node() {
+        let text = minimal_with_default_lines(
+            "snapshot_interval = \"15m\"\nreseed_after = \"0\"\nhttp_listen = \"[::]:8008\"",
+        );
+        let text = format!("{text}http_listen = \"127.0.0.1:8009\"\n");
+        let node = &parse(&text).unwrap().nodes[0];
+        assert_eq!(node.snapshot_interval, Duration::from_secs(900));
+        assert_eq!(
+            node.reseed_after,
+            Duration::ZERO,
+            "0: re-seed as soon as streaming breaks"
+        );
+        assert_eq!(node.http_listen, Some("127.0.0.1:8009".parse().unwrap()));
+        let from_defaults =
+            parse(&minimal_with_default_lines("http_listen = \"[::]:8008\"")).unwrap();
+        assert_eq!(
+            from_defaults.nodes[0].http_listen,
+            Some("[::]:8008".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_listen_address_must_be_an_ip_and_a_port() {
+        for bad in [
+            "localhost:8008",
+            "127.0.0.1",
+            "8008",
+            "127.0.0.1:0",
+            "[::1]:99999",
+            "",
+        ] {
+            let message = refusal(&minimal_with_node_lines(&format!(
+                "http_listen = \"{bad}\""
+            )));
+            assert!(
+                message.contains("nodes[1].http_listen"),
+                "{bad:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_snapshot_interval_below_one_second_is_refused() {
+        for bad in ["0", "500ms"] {
+            let message = refusal(&minimal_with_default_lines(&format!(
+                "snapshot_interval = \"{bad}\""
+            )));
+            assert!(message.contains("defaults.snapshot_interval"), "{message}");
+        }
+        let message = refusal(&minimal_with_node_lines("reseed_after = \"soon\""));
+        assert!(message.contains("nodes[1].reseed_after"), "{message}");
+    }
+
+    #[test]
+    fn the_zfs_backend_defaults_to_auto_and_can_be_chosen_per_node() {
+        let config = parse(SAMPLE).unwrap();
+        assert!(config
+            .nodes
+            .iter()
+            .all(|n| n.zfs_backend == ZfsBackend::Auto));
+        let text = SAMPLE.replace("[defaults]", "[defaults]\nzfs_backend = \"cli\"");
+        let text = text.replace("name = \"db2\"", "name = \"db2\"\nzfs_backend = \"lzc\"");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.node("db1").unwrap().zfs_backend, ZfsBackend::Cli);
+        assert_eq!(config.node("db2").unwrap().zfs_backend, ZfsBackend::Lzc);
+    }
+
+    #[test]
+    fn an_unknown_zfs_backend_is_refused_naming_the_key() {
+        let message = refusal(&minimal_with_node_lines("zfs_backend = \"libzfs\""));
+        assert!(message.contains("nodes[1].zfs_backend"), "{message}");
+        assert!(
+            message.contains("\"auto\", \"cli\" or \"lzc\""),
+            "{message}"
+        );
     }
 }

@@ -38,6 +38,12 @@ pub fn utc_rfc3339(time: SystemTime) -> String {
     )
 }
 
+/// The UTC calendar year and month (1-12) of `time`: retention groups snapshots by them.
+pub fn utc_year_month(time: SystemTime) -> (i64, u32) {
+    let t = civil_from_unix(unix_seconds(time));
+    (t.year, t.month)
+}
+
 /// Read back what `utc_compact` wrote. Anything else (other lengths, a missing 'T' or
 /// 'Z', the 31st of a 30-day month, a leap second) gives None: a snapshot whose name
 /// merely looks like ours must not be mistaken for one with a known creation time.
@@ -223,6 +229,21 @@ mod tests {
         assert_eq!(
             UNIX_EPOCH.duration_since(moon_landing).unwrap().as_secs(),
             14_182_920
+        );
+    }
+
+    #[test]
+    fn the_calendar_month_is_that_of_utc() {
+        assert_eq!(utc_year_month(UNIX_EPOCH), (1970, 1));
+        let new_years_eve = parse_utc_compact("20241231T235959Z").unwrap();
+        assert_eq!(utc_year_month(new_years_eve), (2024, 12));
+        assert_eq!(
+            utc_year_month(new_years_eve + Duration::from_secs(1)),
+            (2025, 1)
+        );
+        assert_eq!(
+            utc_year_month(UNIX_EPOCH - Duration::from_secs(1)),
+            (1969, 12)
         );
     }
 

@@ -81,8 +81,14 @@ pub fn copy(
             Ok(0) => break Ok(()),
             Ok(n) => {
                 if let Err(e) = sink.write_all(&buf[..n]) {
-                    break Err(Error::failed(format!(
-                        "the receiver stopped accepting the stream: {e}"
+                    // The receiver quit early: its own words say why (finish collects them).
+                    source.abort();
+                    let said = match sink.finish() {
+                        Err(why) => why.to_string(),
+                        Ok(()) => e.to_string(),
+                    };
+                    return Err(Error::failed(format!(
+                        "the receiver stopped accepting the stream: {said}"
                     )));
                 }
                 bytes += n as u64;

@@ -121,7 +121,10 @@ fn a_from_node_that_does_not_exist_is_a_usage_error() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--from") && stderr.contains("nosuch"), "{stderr}");
+    assert!(
+        stderr.contains("--from") && stderr.contains("nosuch"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! slot → backup-safe cut on the primary → plan → receive → make standby → start and
 //! verify streaming → protect the new common base.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,14 +12,15 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::cli::{Context, Global};
-use crate::cluster::{find_primary, pg_target, ssh_target};
+use crate::cluster::{find_primary, pg_target, ssh_target, standby_setup};
 use crate::config::Node;
 use crate::error::{Error, Result};
+use crate::events::{self, Event};
 use crate::exec::Local;
 use crate::lock::LocalLock;
 use crate::pg::control::{self, ControlData};
 use crate::pg::ctl::PgCtl;
-use crate::pg::standby::{make_standby, StandbySetup};
+use crate::pg::standby::make_standby;
 use crate::pg::{Pg, RESEED_LOCK};
 use crate::progress::{human_bytes, Progress};
 use crate::replicate::{plan, Plan, PlanInput};
@@ -52,37 +53,95 @@ pub struct ResetSecondary {
 impl ResetSecondary {
     pub fn run(&self, global: &Global) -> Result<i32> {
         let ctx = global.load()?;
-        let interrupt = Interrupt::install()?;
-        let reseed = Reseed {
-            args: self,
-            ctx,
-            interrupt,
-        };
-        let outcome = reseed.execute();
-        match outcome {
-            Ok(Outcome::DryRun(plan)) => {
-                if self.json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&plan).expect("plan serializes")
-                    );
-                } else {
-                    println!("{}", plan.text);
-                }
-                Ok(0)
+        let outcome = reseed(&ctx, self, Caller::ResetSecondary);
+        report(&ctx, self, outcome, "reset_secondary")
+    }
+}
+
+/// Who asks for the re-seed. `rejoin` has already kept a former primary's diverged
+/// writes, so the refusal to overwrite a former primary's data does not apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    ResetSecondary,
+    Rejoin,
+}
+
+/// Run the re-seed runbook on this node.
+pub fn reseed(ctx: &Context, args: &ResetSecondary, caller: Caller) -> Result<Outcome> {
+    reseed_with(ctx, args, caller, Interrupt::install()?)
+}
+
+/// `reseed` watching an interrupt flag the caller already has: the daemon installs its
+/// SIGTERM handler once, rather than once more for every re-seed it runs.
+pub fn reseed_with(
+    ctx: &Context,
+    args: &ResetSecondary,
+    caller: Caller,
+    interrupt: Interrupt,
+) -> Result<Outcome> {
+    let reseed = Reseed {
+        args,
+        ctx,
+        interrupt,
+        caller,
+    };
+    reseed.execute()
+}
+
+/// Print the outcome, emit the event, map it to an exit code.
+pub fn report(
+    ctx: &Context,
+    args: &ResetSecondary,
+    outcome: Result<Outcome>,
+    event: &'static str,
+) -> Result<i32> {
+    let command = event.replace('_', "-");
+    match outcome {
+        Ok(Outcome::DryRun(plan)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("plan serializes")
+                );
+            } else {
+                println!("{}", plan.text);
             }
-            Ok(Outcome::Done(summary)) => {
-                if self.json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&summary).expect("summary serializes")
-                    );
-                } else {
-                    println!("{}", summary.text());
-                }
-                Ok(0)
+            Ok(0)
+        }
+        Ok(Outcome::Done(summary)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).expect("summary serializes")
+                );
+            } else {
+                println!("{}", summary.text());
             }
-            Err(e) => Err(e.context("reset-secondary")),
+            let details = format!(
+                "{} from {} ({} bytes)",
+                summary.mode, summary.snapshot, summary.bytes
+            );
+            events::emit(
+                &ctx.config,
+                Event::new(event, &ctx.local.name, true, details, Some(&summary.source)),
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            // A refusal changed nothing: only real failures are failure events.
+            if e.exit_code() == 1 {
+                events::emit(
+                    &ctx.config,
+                    Event::new(
+                        "failure",
+                        &ctx.local.name,
+                        false,
+                        format!("{command}: {e}"),
+                        args.from.as_deref(),
+                    ),
+                );
+            }
+            Err(e.context(command))
         }
     }
 }
@@ -151,15 +210,16 @@ impl Summary {
     }
 }
 
-enum Outcome {
+pub enum Outcome {
     DryRun(DryRun),
     Done(Summary),
 }
 
 struct Reseed<'a> {
     args: &'a ResetSecondary,
-    ctx: Context,
+    ctx: &'a Context,
     interrupt: Interrupt,
+    caller: Caller,
 }
 
 /// What preflight learned about this node.
@@ -175,7 +235,10 @@ impl Reseed<'_> {
         let local = self.ctx.local.clone();
         if let Some(from) = &self.args.from {
             // A typo in --from is a usage error, reported before anything is inspected.
-            self.ctx.config.node(from).map_err(|e| e.context("--from"))?;
+            self.ctx
+                .config
+                .node(from)
+                .map_err(|e| e.context("--from"))?;
         }
         let local_zfs = ZfsCli::new(Local);
         let pgctl = PgCtl::new(
@@ -342,19 +405,9 @@ impl Reseed<'_> {
 
         // 7. Make it a standby.
         steps.run("standby config", || {
-            let setup = StandbySetup {
-                major: primary.major(),
-                node_name: local.name.clone(),
-                primary_host: source.host.clone(),
-                primary_port: source.pg_port,
-                user: local.pg_user.clone(),
-                passfile: crate::pgpass::passfile_path(local.pg_passfile.as_deref()),
-                slot: local.use_slots.then(|| local.slot_name.clone()),
-                local_settings: local_settings(&local),
-                managed_keys: managed_keys(&self.ctx.config.nodes),
-                labelfile: stop.labelfile.clone(),
-                spcmapfile: stop.spcmapfile.clone(),
-            };
+            let mut setup = standby_setup(&self.ctx.config, &local, &source, primary.major());
+            setup.labelfile = stop.labelfile.clone();
+            setup.spcmapfile = stop.spcmapfile.clone();
             make_standby(&local.data_dir, &setup)
         })?;
 
@@ -442,7 +495,7 @@ impl Reseed<'_> {
                 }
             }
         } else if let Some(c) = control {
-            if c.state.was_primary() && !self.args.full {
+            if c.state.was_primary() && !self.args.full && self.caller != Caller::Rejoin {
                 return Err(Error::refused(format!(
                     "the data directory {} was last used by a primary (state {:?}); re-seeding it would discard writes \
                      that may exist nowhere else. Use `pgzfs rejoin` to keep them, or --full to rename the dataset aside",
@@ -543,12 +596,35 @@ impl Reseed<'_> {
             tracing::info!("kept the previous dataset as {aside}");
         }
         let result = (|| {
-            let source = remote_zfs.send(&plan.source_snapshot(), plan.base_snapshot().as_ref())?;
-            let sink = local_zfs.receive(dataset, plan.is_incremental())?;
-            let progress = Progress::new(estimate);
-            let moved = transfer::copy(source, sink, &progress, &self.interrupt);
-            progress.finish();
-            moved
+            // Snapshots newer than the base go with the rollback. Destroying them here,
+            // rather than leaving it to `recv -F`, works the same on every ZFS (zfs-fuse
+            // refuses instead) and names each one in the log.
+            for snap in &plan.rolled_back {
+                local_zfs.destroy_snapshot(&dataset.snapshot(snap))?;
+                tracing::info!("destroyed {dataset}@{snap}, newer than the common base");
+            }
+            let mut attempt = 1;
+            loop {
+                let source =
+                    remote_zfs.send(&plan.source_snapshot(), plan.base_snapshot().as_ref())?;
+                let sink = local_zfs.receive(dataset, plan.is_incremental())?;
+                let progress = Progress::new(estimate);
+                let moved = transfer::copy(source, sink, &progress, &self.interrupt);
+                progress.finish();
+                match moved {
+                    Err(e)
+                        if attempt < RECEIVE_ATTEMPTS
+                            && is_transient_receive_error(&e)
+                            && !self.interrupt.is_set() =>
+                    {
+                        // The failed receive committed nothing, so sending again is safe.
+                        tracing::warn!("attempt {attempt} of the transfer failed ({e}); retrying");
+                        std::thread::sleep(Duration::from_secs(attempt as u64));
+                        attempt += 1;
+                    }
+                    other => break other,
+                }
+            }
         })();
         if let Err(e) = &result {
             tracing::error!("the transfer failed, restoring the last good state: {e}");
@@ -652,6 +728,16 @@ fn wait_for_advisory_lock(
     }
 }
 
+/// How often a receive that failed for a passing reason is tried.
+const RECEIVE_ATTEMPTS: u32 = 3;
+
+/// zfs-fuse briefly answers "busy" or fails a receive with an I/O error right after the
+/// dataset was unmounted; both pass within a second or two.
+fn is_transient_receive_error(e: &Error) -> bool {
+    let text = e.to_string();
+    text.contains("the receiver failed") && (text.contains("I/O error") || text.contains("busy"))
+}
+
 /// The stream size when the sending side can tell it without sending.
 fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<u64> {
     let object = taken
@@ -665,23 +751,6 @@ fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<
             .flatten(),
         Some(_) => None,
     }
-}
-
-/// This node's settings that must survive a re-seed: its port plus its `pg_settings`.
-fn local_settings(node: &Node) -> BTreeMap<String, String> {
-    let mut settings = node.pg_settings.clone();
-    settings.insert("port".into(), node.pg_port.to_string());
-    settings
-}
-
-/// Every key any node manages, so one node's values never leak into another's copy.
-fn managed_keys(nodes: &[Node]) -> BTreeSet<String> {
-    let mut keys: BTreeSet<String> = nodes
-        .iter()
-        .flat_map(|n| n.pg_settings.keys().cloned())
-        .collect();
-    keys.insert("port".into());
-    keys
 }
 
 /// Hold the new common snapshot on both sides so neither retention nor an operator can
@@ -731,4 +800,28 @@ fn protect_new_base(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_receivers_passing_trouble_is_retried() {
+        let io = Error::failed("the receiver failed: `zfs receive -u -F tank/pg` failed (exit status 1): cannot receive incremental stream: I/O error");
+        assert!(is_transient_receive_error(&io));
+        let busy = Error::failed("the receiver failed: cannot unmount: dataset is busy");
+        assert!(is_transient_receive_error(&busy));
+        let sender = Error::failed(
+            "the sender failed: zfs send: I/O error; so the receiver discarded the partial stream",
+        );
+        assert!(
+            !is_transient_receive_error(&sender),
+            "a dead sender is not retried"
+        );
+        let refused = Error::failed(
+            "the receiver failed: destination has been modified since most recent snapshot",
+        );
+        assert!(!is_transient_receive_error(&refused));
+    }
 }

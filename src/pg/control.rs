@@ -45,11 +45,42 @@ impl ClusterState {
 pub struct ControlData {
     pub system_identifier: u64,
     pub state: ClusterState,
+    /// Where the latest checkpoint record is; after a clean shutdown, the shutdown
+    /// checkpoint (the last thing this server wrote).
+    pub checkpoint_lsn: Lsn,
+    /// The timeline of that checkpoint.
+    pub timeline: u32,
+}
+
+/// A WAL position, printed as PostgreSQL does (`16/B374D848`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Lsn(pub u64);
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+impl std::str::FromStr for Lsn {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Lsn, String> {
+        let (high, low) = text
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not an LSN"))?;
+        let high = u64::from_str_radix(high, 16).map_err(|_| format!("{text:?} is not an LSN"))?;
+        let low = u64::from_str_radix(low, 16).map_err(|_| format!("{text:?} is not an LSN"))?;
+        Ok(Lsn(high << 32 | low))
+    }
 }
 
 /// Parse the head of `global/pg_control`: the system identifier (u64), the control file
 /// version (u32), the catalog version (u32) and the state (enum, u32), in the machine's
-/// byte order. Those leading fields have kept their place in every release since 9.0.
+/// byte order; those leading fields have kept their place in every release since 9.0.
+/// Then the checkpoint location (u64 at 32) and the checkpoint's copy, whose redo (u64)
+/// is followed by its timeline (u32); PostgreSQL 10 (control version 1002) still had a
+/// "previous checkpoint" field in between, which 11 removed.
 pub fn parse_control(bytes: &[u8]) -> Result<ControlData> {
     if bytes.len() < 20 {
         return Err(Error::failed("pg_control is truncated"));
@@ -62,9 +93,15 @@ pub fn parse_control(bytes: &[u8]) -> Result<ControlData> {
             "pg_control has unexpected version {version} (wrong byte order or not a control file)"
         )));
     }
+    if bytes.len() < 64 {
+        return Err(Error::failed("pg_control is truncated"));
+    }
+    let copy_at = if version < 1100 { 48 } else { 40 };
     Ok(ControlData {
         system_identifier: u64_at(0),
         state: ClusterState::from_raw(u32_at(16)),
+        checkpoint_lsn: Lsn(u64_at(32)),
+        timeline: u32_at(copy_at + 8),
     })
 }
 
@@ -151,14 +188,46 @@ fn is_postgres_process(pid: i32) -> bool {
 mod tests {
     use super::*;
 
-    fn control(sysid: u64, state: u32) -> Vec<u8> {
+    fn control_of(version: u32, sysid: u64, state: u32, checkpoint: u64, timeline: u32) -> Vec<u8> {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&sysid.to_ne_bytes());
-        bytes.extend_from_slice(&1300u32.to_ne_bytes());
+        bytes.extend_from_slice(&version.to_ne_bytes());
         bytes.extend_from_slice(&202209061u32.to_ne_bytes());
         bytes.extend_from_slice(&state.to_ne_bytes());
+        bytes.resize(32, 0);
+        bytes.extend_from_slice(&checkpoint.to_ne_bytes());
+        if version < 1100 {
+            bytes.extend_from_slice(&0u64.to_ne_bytes()); // prevCheckPoint
+        }
+        bytes.extend_from_slice(&(checkpoint - 40).to_ne_bytes()); // redo
+        bytes.extend_from_slice(&timeline.to_ne_bytes());
         bytes.resize(8192, 0);
         bytes
+    }
+
+    fn control(sysid: u64, state: u32) -> Vec<u8> {
+        control_of(1300, sysid, state, 0x3000_0100, 1)
+    }
+
+    #[test]
+    fn the_shutdown_checkpoint_and_timeline_are_read_for_every_layout() {
+        for version in [1002, 1100, 1201, 1300, 1700] {
+            let c = parse_control(&control_of(version, 9, 1, 0x1_0300_0028, 3)).unwrap();
+            assert_eq!(
+                c.checkpoint_lsn,
+                Lsn(0x1_0300_0028),
+                "control version {version}"
+            );
+            assert_eq!(c.timeline, 3, "control version {version}");
+        }
+    }
+
+    #[test]
+    fn lsns_print_and_parse_like_postgresql() {
+        assert_eq!(Lsn(0x16_B374_D848).to_string(), "16/B374D848");
+        assert_eq!("16/B374D848".parse::<Lsn>().unwrap(), Lsn(0x16_B374_D848));
+        assert_eq!("0/3000028".parse::<Lsn>().unwrap(), Lsn(0x300_0028));
+        assert!("nonsense".parse::<Lsn>().is_err());
     }
 
     #[test]

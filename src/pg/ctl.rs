@@ -62,6 +62,7 @@ impl PgCtl {
     }
 
     pub fn start(&self, timeout: Duration) -> Result<()> {
+        self.prepare_log_file()?;
         let cmd = self
             .pg_ctl()?
             .args(["-w", "-t"])
@@ -102,5 +103,52 @@ impl PgCtl {
                 Ok("immediate")
             }
         }
+    }
+}
+
+impl PgCtl {
+    /// `pg_ctl promote -w`: how PostgreSQL 11 and older are promoted, and the fallback when
+    /// the replication role may not call pg_promote().
+    pub fn promote(&self, timeout: Duration) -> Result<()> {
+        let cmd = self
+            .pg_ctl()?
+            .args(["-w", "-t"])
+            .arg(timeout.as_secs().max(1).to_string())
+            .arg("promote");
+        exec::run(&cmd, self.run_as.as_ref()).map(drop)
+    }
+
+    /// Re-read the configuration (primary_conninfo is reloadable from PostgreSQL 13 on).
+    pub fn reload(&self) -> Result<()> {
+        exec::run(&self.pg_ctl()?.arg("reload"), self.run_as.as_ref()).map(drop)
+    }
+
+    /// pg_ctl opens its log as the PostgreSQL user, who often may not create files where
+    /// operators keep logs; create it for them, owned by that user.
+    fn prepare_log_file(&self) -> Result<()> {
+        if self.log_file.exists() {
+            return Ok(());
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .map_err(|e| {
+                Error::failed(format!(
+                    "cannot create the PostgreSQL log {}: {e}",
+                    self.log_file.display()
+                ))
+            })?;
+        if let Some(user) = &self.run_as {
+            nix::unistd::chown(&self.log_file, Some(user.uid.into()), Some(user.gid.into()))
+                .map_err(|e| {
+                    Error::failed(format!("cannot chown {}: {e}", self.log_file.display()))
+                })?;
+        }
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 }

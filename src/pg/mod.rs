@@ -276,3 +276,241 @@ impl Pg {
             .map(drop)
     }
 }
+
+impl Pg {
+    pub fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
+        self.query_one("SELECT pg_notify($1, $2)::text", &[&channel, &payload])
+            .map(drop)
+    }
+
+    /// A primary that accepts writes: not in recovery and not fenced read-only.
+    pub fn is_writable(&mut self) -> Result<bool> {
+        Ok(self
+            .query_one("SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'", &[])?
+            .get(0))
+    }
+
+    /// On a standby: bytes received from the primary but not replayed yet.
+    pub fn replay_lag_bytes(&mut self) -> Result<u64> {
+        let row = self.query_one(
+            "SELECT coalesce(pg_wal_lsn_diff(greatest(pg_last_wal_receive_lsn(), \
+             (SELECT latest_end_lsn FROM pg_stat_wal_receiver)), pg_last_wal_replay_lsn()), 0)::bigint",
+            &[],
+        )?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    pub fn replay_lsn(&mut self) -> Result<Option<control::Lsn>> {
+        let text: Option<String> = self
+            .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])?
+            .get(0);
+        text.map(|t| t.parse().map_err(Error::failed)).transpose()
+    }
+
+    /// The primary's current WAL write position.
+    pub fn current_lsn(&mut self) -> Result<control::Lsn> {
+        let text: String = self
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])?
+            .get(0);
+        text.parse().map_err(Error::failed)
+    }
+
+    /// The timeline of the server's latest checkpoint (after promotion: the new one).
+    pub fn checkpoint_timeline(&mut self) -> Result<u32> {
+        let tli: i32 = self
+            .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])?
+            .get(0);
+        Ok(tli as u32)
+    }
+
+    /// `pg_promote(wait => true)`, PostgreSQL 12 and later.
+    pub fn promote(&mut self, timeout: Duration) -> Result<bool> {
+        let seconds = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
+        Ok(self
+            .query_one("SELECT pg_promote(true, $1)", &[&seconds])?
+            .get(0))
+    }
+
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.client.batch_execute("CHECKPOINT").map_err(|e| {
+            Error::failed(format!(
+                "{}: {}",
+                self.target.describe(),
+                describe_pg_error(&e)
+            ))
+        })
+    }
+}
+
+/// What a server says about itself, for `status`, the health checks and the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerState {
+    pub in_recovery: bool,
+    /// Not in recovery and not fenced read-only.
+    pub writable: bool,
+    /// `server_version`, such as "15.18 (Debian 15.18-0+deb12u1)".
+    pub version: String,
+    /// The timeline written (primary) or received or last checkpointed on (standby).
+    pub timeline: Option<u32>,
+    /// The current WAL position (primary) or the last replayed one (standby).
+    pub lsn: Option<String>,
+}
+
+/// One row of the primary's pg_stat_replication.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StandbyConnection {
+    pub application_name: String,
+    pub state: String,
+    /// Between the primary's current WAL position and the standby's replay position.
+    pub lag_bytes: Option<i64>,
+    /// `replay_lag`: how long the primary waited for the standby to replay recent WAL.
+    pub replay_lag_seconds: Option<f64>,
+}
+
+/// One replication slot on the primary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotInfo {
+    pub name: String,
+    pub slot_type: String,
+    pub active: bool,
+    pub restart_lsn: Option<String>,
+    /// WAL the slot keeps from being recycled: current position minus restart_lsn.
+    pub retained_bytes: Option<i64>,
+    /// `wal_status` (PostgreSQL 13 and later): reserved, extended, unreserved or lost.
+    pub wal_status: Option<String>,
+}
+
+/// The standby's WAL receiver, as pg_stat_wal_receiver shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalReceiver {
+    /// Every attempt to connect is a new process: a pid seen twice is a connection that
+    /// lasted, not one that started and failed in between.
+    pub pid: i32,
+    /// None when the role may not see it (it needs pg_monitor or pg_read_all_stats).
+    pub status: Option<String>,
+}
+
+impl Pg {
+    /// Role, version, timeline and WAL position in as few round trips as the role needs.
+    pub fn server_state(&mut self) -> Result<ServerState> {
+        let row = self.query_one(
+            "SELECT pg_is_in_recovery(), \
+             NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off', \
+             current_setting('server_version')",
+            &[],
+        )?;
+        let (in_recovery, writable, version): (bool, bool, String) =
+            (row.get(0), row.get(1), row.get(2));
+        let (timeline, lsn) = if in_recovery {
+            // A standby has no WAL file of its own to name its timeline: the WAL
+            // receiver's received timeline is the live answer, the last restartpoint's
+            // the one that works without a receiver.
+            let row = self.query_one(
+                "SELECT coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+                 (SELECT timeline_id FROM pg_control_checkpoint()))::int, \
+                 pg_last_wal_replay_lsn()::text",
+                &[],
+            )?;
+            (
+                row.get::<_, Option<i32>>(0).map(|t| t as u32),
+                row.get::<_, Option<String>>(1),
+            )
+        } else {
+            let lsn = self.current_lsn()?.to_string();
+            (Some(self.current_timeline()?), Some(lsn))
+        };
+        Ok(ServerState {
+            in_recovery,
+            writable,
+            version,
+            timeline,
+            lsn,
+        })
+    }
+
+    /// On the primary: every standby connection it serves.
+    pub fn standby_connections(&mut self) -> Result<Vec<StandbyConnection>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT coalesce(application_name, ''), coalesce(state, ''), \
+                 pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, \
+                 extract(epoch FROM replay_lag)::float8 \
+                 FROM pg_stat_replication ORDER BY application_name, state = 'streaming' DESC",
+                &[],
+            )
+            .map_err(|e| {
+                Error::failed(format!(
+                    "{}: {}",
+                    self.target.describe(),
+                    describe_pg_error(&e)
+                ))
+            })?;
+        Ok(rows
+            .iter()
+            .map(|row| StandbyConnection {
+                application_name: row.get(0),
+                state: row.get(1),
+                lag_bytes: row.get(2),
+                replay_lag_seconds: row.get(3),
+            })
+            .collect())
+    }
+
+    /// On the primary: its replication slots, with the WAL each one retains.
+    pub fn replication_slots(&mut self) -> Result<Vec<SlotInfo>> {
+        let wal_status = if self.major() >= 13 {
+            "wal_status::text"
+        } else {
+            "NULL::text"
+        };
+        let sql = format!(
+            "SELECT slot_name::text, slot_type, active, restart_lsn::text, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, {wal_status} \
+             FROM pg_replication_slots ORDER BY slot_name"
+        );
+        let rows = self.client.query(&sql, &[]).map_err(|e| {
+            Error::failed(format!(
+                "{}: {}",
+                self.target.describe(),
+                describe_pg_error(&e)
+            ))
+        })?;
+        Ok(rows
+            .iter()
+            .map(|row| SlotInfo {
+                name: row.get(0),
+                slot_type: row.get(1),
+                active: row.get(2),
+                restart_lsn: row.get(3),
+                retained_bytes: row.get(4),
+                wal_status: row.get(5),
+            })
+            .collect())
+    }
+
+    /// On a standby: its WAL receiver, None when none runs.
+    pub fn wal_receiver(&mut self) -> Result<Option<WalReceiver>> {
+        Ok(self
+            .query_opt("SELECT pid, status FROM pg_stat_wal_receiver", &[])?
+            .and_then(|row| {
+                Some(WalReceiver {
+                    pid: row.get::<_, Option<i32>>(0)?,
+                    status: row.get(1),
+                })
+            }))
+    }
+
+    /// On a standby: how far replay is behind in time. Zero when everything received is
+    /// replayed (an idle primary sends nothing, and the last replayed transaction then
+    /// only tells how long nobody wrote); None when nothing was ever replayed.
+    pub fn replay_delay_seconds(&mut self) -> Result<Option<f64>> {
+        Ok(self
+            .query_one(
+                "SELECT CASE WHEN coalesce(pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn(), false) THEN 0 \
+                 ELSE greatest(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END::float8",
+                &[],
+            )?
+            .get(0))
+    }
+}

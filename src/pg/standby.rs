@@ -163,6 +163,24 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// Point an existing standby at a (new) primary: rewrite only its standby configuration.
+pub fn repoint_standby(data_dir: &Path, setup: &StandbySetup) -> Result<()> {
+    let meta = std::fs::metadata(data_dir)
+        .map_err(|e| Error::failed(format!("cannot read {}: {e}", data_dir.display())))?;
+    let writer = Writer {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    let auto_conf = data_dir.join("postgresql.auto.conf");
+    let existing = std::fs::read_to_string(&auto_conf).unwrap_or_default();
+    writer.write(&auto_conf, &rewrite_auto_conf(&existing, setup))?;
+    if setup.major >= 12 {
+        writer.write(&data_dir.join("standby.signal"), "")
+    } else {
+        writer.write(&data_dir.join("recovery.conf"), &recovery_conf(setup))
+    }
+}
+
 /// Prepare a received data directory to start as a standby.
 pub fn make_standby(data_dir: &Path, setup: &StandbySetup) -> Result<()> {
     let meta = std::fs::metadata(data_dir).map_err(|e| {

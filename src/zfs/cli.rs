@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::features::{self, ResumeToken, ResumeTokenInfo, SendOptions};
 use super::names::{DatasetName, HoldTag, SnapshotName};
 use super::{prop, Features, Snapshot, Zfs};
 use crate::error::{Error, Result};
@@ -162,9 +163,135 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         let out = self
             .runner
             .output(&self.cmd().args(["get", "-H", "-o", "value", "written"]))?;
+        // `zfs send` without a snapshot prints its usage, which lists every flag it knows.
+        let usage = self.runner.output(&self.cmd().arg("send"))?;
+        let send = features::parse_send_usage(&format!("{}\n{}", usage.stdout, usage.stderr));
         Ok(Features {
             written_property: out.success() && !out.stderr.contains("invalid property"),
+            send_resume: send.resume,
+            send_large_blocks: send.has('L'),
+            send_embedded: send.has('e'),
+            send_compressed: send.has('c'),
+            send_raw: send.has('w'),
+            ..Features::default()
         })
+    }
+
+    fn features_for(&self, dataset: &DatasetName) -> Result<Features> {
+        let mut found = self.features()?;
+        // Probed on the pool's root dataset, which exists even before a first receive.
+        let pool = dataset.pool();
+        let token = self.runner.output(&self.cmd().args([
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "receive_resume_token",
+            pool,
+        ]))?;
+        found.resumable_receive =
+            features::property_known(token.success(), &token.stdout, &token.stderr);
+        let bookmarks = self.runner.output(&Cmd::new("zpool").args([
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "feature@bookmarks",
+            pool,
+        ]))?;
+        found.bookmarks =
+            features::PoolFeature::parse(bookmarks.success(), &bookmarks.stdout, &bookmarks.stderr)
+                .usable();
+        Ok(found)
+    }
+
+    fn is_encrypted(&self, dataset: &DatasetName) -> Result<bool> {
+        let out = self.runner.output(&self.cmd().args([
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "encryption",
+            dataset.as_str(),
+        ]))?;
+        Ok(
+            features::property_known(out.success(), &out.stdout, &out.stderr)
+                && !matches!(out.stdout.trim(), "off" | "-"),
+        )
+    }
+
+    fn send_with(
+        &self,
+        snapshot: &SnapshotName,
+        base: Option<&SnapshotName>,
+        options: &SendOptions,
+    ) -> Result<Box<dyn Source>> {
+        if options.is_plain() {
+            // Exactly the command line every ZFS (and the serve endpoint) knows.
+            return self.send(snapshot, base);
+        }
+        let mut cmd = self.cmd().arg("send").args(options.flags());
+        if let Some(base) = base {
+            cmd = cmd.arg("-i").arg(base.to_string());
+        }
+        self.runner.source(&cmd.arg(snapshot.to_string()))
+    }
+
+    fn receive_resumable(&self, dataset: &DatasetName, rollback: bool) -> Result<Box<dyn Sink>> {
+        let mut cmd = self.cmd().args(["receive", "-s", "-u"]);
+        if rollback {
+            cmd = cmd.arg("-F");
+        }
+        self.runner.sink(&cmd.arg(dataset.as_str()))
+    }
+
+    fn resume_token(&self, dataset: &DatasetName) -> Result<Option<ResumeToken>> {
+        let out = self.runner.output(&self.cmd().args([
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "receive_resume_token",
+            dataset.as_str(),
+        ]))?;
+        if !out.success() && out.stderr.contains("does not exist") {
+            return Ok(None);
+        }
+        features::parse_resume_token_value(out.success(), &out.stdout, &out.stderr)
+    }
+
+    fn describe_resume_token(&self, token: &ResumeToken) -> Result<ResumeTokenInfo> {
+        // The exit status is not looked at: zfs prints the contents first and then fails
+        // when the snapshot is not on this node under the token's name, which is normal
+        // when decoding on the receiving side.
+        let out = self
+            .runner
+            .output(&self.cmd().args(["send", "-nv", "-t", token.as_str()]))?;
+        features::parse_resume_token_contents(&format!("{}\n{}", out.stdout, out.stderr))
+            .map_err(|e| e.context(format!("decoding a resume token on {}", self.location())))
+    }
+
+    fn abort_resumable(&self, dataset: &DatasetName) -> Result<()> {
+        self.run_retrying_busy(&self.cmd().args(["receive", "-A", dataset.as_str()]))
+            .map(drop)
+    }
+
+    fn send_resume(&self, token: &ResumeToken) -> Result<Box<dyn Source>> {
+        self.runner
+            .source(&self.cmd().args(["send", "-t", token.as_str()]))
+    }
+
+    fn bookmark(&self, snapshot: &SnapshotName) -> Result<()> {
+        let bookmark = format!("{}#{}", snapshot.dataset(), snapshot.snap());
+        self.runner
+            .run(
+                &self
+                    .cmd()
+                    .arg("bookmark")
+                    .arg(snapshot.to_string())
+                    .arg(bookmark),
+            )
+            .map(drop)
     }
 
     fn exists(&self, dataset: &DatasetName) -> Result<bool> {
@@ -221,6 +348,13 @@ impl<R: Runner> Zfs for ZfsCli<R> {
             )?;
         }
         Ok(())
+    }
+
+    fn get_text(&self, object: &str, property: &str) -> Result<Option<String>> {
+        let rows = self.get_rows(&[], &[property], object)?;
+        Ok(rows
+            .and_then(|rows| rows.first().map(|(_, _, v)| v.clone()))
+            .filter(|v| v != "-"))
     }
 
     fn get_number(&self, object: &str, property: &str) -> Result<Option<u64>> {
@@ -288,6 +422,21 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         }
     }
 
+    fn holds(&self, snapshot: &SnapshotName) -> Result<Option<Vec<HoldTag>>> {
+        let out = self
+            .runner
+            .output(&self.cmd().args(["holds", "-H"]).arg(snapshot.to_string()))?;
+        if !out.success() {
+            tracing::debug!(
+                "zfs holds does not work on {}: {}",
+                self.location(),
+                out.stderr
+            );
+            return Ok(None);
+        }
+        Ok(parse_holds(snapshot, &out.stdout))
+    }
+
     fn destroy_snapshot(&self, snapshot: &SnapshotName) -> Result<()> {
         self.run_retrying_busy(&self.cmd().arg("destroy").arg(snapshot.to_string()))
             .map(drop)
@@ -351,6 +500,20 @@ impl<R: Runner> Zfs for ZfsCli<R> {
             .map(drop)
     }
 
+    fn set_dataset_props(&self, dataset: &DatasetName, props: &[(&str, String)]) -> Result<()> {
+        for (name, value) in props {
+            validate_user_prop(name, value)?;
+            self.runner.run(
+                &self
+                    .cmd()
+                    .arg("set")
+                    .arg(format!("{name}={value}"))
+                    .arg(dataset.as_str()),
+            )?;
+        }
+        Ok(())
+    }
+
     fn set_canmount_noauto(&self, dataset: &DatasetName) -> Result<()> {
         self.runner
             .run(
@@ -364,8 +527,30 @@ impl<R: Runner> Zfs for ZfsCli<R> {
     }
 }
 
+/// `zfs holds -H` output: one "NAME<TAB>TAG<TAB>TIMESTAMP" line per hold. Anything else
+/// (another snapshot's name, a tag we could not use, a line of a different shape) makes
+/// the whole answer unusable: None, "tags unknown", rather than a partial list that
+/// could be mistaken for the full one.
+pub fn parse_holds(snapshot: &SnapshotName, text: &str) -> Option<Vec<HoldTag>> {
+    let name = snapshot.to_string();
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let mut fields = line.split('\t');
+            let (Some(of), Some(tag), Some(_when)) = (fields.next(), fields.next(), fields.next())
+            else {
+                return None;
+            };
+            if of != name {
+                return None;
+            }
+            HoldTag::parse(tag).ok()
+        })
+        .collect()
+}
+
 /// User property values cross a shell on the remote side; keep them to a safe alphabet.
-fn validate_user_prop(name: &str, value: &str) -> Result<()> {
+pub(crate) fn validate_user_prop(name: &str, value: &str) -> Result<()> {
     let safe = |s: &str, extra: &[u8]| {
         s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
@@ -420,6 +605,37 @@ tank/pg/wal@manual\tguid\t99\n";
         assert!(snaps[1].is_held());
         assert_eq!(snaps[1].prop(prop::LSN), Some("0/3000028"));
         assert_eq!(snaps[0].prop(prop::LSN), None);
+    }
+
+    #[test]
+    fn hold_tags_are_read_from_zfs_holds_and_garbage_means_unknown() {
+        let snap = SnapshotName::parse("tank/pg@pgzfs-20261122T003000Z").unwrap();
+        // OpenZFS 2.x: `zfs holds -H tank/pg@pgzfs-20261122T003000Z`.
+        let text = "tank/pg@pgzfs-20261122T003000Z\tpgzfs-db2\tSun Nov 22 00:30 2026\n\
+tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
+        let tags: Vec<String> = parse_holds(&snap, text)
+            .unwrap()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(tags, ["pgzfs-db2", "pgzfs-db3"]);
+        assert_eq!(parse_holds(&snap, ""), Some(vec![]), "no holds at all");
+        // zfs-fuse prints an error instead; anything of another shape is not a list.
+        assert_eq!(
+            parse_holds(&snap, "internal error: /usr/lib/zfs/pyzfs.py not found\n"),
+            None
+        );
+        assert_eq!(
+            parse_holds(&snap, "tank/other@x\tpgzfs-db2\tSun Nov 22 00:30 2026\n"),
+            None
+        );
+        assert_eq!(
+            parse_holds(
+                &snap,
+                "tank/pg@pgzfs-20261122T003000Z\tbad tag\tSun Nov 22\n"
+            ),
+            None
+        );
     }
 
     #[test]

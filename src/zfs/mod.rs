@@ -2,6 +2,10 @@
 //! over SSH (`cli`); tests of the planning logic use plain values instead.
 
 pub mod cli;
+pub mod features;
+#[cfg(feature = "libzfs-core")]
+pub mod lzc;
+pub mod lzc_common;
 pub mod names;
 
 use std::collections::BTreeMap;
@@ -9,6 +13,7 @@ use std::path::PathBuf;
 
 use crate::error::Result;
 use crate::transfer::{Sink, Source};
+use features::{ResumeToken, ResumeTokenInfo, SendOptions};
 use names::{DatasetName, HoldTag, SnapshotName};
 
 /// The user properties pgzfs records on every snapshot it takes, so that any snapshot
@@ -27,6 +32,14 @@ pub mod prop {
     pub const TABLESPACE_MAP: &str = "pgzfs:tablespace_map";
     /// The node that took the snapshot.
     pub const SOURCE_NODE: &str = "pgzfs:node";
+
+    /// On a dataset: the cluster epoch, raised by every promotion. A node whose epoch is
+    /// older than another's lost a failover and must not act as primary again.
+    pub const EPOCH: &str = "pgzfs:epoch";
+    /// On a dataset: the WAL position at which this node was promoted (the fork point a
+    /// former primary's writes diverge from) and the timeline it promoted from.
+    pub const FORK_LSN: &str = "pgzfs:fork_lsn";
+    pub const FORK_TIMELINE: &str = "pgzfs:fork_timeline";
 
     pub const ALL: [&str; 8] = [
         LSN,
@@ -69,6 +82,21 @@ impl Snapshot {
 pub struct Features {
     /// `written@snap` tells the size of an incremental stream without sending it.
     pub written_property: bool,
+    /// `zfs receive -s` and the `receive_resume_token` property: an interrupted receive
+    /// keeps what arrived, and the sender can continue from there.
+    pub resumable_receive: bool,
+    /// `zfs send -t <token>`.
+    pub send_resume: bool,
+    /// `zfs send -L` (records over 128 KiB kept whole).
+    pub send_large_blocks: bool,
+    /// `zfs send -e` (embedded blocks kept embedded).
+    pub send_embedded: bool,
+    /// `zfs send -c` (blocks sent compressed as stored).
+    pub send_compressed: bool,
+    /// `zfs send -w` (raw: encrypted blocks sent as stored).
+    pub send_raw: bool,
+    /// The pool can hold bookmarks (`feature@bookmarks` enabled or active).
+    pub bookmarks: bool,
 }
 
 pub trait Zfs {
@@ -83,6 +111,8 @@ pub trait Zfs {
     /// Take a snapshot of the dataset and, atomically with it, of all its descendants.
     fn snapshot_recursive(&self, snapshot: &SnapshotName) -> Result<()>;
     fn set_snapshot_props(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()>;
+    /// A property's value as text; None when unset ("-") or when the object is missing.
+    fn get_text(&self, object: &str, property: &str) -> Result<Option<String>>;
     /// A numeric property in parsable form; None when unset or unsupported.
     fn get_number(&self, object: &str, property: &str) -> Result<Option<u64>>;
     fn send(&self, snapshot: &SnapshotName, base: Option<&SnapshotName>)
@@ -94,6 +124,11 @@ pub trait Zfs {
     fn hold(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<()>;
     /// Ok(false) when the snapshot carried no such hold.
     fn release(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<bool>;
+    /// The tags of the holds on a snapshot; None when this ZFS cannot list them
+    /// (`zfs holds` is broken on zfs-fuse), and callers go by `userrefs` alone.
+    fn holds(&self, _snapshot: &SnapshotName) -> Result<Option<Vec<HoldTag>>> {
+        Ok(None)
+    }
     fn destroy_snapshot(&self, snapshot: &SnapshotName) -> Result<()>;
     fn rename(&self, from: &DatasetName, to: &DatasetName) -> Result<()>;
     fn is_mounted(&self, dataset: &DatasetName) -> Result<bool>;
@@ -104,6 +139,132 @@ pub trait Zfs {
     fn set_mountpoint(&self, dataset: &DatasetName, path: &std::path::Path) -> Result<()>;
     /// Keep a renamed-aside dataset from mounting over the live one at boot.
     fn set_canmount_noauto(&self, dataset: &DatasetName) -> Result<()>;
+    /// Set pgzfs user properties on the dataset itself (the cluster epoch, the fork point).
+    fn set_dataset_props(&self, dataset: &DatasetName, props: &[(&str, String)]) -> Result<()>;
+
+    // Optional abilities (see `features`). The defaults describe a ZFS without them, so
+    // a backend only implements what it can do, and callers check `Features` first.
+
+    /// [`Zfs::features`] plus what depends on the pool holding `dataset` (resumable
+    /// receive, bookmarks). `dataset` itself need not exist.
+    fn features_for(&self, _dataset: &DatasetName) -> Result<Features> {
+        self.features()
+    }
+    /// Whether the dataset is encrypted (then a raw send keeps it so).
+    fn is_encrypted(&self, _dataset: &DatasetName) -> Result<bool> {
+        Ok(false)
+    }
+    /// `send` with the flags chosen by [`SendOptions::choose`].
+    fn send_with(
+        &self,
+        snapshot: &SnapshotName,
+        base: Option<&SnapshotName>,
+        options: &SendOptions,
+    ) -> Result<Box<dyn Source>> {
+        if options.is_plain() {
+            self.send(snapshot, base)
+        } else {
+            Err(unsupported(self, "zfs send -L/-e/-c/-w"))
+        }
+    }
+    /// `receive`, keeping a partial stream resumable (`zfs receive -s`).
+    fn receive_resumable(&self, dataset: &DatasetName, rollback: bool) -> Result<Box<dyn Sink>> {
+        let _ = (dataset, rollback);
+        Err(unsupported(self, "zfs receive -s"))
+    }
+    /// The token a partial resumable receive left on `dataset`, if any.
+    fn resume_token(&self, _dataset: &DatasetName) -> Result<Option<ResumeToken>> {
+        Ok(None)
+    }
+    /// What a token continues, decoded by this node's zfs (`zfs send -nv -t`).
+    fn describe_resume_token(&self, _token: &ResumeToken) -> Result<ResumeTokenInfo> {
+        Err(unsupported(self, "zfs send -nv -t"))
+    }
+    /// Discard a partial resumable receive (`zfs receive -A`).
+    fn abort_resumable(&self, _dataset: &DatasetName) -> Result<()> {
+        Err(unsupported(self, "zfs receive -A"))
+    }
+    /// Continue a stream from a token (`zfs send -t`). Validate the token with
+    /// [`features::decide_resume`] first: it was written by the receiving side.
+    /// The stream flags come from the token itself (it records what the first attempt
+    /// used), so there are no options here.
+    fn send_resume(&self, _token: &ResumeToken) -> Result<Box<dyn Source>> {
+        Err(unsupported(self, "zfs send -t"))
+    }
+    /// Bookmark a snapshot under its own name (`DATASET#SNAP`), so an incremental chain
+    /// survives the snapshot's destruction on the sender.
+    fn bookmark(&self, _snapshot: &SnapshotName) -> Result<()> {
+        Err(unsupported(self, "zfs bookmark"))
+    }
+}
+
+fn unsupported<Z: Zfs + ?Sized>(zfs: &Z, what: &str) -> crate::error::Error {
+    crate::error::Error::failed(format!(
+        "{what} is not supported by the ZFS on {}",
+        zfs.location()
+    ))
+}
+
+/// Which backend drives this node's ZFS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Cli,
+    Lzc,
+}
+
+/// Apply `zfs_backend`: `auto` takes libzfs_core when it is compiled in and /dev/zfs
+/// opens (zfs-fuse has no /dev/zfs), zfs(8) otherwise; `lzc` fails rather than quietly
+/// falling back, since whoever set it wants to know.
+pub fn choose_backend(
+    configured: crate::config::ZfsBackend,
+    compiled_in: bool,
+    dev_zfs_opens: impl FnOnce() -> bool,
+) -> Result<BackendChoice> {
+    use crate::config::ZfsBackend;
+    match configured {
+        ZfsBackend::Cli => Ok(BackendChoice::Cli),
+        ZfsBackend::Auto => Ok(if compiled_in && dev_zfs_opens() {
+            BackendChoice::Lzc
+        } else {
+            BackendChoice::Cli
+        }),
+        ZfsBackend::Lzc => {
+            if !compiled_in {
+                Err(crate::error::Error::usage(
+                    "zfs_backend = \"lzc\", but this pgzfs was built without libzfs_core \
+                     (cargo build --features libzfs-core); use \"auto\" or \"cli\"",
+                ))
+            } else if !dev_zfs_opens() {
+                Err(crate::error::Error::failed(
+                    "zfs_backend = \"lzc\", but /dev/zfs cannot be opened: no kernel ZFS here, or not allowed to use it",
+                ))
+            } else {
+                Ok(BackendChoice::Lzc)
+            }
+        }
+    }
+}
+
+/// The ZFS backend for operations on this node, as `zfs_backend` of `node` asks.
+pub fn local_backend(node: &crate::config::Node) -> Result<Box<dyn Zfs>> {
+    #[cfg(feature = "libzfs-core")]
+    let (compiled_in, probe) = (true, lzc::dev_zfs_opens);
+    #[cfg(not(feature = "libzfs-core"))]
+    let (compiled_in, probe) = (false, || false);
+    let choice = choose_backend(node.zfs_backend, compiled_in, probe)?;
+    tracing::debug!(
+        "ZFS backend on this node: {choice:?} (zfs_backend = {:?})",
+        node.zfs_backend
+    );
+    match choice {
+        BackendChoice::Cli => Ok(Box::new(cli::ZfsCli::new(crate::exec::Local))),
+        #[cfg(feature = "libzfs-core")]
+        BackendChoice::Lzc => Ok(Box::new(lzc::LzcZfs::open()?)),
+        #[cfg(not(feature = "libzfs-core"))]
+        BackendChoice::Lzc => {
+            unreachable!("choose_backend never picks lzc when it is not compiled in")
+        }
+    }
 }
 
 /// The newest snapshot present on both sides, matched by GUID.
@@ -152,6 +313,33 @@ mod tests {
             newest_common(&primary, &standby).unwrap().name.to_string(),
             "tank/pg@pgzfs-2"
         );
+    }
+
+    #[test]
+    fn auto_takes_libzfs_core_only_when_compiled_in_and_dev_zfs_opens() {
+        use crate::config::ZfsBackend::*;
+        let pick = |configured, compiled, dev| choose_backend(configured, compiled, || dev);
+        assert_eq!(pick(Auto, true, true).unwrap(), BackendChoice::Lzc);
+        assert_eq!(pick(Auto, true, false).unwrap(), BackendChoice::Cli);
+        assert_eq!(pick(Auto, false, true).unwrap(), BackendChoice::Cli);
+        assert_eq!(pick(Cli, true, true).unwrap(), BackendChoice::Cli);
+        assert_eq!(pick(Lzc, true, true).unwrap(), BackendChoice::Lzc);
+    }
+
+    #[test]
+    fn asking_for_libzfs_core_where_it_cannot_work_is_an_error_not_a_fallback() {
+        use crate::config::ZfsBackend::Lzc;
+        let err = choose_backend(Lzc, false, || true).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.message().contains("--features libzfs-core"),
+            "{}",
+            err.message()
+        );
+        let err = choose_backend(Lzc, true, || false).unwrap_err();
+        assert!(err.message().contains("/dev/zfs"), "{}", err.message());
+        // /dev/zfs is not even probed when the answer cannot depend on it.
+        choose_backend(crate::config::ZfsBackend::Cli, true, || panic!("probed")).unwrap();
     }
 
     #[test]

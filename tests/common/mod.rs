@@ -165,8 +165,22 @@ impl Lab {
         match node {
             "db1" => self.get("DB1_PORT").to_string(),
             "db2" => self.get("DB2_PORT").to_string(),
-            other => panic!("no port known for {other}"),
+            other => self.port_from_config(other),
         }
+    }
+
+    /// A node's pg_port as the config says (for nodes a test added itself).
+    fn port_from_config(&self, node: &str) -> String {
+        let config = std::fs::read_to_string(self.config()).unwrap();
+        let entry = config
+            .split("[[nodes]]")
+            .find(|e| e.contains(&format!("name = \"{node}\"")))
+            .unwrap_or_else(|| panic!("no node {node}"));
+        let line = entry
+            .lines()
+            .find(|l| l.trim_start().starts_with("pg_port"))
+            .expect("pg_port");
+        line.split('=').nth(1).unwrap().trim().to_string()
     }
 
     /// One value from SQL run as the postgres superuser over the node's unix socket.
@@ -314,8 +328,196 @@ impl Lab {
         std::fs::write(&path, config).unwrap();
     }
 
+    /// Add a `[[nodes]]` entry before any trailing top-level table such as `[events]`.
+    pub fn append_config_node(&self, node: &str) {
+        let config = std::fs::read_to_string(self.config()).unwrap();
+        let text = match config.find("\n[events]") {
+            Some(at) => format!("{}\n{node}{}", &config[..at], &config[at..]),
+            None => format!("{config}\n{node}"),
+        };
+        self.write_config(&text);
+    }
+
     pub fn write_config(&self, text: &str) {
         std::fs::write(self.config(), text).unwrap();
+    }
+}
+
+/// Hosts mode (`scripts/lab up --hosts N`): every node dbK is a network namespace with its
+/// own address, sshd and (once it exists) PostgreSQL on port 5432. Run pgzfs for a node
+/// inside that node's namespace (`pgzfs_in`): its PostgreSQL listens only on the node's
+/// address, so `pg_ctl` started from anywhere else could not bind.
+impl Lab {
+    /// A lab of `hosts` (2 or 3) namespaced hosts; db1 is a running primary. `carp` adds
+    /// ucarp with a virtual IP whose hooks call this build's pgzfs; `pgbouncer` adds
+    /// pgbouncer in the client namespace.
+    pub fn up_hosts(test: &str, hosts: u32, carp: bool, pgbouncer: bool) -> Lab {
+        require_lab_prerequisites();
+        let name = format!(
+            "t{}{}",
+            test.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+            std::process::id() % 100000
+        );
+        let dir = PathBuf::from(format!("/tmp/pgzfs-lab/{name}"));
+        let bin = pgzfs_bin();
+        let mut cmd = Command::new(repo().join("scripts/lab"));
+        cmd.arg("up")
+            .arg(&dir)
+            .args([
+                "--name",
+                &name,
+                "--hosts",
+                &hosts.to_string(),
+                "--pgzfs-bin",
+            ])
+            .arg(&bin);
+        if carp {
+            cmd.arg("--carp");
+        }
+        if pgbouncer {
+            cmd.arg("--pgbouncer");
+        }
+        let out = cmd.output().expect("run scripts/lab");
+        assert!(
+            out.status.success(),
+            "scripts/lab up --hosts failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(dir.join("lab.env"))
+            .expect("lab.env")
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Lab {
+            dir,
+            env,
+            keep: std::env::var_os("PGZFS_KEEP_LAB").is_some(),
+        }
+    }
+
+    /// The network namespace of `node` ("db1", "db2", ... or "client").
+    pub fn netns(&self, node: &str) -> String {
+        match node {
+            "client" => self.get("CLIENT_NS").to_string(),
+            n => self.get(&format!("{}_NS", n.to_uppercase())).to_string(),
+        }
+    }
+
+    /// The address of `node` ("db1", ... or "client") on the lab's private subnet.
+    pub fn addr(&self, node: &str) -> String {
+        match node {
+            "client" => self.get("CLIENT_ADDR").to_string(),
+            n => self.get(&format!("{}_ADDR", n.to_uppercase())).to_string(),
+        }
+    }
+
+    /// A command that runs inside `node`'s network namespace. It enters only the network
+    /// namespace (nsenter --net), not a private mount namespace as `ip netns exec` would:
+    /// zfs-fuse unmounts done from a private mount namespace leave the dataset busy.
+    pub fn command_in(&self, node: &str, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns(node)))
+            .arg("--")
+            .arg(program)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Run `cmd` (program and arguments) inside `node`'s namespace, PGPASSFILE set to the
+    /// lab's pgpass.
+    pub fn exec(&self, node: &str, cmd: &[&str]) -> Output {
+        let (program, args) = cmd.split_first().expect("exec needs a command");
+        self.command_in(node, program)
+            .args(args)
+            .env("PGPASSFILE", self.get("PGPASSFILE"))
+            .output()
+            .unwrap_or_else(|e| panic!("run {cmd:?} in {node}: {e}"))
+    }
+
+    /// One value from SQL run as postgres over `node`'s unix socket (hosts mode).
+    pub fn try_sql_on(&self, node: &str, sql: &str) -> Result<String, String> {
+        let n = node.to_uppercase();
+        let sock = self.get(&format!("{n}_SOCK")).to_string();
+        let port = self.get(&format!("{n}_PORT")).to_string();
+        self.try_sql_at(&sock, &port, sql)
+    }
+
+    pub fn sql_on(&self, node: &str, sql: &str) -> String {
+        self.try_sql_on(node, sql)
+            .unwrap_or_else(|e| panic!("SQL on {node} failed: {sql}: {e}"))
+    }
+
+    /// pgzfs for `node`, run inside its namespace as that host's operator would.
+    pub fn pgzfs_in_command(&self, node: &str, args: &[&str]) -> Command {
+        let mut cmd = self.command_in(node, pgzfs_bin().to_str().expect("utf-8 path"));
+        cmd.arg("--config")
+            .arg(self.config())
+            .arg("--node")
+            .arg(node)
+            .args(args);
+        cmd.env_remove("PGZFS_CONFIG")
+            .env_remove("PGZFS_NODE")
+            .env_remove("PGPASSFILE");
+        cmd
+    }
+
+    pub fn pgzfs_in(&self, node: &str, args: &[&str]) -> Output {
+        let out = self
+            .pgzfs_in_command(node, args)
+            .output()
+            .expect("run pgzfs");
+        eprintln!(
+            "$ [{}] pgzfs --node {node} {}\n-- exit {:?}\n-- stdout:\n{}\n-- stderr:\n{}",
+            self.netns(node),
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `scripts/lab SUBCOMMAND DIR ARGS...`, e.g. `lab.script("carp-stop", &["db1"])`.
+    pub fn script(&self, subcommand: &str, args: &[&str]) -> Output {
+        let out = Command::new(repo().join("scripts/lab"))
+            .arg(subcommand)
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/lab");
+        assert!(
+            out.status.success(),
+            "scripts/lab {subcommand} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Which node's namespace holds the CARP virtual IP right now (None while nobody does).
+    pub fn vip_holder(&self) -> Option<String> {
+        let vip = format!("{}/24", self.get("VIP"));
+        let hosts: u32 = self.get("HOSTS").parse().expect("HOSTS");
+        (1..=hosts).map(|k| format!("db{k}")).find(|node| {
+            let out = Command::new("ip")
+                .args([
+                    "-n",
+                    &self.netns(node),
+                    "-o",
+                    "-4",
+                    "addr",
+                    "show",
+                    "dev",
+                    "eth0",
+                ])
+                .output()
+                .expect("run ip");
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .any(|w| w == vip)
+        })
     }
 }
 

@@ -1,0 +1,213 @@
+//! `pgzfs carp-event MASTER|BACKUP|INIT`: the one hook for every CARP driver (ifstated,
+//! devd, ucarp, keepalived). Calls are serialized by the node's lock, every decision is
+//! logged with its reason, and each state is handled idempotently: the same event twice
+//! does nothing the second time, because each action first checks whether it is needed.
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+
+use crate::cli::{Context, Global};
+use crate::cluster::{find_primary, pg_target};
+use crate::commands::promote::{local_epoch, promote};
+use crate::commands::rejoin::rejoin;
+use crate::commands::reset_secondary::{self, Caller, ResetSecondary};
+use crate::config::OnBackup;
+use crate::error::{Error, Result};
+use crate::events::{self, Event};
+use crate::lock::LocalLock;
+use crate::pg::control;
+use crate::pg::ctl::PgCtl;
+use crate::pg::Pg;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum CarpState {
+    Master,
+    Backup,
+    Init,
+}
+
+#[derive(Debug, Args)]
+pub struct CarpEvent {
+    /// The new CARP state of this node
+    #[arg(value_enum, ignore_case = true)]
+    pub state: CarpState,
+    /// The CARP interface (for the log)
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// The virtual host id (for the log)
+    #[arg(long)]
+    pub vhid: Option<u32>,
+    /// devd's "VHID@IFACE" subsystem, instead of --vhid and --iface
+    #[arg(long, value_name = "VHID@IFACE", conflicts_with_all = ["iface", "vhid"])]
+    pub subsystem: Option<String>,
+}
+
+/// What this node's PostgreSQL is right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Primary,
+    Standby,
+    /// Not running; `was_primary` from its control file.
+    Stopped {
+        was_primary: bool,
+    },
+}
+
+impl CarpEvent {
+    pub fn run(&self, global: &Global) -> Result<i32> {
+        let ctx = global.load()?;
+        let (vhid, iface) = match &self.subsystem {
+            Some(subsystem) => {
+                let (vhid, iface) = subsystem.split_once('@').ok_or_else(|| {
+                    Error::usage(format!("--subsystem {subsystem:?} is not VHID@IFACE"))
+                })?;
+                (vhid.to_string(), iface.to_string())
+            }
+            None => (
+                self.vhid
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                self.iface.clone().unwrap_or_else(|| "?".into()),
+            ),
+        };
+        tracing::info!(
+            "CARP {:?} on {} (iface {iface}, vhid {vhid})",
+            self.state,
+            ctx.local.name
+        );
+        let _lock = LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "carp-event")?;
+        let decision = match self.state {
+            CarpState::Master => on_master(&ctx),
+            CarpState::Backup => on_backup(&ctx, ctx.local.on_backup),
+            CarpState::Init => on_backup(&ctx, OnBackup::Fence),
+        };
+        match decision {
+            Ok(what) => {
+                tracing::info!("carp-event {:?}: {what}", self.state);
+                println!("{what}");
+                Ok(0)
+            }
+            Err(e) => Err(e.context(format!("carp-event {:?}", self.state))),
+        }
+    }
+}
+
+fn role(ctx: &Context, pgctl: &PgCtl) -> Result<Role> {
+    if !pgctl.is_running() {
+        let was_primary =
+            control::read_control(&ctx.local.data_dir)?.is_some_and(|c| c.state.was_primary());
+        return Ok(Role::Stopped { was_primary });
+    }
+    match Pg::connect(&pg_target(&ctx.local)).and_then(|mut pg| pg.is_in_recovery()) {
+        Ok(true) => Ok(Role::Standby),
+        Ok(false) => Ok(Role::Primary),
+        // Running but not answering: its control file decides, erring towards "primary"
+        // so that BACKUP fences it.
+        Err(e) => {
+            let in_recovery =
+                control::read_control(&ctx.local.data_dir)?.is_some_and(|c| !c.state.was_primary());
+            tracing::warn!(
+                "cannot ask the local PostgreSQL its role ({e}); control file says {}",
+                if in_recovery { "standby" } else { "primary" }
+            );
+            Ok(if in_recovery {
+                Role::Standby
+            } else {
+                Role::Primary
+            })
+        }
+    }
+}
+
+fn on_master(ctx: &Context) -> Result<String> {
+    let local = &ctx.local;
+    let pgctl = PgCtl::new(
+        &local.pg_bin,
+        &local.data_dir,
+        &local.pg_log_file,
+        &local.pg_os_user,
+    )?;
+    match role(ctx, &pgctl)? {
+        Role::Primary => Ok(format!("{} already is the primary; nothing to do", local.name)),
+        Role::Standby => {
+            let done = promote(ctx, false)?;
+            Ok(format!("promoted {} (epoch {})", local.name, done.epoch.unwrap_or_default()))
+        }
+        Role::Stopped { was_primary: true } => Err(Error::refused(format!(
+            "{} holds a fenced former primary (epoch {}); it is not started as a primary again. Rejoin it with `pgzfs rejoin`",
+            local.name,
+            local_epoch(local).unwrap_or(0)
+        ))),
+        Role::Stopped { was_primary: false } => Err(Error::refused(format!("PostgreSQL on {} is not running; a stopped standby cannot be promoted", local.name))),
+    }
+}
+
+fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
+    let local = &ctx.local;
+    let pgctl = PgCtl::new(
+        &local.pg_bin,
+        &local.data_dir,
+        &local.pg_log_file,
+        &local.pg_os_user,
+    )?;
+    let mut said = Vec::new();
+    match role(ctx, &pgctl)? {
+        Role::Standby => return Ok(format!("{} is a standby; nothing to do", local.name)),
+        Role::Stopped { was_primary: false } => {
+            return Ok(format!(
+                "{} is a stopped standby; nothing to do",
+                local.name
+            ))
+        }
+        Role::Primary => {
+            // Another node holds the address now: stop taking writes at once.
+            let how = pgctl.stop(local.stop_timeout)?;
+            said.push(format!("fenced {} (PostgreSQL stopped, {how})", local.name));
+            events::emit(
+                &ctx.config,
+                Event::new(
+                    "fence",
+                    &local.name,
+                    true,
+                    "CARP BACKUP: PostgreSQL stopped",
+                    None,
+                ),
+            );
+        }
+        Role::Stopped { was_primary: true } => {
+            said.push(format!("{} is a fenced former primary", local.name))
+        }
+    }
+    if then == OnBackup::Rejoin {
+        let new_primary = wait_for_new_primary(ctx, local.promote_timeout)?;
+        let args = ResetSecondary {
+            from: Some(new_primary.clone()),
+            full: false,
+            dry_run: false,
+            yes: true,
+            json: false,
+        };
+        let outcome = rejoin(ctx, &new_primary, false, false)
+            .and_then(|_| reset_secondary::reseed(ctx, &args, Caller::Rejoin));
+        reset_secondary::report(ctx, &args, outcome, "rejoin")?;
+        said.push(format!("rejoined as a standby of {new_primary}"));
+    }
+    Ok(said.join("; "))
+}
+
+/// The one other node that is a writable primary, once it is reachable.
+fn wait_for_new_primary(ctx: &Context, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match find_primary(&ctx.config, &ctx.local, None) {
+            Ok((node, _)) => return Ok(node.name),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context("waiting for the new primary to rejoin"))
+            }
+            Err(e) => tracing::debug!("no new primary yet: {e}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,277 @@
+//! `pgzfs promote`: turn this standby into the primary, but only after making sure no
+//! other node still is one (the check repmgr #90 lacked), with a snapshot to undo a wrong
+//! promotion and a new cluster epoch that marks every older primary as outdated.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::cli::{Context, Global};
+use crate::cluster::{pg_target, ssh_target};
+use crate::config::{Config, Node};
+use crate::error::{Error, Result};
+use crate::events::{self, Event};
+use crate::exec::Local;
+use crate::lock::LocalLock;
+use crate::pg::ctl::PgCtl;
+use crate::pg::Pg;
+use crate::ssh::SshHost;
+use crate::zfs::cli::ZfsCli;
+use crate::zfs::names::SnapName;
+use crate::zfs::{prop, Zfs};
+
+#[derive(Debug, Args)]
+pub struct Promote {
+    /// Promote even if another node answers as a writable primary or replay lags
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Promoted {
+    pub node: String,
+    /// False when this node already was the primary (nothing was done).
+    pub promoted: bool,
+    pub prepromote_snapshot: Option<String>,
+    pub epoch: Option<u64>,
+    pub fork_lsn: Option<String>,
+    pub lag_bytes: u64,
+    pub seconds: f64,
+}
+
+impl Promote {
+    pub fn run(&self, global: &Global) -> Result<i32> {
+        let ctx = global.load()?;
+        let _lock = LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "promote")?;
+        let outcome = promote(&ctx, self.force);
+        match outcome {
+            Ok(done) => {
+                if self.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&done).expect("serializes")
+                    );
+                } else if done.promoted {
+                    println!(
+                        "promoted {} in {:.1}s (epoch {}, undo snapshot {})",
+                        done.node,
+                        done.seconds,
+                        done.epoch.unwrap_or_default(),
+                        done.prepromote_snapshot.as_deref().unwrap_or("-")
+                    );
+                } else {
+                    println!("{} already is the primary; nothing to do", done.node);
+                }
+                Ok(0)
+            }
+            Err(e) => Err(e.context("promote")),
+        }
+    }
+}
+
+/// The other nodes that answer as writable primaries right now, each asked on a fresh
+/// connection (a pooled one could be the very connection that hides a comeback).
+pub fn writable_primaries(config: &Config, local: &Node) -> Vec<String> {
+    config
+        .other_nodes(local)
+        .filter(|node| {
+            Pg::connect(&pg_target(node))
+                .and_then(|mut pg| pg.is_writable())
+                .unwrap_or(false)
+        })
+        .map(|node| node.name.clone())
+        .collect()
+}
+
+/// Promote this node. The caller holds the node's lock.
+pub fn promote(ctx: &Context, force: bool) -> Result<Promoted> {
+    let started = Instant::now();
+    let local = &ctx.local;
+    let result = promote_inner(ctx, force, started);
+    match &result {
+        Ok(done) if done.promoted => events::emit(
+            &ctx.config,
+            Event::new(
+                "promote",
+                &local.name,
+                true,
+                format!(
+                    "epoch {}, fork at {}",
+                    done.epoch.unwrap_or_default(),
+                    done.fork_lsn.as_deref().unwrap_or("?")
+                ),
+                None,
+            ),
+        ),
+        Ok(_) => {}
+        Err(e) if e.exit_code() == 1 => events::emit(
+            &ctx.config,
+            Event::new("failure", &local.name, false, format!("promote: {e}"), None),
+        ),
+        Err(e) => tracing::warn!("promotion refused: {e}"),
+    }
+    result
+}
+
+fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promoted> {
+    let local = &ctx.local;
+    let pgctl = PgCtl::new(
+        &local.pg_bin,
+        &local.data_dir,
+        &local.pg_log_file,
+        &local.pg_os_user,
+    )?;
+    if !pgctl.is_running() {
+        return Err(Error::refused(format!(
+            "PostgreSQL on {} is not running; only a running standby can be promoted",
+            local.name
+        )));
+    }
+    let mut pg = Pg::connect(&pg_target(local))?;
+    if !pg.is_in_recovery()? {
+        tracing::info!("{} already is the primary", local.name);
+        return Ok(Promoted {
+            node: local.name.clone(),
+            promoted: false,
+            prepromote_snapshot: None,
+            epoch: None,
+            fork_lsn: None,
+            lag_bytes: 0,
+            seconds: 0.0,
+        });
+    }
+
+    // Nobody else may be a primary: ask every node, several times, on fresh connections.
+    // --force skips the asking (switchover uses it after stopping the old primary itself).
+    let attempts = if force {
+        0
+    } else {
+        local.promote_check_attempts
+    };
+    for attempt in 1..=attempts {
+        let others = writable_primaries(&ctx.config, local);
+        if !others.is_empty() {
+            return Err(Error::refused(format!(
+                "{} answers as a writable primary (check {attempt} of {}); promoting {} would make two. \
+                 Fence it first, or use --force if you are sure it is gone",
+                others.join(", "),
+                local.promote_check_attempts,
+                local.name
+            )));
+        }
+        tracing::info!(
+            "check {attempt}/{}: no other writable primary",
+            local.promote_check_attempts
+        );
+        if attempt < local.promote_check_attempts {
+            std::thread::sleep(local.promote_check_interval);
+        }
+    }
+
+    let lag_bytes = pg.replay_lag_bytes()?;
+    if lag_bytes > local.max_lag_on_failover {
+        if !force {
+            return Err(Error::refused(format!(
+                "replay on {} is {lag_bytes} bytes behind the last WAL received (max_lag_on_failover = {}); \
+                 promoting now would lose those transactions. Wait for replay, or use --force",
+                local.name, local.max_lag_on_failover
+            )));
+        }
+        tracing::warn!("--force: promoting with {lag_bytes} bytes not replayed");
+    }
+
+    // An undo point: the standby exactly as it was before it became a primary.
+    let zfs = ZfsCli::new(Local);
+    let snap = SnapName::parse(&format!(
+        "pgzfs-prepromote-{}",
+        crate::timestamp::utc_compact(SystemTime::now())
+    ))?;
+    let prepromote = local.dataset.snapshot(&snap);
+    zfs.snapshot_recursive(&prepromote)?;
+
+    let fork_lsn = pg.replay_lsn()?.map(|l| l.to_string()).unwrap_or_default();
+    let fork_timeline = pg.checkpoint_timeline()?;
+    let major = pg.major();
+    if major >= 12 {
+        if let Err(e) = pg.promote(local.promote_timeout) {
+            // pg_promote() needs a grant the replication role may lack; pg_ctl does not.
+            tracing::info!("pg_promote() was refused ({e}); using pg_ctl promote");
+            pgctl.promote(local.promote_timeout)?;
+        }
+    } else {
+        pgctl.promote(local.promote_timeout)?;
+    }
+    drop(pg);
+    wait_until_writable(local, local.promote_timeout)?;
+
+    let epoch = next_epoch(&ctx.config, local, &zfs)?;
+    zfs.set_dataset_props(
+        &local.dataset,
+        &[
+            (prop::EPOCH, epoch.to_string()),
+            (prop::FORK_LSN, fork_lsn.clone()),
+            (prop::FORK_TIMELINE, fork_timeline.to_string()),
+        ],
+    )?;
+    tracing::info!(
+        "{} is the primary now: epoch {epoch}, forked from timeline {fork_timeline} at {fork_lsn}",
+        local.name
+    );
+    Ok(Promoted {
+        node: local.name.clone(),
+        promoted: true,
+        prepromote_snapshot: Some(prepromote.to_string()),
+        epoch: Some(epoch),
+        fork_lsn: Some(fork_lsn),
+        lag_bytes,
+        seconds: crate::steps::round(started.elapsed().as_secs_f64()),
+    })
+}
+
+pub fn wait_until_writable(node: &Node, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match Pg::connect(&pg_target(node)).and_then(|mut pg| pg.is_writable()) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => tracing::debug!("waiting for {} to accept writes: {e}", node.name),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::failed(format!(
+                "{} did not become writable within {timeout:?}",
+                node.name
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One more than the highest epoch this node can see: its own, and every reachable
+/// node's (over SSH, best effort: an unreachable node cannot hold a newer epoch than the
+/// one that is being superseded right now without also being the primary we checked for).
+fn next_epoch(config: &Config, local: &Node, zfs: &dyn Zfs) -> Result<u64> {
+    let mut highest = zfs
+        .get_number(local.dataset.as_str(), prop::EPOCH)?
+        .unwrap_or(0);
+    for node in config.other_nodes(local) {
+        match SshHost::connect(&ssh_target(local, node))
+            .and_then(|ssh| ZfsCli::new(ssh).get_number(node.dataset.as_str(), prop::EPOCH))
+        {
+            Ok(Some(epoch)) => highest = highest.max(epoch),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("epoch of {} unknown: {e}", node.name),
+        }
+    }
+    Ok(highest + 1)
+}
+
+/// This node's epoch, from its dataset.
+pub fn local_epoch(local: &Node) -> Result<u64> {
+    Ok(ZfsCli::new(Local)
+        .get_number(local.dataset.as_str(), prop::EPOCH)?
+        .unwrap_or(0))
+}

@@ -1,0 +1,283 @@
+//! `pgzfs rejoin --to NODE`: turn a stopped or fenced former primary into a standby of
+//! NODE without pg_rewind and without a full copy. Whatever it wrote after NODE took over
+//! is kept first, as a compressed incremental ZFS stream in `quarantine_dir`; then the
+//! dataset is rolled back to the newest snapshot both share and re-seeded from there.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use clap::Args;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use crate::cli::{Context, Global};
+use crate::cluster::{pg_target, ssh_target};
+use crate::commands::reset_secondary::{self, Caller, ResetSecondary};
+use crate::error::{Error, Result};
+use crate::exec::Local;
+use crate::lock::LocalLock;
+use crate::pg::control::{self, Lsn};
+use crate::pg::ctl::PgCtl;
+use crate::pg::Pg;
+use crate::progress::{human_bytes, Progress};
+use crate::ssh::SshHost;
+use crate::transfer::{self, Interrupt, Sink};
+use crate::zfs::cli::ZfsCli;
+use crate::zfs::names::SnapName;
+use crate::zfs::{newest_common, prop, Zfs};
+
+#[derive(Debug, Args)]
+pub struct Rejoin {
+    /// The node that is the primary now
+    #[arg(long, value_name = "NODE")]
+    pub to: String,
+    /// Copy everything when no common snapshot exists (the old dataset is renamed aside)
+    #[arg(long)]
+    pub full: bool,
+    /// Do not keep the writes made after the fork point
+    #[arg(long)]
+    pub discard_diverged: bool,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Rejoin {
+    pub fn run(&self, global: &Global) -> Result<i32> {
+        let ctx = global.load()?;
+        let _lock = LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "rejoin")?;
+        let args = self.reseed_args();
+        let outcome = rejoin(&ctx, &self.to, self.full, self.discard_diverged)
+            .and_then(|_| reset_secondary::reseed(&ctx, &args, Caller::Rejoin));
+        reset_secondary::report(&ctx, &args, outcome, "rejoin")
+    }
+
+    fn reseed_args(&self) -> ResetSecondary {
+        ResetSecondary {
+            from: Some(self.to.clone()),
+            full: self.full,
+            dry_run: false,
+            yes: true,
+            json: self.json,
+        }
+    }
+}
+
+/// What was kept of a former primary's own writes.
+#[derive(Debug)]
+pub struct Quarantine {
+    pub file: PathBuf,
+    pub bytes: u64,
+}
+
+/// Everything before the re-seed: refuse what is unsafe, report the divergence and keep
+/// the diverged writes. The caller then re-seeds with `Caller::Rejoin`.
+pub fn rejoin(
+    ctx: &Context,
+    to: &str,
+    full: bool,
+    discard_diverged: bool,
+) -> Result<Option<Quarantine>> {
+    let local = &ctx.local;
+    let target = ctx.config.node(to).map_err(|e| e.context("--to"))?.clone();
+    if target.name == local.name {
+        return Err(Error::usage("--to names this node"));
+    }
+    let pgctl = PgCtl::new(
+        &local.pg_bin,
+        &local.data_dir,
+        &local.pg_log_file,
+        &local.pg_os_user,
+    )?;
+    if pgctl.is_running() {
+        let writable = Pg::connect(&pg_target(local)).and_then(|mut pg| pg.is_writable());
+        if !matches!(writable, Ok(false)) {
+            return Err(Error::refused(format!(
+                "PostgreSQL on {} is running and may be a primary; fence it first (stop it, or `pgzfs carp-event BACKUP`)",
+                local.name
+            )));
+        }
+    }
+    let mut primary = Pg::connect(&pg_target(&target))
+        .map_err(|e| Error::refused(format!("{to} is not reachable: {e}")))?;
+    if !primary.is_writable()? {
+        return Err(Error::refused(format!("{to} is not a writable primary")));
+    }
+    let new_timeline = primary.checkpoint_timeline()?;
+    let remote = ZfsCli::new(SshHost::connect(&ssh_target(local, &target))?);
+    let fork_lsn: Option<Lsn> = remote
+        .get_text(target.dataset.as_str(), prop::FORK_LSN)?
+        .and_then(|t| t.parse().ok());
+    let fork_timeline = remote.get_number(target.dataset.as_str(), prop::FORK_TIMELINE)?;
+
+    let zfs = ZfsCli::new(Local);
+    if zfs.exists(&local.dataset)? {
+        zfs.mount(&local.dataset)?;
+    }
+    let ours = control::read_control(&local.data_dir)?;
+    match (ours, fork_lsn) {
+        (Some(c), Some(fork)) => {
+            let diverged = Some(c.timeline as u64) == fork_timeline && c.checkpoint_lsn > fork;
+            tracing::info!(
+                "divergence: {} last wrote a checkpoint at {} on timeline {}; {to} forked from timeline {} at {fork} and is on timeline {new_timeline}: {}",
+                local.name,
+                c.checkpoint_lsn,
+                c.timeline,
+                fork_timeline.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+                if diverged { "the former primary wrote past the fork point" } else { "no writes past the fork point" }
+            );
+        }
+        (Some(c), None) => tracing::info!(
+            "divergence: {} is at {} on timeline {}; {to} (timeline {new_timeline}) records no fork point, so assume writes diverged",
+            local.name,
+            c.checkpoint_lsn,
+            c.timeline
+        ),
+        (None, _) => tracing::info!("{} holds no PostgreSQL data directory", local.name),
+    }
+
+    if !zfs.exists(&local.dataset)? {
+        return Ok(None);
+    }
+    let local_snaps = zfs.snapshots(&local.dataset)?;
+    let remote_snaps = remote.snapshots(&target.dataset)?;
+    let Some(common) = newest_common(&remote_snaps, &local_snaps) else {
+        if full {
+            return Ok(None);
+        }
+        return Err(Error::refused(format!(
+            "{} shares no snapshot with {to}; an incremental rejoin is impossible. Use --full to copy everything (the old dataset is renamed aside)",
+            local.dataset
+        )));
+    };
+    let base_snap = local_snaps
+        .iter()
+        .find(|s| s.guid == common.guid)
+        .expect("common is local");
+    let base = base_snap.name.clone();
+    tracing::info!("newest common snapshot with {to}: {base}");
+    release_obsolete_holds(ctx, &zfs, &local_snaps, base_snap.createtxg)?;
+    if discard_diverged {
+        tracing::warn!(
+            "--discard-diverged: writes made on {} after {base} are not kept",
+            local.name
+        );
+        return Ok(None);
+    }
+    keep_diverged_writes(ctx, &zfs, &base).map(Some)
+}
+
+/// As a primary, this node held its newer snapshots as incremental bases for its
+/// standbys. Those standbys now follow the new primary, and each keeps its own copy of
+/// its base, so pgzfs's holds here are obsolete and would block the rollback. Only
+/// pgzfs's own tags are released: a hold anyone else placed still makes the re-seed
+/// refuse.
+fn release_obsolete_holds(
+    ctx: &Context,
+    zfs: &dyn Zfs,
+    snapshots: &[crate::zfs::Snapshot],
+    base_txg: u64,
+) -> Result<()> {
+    for snap in snapshots
+        .iter()
+        .filter(|s| s.createtxg > base_txg && s.is_held())
+    {
+        for node in &ctx.config.nodes {
+            let tag = crate::zfs::names::HoldTag::parse(&format!("pgzfs-{}", node.slot_name))?;
+            if zfs.release(&tag, &snap.name)? {
+                tracing::info!("released the obsolete hold {tag} on {} (a base {} had from this node as primary)", snap.name, node.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Snapshot what the former primary has now and save it, as an incremental stream from
+/// the common base, to a gzip file.
+fn keep_diverged_writes(
+    ctx: &Context,
+    zfs: &dyn Zfs,
+    base: &crate::zfs::names::SnapshotName,
+) -> Result<Quarantine> {
+    let local = &ctx.local;
+    let stamp = crate::timestamp::utc_compact(SystemTime::now());
+    let diverged = local
+        .dataset
+        .snapshot(&SnapName::parse(&format!("pgzfs-diverged-{stamp}"))?);
+    zfs.snapshot_recursive(&diverged)?;
+    std::fs::create_dir_all(&local.quarantine_dir).map_err(|e| {
+        Error::failed(format!(
+            "cannot create {}: {e}",
+            local.quarantine_dir.display()
+        ))
+    })?;
+    let file = local.quarantine_dir.join(format!(
+        "{}-{}-diverged-{stamp}.zfs.gz",
+        ctx.config.cluster, local.name
+    ));
+    let partial = file.with_extension("gz.partial");
+    let sink = GzipFile::create(&partial)?;
+    let moved = transfer::copy(
+        zfs.send(&diverged, Some(base))?,
+        Box::new(sink),
+        &Progress::new(None),
+        &Interrupt::default(),
+    )?;
+    std::fs::rename(&partial, &file)
+        .map_err(|e| Error::failed(format!("cannot rename {}: {e}", partial.display())))?;
+    // Stderr and the log file: stdout carries only the summary (JSON with --json).
+    tracing::info!(
+        "kept the writes {} made after {base} in {} ({} of stream). To inspect them:\n  \
+         zfs send {base} | zfs receive <pool>/inspect && gunzip -c {} | zfs receive <pool>/inspect",
+        local.name,
+        file.display(),
+        human_bytes(moved.bytes),
+        file.display()
+    );
+    Ok(Quarantine {
+        file,
+        bytes: moved.bytes,
+    })
+}
+
+/// A gzip file as the end of a ZFS stream; written to a `.partial` name and synced so
+/// that a crash never leaves a truncated file looking complete.
+struct GzipFile {
+    encoder: Option<GzEncoder<File>>,
+    path: PathBuf,
+}
+
+impl GzipFile {
+    fn create(path: &std::path::Path) -> Result<GzipFile> {
+        let file = File::create(path)
+            .map_err(|e| Error::failed(format!("cannot create {}: {e}", path.display())))?;
+        Ok(GzipFile {
+            encoder: Some(GzEncoder::new(file, Compression::fast())),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Sink for GzipFile {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.encoder.as_mut().expect("open").write_all(buf)
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let file = self
+            .encoder
+            .take()
+            .expect("open")
+            .finish()
+            .map_err(|e| Error::failed(format!("writing {}: {e}", self.path.display())))?;
+        file.sync_all()
+            .map_err(|e| Error::failed(format!("syncing {}: {e}", self.path.display())))
+    }
+
+    fn abort(mut self: Box<Self>) {
+        drop(self.encoder.take());
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

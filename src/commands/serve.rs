@@ -1,0 +1,860 @@
+//! `pgzfs serve`: the SSH forced command on a node that other nodes pull snapshots from.
+//!
+//! ```text
+//! command="/usr/local/bin/pgzfs serve",restrict ssh-ed25519 AAAA... zfssync@db2
+//! ```
+//!
+//! sshd runs it instead of whatever the client asked for and passes the client's command
+//! in `SSH_ORIGINAL_COMMAND`, as one string. pgzfs's own client builds that string with
+//! [`crate::shell::join`]; [`split`] reads back exactly that quoting and nothing more, and
+//! [`check`] allows exactly the zfs(8) commands [`crate::zfs::cli::ZfsCli`] issues to a
+//! source node, on this node's configured dataset and its snapshots. The allowed command
+//! is then executed directly (no shell), with the SSH channel as its stdin and stdout.
+//! Anything else is refused with exit code 3 and logged with the client's address.
+//!
+//! Backup start and stop do not come through here: they are SQL over the replication
+//! role's own PostgreSQL connection.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use clap::Args;
+
+use crate::cli::Global;
+use crate::error::{Error, Result};
+use crate::zfs::features::{self, ResumeToken};
+use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName};
+
+#[derive(Debug, Args)]
+pub struct Serve {}
+
+impl Serve {
+    pub fn run(&self, global: &Global) -> Result<i32> {
+        let ctx = global.load()?;
+        let dataset = ctx.local.dataset.clone();
+        let client = client_address();
+        let line = std::env::var("SSH_ORIGINAL_COMMAND").unwrap_or_default();
+        let refuse = |why: String| {
+            Error::refused(format!(
+                "serve: refused {} from {client}: {why}",
+                shown(&line)
+            ))
+        };
+        if line.is_empty() {
+            return Err(refuse(
+                "no command (an interactive login, or pgzfs serve run outside sshd)".to_string(),
+            ));
+        }
+        let argv = split(&line).map_err(&refuse)?;
+        let allowed = check(&argv, &dataset).map_err(&refuse)?;
+        if let Some(token) = &allowed.resume {
+            verify_resume_token(token, &dataset).map_err(&refuse)?;
+        }
+        tracing::debug!("serve: {client}: {}", crate::shell::join(&allowed.argv));
+        let program = find_program(&allowed.argv[0]);
+        // exec replaces this process: zfs gets the channel as stdin/stdout, and its exit
+        // status (or the signal that killed it) goes back to the client unchanged.
+        let err = std::process::Command::new(&program)
+            .args(&allowed.argv[1..])
+            .exec();
+        Err(Error::failed(format!("serve: cannot run {program}: {err}")))
+    }
+}
+
+/// Who is asking, for the log: sshd's `SSH_CONNECTION` ("addr port localaddr localport")
+/// or the older `SSH_CLIENT` ("addr port localport").
+fn client_address() -> String {
+    let from = |var: &str| {
+        std::env::var(var).ok().and_then(|v| {
+            let mut words = v.split_whitespace();
+            Some(format!("{} port {}", words.next()?, words.next()?))
+        })
+    };
+    from("SSH_CONNECTION")
+        .or_else(|| from("SSH_CLIENT"))
+        .unwrap_or_else(|| "an unknown client (not run by sshd)".to_string())
+}
+
+/// The command as logged: quoted (so control characters cannot forge log lines) and cut
+/// short (so a hostile client cannot fill the disk one refusal at a time).
+fn shown(line: &str) -> String {
+    const MAX: usize = 300;
+    if line.chars().count() > MAX {
+        let head: String = line.chars().take(MAX).collect();
+        format!("{head:?}... ({} bytes)", line.len())
+    } else {
+        format!("{line:?}")
+    }
+}
+
+/// zfs and zpool from the system's own directories first: the PATH sshd gives a forced
+/// command is sane, but a fixed place is one assumption fewer.
+fn find_program(name: &str) -> String {
+    ["/sbin", "/usr/sbin", "/usr/local/sbin"]
+        .iter()
+        .map(|dir| format!("{dir}/{name}"))
+        .find(|path| Path::new(path).is_file())
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// Characters [`crate::shell::quote`] leaves unquoted.
+fn is_plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_./:=@%,+".contains(c)
+}
+
+/// Split a command line quoted by [`crate::shell::join`], accepting exactly what it
+/// produces: words separated by single spaces, each either plain characters only or one
+/// single-quoted string in which a quote is written `'\''`. Every word must be in the
+/// form `quote` gives it, so `'-i'` or `a'b'` are refused although a shell would accept
+/// them. Nothing a shell would interpret — `;`, `|`, `$`, backquotes, double quotes,
+/// globs, redirections, tabs or newlines outside quotes — can get through.
+pub fn split(line: &str) -> std::result::Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut chars = line.char_indices().peekable();
+    loop {
+        let start = chars.peek().map(|(i, _)| *i).unwrap_or(line.len());
+        let mut word = String::new();
+        loop {
+            match chars.peek().copied() {
+                None | Some((_, ' ')) => break,
+                Some((_, '\'')) => {
+                    chars.next();
+                    loop {
+                        match chars.next() {
+                            Some((_, '\'')) => break,
+                            Some((_, c)) => word.push(c),
+                            None => return Err("unterminated single quote".to_string()),
+                        }
+                    }
+                }
+                Some((_, '\\')) => {
+                    chars.next();
+                    match chars.next() {
+                        Some((_, '\'')) => word.push('\''),
+                        other => {
+                            return Err(format!(
+                                "a backslash may only escape a single quote, not {:?}",
+                                other.map(|(_, c)| c)
+                            ))
+                        }
+                    }
+                }
+                Some((_, c)) if is_plain(c) => {
+                    chars.next();
+                    word.push(c);
+                }
+                Some((_, c)) => return Err(format!("{c:?} outside quotes")),
+            }
+        }
+        let end = chars.peek().map(|(i, _)| *i).unwrap_or(line.len());
+        let raw = &line[start..end];
+        if raw.is_empty() {
+            return Err("empty word (leading, trailing or doubled space)".to_string());
+        }
+        if crate::shell::quote(&word) != raw {
+            return Err(format!("{raw:?} is not quoted the way pgzfs quotes"));
+        }
+        words.push(word);
+        // Past the single space between words, or done.
+        if chars.next().is_none() {
+            return Ok(words);
+        }
+    }
+}
+
+/// A command [`check`] allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    /// What to execute, starting with the program name ("zfs" or "zpool").
+    pub argv: Vec<String>,
+    /// For `zfs send -t TOKEN`: the token, which must be verified against this node's
+    /// ZFS before the send runs (see [`verify_resume_token`]).
+    pub resume: Option<ResumeToken>,
+}
+
+/// Properties a client may read: what pgzfs needs, nothing that lists other datasets.
+const READABLE: &[&str] = &[
+    "type",
+    "guid",
+    "createtxg",
+    "userrefs",
+    "referenced",
+    "used",
+    "written",
+    "mounted",
+    "mountpoint",
+    "receive_resume_token",
+    "encryption",
+];
+
+/// Properties probed with `zfs get -H -o value PROP [OBJECT]` to detect features.
+const PROBES: &[&str] = &["written", "receive_resume_token", "encryption"];
+
+/// Pool features probed with `zpool get -H -o value feature@NAME POOL`.
+const POOL_FEATURES: &[&str] = &[
+    "bookmarks",
+    "encryption",
+    "large_blocks",
+    "embedded_data",
+    "lz4_compress",
+    "extensible_dataset",
+];
+
+/// Flags `zfs send` may carry, as [`crate::zfs::features::SendOptions::flags`] emits them.
+const SEND_FLAGS: &[&str] = &["-L", "-e", "-c", "-w"];
+
+/// Decide whether `argv` is one of the commands a standby needs from this node, on
+/// `dataset` (the local node's configured dataset) and its snapshots only. Err says why
+/// not, for the log.
+pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allowed, String> {
+    let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let allow = |argv: Vec<&str>| Allowed {
+        argv: argv.into_iter().map(String::from).collect(),
+        resume: None,
+    };
+    let ours = |name: &str| -> std::result::Result<SnapshotName, String> {
+        let snapshot = SnapshotName::parse(name).map_err(|e| e.message().to_string())?;
+        if snapshot.dataset() != dataset {
+            return Err(format!("{name} is not a snapshot of {dataset}"));
+        }
+        Ok(snapshot)
+    };
+    let ours_pgzfs = |name: &str| -> std::result::Result<SnapshotName, String> {
+        let snapshot = ours(name)?;
+        if !snapshot.snap().is_pgzfs() {
+            return Err(format!("{name} is not a pgzfs- snapshot"));
+        }
+        Ok(snapshot)
+    };
+    match words.as_slice() {
+        // Rows of properties: ZfsCli::get_rows.
+        ["zfs", "get", "-H", "-p", rest @ ..] => {
+            let (depth, rest): (&[&str], &[&str]) = match rest {
+                ["-d", "1", rest @ ..] => (&["-d", "1"], rest),
+                ["-r", rest @ ..] => (&["-r"], rest),
+                rest => (&[], rest),
+            };
+            let ["-o", "name,property,value", props, object] = rest else {
+                return Err("not a zfs get form pgzfs uses".to_string());
+            };
+            check_props(props)?;
+            if *object != dataset.as_str() {
+                if !depth.is_empty() {
+                    return Err(format!("{object}: only {dataset} may be listed"));
+                }
+                ours(object)?;
+            }
+            let mut argv = vec!["zfs", "get", "-H", "-p"];
+            argv.extend_from_slice(depth);
+            argv.extend(["-o", "name,property,value", props, object]);
+            Ok(allow(argv))
+        }
+        // Feature probes: ZfsCli::features, features_for, is_encrypted, resume_token.
+        ["zfs", "get", "-H", "-o", "value", prop, object @ ..] => {
+            if !PROBES.contains(prop) {
+                return Err(format!("property {prop:?} is not probed by pgzfs"));
+            }
+            let object = match object {
+                // Without an object zfs would answer for every dataset on the node; the
+                // answer for ours tells the same about the feature.
+                [] => dataset.as_str(),
+                [object] if *object == dataset.as_str() || *object == dataset.pool() => object,
+                [object] => {
+                    ours(object)?;
+                    object
+                }
+                _ => return Err("more than one object".to_string()),
+            };
+            Ok(allow(vec!["zfs", "get", "-H", "-o", "value", prop, object]))
+        }
+        ["zpool", "get", "-H", "-o", "value", feature, pool] => {
+            let known = feature
+                .strip_prefix("feature@")
+                .is_some_and(|f| POOL_FEATURES.contains(&f));
+            if !known {
+                return Err(format!("{feature:?} is not a pool feature pgzfs probes"));
+            }
+            if *pool != dataset.pool() {
+                return Err(format!("{pool} is not the pool of {dataset}"));
+            }
+            Ok(allow(vec![
+                "zpool", "get", "-H", "-o", "value", feature, pool,
+            ]))
+        }
+        ["zfs", "snapshot", "-r", name] => {
+            ours_pgzfs(name)?;
+            Ok(allow(vec!["zfs", "snapshot", "-r", name]))
+        }
+        ["zfs", "set", assignment, name] => {
+            ours_pgzfs(name)?;
+            let (prop, value) = assignment
+                .split_once('=')
+                .ok_or_else(|| format!("{assignment:?} is not property=value"))?;
+            if !prop.starts_with("pgzfs:") {
+                return Err(format!(
+                    "only pgzfs: user properties may be set, not {prop:?}"
+                ));
+            }
+            crate::zfs::cli::validate_user_prop(prop, value)
+                .map_err(|e| e.message().to_string())?;
+            Ok(allow(vec!["zfs", "set", assignment, name]))
+        }
+        // The usage text, which lists the flags this zfs knows (ZfsCli::features).
+        ["zfs", "send"] => Ok(allow(vec!["zfs", "send"])),
+        ["zfs", "send", "-t", token] => {
+            let token = ResumeToken::parse(token).map_err(|e| e.message().to_string())?;
+            Ok(Allowed {
+                argv: vec![
+                    "zfs".into(),
+                    "send".into(),
+                    "-t".into(),
+                    token.as_str().into(),
+                ],
+                resume: Some(token),
+            })
+        }
+        ["zfs", "send", rest @ ..] => {
+            let mut argv = vec!["zfs", "send"];
+            let mut rest = rest;
+            while let [flag, tail @ ..] = rest {
+                if !SEND_FLAGS.contains(flag) {
+                    break;
+                }
+                if argv.contains(flag) {
+                    return Err(format!("{flag} given twice"));
+                }
+                argv.push(flag);
+                rest = tail;
+            }
+            let (base, target) = match rest {
+                ["-i", base, target] => (Some(*base), *target),
+                [target] => (None, *target),
+                _ => return Err("not a zfs send form pgzfs uses".to_string()),
+            };
+            let target_snapshot = ours(target)?;
+            if let Some(base) = base {
+                if ours(base)? == target_snapshot {
+                    return Err("an incremental from a snapshot to itself".to_string());
+                }
+                argv.extend(["-i", base]);
+            }
+            argv.push(target);
+            Ok(allow(argv))
+        }
+        ["zfs", verb @ ("hold" | "release"), tag, name] => {
+            let tag = HoldTag::parse(tag).map_err(|e| e.message().to_string())?;
+            if !tag.as_str().starts_with("pgzfs-") {
+                return Err(format!("hold tag {tag} does not start with pgzfs-"));
+            }
+            ours_pgzfs(name)?;
+            Ok(allow(vec!["zfs", verb, tag.as_str(), name]))
+        }
+        // Reading the hold tags (ZfsCli::holds); zfs-fuse's is broken, OpenZFS's works.
+        ["zfs", "holds", "-H", name] => {
+            ours(name)?;
+            Ok(allow(vec!["zfs", "holds", "-H", name]))
+        }
+        ["zfs", "bookmark", name, bookmark] => {
+            let snapshot = ours_pgzfs(name)?;
+            if *bookmark != format!("{}#{}", snapshot.dataset(), snapshot.snap()) {
+                return Err(format!(
+                    "the bookmark of {name} must be named {}#{}",
+                    snapshot.dataset(),
+                    snapshot.snap()
+                ));
+            }
+            Ok(allow(vec!["zfs", "bookmark", name, bookmark]))
+        }
+        [] => Err("empty command".to_string()),
+        [program, ..] if *program != "zfs" && *program != "zpool" => {
+            Err(format!("{program:?} is not zfs"))
+        }
+        _ => Err("not a command a standby needs from this node".to_string()),
+    }
+}
+
+/// A comma-separated property list of readable properties, `written@SNAP` and pgzfs user
+/// properties.
+fn check_props(list: &str) -> std::result::Result<(), String> {
+    for prop in list.split(',') {
+        let fine = READABLE.contains(&prop)
+            || prop
+                .strip_prefix("written@")
+                .is_some_and(|snap| SnapName::parse(snap).is_ok())
+            || prop.strip_prefix("pgzfs:").is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+            });
+        if !fine {
+            return Err(format!("property {prop:?} may not be read"));
+        }
+    }
+    Ok(())
+}
+
+/// `zfs send -t` streams whatever snapshot the token names *by GUID*, and the token comes
+/// from the client (openzfs#14153). Decode it here and allow it only when it continues a
+/// snapshot of our dataset that really has the GUID the token claims.
+fn verify_resume_token(
+    token: &ResumeToken,
+    dataset: &DatasetName,
+) -> std::result::Result<(), String> {
+    let zfs = find_program("zfs");
+    let out = std::process::Command::new(&zfs)
+        .args(["send", "-nv", "-t", token.as_str()])
+        .output()
+        .map_err(|e| format!("cannot run {zfs}: {e}"))?;
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = features::parse_resume_token_contents(&text).map_err(|e| e.message().to_string())?;
+    let snapshot = SnapshotName::parse(&info.toname).map_err(|e| e.message().to_string())?;
+    if snapshot.dataset() != dataset {
+        return Err(format!(
+            "the token continues {}, not a snapshot of {dataset}",
+            info.toname
+        ));
+    }
+    let guid = std::process::Command::new(&zfs)
+        .args(["get", "-H", "-p", "-o", "value", "guid", &info.toname])
+        .output()
+        .map_err(|e| format!("cannot run {zfs}: {e}"))?;
+    let actual: Option<u64> = String::from_utf8_lossy(&guid.stdout).trim().parse().ok();
+    if !guid.status.success() || actual != Some(info.toguid) {
+        return Err(format!(
+            "the token's GUID {:#x} is not that of {} ({})",
+            info.toguid,
+            info.toname,
+            actual
+                .map(|g| format!("{g:#x}"))
+                .unwrap_or_else(|| "not found".into())
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shell::join;
+
+    fn dataset() -> DatasetName {
+        DatasetName::parse("tank/pgdata").unwrap()
+    }
+
+    /// What pgzfs's client sends, as sshd hands it over.
+    fn line(argv: &[&str]) -> String {
+        join(&argv.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    fn allowed(argv: &[&str]) -> Allowed {
+        let words = split(&line(argv)).expect("our own quoting splits back");
+        assert_eq!(words, argv, "split inverts join");
+        check(&words, &dataset()).unwrap_or_else(|why| panic!("{argv:?} was refused: {why}"))
+    }
+
+    fn refused(text: &str) -> String {
+        match split(text) {
+            Err(why) => why,
+            Ok(words) => match check(&words, &dataset()) {
+                Err(why) => why,
+                Ok(allowed) => panic!("{text:?} was allowed as {:?}", allowed.argv),
+            },
+        }
+    }
+
+    #[test]
+    fn split_reads_back_exactly_what_the_client_quotes() {
+        for argv in [
+            vec![
+                "zfs",
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "name,property,value",
+                "guid",
+                "tank/pg",
+            ],
+            vec!["a b", "it's", "", "$(reboot)", "x'y'z", "''", "a\nb"],
+        ] {
+            let owned: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+            assert_eq!(split(&join(&owned)).unwrap(), owned);
+        }
+    }
+
+    #[test]
+    fn split_refuses_everything_a_shell_would_interpret() {
+        for text in [
+            "zfs get; reboot",
+            "zfs get | sh",
+            "zfs get && reboot",
+            "zfs $(reboot)",
+            "zfs `reboot`",
+            "zfs \"send\"",
+            "zfs send > /etc/passwd",
+            "zfs send < /dev/zero",
+            "zfs send *",
+            "zfs send ~root",
+            "zfs  send",
+            " zfs send",
+            "zfs send ",
+            "zfs\tsend",
+            "zfs send\nreboot",
+            "zfs 'send",
+            "zfs se\\nd",
+            "zfs send #comment",
+            "zfs send !1",
+            "zfs {send,destroy}",
+            "",
+        ] {
+            assert!(split(text).is_err(), "{text:?} must not split");
+        }
+    }
+
+    #[test]
+    fn every_command_reset_secondary_sends_to_the_source_is_allowed() {
+        let all = "guid,createtxg,userrefs,pgzfs:lsn,pgzfs:stop_lsn,pgzfs:timeline,pgzfs:sysid,pgzfs:pg_major,pgzfs:backup_label,pgzfs:tablespace_map,pgzfs:node";
+        let snap = "tank/pgdata@pgzfs-20261122T003000Z";
+        let base = "tank/pgdata@pgzfs-20261121T003000Z";
+        for argv in [
+            // exists, snapshots, children, get_number, is_mounted, mountpoint
+            vec![
+                "zfs",
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "name,property,value",
+                "type",
+                "tank/pgdata",
+            ],
+            vec![
+                "zfs",
+                "get",
+                "-H",
+                "-p",
+                "-d",
+                "1",
+                "-o",
+                "name,property,value",
+                all,
+                "tank/pgdata",
+            ],
+            vec![
+                "zfs",
+                "get",
+                "-H",
+                "-p",
+                "-r",
+                "-o",
+                "name,property,value",
+                "type",
+                "tank/pgdata",
+            ],
+            vec![
+                "zfs",
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "name,property,value",
+                "referenced",
+                snap,
+            ],
+            vec![
+                "zfs",
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "name,property,value",
+                "written@pgzfs-20261121T003000Z",
+                snap,
+            ],
+            vec![
+                "zfs",
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "name,property,value",
+                "mounted",
+                "tank/pgdata",
+            ],
+            // the cut
+            vec!["zfs", "snapshot", "-r", snap],
+            vec!["zfs", "set", "pgzfs:lsn=0/3000028", snap],
+            vec!["zfs", "set", "pgzfs:backup_label=5354415254", snap],
+            // transfers
+            vec!["zfs", "send", snap],
+            vec!["zfs", "send", "-i", base, snap],
+            vec!["zfs", "send", "-L", "-e", "-c", "-i", base, snap],
+            vec!["zfs", "send", "-w", snap],
+            // protecting the common base
+            vec!["zfs", "hold", "pgzfs-db2", snap],
+            vec!["zfs", "release", "pgzfs-db2", base],
+            vec!["zfs", "holds", "-H", snap],
+            vec![
+                "zfs",
+                "bookmark",
+                snap,
+                "tank/pgdata#pgzfs-20261122T003000Z",
+            ],
+            // feature probes
+            vec!["zfs", "send"],
+            vec![
+                "zfs",
+                "get",
+                "-H",
+                "-o",
+                "value",
+                "receive_resume_token",
+                "tank",
+            ],
+            vec![
+                "zfs",
+                "get",
+                "-H",
+                "-o",
+                "value",
+                "encryption",
+                "tank/pgdata",
+            ],
+            vec![
+                "zpool",
+                "get",
+                "-H",
+                "-o",
+                "value",
+                "feature@bookmarks",
+                "tank",
+            ],
+        ] {
+            let allowed = allowed(&argv);
+            assert_eq!(allowed.argv, argv, "run exactly as asked");
+            assert_eq!(allowed.resume, None);
+        }
+    }
+
+    #[test]
+    fn a_probe_without_object_is_answered_for_our_dataset_only() {
+        let allowed = allowed(&["zfs", "get", "-H", "-o", "value", "written"]);
+        assert_eq!(
+            allowed.argv,
+            ["zfs", "get", "-H", "-o", "value", "written", "tank/pgdata"]
+        );
+    }
+
+    #[test]
+    fn a_resumed_send_is_allowed_only_pending_the_token_check() {
+        let allowed = allowed(&["zfs", "send", "-t", "1-e604ea4bf-e0-789c6360"]);
+        assert_eq!(
+            allowed.resume.as_ref().map(ResumeToken::as_str),
+            Some("1-e604ea4bf-e0-789c6360")
+        );
+        assert!(refused("zfs send -t '1-e6-e0-78; reboot'").contains("receive_resume_token"));
+    }
+
+    #[test]
+    fn destroying_renaming_receiving_or_changing_anything_is_refused() {
+        for text in [
+            "zfs destroy tank/pgdata@pgzfs-1",
+            "zfs destroy -r tank/pgdata",
+            "zfs rename tank/pgdata tank/x",
+            "zfs receive -F tank/pgdata",
+            "zfs rollback tank/pgdata@pgzfs-1",
+            "zfs set mountpoint=/ tank/pgdata",
+            "zfs set readonly=off tank/pgdata@pgzfs-1",
+            "zfs set pgzfs:lsn=0/1 tank/pgdata",
+            "zfs set pgzfs:lsn='0/1 x' tank/pgdata@pgzfs-1",
+            "zfs inherit pgzfs:lsn tank/pgdata",
+            "zfs allow -u evil send tank/pgdata",
+            "zfs unmount tank/pgdata",
+            "zfs create tank/evil",
+            "zfs clone tank/pgdata@pgzfs-1 tank/evil",
+            "zfs promote tank/pgdata",
+            "zpool destroy tank",
+            "zpool export tank",
+            "zpool get -H -o value feature@bookmarks other",
+            "zpool get -H -o value all tank",
+            "rm -rf /",
+            "sh -c id",
+            "/sbin/zfs send tank/pgdata@pgzfs-1",
+            "pgzfs serve",
+            "scp -t /root/.ssh/authorized_keys",
+        ] {
+            let why = refused(text);
+            assert!(!why.is_empty(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn other_datasets_and_foreign_snapshots_are_out_of_reach() {
+        for text in [
+            "zfs send tank/other@pgzfs-1",
+            "zfs send -i tank/other@a tank/pgdata@pgzfs-2",
+            "zfs send tank/pgdata/child@pgzfs-1",
+            "zfs send tank/pgdataX@pgzfs-1",
+            "zfs send -R tank/pgdata@pgzfs-1",
+            "zfs send -I tank/pgdata@a tank/pgdata@pgzfs-2",
+            "zfs send -i tank/pgdata@pgzfs-1 tank/pgdata@pgzfs-1",
+            "zfs send -L -L tank/pgdata@pgzfs-1",
+            "zfs send -p tank/pgdata@pgzfs-1",
+            "zfs send tank/pgdata",
+            "zfs send -nv -t 1-a-b-c",
+            "zfs get -H -p -o name,property,value guid tank/other",
+            "zfs get -H -p -r -o name,property,value type tank",
+            "zfs get -H -p -d 1 -o name,property,value guid tank/pgdata@pgzfs-1",
+            "zfs get -H -p -d 2 -o name,property,value guid tank/pgdata",
+            "zfs get -H -p -o name,property,value all tank/pgdata",
+            "zfs get -H -p -o name,property,value guid,keylocation tank/pgdata",
+            "zfs get -H -p -o name,property,value guid tank/pgdata tank/other",
+            "zfs get -H -o value written tank/other",
+            "zfs get -H -o value mountpoint",
+            "zfs get all",
+            "zfs list",
+            "zfs snapshot -r tank/pgdata@evil",
+            "zfs snapshot tank/pgdata@pgzfs-1",
+            "zfs snapshot -r tank/other@pgzfs-1",
+            "zfs snapshot -r tank@pgzfs-1",
+            "zfs hold keep tank/pgdata@pgzfs-1",
+            "zfs hold pgzfs-db2 tank/pgdata@manual",
+            "zfs hold -r pgzfs-db2 tank/pgdata@pgzfs-1",
+            "zfs release pgzfs-db2 tank/other@pgzfs-1",
+            "zfs bookmark tank/pgdata@pgzfs-1 tank/pgdata#other",
+            "zfs bookmark tank/pgdata@pgzfs-1 tank/other#pgzfs-1",
+        ] {
+            refused(text);
+        }
+    }
+
+    #[test]
+    fn injection_attempts_through_names_and_values_are_refused() {
+        for text in [
+            "zfs send 'tank/pgdata@pgzfs-1;reboot'",
+            "zfs send 'tank/pgdata@pgzfs-1 tank/other@x'",
+            "zfs send '-i' 'tank/pgdata@pgzfs-1' 'tank/pgdata@pgzfs-2'x",
+            "zfs send 'tank/pgdata@pgzfs-2'",
+            "zfs 'send' tank/pgdata@pgzfs-2",
+            "zfs hold 'pgzfs-x;id' tank/pgdata@pgzfs-1",
+            "zfs set 'pgzfs:lsn=$(reboot)' tank/pgdata@pgzfs-1",
+            "zfs set 'pgzfs:lsn=0/1'\\''x' tank/pgdata@pgzfs-1",
+            "zfs get -H -p -o name,property,value 'guid tank/other' tank/pgdata",
+            "zfs get -H -p -o name,property,value guid '-rtank/pgdata'",
+            "zfs send '--' tank/pgdata@pgzfs-1",
+            "zfs send ../tank/pgdata@pgzfs-1",
+            "zfs send 'tank/pgdata@pgzfs-1\n'",
+        ] {
+            refused(text);
+        }
+        // A properly quoted word is still only data: a space inside it does not split it.
+        let words = split("zfs send 'tank/pgdata@pgzfs-1 tank/other@x'").unwrap();
+        assert_eq!(words.len(), 3);
+    }
+
+    /// Records what ZfsCli would run on the source node, and answers "success, nothing".
+    #[derive(Clone, Default)]
+    struct Recorder(std::rc::Rc<std::cell::RefCell<Vec<crate::exec::Cmd>>>);
+
+    struct NoStream;
+
+    impl crate::transfer::Source for NoStream {
+        fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+            Ok(0)
+        }
+        fn finish(self: Box<Self>) -> Result<()> {
+            Ok(())
+        }
+        fn abort(self: Box<Self>) {}
+    }
+
+    impl crate::exec::Runner for Recorder {
+        fn output(&self, cmd: &crate::exec::Cmd) -> Result<crate::exec::Output> {
+            use std::os::unix::process::ExitStatusExt;
+            self.0.borrow_mut().push(cmd.clone());
+            Ok(crate::exec::Output {
+                status: std::process::ExitStatus::from_raw(0),
+                stdout: String::new(),
+                stderr: String::new(),
+            })
+        }
+        fn source(&self, cmd: &crate::exec::Cmd) -> Result<Box<dyn crate::transfer::Source>> {
+            self.0.borrow_mut().push(cmd.clone());
+            Ok(Box::new(NoStream))
+        }
+        fn sink(&self, _cmd: &crate::exec::Cmd) -> Result<Box<dyn crate::transfer::Sink>> {
+            panic!("nothing is ever received on the source node")
+        }
+        fn describe(&self) -> String {
+            "recorder".to_string()
+        }
+    }
+
+    /// The contract between the client and this endpoint: every command the zfs(8)
+    /// backend issues to a source node, exactly as it crosses SSH, is allowed unchanged.
+    /// A new remote operation in ZfsCli fails here until serve knows it.
+    #[test]
+    fn every_command_the_zfs_backend_issues_to_a_source_passes_serve() {
+        use crate::zfs::features::SendOptions;
+        use crate::zfs::{prop, Zfs};
+        let recorder = Recorder::default();
+        let zfs = crate::zfs::cli::ZfsCli::new(recorder.clone());
+        let ds = dataset();
+        let snap = ds.snapshot(&SnapName::parse("pgzfs-20261122T003000Z").unwrap());
+        let base = ds.snapshot(&SnapName::parse("pgzfs-20261121T003000Z").unwrap());
+        let tag = HoldTag::parse("pgzfs-db2").unwrap();
+        zfs.exists(&ds).unwrap();
+        zfs.snapshots(&ds).unwrap();
+        zfs.children(&ds).unwrap();
+        zfs.snapshot_recursive(&snap).unwrap();
+        let props: Vec<(&str, String)> = prop::ALL
+            .iter()
+            .map(|p| (*p, "0/3000028".to_string()))
+            .collect();
+        zfs.set_snapshot_props(&snap, &props).unwrap();
+        zfs.get_number(ds.as_str(), "referenced").unwrap();
+        zfs.get_number(&snap.to_string(), "referenced").unwrap();
+        zfs.get_number(&snap.to_string(), &format!("written@{}", base.snap()))
+            .unwrap();
+        zfs.send(&snap, None).unwrap();
+        zfs.send(&snap, Some(&base)).unwrap();
+        let all = SendOptions {
+            large_blocks: true,
+            embedded: true,
+            compressed: true,
+            raw: false,
+        };
+        zfs.send_with(&snap, Some(&base), &all).unwrap();
+        zfs.send_with(
+            &snap,
+            None,
+            &SendOptions {
+                raw: true,
+                ..SendOptions::plain()
+            },
+        )
+        .unwrap();
+        zfs.send_resume(&ResumeToken::parse("1-e604ea4bf-e0-789c").unwrap())
+            .unwrap();
+        zfs.hold(&tag, &snap).unwrap();
+        zfs.release(&tag, &base).unwrap();
+        zfs.bookmark(&snap).unwrap();
+        zfs.holds(&snap).unwrap();
+        zfs.get_text(&snap.to_string(), prop::SOURCE_NODE).unwrap();
+        zfs.features().unwrap();
+        zfs.features_for(&ds).unwrap();
+        zfs.is_encrypted(&ds).unwrap();
+        let issued = recorder.0.borrow();
+        assert!(issued.len() >= 25, "recorded {} commands", issued.len());
+        for cmd in issued.iter() {
+            let line = crate::shell::join(&cmd.argv);
+            let words = split(&line).unwrap_or_else(|why| panic!("{line}: {why}"));
+            check(&words, &ds).unwrap_or_else(|why| panic!("serve refuses {line}: {why}"));
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! `pgzfs switchover --to NODE`, run on the primary: a planned role swap that loses no
+//! transaction. The old primary stops cleanly, the target replays up to the old primary's
+//! shutdown checkpoint, and only then is promoted; the old primary rejoins incrementally
+//! and the other standbys follow. It never ends with zero primaries or two: if the
+//! promotion fails, the old primary starts again as the primary.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::cli::{Context, Global};
+use crate::cluster::{pg_target, ssh_target};
+use crate::commands::promote::wait_until_writable;
+use crate::commands::rejoin::rejoin;
+use crate::commands::reset_secondary::{self, Caller, Outcome, ResetSecondary};
+use crate::config::Node;
+use crate::error::{Error, Result};
+use crate::events::{self, Event};
+use crate::exec::{Cmd, Runner};
+use crate::lock::LocalLock;
+use crate::pg::control;
+use crate::pg::ctl::PgCtl;
+use crate::pg::Pg;
+use crate::ssh::SshHost;
+use crate::steps::round;
+
+#[derive(Debug, Args)]
+pub struct Switchover {
+    /// The standby that becomes the primary
+    #[arg(long, value_name = "NODE")]
+    pub to: String,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Switched {
+    pub old_primary: String,
+    pub new_primary: String,
+    pub shutdown_checkpoint: String,
+    /// From the old primary's stop until the new one accepted writes.
+    pub write_unavailable_seconds: f64,
+    pub total_seconds: f64,
+    pub old_primary_rejoined: bool,
+    pub followed: Vec<String>,
+    pub not_followed: Vec<String>,
+}
+
+impl Switchover {
+    pub fn run(&self, global: &Global) -> Result<i32> {
+        let ctx = global.load()?;
+        let _lock = LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "switchover")?;
+        match switchover(&ctx, &self.to) {
+            Ok(done) => {
+                events::emit(
+                    &ctx.config,
+                    Event::new(
+                        "switchover",
+                        &done.new_primary,
+                        true,
+                        format!(
+                            "writes unavailable for {:.1}s",
+                            done.write_unavailable_seconds
+                        ),
+                        Some(&done.old_primary),
+                    ),
+                );
+                if self.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&done).expect("serializes")
+                    );
+                } else {
+                    println!(
+                        "switched over from {} to {} in {:.1}s; writes were unavailable for {:.1}s{}",
+                        done.old_primary,
+                        done.new_primary,
+                        done.total_seconds,
+                        done.write_unavailable_seconds,
+                        if done.not_followed.is_empty() { String::new() } else { format!("; NOT following yet: {}", done.not_followed.join(", ")) }
+                    );
+                }
+                Ok(
+                    if done.old_primary_rejoined && done.not_followed.is_empty() {
+                        0
+                    } else {
+                        1
+                    },
+                )
+            }
+            Err(e) => {
+                if e.exit_code() == 1 {
+                    events::emit(
+                        &ctx.config,
+                        Event::new(
+                            "failure",
+                            &ctx.local.name,
+                            false,
+                            format!("switchover: {e}"),
+                            Some(&self.to),
+                        ),
+                    );
+                }
+                Err(e.context("switchover"))
+            }
+        }
+    }
+}
+
+fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
+    let started = Instant::now();
+    let local = &ctx.local;
+    let target = ctx.config.node(to).map_err(|e| e.context("--to"))?.clone();
+    if target.name == local.name {
+        return Err(Error::usage("--to names this node"));
+    }
+    let pgctl = PgCtl::new(
+        &local.pg_bin,
+        &local.data_dir,
+        &local.pg_log_file,
+        &local.pg_os_user,
+    )?;
+    let mut pg = Pg::connect(&pg_target(local))?;
+    if !pg.is_writable()? {
+        return Err(Error::refused(format!(
+            "run switchover on the primary; {} is not a writable primary",
+            local.name
+        )));
+    }
+
+    // 1. The target must be streaming and close behind.
+    let info = pg.replication_info(&target.name)?.ok_or_else(|| {
+        Error::refused(format!(
+            "{to} is not connected to {} as a standby",
+            local.name
+        ))
+    })?;
+    let lag = info.replay_lag_bytes.unwrap_or(i64::MAX).max(0) as u64;
+    if info.state != "streaming" || lag > local.switchover_max_lag {
+        return Err(Error::refused(format!(
+            "{to} is {} with {lag} bytes of replay lag (switchover_max_lag = {}); not switching over",
+            info.state, local.switchover_max_lag
+        )));
+    }
+    // Check that we can reach the target over SSH before anything stops.
+    let ssh = SshHost::connect(&ssh_target(local, &target))?;
+
+    // 2. A checkpoint first makes the shutdown checkpoint quick; it needs privileges
+    //    the replication role may lack, and the clean stop writes one anyway.
+    if let Err(e) = pg.checkpoint() {
+        tracing::info!(
+            "CHECKPOINT before the stop was not possible ({e}); the shutdown checkpoint will do"
+        );
+    }
+    drop(pg);
+    let unavailable_from = Instant::now();
+    pgctl.stop(local.stop_timeout)?;
+
+    // 3. The last thing the old primary wrote.
+    let control = control::read_control(&local.data_dir)?
+        .ok_or_else(|| Error::failed("no pg_control after the stop"))?;
+    if control.state != control::ClusterState::ShutDown {
+        restart_as_primary(&pgctl, local);
+        return Err(Error::failed(format!(
+            "{} did not shut down cleanly ({:?}); restarted it as the primary",
+            local.name, control.state
+        )));
+    }
+    let shutdown_lsn = control.checkpoint_lsn;
+    tracing::info!(
+        "{} stopped cleanly; shutdown checkpoint at {shutdown_lsn}",
+        local.name
+    );
+
+    // 4. The target must have everything, up to and including that checkpoint.
+    if let Err(e) = wait_for_replay(&target, shutdown_lsn, local.streaming_timeout) {
+        restart_as_primary(&pgctl, local);
+        return Err(e.context(format!("{} restarted as the primary", local.name)));
+    }
+
+    // 5. Promote the target with its own pgzfs (it takes the undo snapshot and the epoch).
+    let promote = Cmd::new(local.pgzfs_bin.display().to_string())
+        .arg("--config")
+        .arg(ctx.config.path.display().to_string())
+        .arg("--node")
+        .arg(target.name.clone())
+        .args(["promote", "--force"]);
+    let promoted = ssh
+        .run(&promote)
+        .and_then(|_| wait_until_writable(&target, local.promote_timeout));
+    if let Err(e) = promoted {
+        // Zero primaries is not an outcome: the old one comes back unless the target did
+        // become writable after all.
+        if Pg::connect(&pg_target(&target))
+            .and_then(|mut p| p.is_writable())
+            .unwrap_or(false)
+        {
+            return Err(e.context(format!(
+                "{to} is writable nevertheless; {} stays stopped",
+                local.name
+            )));
+        }
+        restart_as_primary(&pgctl, local);
+        return Err(e.context(format!(
+            "promoting {to} failed; {} restarted as the primary",
+            local.name
+        )));
+    }
+    let write_unavailable = unavailable_from.elapsed();
+    tracing::info!(
+        "{to} accepts writes; writes were unavailable for {:.1}s",
+        write_unavailable.as_secs_f64()
+    );
+
+    // 6. The old primary rejoins. Nothing diverged: the target replayed our last record.
+    let args = ResetSecondary {
+        from: Some(target.name.clone()),
+        full: false,
+        dry_run: false,
+        yes: true,
+        json: false,
+    };
+    let rejoined = rejoin(ctx, &target.name, false, true)
+        .and_then(|_| reset_secondary::reseed(ctx, &args, Caller::Rejoin));
+    let old_primary_rejoined = match rejoined {
+        Ok(Outcome::Done(summary)) => {
+            tracing::info!(
+                "{} rejoined: {} re-seed of {} bytes",
+                local.name,
+                summary.mode,
+                summary.bytes
+            );
+            true
+        }
+        Ok(Outcome::DryRun(_)) => false,
+        Err(e) => {
+            tracing::error!("{} could not rejoin as a standby of {to}: {e}; it stays stopped (run `pgzfs rejoin --to {to}`)", local.name);
+            false
+        }
+    };
+
+    // 7. Every other standby follows the new primary, each by its own pgzfs.
+    let mut followed = Vec::new();
+    let mut not_followed = Vec::new();
+    for node in ctx
+        .config
+        .other_nodes(local)
+        .filter(|n| n.name != target.name)
+    {
+        match follow_remotely(ctx, local, node, &target.name) {
+            Ok(()) => followed.push(node.name.clone()),
+            Err(e) => {
+                tracing::error!("{} does not follow {to} yet: {e}", node.name);
+                not_followed.push(node.name.clone());
+            }
+        }
+    }
+
+    // 8. Move the CARP address along.
+    if let Some(command) = &local.carp_move_command {
+        match crate::exec::run(&Cmd::new("/bin/sh").arg("-c").arg(command.clone()), None) {
+            Ok(_) => tracing::info!("carp_move_command ran: {command}"),
+            Err(e) => tracing::error!("carp_move_command failed: {e}"),
+        }
+    }
+
+    Ok(Switched {
+        old_primary: local.name.clone(),
+        new_primary: target.name.clone(),
+        shutdown_checkpoint: shutdown_lsn.to_string(),
+        write_unavailable_seconds: round(write_unavailable.as_secs_f64()),
+        total_seconds: round(started.elapsed().as_secs_f64()),
+        old_primary_rejoined,
+        followed,
+        not_followed,
+    })
+}
+
+fn restart_as_primary(pgctl: &PgCtl, local: &Node) {
+    if let Err(e) = pgctl.start(local.streaming_timeout) {
+        tracing::error!("could not restart {} as the primary: {e}", local.name);
+    }
+}
+
+fn wait_for_replay(target: &Node, lsn: control::Lsn, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let replayed = Pg::connect(&pg_target(target)).and_then(|mut pg| pg.replay_lsn());
+        match replayed {
+            // The replay position is the end of the last record replayed: past the start of
+            // the shutdown checkpoint means the checkpoint itself was replayed.
+            Ok(Some(at)) if at > lsn => return Ok(()),
+            Ok(at) => tracing::debug!(
+                "{} replayed {:?} of {lsn}",
+                target.name,
+                at.map(|l| l.to_string())
+            ),
+            Err(e) => tracing::debug!("asking {} for its replay position: {e}", target.name),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::failed(format!(
+                "{} did not replay up to the shutdown checkpoint {lsn} within {timeout:?}",
+                target.name
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn follow_remotely(ctx: &Context, local: &Node, node: &Node, new_primary: &str) -> Result<()> {
+    let ssh = SshHost::connect(&ssh_target(local, node))?;
+    let cmd = Cmd::new(local.pgzfs_bin.display().to_string())
+        .arg("--config")
+        .arg(ctx.config.path.display().to_string())
+        .arg("--node")
+        .arg(node.name.clone())
+        .args(["follow", "--to", new_primary]);
+    ssh.run(&cmd).map(drop)
+}

@@ -1,0 +1,226 @@
+//! Failover with real CARP: every node is a host of its own (a network namespace with its
+//! own address, sshd, PostgreSQL and ucarp), and ucarp's up/down scripts call
+//! `pgzfs carp-event` as ifstated or devd do on FreeBSD.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{file_text, stderr_of, Lab};
+
+/// Settings for a quick failover in the lab: short connect timeouts (the dead host drops
+/// packets), a few fast checks, and fenced primaries that rejoin on their own.
+fn tune(lab: &Lab, extra: &str) {
+    let settings = format!(
+        "[defaults]\nconnect_timeout = \"1s\"\npromote_check_attempts = 3\npromote_check_interval = \"500ms\"\nquarantine_dir = \"{}/quarantine\"\n{extra}",
+        lab.dir.display()
+    );
+    lab.write_config(&file_text(&lab.config()).replacen("[defaults]\n", &settings, 1));
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One INSERT through the CARP address, as an application would do it.
+fn write_through_vip(lab: &Lab, note: &str) -> bool {
+    let sql = format!("INSERT INTO probe (note) VALUES ('{note}')");
+    let out = lab.exec(
+        "client",
+        &[
+            "psql",
+            "-X",
+            "-q",
+            "-h",
+            lab.get("VIP"),
+            "-U",
+            "app",
+            "-d",
+            "postgres",
+            "-c",
+            &sql,
+        ],
+    );
+    out.status.success()
+}
+
+fn carp_log(lab: &Lab, node: &str) -> String {
+    std::fs::read_to_string(lab.dir.join(format!("carp/{node}-events.log"))).unwrap_or_default()
+}
+
+#[test]
+fn the_primary_dies_the_standby_takes_over_and_the_old_primary_rejoins_when_it_returns() {
+    let lab = Lab::up_hosts("failover", 2, true, false);
+    tune(&lab, "on_backup = \"rejoin\"\n");
+    let out = lab.pgzfs_in("db2", &["reset-secondary", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    lab.sql_on(
+        "db1",
+        "CREATE TABLE probe (id serial PRIMARY KEY, note text); ALTER TABLE probe OWNER TO app",
+    );
+    assert!(
+        write_through_vip(&lab, "before"),
+        "the VIP reaches the primary"
+    );
+    wait_for(
+        "db2 to replay the probe table",
+        Duration::from_secs(30),
+        || {
+            lab.try_sql_on("db2", "SELECT count(*) FROM probe")
+                .ok()
+                .filter(|n| n == "1")
+        },
+    );
+
+    // The primary host dies: its CARP advertisements stop and PostgreSQL is gone.
+    let killed = Instant::now();
+    lab.script("carp-stop", &["db1"]);
+    let out = lab.as_postgres(&format!(
+        "{}/pg_ctl -D {} -m immediate stop",
+        lab.pg_bin(),
+        lab.get("DB1_DATA")
+    ));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    wait_for(
+        "a write through the VIP to succeed",
+        Duration::from_secs(60),
+        || write_through_vip(&lab, "after").then_some(()),
+    );
+    let failover = killed.elapsed();
+    eprintln!(
+        "FAILOVER: {:.1}s from the kill to the first successful write through the VIP",
+        failover.as_secs_f64()
+    );
+    assert_eq!(lab.vip_holder().as_deref(), Some("db2"));
+    assert_eq!(
+        lab.sql_on("db2", "SELECT pg_is_in_recovery()"),
+        "f",
+        "db2 was promoted"
+    );
+    assert_eq!(
+        lab.zfs(&[
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "pgzfs:epoch",
+            lab.get("DB2_DATASET")
+        ])
+        .trim(),
+        "1"
+    );
+
+    // The old primary host comes back: its PostgreSQL starts as a primary (it still
+    // believes it is one) and takes a write nobody else has.
+    let out = lab.as_postgres(&format!(
+        "{}/pg_ctl -D {} -l {}/db1.log -w start",
+        lab.pg_bin(),
+        lab.get("DB1_DATA"),
+        lab.dir.display()
+    ));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    lab.sql_on("db1", "INSERT INTO probe (note) VALUES ('diverged on db1')");
+    // Its CARP comes back as BACKUP: fenced, then rejoined to db2.
+    lab.script("carp-start", &["db1"]);
+    wait_for(
+        "db1 to rejoin as a standby of db2",
+        Duration::from_secs(180),
+        || {
+            let streaming = lab
+                .try_sql_on(
+                    "db2",
+                    "SELECT state FROM pg_stat_replication WHERE application_name = 'db1'",
+                )
+                .ok();
+            (streaming.as_deref() == Some("streaming")).then_some(())
+        },
+    );
+    assert_eq!(lab.sql_on("db1", "SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(
+        lab.vip_holder().as_deref(),
+        Some("db2"),
+        "the returning node did not take the address back"
+    );
+    assert_eq!(
+        lab.sql_on(
+            "db1",
+            "SELECT count(*) FROM probe WHERE note = 'diverged on db1'"
+        ),
+        "0"
+    );
+    let kept: Vec<_> = std::fs::read_dir(lab.dir.join("quarantine"))
+        .expect("quarantine dir")
+        .flatten()
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "db1's diverged writes are kept in a stream file"
+    );
+    let log = carp_log(&lab, "db1");
+    assert!(
+        log.contains("fenced db1") && log.contains("rejoined as a standby of db2"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_primary_that_comes_back_during_the_checks_prevents_the_promotion() {
+    let lab = Lab::up_hosts("cameback", 2, true, false);
+    tune(
+        &lab,
+        "promote_check_attempts = 6\npromote_check_interval = \"1s\"\n",
+    );
+    let out = lab.pgzfs_in("db2", &["reset-secondary", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+
+    // A network blip: db1 is cut off the switch (it stays MASTER on its side), so db2
+    // stops hearing it and becomes MASTER too.
+    lab.script("link-down", &["db1"]);
+    wait_for("db2 to become CARP MASTER", Duration::from_secs(30), || {
+        carp_log(&lab, "db2").contains("MASTER").then_some(())
+    });
+    // db1 is back before db2's checks are over: reachable and writable again.
+    lab.script("link-up", &["db1"]);
+    wait_for(
+        "db2's carp-event MASTER to finish",
+        Duration::from_secs(60),
+        || {
+            let log = carp_log(&lab, "db2");
+            log.contains("carp-event MASTER exited").then_some(log)
+        },
+    );
+    let log = carp_log(&lab, "db2");
+    assert!(
+        log.contains("carp-event MASTER exited 3"),
+        "the promotion was refused: {log}"
+    );
+    assert!(
+        log.contains("db1 answers as a writable primary"),
+        "and says why: {log}"
+    );
+    assert_eq!(
+        lab.sql_on("db2", "SELECT pg_is_in_recovery()"),
+        "t",
+        "no promotion: db1 came back during the checks"
+    );
+    assert_eq!(
+        lab.sql_on("db1", "SELECT pg_is_in_recovery()"),
+        "f",
+        "db1 is still the primary"
+    );
+    wait_for("CARP to settle on db1", Duration::from_secs(30), || {
+        (lab.vip_holder().as_deref() == Some("db1")).then_some(())
+    });
+}

@@ -1,0 +1,204 @@
+//! `pgzfs serve` as the forced command of the key standbys log in with: re-seeding works
+//! through it unchanged, and everything else is refused, logged and changes nothing.
+//! Real sshd, zfs-fuse and PostgreSQL 15 from scripts/lab.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{file_text, pgzfs_bin, Lab};
+
+/// Force the lab's only key to `pgzfs serve` for node db1, as an operator would in
+/// ~zfssync/.ssh/authorized_keys on the primary.
+fn force_serve(lab: &Lab) {
+    let ssh = lab.dir.join("ssh");
+    let pubkey = file_text(&ssh.join("id_ed25519.pub"));
+    let line = format!(
+        "command=\"{} serve --config {} --node db1\",restrict {}\n",
+        pgzfs_bin().display(),
+        lab.config().display(),
+        pubkey.trim()
+    );
+    std::fs::write(ssh.join("authorized_keys"), line).unwrap();
+}
+
+/// What a client other than pgzfs could send over the same key: a raw command string.
+fn ssh(lab: &Lab, remote_command: &str) -> Output {
+    let ssh = lab.dir.join("ssh");
+    let out = Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            ssh.join("known_hosts").display()
+        ))
+        .args(["-o", "IdentitiesOnly=yes", "-i"])
+        .arg(ssh.join("id_ed25519"))
+        .args(["-p", lab.get("SSH_PORT"), "root@127.0.0.1", remote_command])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh");
+    eprintln!(
+        "$ ssh ... {remote_command:?}\n-- exit {:?}\n-- stdout: {}\n-- stderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Everything a refusal could have changed: the datasets and snapshots of the pool (with
+/// their holds), and the marker files the injection attempts would create.
+fn state(lab: &Lab) -> String {
+    lab.zfs(&[
+        "get",
+        "-H",
+        "-r",
+        "-o",
+        "name,property,value",
+        "type,userrefs",
+        lab.pool(),
+    ])
+}
+
+#[test]
+fn standbys_reseed_through_the_forced_command_and_nothing_else_gets_through() {
+    let lab = Lab::up("serve");
+    force_serve(&lab);
+    let db1 = lab.dataset("db1");
+
+    // An operator's first and second re-seed work exactly as without the forced command.
+    let full = lab.reset_secondary("db2");
+    assert_eq!(full["mode"], "full");
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+    lab.sql(
+        "db1",
+        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 7 = 0",
+    );
+    let incremental = lab.reset_secondary("db2");
+    assert_eq!(incremental["mode"], "incremental");
+    assert_eq!(incremental["base"], full["snapshot"]);
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+
+    // The forced command really was in the way: its log lines name the commands it ran.
+    let log = file_text(&lab.dir.join("pgzfs.log"));
+    assert!(
+        log.contains("serve: 127.0.0.1 port") && log.contains("zfs snapshot -r"),
+        "serve logged what it ran:\n{log}"
+    );
+
+    // A read the standby is allowed works over a plain ssh client too.
+    let out = ssh(
+        &lab,
+        &format!("zfs get -H -p -o name,property,value type {db1}"),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{db1}\ttype\tfilesystem")
+    );
+
+    let before = state(&lab);
+    let snapshot = full["snapshot"].as_str().unwrap().to_string();
+    let standby_snapshot = snapshot.replacen(&db1, &lab.dataset("db2"), 1);
+    let marker = lab.dir.join("injected");
+    let attempts = [
+        format!("zfs destroy -r {db1}"),
+        format!("zfs destroy {snapshot}"),
+        "rm -rf /".to_string(),
+        format!("zfs send {standby_snapshot}"),
+        format!("zfs snapshot -r {db1}@evil"),
+        format!("zfs snapshot {db1}@pgzfs-x; touch {}", marker.display()),
+        format!(
+            "zfs get -H -p -o name,property,value type {db1} && touch {}",
+            marker.display()
+        ),
+        format!("zfs send $(touch {}) {snapshot}", marker.display()),
+        format!(
+            "zfs release pgzfs-db2 {snapshot}\ntouch {}",
+            marker.display()
+        ),
+        format!("zfs hold keep {snapshot}"),
+        format!("zfs set pgzfs:lsn=0/0 {db1}"),
+        "sh".to_string(),
+    ];
+    for attempt in &attempts {
+        let out = ssh(&lab, attempt);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{attempt:?} must be refused with exit 3"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("refused"),
+            "the client is told: {attempt:?}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "a refusal streams nothing: {attempt:?}"
+        );
+    }
+    assert_eq!(
+        state(&lab),
+        before,
+        "the refusals changed nothing in the pool"
+    );
+    assert!(!Path::new(&marker).exists(), "no injected command ran");
+    let log = file_text(&lab.dir.join("pgzfs.log"));
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("serve: refused") && l.contains("from 127.0.0.1 port"))
+        .count();
+    assert_eq!(
+        refusals,
+        attempts.len(),
+        "every refusal is logged once with the client's address:\n{log}"
+    );
+    // The standby is untouched by all that.
+    lab.assert_streaming("db2");
+}
+
+/// The feature probes against the real zfs-fuse: it has none of the modern abilities, so
+/// pgzfs must keep using plain `zfs send [-i]` there.
+#[test]
+fn zfs_fuse_is_detected_as_having_no_modern_send_or_receive_features() {
+    use pgzfs::zfs::cli::ZfsCli;
+    use pgzfs::zfs::features::SendOptions;
+    use pgzfs::zfs::names::DatasetName;
+    use pgzfs::zfs::Zfs;
+
+    let lab = Lab::up("feat");
+    let zfs = ZfsCli::new(pgzfs::exec::Local);
+    let dataset = DatasetName::parse(&lab.dataset("db1")).unwrap();
+    let found = zfs.features_for(&dataset).unwrap();
+    assert_eq!(
+        found,
+        pgzfs::zfs::Features::default(),
+        "zfs-fuse (pool v23) has no written, resume, -L/-e/-c/-w or bookmarks"
+    );
+    assert!(!zfs.is_encrypted(&dataset).unwrap());
+    assert!(SendOptions::choose(&found, &found, false).is_plain());
+    assert_eq!(zfs.resume_token(&dataset).unwrap(), None);
+    // The same probes through the forced command give the same answers.
+    force_serve(&lab);
+    let target = pgzfs::ssh::SshTarget {
+        host: "127.0.0.1".into(),
+        port: lab.get("SSH_PORT").parse().unwrap(),
+        user: "root".into(),
+        key: lab.dir.join("ssh/id_ed25519"),
+        known_hosts: lab.dir.join("ssh/known_hosts"),
+        connect_timeout: std::time::Duration::from_secs(5),
+    };
+    let remote = ZfsCli::new(pgzfs::ssh::SshHost::connect(&target).unwrap());
+    assert_eq!(remote.features_for(&dataset).unwrap(), found);
+}
