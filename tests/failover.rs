@@ -10,9 +10,9 @@ use common::{file_text, stderr_of, Lab};
 
 /// Settings for a quick failover in the lab: short connect timeouts (the dead host drops
 /// packets), a few fast checks, and fenced primaries that rejoin on their own.
-fn tune(lab: &Lab, extra: &str) {
+fn tune(lab: &Lab, check_attempts: u32, extra: &str) {
     let settings = format!(
-        "[defaults]\nconnect_timeout = \"1s\"\npromote_check_attempts = 3\npromote_check_interval = \"500ms\"\nquarantine_dir = \"{}/quarantine\"\n{extra}",
+        "[defaults]\nconnect_timeout = \"1s\"\npromote_check_attempts = {check_attempts}\npromote_check_interval = \"500ms\"\nquarantine_dir = \"{}/quarantine\"\n{extra}",
         lab.dir.display()
     );
     lab.write_config(&file_text(&lab.config()).replacen("[defaults]\n", &settings, 1));
@@ -61,7 +61,7 @@ fn carp_log(lab: &Lab, node: &str) -> String {
 #[test]
 fn the_primary_dies_the_standby_takes_over_and_the_old_primary_rejoins_when_it_returns() {
     let lab = Lab::up_hosts("failover", 2, true, false);
-    tune(&lab, "on_backup = \"rejoin\"\n");
+    tune(&lab, 3, "on_backup = \"rejoin\"\n");
     let out = lab.pgzfs_in("db2", &["reset-secondary", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     lab.sql_on(
@@ -108,27 +108,37 @@ fn the_primary_dies_the_standby_takes_over_and_the_old_primary_rejoins_when_it_r
         "f",
         "db2 was promoted"
     );
-    assert_eq!(
-        lab.zfs(&[
-            "get",
-            "-H",
-            "-o",
-            "value",
-            "pgzfs:epoch",
-            lab.get("DB2_DATASET")
-        ])
-        .trim(),
-        "1"
+    // The epoch is recorded right after the promotion (the write above may win the race).
+    wait_for(
+        "the new epoch on db2's dataset",
+        Duration::from_secs(30),
+        || {
+            let epoch = lab.zfs(&[
+                "get",
+                "-H",
+                "-o",
+                "value",
+                "pgzfs:epoch",
+                lab.get("DB2_DATASET"),
+            ]);
+            (epoch.trim() == "1").then_some(())
+        },
     );
 
     // The old primary host comes back: its PostgreSQL starts as a primary (it still
     // believes it is one) and takes a write nobody else has.
-    let out = lab.as_postgres(&format!(
+    // (Inside db1's namespace: it listens on db1's own address.)
+    let start = format!(
         "{}/pg_ctl -D {} -l {}/db1.log -w start",
         lab.pg_bin(),
         lab.get("DB1_DATA"),
         lab.dir.display()
-    ));
+    );
+    let out = lab
+        .command_in("db1", "runuser")
+        .args(["-u", "postgres", "--", "sh", "-c", &start])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     lab.sql_on("db1", "INSERT INTO probe (note) VALUES ('diverged on db1')");
     // Its CARP comes back as BACKUP: fenced, then rejoined to db2.
@@ -168,7 +178,15 @@ fn the_primary_dies_the_standby_takes_over_and_the_old_primary_rejoins_when_it_r
         1,
         "db1's diverged writes are kept in a stream file"
     );
-    let log = carp_log(&lab, "db1");
+    let log = wait_for(
+        "db1's carp-event BACKUP to finish",
+        Duration::from_secs(60),
+        || {
+            let log = carp_log(&lab, "db1");
+            log.contains("carp-event BACKUP exited").then_some(log)
+        },
+    );
+    assert!(log.contains("carp-event BACKUP exited 0"), "{log}");
     assert!(
         log.contains("fenced db1") && log.contains("rejoined as a standby of db2"),
         "{log}"
@@ -178,10 +196,8 @@ fn the_primary_dies_the_standby_takes_over_and_the_old_primary_rejoins_when_it_r
 #[test]
 fn a_primary_that_comes_back_during_the_checks_prevents_the_promotion() {
     let lab = Lab::up_hosts("cameback", 2, true, false);
-    tune(
-        &lab,
-        "promote_check_attempts = 6\npromote_check_interval = \"1s\"\n",
-    );
+    // Enough checks to span the blip (the dead host costs a 1 s connect timeout each).
+    tune(&lab, 10, "");
     let out = lab.pgzfs_in("db2", &["reset-secondary", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
 

@@ -184,8 +184,16 @@ fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promote
         tracing::warn!("--force: promoting with {lag_bytes} bytes not replayed");
     }
 
-    // An undo point: the standby exactly as it was before it became a primary.
+    // The other nodes' epochs are asked for while PostgreSQL promotes: a dead node costs
+    // a connect timeout, which must not delay the failover, and the epoch should be on
+    // the dataset moments after the server accepts writes.
+    let epoch_lookup = {
+        let (config, local) = (ctx.config.clone(), local.clone());
+        std::thread::spawn(move || next_epoch(&config, &local, &ZfsCli::new(Local)))
+    };
     let zfs = ZfsCli::new(Local);
+
+    // An undo point: the standby exactly as it was before it became a primary.
     let snap = SnapName::parse(&format!(
         "pgzfs-prepromote-{}",
         crate::timestamp::utc_compact(SystemTime::now())
@@ -208,7 +216,9 @@ fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promote
     drop(pg);
     wait_until_writable(local, local.promote_timeout)?;
 
-    let epoch = next_epoch(&ctx.config, local, &zfs)?;
+    let epoch = epoch_lookup
+        .join()
+        .map_err(|_| Error::failed("the epoch lookup panicked"))??;
     zfs.set_dataset_props(
         &local.dataset,
         &[
