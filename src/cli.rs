@@ -92,6 +92,20 @@ pub struct Context {
     pub local: Node,
 }
 
+impl Context {
+    /// Another configured node, named by `flag` (e.g. `--to`): a usage error when it is
+    /// unknown or names this node.
+    pub fn peer(&self, name: &str, flag: &str) -> Result<Node> {
+        let node = self.config.node(name).map_err(|e| e.context(flag))?;
+        if node.name == self.local.name {
+            return Err(crate::error::Error::usage(format!(
+                "{flag} {name} names this node"
+            )));
+        }
+        Ok(node.clone())
+    }
+}
+
 impl Global {
     /// Load the config, pick the local node and start logging to its log file.
     pub fn load(&self) -> Result<Context> {

@@ -161,6 +161,23 @@ pub fn emit(config: &Config, event: Event) {
     }
 }
 
+/// A `failure` event for a command that failed while doing its work. A refusal (exit 3)
+/// or a usage error (exit 2) changed nothing, so it is logged but is no failure event.
+pub fn emit_failure(
+    config: &Config,
+    node: &str,
+    command: &str,
+    error: &Error,
+    other: Option<&str>,
+) {
+    if error.exit_code() == 1 {
+        emit(
+            config,
+            Event::new("failure", node, false, format!("{command}: {error}"), other),
+        );
+    }
+}
+
 fn run_hook(config: &Config, cmd: &Cmd, event: &Event) -> Result<()> {
     // The hook also gets the event as environment variables, with the addresses of the
     // nodes involved, so that hooks like contrib/pgbouncer-repoint need no config parsing.

@@ -123,12 +123,7 @@ fn role(ctx: &Context, pgctl: &PgCtl) -> Result<Role> {
 
 fn on_master(ctx: &Context) -> Result<String> {
     let local = &ctx.local;
-    let pgctl = PgCtl::new(
-        &local.pg_bin,
-        &local.data_dir,
-        &local.pg_log_file,
-        &local.pg_os_user,
-    )?;
+    let pgctl = PgCtl::for_node(local)?;
     match role(ctx, &pgctl)? {
         Role::Primary => Ok(format!("{} already is the primary; nothing to do", local.name)),
         Role::Standby => {
@@ -146,12 +141,7 @@ fn on_master(ctx: &Context) -> Result<String> {
 
 fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
     let local = &ctx.local;
-    let pgctl = PgCtl::new(
-        &local.pg_bin,
-        &local.data_dir,
-        &local.pg_log_file,
-        &local.pg_os_user,
-    )?;
+    let pgctl = PgCtl::for_node(local)?;
     let mut said = Vec::new();
     match role(ctx, &pgctl)? {
         Role::Standby => return Ok(format!("{} is a standby; nothing to do", local.name)),

@@ -36,18 +36,7 @@ impl Follow {
                 Ok(0)
             }
             Err(e) => {
-                if e.exit_code() == 1 {
-                    events::emit(
-                        &ctx.config,
-                        Event::new(
-                            "failure",
-                            &ctx.local.name,
-                            false,
-                            format!("follow: {e}"),
-                            Some(&self.to),
-                        ),
-                    );
-                }
+                events::emit_failure(&ctx.config, &ctx.local.name, "follow", &e, Some(&self.to));
                 Err(e.context("follow"))
             }
         }
@@ -56,16 +45,8 @@ impl Follow {
 
 pub fn follow(ctx: &Context, to: &str) -> Result<String> {
     let local = &ctx.local;
-    let target = ctx.config.node(to).map_err(|e| e.context("--to"))?.clone();
-    if target.name == local.name {
-        return Err(Error::usage("--to names this node"));
-    }
-    let pgctl = PgCtl::new(
-        &local.pg_bin,
-        &local.data_dir,
-        &local.pg_log_file,
-        &local.pg_os_user,
-    )?;
+    let target = ctx.peer(to, "--to")?;
+    let pgctl = PgCtl::for_node(local)?;
     let running = pgctl.is_running();
     if running {
         let mut pg = Pg::connect(&pg_target(local))?;

@@ -108,23 +108,14 @@ pub fn promote(ctx: &Context, force: bool) -> Result<Promoted> {
             ),
         ),
         Ok(_) => {}
-        Err(e) if e.exit_code() == 1 => events::emit(
-            &ctx.config,
-            Event::new("failure", &local.name, false, format!("promote: {e}"), None),
-        ),
-        Err(e) => tracing::warn!("promotion refused: {e}"),
+        Err(e) => events::emit_failure(&ctx.config, &local.name, "promote", e, None),
     }
     result
 }
 
 fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promoted> {
     let local = &ctx.local;
-    let pgctl = PgCtl::new(
-        &local.pg_bin,
-        &local.data_dir,
-        &local.pg_log_file,
-        &local.pg_os_user,
-    )?;
+    let pgctl = PgCtl::for_node(local)?;
     if !pgctl.is_running() {
         return Err(Error::refused(format!(
             "PostgreSQL on {} is not running; only a running standby can be promoted",

@@ -81,16 +81,8 @@ pub fn rejoin(
     discard_diverged: bool,
 ) -> Result<Option<Quarantine>> {
     let local = &ctx.local;
-    let target = ctx.config.node(to).map_err(|e| e.context("--to"))?.clone();
-    if target.name == local.name {
-        return Err(Error::usage("--to names this node"));
-    }
-    let pgctl = PgCtl::new(
-        &local.pg_bin,
-        &local.data_dir,
-        &local.pg_log_file,
-        &local.pg_os_user,
-    )?;
+    let target = ctx.peer(to, "--to")?;
+    let pgctl = PgCtl::for_node(local)?;
     if pgctl.is_running() {
         let writable = Pg::connect(&pg_target(local)).and_then(|mut pg| pg.is_writable());
         if !matches!(writable, Ok(false)) {

@@ -128,19 +128,13 @@ pub fn report(
             Ok(0)
         }
         Err(e) => {
-            // A refusal changed nothing: only real failures are failure events.
-            if e.exit_code() == 1 {
-                events::emit(
-                    &ctx.config,
-                    Event::new(
-                        "failure",
-                        &ctx.local.name,
-                        false,
-                        format!("{command}: {e}"),
-                        args.from.as_deref(),
-                    ),
-                );
-            }
+            events::emit_failure(
+                &ctx.config,
+                &ctx.local.name,
+                &command,
+                &e,
+                args.from.as_deref(),
+            );
             Err(e.context(command))
         }
     }
@@ -241,12 +235,7 @@ impl Reseed<'_> {
                 .map_err(|e| e.context("--from"))?;
         }
         let local_zfs = ZfsCli::new(Local);
-        let pgctl = PgCtl::new(
-            &local.pg_bin,
-            &local.data_dir,
-            &local.pg_log_file,
-            &local.pg_os_user,
-        )?;
+        let pgctl = PgCtl::for_node(&local)?;
 
         // 1. Preflight: every refusal happens here, before anything changes.
         let (state, source, mut primary, remote_zfs, remote_snaps, local_snaps) = steps.run("preflight", || {

@@ -91,18 +91,13 @@ impl Switchover {
                 )
             }
             Err(e) => {
-                if e.exit_code() == 1 {
-                    events::emit(
-                        &ctx.config,
-                        Event::new(
-                            "failure",
-                            &ctx.local.name,
-                            false,
-                            format!("switchover: {e}"),
-                            Some(&self.to),
-                        ),
-                    );
-                }
+                events::emit_failure(
+                    &ctx.config,
+                    &ctx.local.name,
+                    "switchover",
+                    &e,
+                    Some(&self.to),
+                );
                 Err(e.context("switchover"))
             }
         }
@@ -112,16 +107,8 @@ impl Switchover {
 fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
     let started = Instant::now();
     let local = &ctx.local;
-    let target = ctx.config.node(to).map_err(|e| e.context("--to"))?.clone();
-    if target.name == local.name {
-        return Err(Error::usage("--to names this node"));
-    }
-    let pgctl = PgCtl::new(
-        &local.pg_bin,
-        &local.data_dir,
-        &local.pg_log_file,
-        &local.pg_os_user,
-    )?;
+    let target = ctx.peer(to, "--to")?;
+    let pgctl = PgCtl::for_node(local)?;
     let mut pg = Pg::connect(&pg_target(local))?;
     if !pg.is_writable()? {
         return Err(Error::refused(format!(

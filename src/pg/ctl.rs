@@ -23,6 +23,16 @@ impl PgCtl {
         })
     }
 
+    /// pg_ctl for a configured node's data directory, as its PostgreSQL OS user.
+    pub fn for_node(node: &crate::config::Node) -> Result<PgCtl> {
+        PgCtl::new(
+            &node.pg_bin,
+            &node.data_dir,
+            &node.pg_log_file,
+            &node.pg_os_user,
+        )
+    }
+
     fn program(&self, name: &str) -> Result<String> {
         let path = self.bin.join(name);
         if !path.exists() {
