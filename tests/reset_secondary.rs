@@ -167,6 +167,52 @@ fn a_standby_that_wrote_its_own_files_is_rolled_back_by_the_incremental_reseed()
 }
 
 #[test]
+fn the_standby_keeps_only_keep_common_snapshots_and_never_its_held_base() {
+    let lab = Lab::up("keepcommon");
+    let config = common::file_text(&lab.config()).replacen(
+        "[defaults]\n",
+        "[defaults]\nkeep_common = 2\n",
+        1,
+    );
+    lab.write_config(&config);
+    let mut last = serde_json::Value::Null;
+    for round in 0..4 {
+        lab.sql(
+            "db1",
+            &format!("UPDATE pgbench_accounts SET abalance = {round} WHERE aid < 50"),
+        );
+        last = lab.reset_secondary("db2");
+    }
+    let standby: Vec<String> = lab
+        .snapshots(&lab.dataset("db2"))
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(standby.len(), 2, "keep_common = 2: {standby:?}");
+    let newest =
+        last["snapshot"]
+            .as_str()
+            .unwrap()
+            .replacen(&lab.dataset("db1"), &lab.dataset("db2"), 1);
+    assert_eq!(standby.last(), Some(&newest), "the newest is the held base");
+    assert_eq!(
+        lab.zfs(&["get", "-H", "-o", "value", "userrefs", &newest])
+            .trim(),
+        "1"
+    );
+    // The primary keeps its snapshots (retention there is the daemon's job), and only the
+    // newest common base stays held.
+    let primary = lab.snapshots(&lab.dataset("db1"));
+    assert_eq!(primary.len(), 4);
+    let held: Vec<_> = primary
+        .iter()
+        .filter(|(n, _)| lab.zfs(&["get", "-H", "-o", "value", "userrefs", n]).trim() != "0")
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    lab.assert_streaming("db2");
+}
+
+#[test]
 fn reset_secondary_on_the_primary_is_refused_and_the_primary_is_untouched() {
     let lab = Lab::up("onprimary");
     let before = lab.snapshots(&lab.dataset("db1"));
