@@ -213,6 +213,68 @@ fn the_standby_keeps_only_keep_common_snapshots_and_never_its_held_base() {
 }
 
 #[test]
+fn a_copy_left_unconfigured_by_an_interrupted_run_is_reseeded_but_a_former_primary_is_not() {
+    let lab = Lab::up("unfinished");
+    let first = lab.reset_secondary("db2");
+    // Put db2 back into the state an interruption right after the receive leaves: the
+    // dataset at the received snapshot, a copy of a running primary, PostgreSQL stopped.
+    let out = lab.as_postgres(&format!(
+        "{}/pg_ctl -D {} -m fast -w stop",
+        lab.pg_bin(),
+        lab.data_dir("db2").display()
+    ));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let received =
+        first["snapshot"]
+            .as_str()
+            .unwrap()
+            .replacen(&lab.dataset("db1"), &lab.dataset("db2"), 1);
+    // (zfs-fuse answers "I/O error" or "busy" for a moment after an unmount.)
+    for args in [
+        vec!["unmount", &lab.dataset("db2")],
+        vec!["rollback", &received],
+        vec!["mount", &lab.dataset("db2")],
+    ] {
+        let ok = (0..20).any(|_| {
+            let done = std::process::Command::new("zfs")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success();
+            if !done {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            done
+        });
+        assert!(ok, "zfs {args:?} kept failing");
+    }
+    let marker = lab.data_dir("db2").join("pgzfs.received-not-configured");
+
+    // Without pgzfs's marker this looks like a former primary: refused, nothing changed.
+    let out = lab.pgzfs("db2", &["reset-secondary", "--yes"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("rejoin"),
+        "points to rejoin: {}",
+        stderr_of(&out)
+    );
+
+    // With it (as the interrupted run left it), the rerun finishes the job.
+    std::fs::write(
+        &marker,
+        "received by pgzfs reset-secondary, not yet a standby\n",
+    )
+    .unwrap();
+    let rerun = lab.reset_secondary("db2");
+    assert_eq!(rerun["mode"], "incremental");
+    assert!(
+        !marker.exists(),
+        "the marker goes once the copy is a standby"
+    );
+    lab.assert_streaming("db2");
+}
+
+#[test]
 fn reset_secondary_on_the_primary_is_refused_and_the_primary_is_untouched() {
     let lab = Lab::up("onprimary");
     let before = lab.snapshots(&lab.dataset("db1"));

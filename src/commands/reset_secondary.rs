@@ -16,11 +16,10 @@ use crate::cluster::{find_primary, pg_target, ssh_target, standby_setup};
 use crate::config::Node;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
-use crate::exec::Local;
 use crate::lock::LocalLock;
 use crate::pg::control::{self, ControlData};
 use crate::pg::ctl::PgCtl;
-use crate::pg::standby::make_standby;
+use crate::pg::standby::{make_standby, RECEIVED_NOT_CONFIGURED};
 use crate::pg::{Pg, RESEED_LOCK};
 use crate::progress::{human_bytes, Progress};
 use crate::replicate::{plan, Plan, PlanInput};
@@ -28,6 +27,7 @@ use crate::ssh::SshHost;
 use crate::steps::{round, Steps};
 use crate::transfer::{self, Interrupt};
 use crate::zfs::cli::ZfsCli;
+use crate::zfs::features::SendOptions;
 use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName};
 use crate::zfs::{Snapshot, Zfs};
 
@@ -234,12 +234,14 @@ impl Reseed<'_> {
                 .node(from)
                 .map_err(|e| e.context("--from"))?;
         }
-        let local_zfs = ZfsCli::new(Local);
+        // zfs(8), or libzfs_core where it is compiled in and /dev/zfs opens (zfs_backend).
+        let local_backend = crate::zfs::local_backend(&local)?;
+        let local_zfs: &dyn Zfs = &*local_backend;
         let pgctl = PgCtl::for_node(&local)?;
 
         // 1. Preflight: every refusal happens here, before anything changes.
         let (state, source, mut primary, remote_zfs, remote_snaps, local_snaps) = steps.run("preflight", || {
-            let state = self.inspect_local(&local, &local_zfs, &pgctl)?;
+            let state = self.inspect_local(&local, local_zfs, &pgctl)?;
             let (source, mut primary) = find_primary(&self.ctx.config, &local, self.args.from.as_deref())?;
             self.check_compatible(&local, &state, &pgctl, &mut primary)?;
             let ssh = SshHost::connect(&ssh_target(&local, &source))?;
@@ -354,7 +356,7 @@ impl Reseed<'_> {
         let moved = steps.run("send/receive", || {
             self.receive(
                 &local,
-                &local_zfs,
+                local_zfs,
                 &remote_zfs,
                 &the_plan,
                 state.dataset_exists,
@@ -409,7 +411,7 @@ impl Reseed<'_> {
         steps.run("holds", || {
             protect_new_base(
                 &local,
-                &local_zfs,
+                local_zfs,
                 &remote_zfs,
                 &source.dataset,
                 &snapshot_name,
@@ -484,7 +486,18 @@ impl Reseed<'_> {
                 }
             }
         } else if let Some(c) = control {
-            if c.state.was_primary() && !self.args.full && self.caller != Caller::Rejoin {
+            let unfinished_reseed = local.data_dir.join(RECEIVED_NOT_CONFIGURED).exists();
+            if unfinished_reseed {
+                tracing::info!(
+                    "{} holds a received copy that an interrupted run did not finish configuring",
+                    local.data_dir.display()
+                );
+            }
+            if c.state.was_primary()
+                && !unfinished_reseed
+                && !self.args.full
+                && self.caller != Caller::Rejoin
+            {
                 return Err(Error::refused(format!(
                     "the data directory {} was last used by a primary (state {:?}); re-seeding it would discard writes \
                      that may exist nowhere else. Use `pgzfs rejoin` to keep them, or --full to rename the dataset aside",
@@ -592,10 +605,20 @@ impl Reseed<'_> {
                 local_zfs.destroy_snapshot(&dataset.snapshot(snap))?;
                 tracing::info!("destroyed {dataset}@{snap}, newer than the common base");
             }
+            // -L -e -c (or -w for an encrypted dataset) where both ends have them; plain
+            // sends on zfs-fuse.
+            let options = SendOptions::choose(
+                &remote_zfs.features_for(&plan.source_dataset)?,
+                &local_zfs.features_for(dataset).unwrap_or_default(),
+                remote_zfs.is_encrypted(&plan.source_dataset)?,
+            );
             let mut attempt = 1;
             loop {
-                let source =
-                    remote_zfs.send(&plan.source_snapshot(), plan.base_snapshot().as_ref())?;
+                let source = remote_zfs.send_with(
+                    &plan.source_snapshot(),
+                    plan.base_snapshot().as_ref(),
+                    &options,
+                )?;
                 let sink = local_zfs.receive(dataset, plan.is_incremental())?;
                 let progress = Progress::new(estimate);
                 let moved = transfer::copy(source, sink, &progress, &self.interrupt);
@@ -640,6 +663,17 @@ impl Reseed<'_> {
         for leftover in ["postmaster.pid", "postmaster.opts"] {
             let _ = std::fs::remove_file(local.data_dir.join(leftover));
         }
+        // Until make_standby is done, this copy of a primary must not count as one.
+        std::fs::write(
+            local.data_dir.join(RECEIVED_NOT_CONFIGURED),
+            "received by pgzfs reset-secondary, not yet a standby\n",
+        )
+        .map_err(|e| {
+            Error::failed(format!(
+                "cannot mark {} as received: {e}",
+                local.data_dir.display()
+            ))
+        })?;
         if !local.data_dir.starts_with(&wanted) {
             return Err(Error::usage(format!(
                 "data_dir {} is not below the dataset's mountpoint {}",
@@ -756,6 +790,17 @@ fn protect_new_base(
     let local_new = local.dataset.snapshot(snap);
     let remote_new = source_dataset.snapshot(snap);
     remote_zfs.hold(&tag, &remote_new)?;
+    // A bookmark keeps the incremental chain usable even if retention later destroys the
+    // snapshot on the primary (where the ZFS has bookmarks; zfs-fuse has not).
+    if remote_zfs
+        .features_for(source_dataset)
+        .map(|f| f.bookmarks)
+        .unwrap_or(false)
+    {
+        if let Err(e) = remote_zfs.bookmark(&remote_new) {
+            tracing::warn!("could not bookmark {remote_new}: {e}");
+        }
+    }
     local_zfs.hold(&tag, &local_new)?;
     for (zfs, dataset, keep) in [
         (remote_zfs, source_dataset, &remote_new),

@@ -29,6 +29,12 @@ pub struct StandbySetup {
     pub spcmapfile: String,
 }
 
+/// Written into a data directory right after a receive and removed once the copy is a
+/// standby: a copy of a running primary looks exactly like a primary (its control file
+/// says "in production"), and this marker is what tells an unfinished re-seed apart from a
+/// former primary whose writes must not be overwritten.
+pub const RECEIVED_NOT_CONFIGURED: &str = "pgzfs.received-not-configured";
+
 /// Settings that only make sense on a standby; stripped from every copied auto.conf.
 const STANDBY_KEYS: [&str; 3] = [
     "primary_conninfo",
@@ -236,7 +242,8 @@ pub fn make_standby(data_dir: &Path, setup: &StandbySetup) -> Result<()> {
     } else {
         writer.write(&data_dir.join("recovery.conf"), &recovery_conf(setup))?;
     }
-    Ok(())
+    // Last: from here on the directory is a standby's.
+    remove_if_present(&data_dir.join(RECEIVED_NOT_CONFIGURED))
 }
 
 #[cfg(test)]
