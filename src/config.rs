@@ -149,6 +149,8 @@ pub struct Node {
     pub promote_timeout: Duration,
     /// carp-event BACKUP on a primary: fence only, or fence and rejoin the new primary.
     pub on_backup: OnBackup,
+    /// How a primary is fenced: stopped, or kept running read-only with its sessions ended.
+    pub fence_mode: FenceMode,
     /// rejoin: where the diverged writes of a former primary are kept as a stream file.
     pub quarantine_dir: PathBuf,
     /// switchover: the target may be at most this many bytes behind.
@@ -180,6 +182,15 @@ pub const EVENT_NAMES: [&str; 8] = [
     "failure",
     "daemon",
 ];
+
+/// How a primary that must stop taking writes is fenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceMode {
+    /// Stop PostgreSQL: the hard fence, and the default.
+    Stop,
+    /// Keep serving reads: default_transaction_read_only = on, reload, end client sessions.
+    ReadOnly,
+}
 
 /// What a primary does when its CARP address goes to another node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,6 +446,7 @@ per_node_settings! {
     max_lag_on_failover: i64,
     promote_timeout: String,
     on_backup: String,
+    fence_mode: String,
     quarantine_dir: String,
     switchover_max_lag: i64,
     carp_move_command: String,
@@ -479,6 +491,7 @@ struct Settings {
     max_lag_on_failover: Option<u64>,
     promote_timeout: Option<Duration>,
     on_backup: Option<OnBackup>,
+    fence_mode: Option<FenceMode>,
     quarantine_dir: Option<PathBuf>,
     switchover_max_lag: Option<u64>,
     carp_move_command: Option<String>,
@@ -525,6 +538,7 @@ impl Settings {
             max_lag_on_failover: self.max_lag_on_failover.or(base.max_lag_on_failover),
             promote_timeout: self.promote_timeout.or(base.promote_timeout),
             on_backup: self.on_backup.or(base.on_backup),
+            fence_mode: self.fence_mode.or(base.fence_mode),
             quarantine_dir: self.quarantine_dir.or_else(|| base.quarantine_dir.clone()),
             switchover_max_lag: self.switchover_max_lag.or(base.switchover_max_lag),
             carp_move_command: self
@@ -673,6 +687,16 @@ fn check_settings(
         promote_check_interval: duration("promote_check_interval", raw.promote_check_interval)?,
         max_lag_on_failover: byte_count("max_lag_on_failover", raw.max_lag_on_failover, section)?,
         promote_timeout: duration("promote_timeout", raw.promote_timeout)?,
+        fence_mode: raw
+            .fence_mode
+            .map(|v| match v.as_str() {
+                "stop" => Ok(FenceMode::Stop),
+                "read-only" => Ok(FenceMode::ReadOnly),
+                _ => Err(at("fence_mode")(format!(
+                    "{v:?} must be \"stop\" or \"read-only\""
+                ))),
+            })
+            .transpose()?,
         on_backup: raw
             .on_backup
             .map(|v| match v.as_str() {
@@ -927,6 +951,7 @@ fn complete_node(
         max_lag_on_failover: settings.max_lag_on_failover.unwrap_or(1 << 20),
         promote_timeout: settings.promote_timeout.unwrap_or(Duration::from_secs(60)),
         on_backup: settings.on_backup.unwrap_or(OnBackup::Fence),
+        fence_mode: settings.fence_mode.unwrap_or(FenceMode::Stop),
         quarantine_dir: settings
             .quarantine_dir
             .unwrap_or_else(|| PathBuf::from("/var/db/pgzfs/quarantine")),
@@ -1227,6 +1252,7 @@ host = "db1.example.net"
     #[test]
     fn bad_failover_settings_are_refused_by_name() {
         assert!(refusal(&minimal_with_node_lines("on_backup = \"promote\"")).contains("on_backup"));
+        assert!(refusal(&minimal_with_node_lines("fence_mode = \"reboot\"")).contains("fence_mode"));
         assert!(
             refusal(&minimal_with_node_lines("promote_check_attempts = 0"))
                 .contains("promote_check_attempts")

@@ -441,3 +441,74 @@ fn switchover_round_trip_loses_nothing_and_the_third_node_follows() {
         lab.dir.display()
     ));
 }
+
+#[test]
+fn a_primary_fenced_read_only_keeps_serving_reads_and_then_rejoins() {
+    let lab = ha_lab("readonly");
+    let config = file_text(&lab.config()).replacen(
+        "[defaults]\n",
+        "[defaults]\nfence_mode = \"read-only\"\n",
+        1,
+    );
+    lab.write_config(&config);
+    lab.reset_secondary("db2");
+    lab.sql("db1", "CREATE TABLE t (x int)");
+    // An application session that is open when the fence comes down.
+    let password = file_text(std::path::Path::new(lab.get("PGPASSFILE")))
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut app = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(lab.get("DB1_PORT").parse().unwrap())
+        .user("replicator")
+        .password(password)
+        .dbname("postgres")
+        .connect(postgres::NoTls)
+        .unwrap();
+    app.simple_query("SELECT 1").unwrap();
+
+    let out = lab.pgzfs("db1", &["carp-event", "BACKUP"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("read-only"));
+    assert!(
+        app.simple_query("SELECT 1").is_err(),
+        "the open session was ended"
+    );
+    assert_eq!(
+        lab.sql("db1", "SELECT count(*) FROM t"),
+        "0",
+        "reads still work"
+    );
+    assert!(
+        lab.try_sql("db1", "INSERT INTO t VALUES (1)").is_err(),
+        "writes are refused"
+    );
+    // Fencing again changes nothing; MASTER is refused for a fenced primary.
+    assert_eq!(
+        lab.pgzfs("db1", &["carp-event", "BACKUP"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        lab.pgzfs("db1", &["carp-event", "MASTER"]).status.code(),
+        Some(3)
+    );
+
+    // The standby may take over: a read-only primary is no writable primary.
+    let out = lab.pgzfs("db2", &["carp-event", "MASTER"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let out = lab.pgzfs("db1", &["rejoin", "--to", "db2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(lab.sql("db1", "SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(
+        lab.sql(
+            "db2",
+            "SELECT state FROM pg_stat_replication WHERE application_name = 'db1'"
+        ),
+        "streaming"
+    );
+}

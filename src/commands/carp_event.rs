@@ -12,12 +12,13 @@ use crate::cluster::{find_primary, pg_target};
 use crate::commands::promote::{local_epoch, promote};
 use crate::commands::rejoin::rejoin;
 use crate::commands::reset_secondary::{self, Caller, ResetSecondary};
-use crate::config::OnBackup;
+use crate::config::{FenceMode, OnBackup};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::lock::LocalLock;
 use crate::pg::control;
 use crate::pg::ctl::PgCtl;
+use crate::pg::standby::set_auto_conf;
 use crate::pg::Pg;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,6 +49,8 @@ pub struct CarpEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Primary,
+    /// Running, not in recovery, but refusing writes: fenced read-only earlier.
+    FencedPrimary,
     Standby,
     /// Not running; `was_primary` from its control file.
     Stopped {
@@ -100,9 +103,12 @@ fn role(ctx: &Context, pgctl: &PgCtl) -> Result<Role> {
             control::read_control(&ctx.local.data_dir)?.is_some_and(|c| c.state.was_primary());
         return Ok(Role::Stopped { was_primary });
     }
-    match Pg::connect(&pg_target(&ctx.local)).and_then(|mut pg| pg.is_in_recovery()) {
-        Ok(true) => Ok(Role::Standby),
-        Ok(false) => Ok(Role::Primary),
+    let asked = Pg::connect(&pg_target(&ctx.local))
+        .and_then(|mut pg| Ok((pg.is_in_recovery()?, pg.is_writable()?)));
+    match asked {
+        Ok((true, _)) => Ok(Role::Standby),
+        Ok((false, true)) => Ok(Role::Primary),
+        Ok((false, false)) => Ok(Role::FencedPrimary),
         // Running but not answering: its control file decides, erring towards "primary"
         // so that BACKUP fences it.
         Err(e) => {
@@ -130,6 +136,10 @@ fn on_master(ctx: &Context) -> Result<String> {
             let done = promote(ctx, false)?;
             Ok(format!("promoted {} (epoch {})", local.name, done.epoch.unwrap_or_default()))
         }
+        Role::FencedPrimary => Err(Error::refused(format!(
+            "{} is a primary fenced read-only; it does not take writes again. Rejoin it with `pgzfs rejoin`",
+            local.name
+        ))),
         Role::Stopped { was_primary: true } => Err(Error::refused(format!(
             "{} holds a fenced former primary (epoch {}); it is not started as a primary again. Rejoin it with `pgzfs rejoin`",
             local.name,
@@ -153,19 +163,23 @@ fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
         }
         Role::Primary => {
             // Another node holds the address now: stop taking writes at once.
-            let how = pgctl.stop(local.stop_timeout)?;
-            said.push(format!("fenced {} (PostgreSQL stopped, {how})", local.name));
+            let how = fence(ctx, &pgctl)?;
+            said.push(format!("fenced {} ({how})", local.name));
             events::emit(
                 &ctx.config,
                 Event::new(
                     "fence",
                     &local.name,
                     true,
-                    "CARP BACKUP: PostgreSQL stopped",
+                    format!("CARP BACKUP: {how}"),
                     None,
                 ),
             );
         }
+        Role::FencedPrimary => said.push(format!(
+            "{} is a primary fenced read-only already",
+            local.name
+        )),
         Role::Stopped { was_primary: true } => {
             said.push(format!("{} is a fenced former primary", local.name))
         }
@@ -185,6 +199,50 @@ fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
         said.push(format!("rejoined as a standby of {new_primary}"));
     }
     Ok(said.join("; "))
+}
+
+/// Make this primary stop taking writes, the way `fence_mode` says.
+fn fence(ctx: &Context, pgctl: &PgCtl) -> Result<String> {
+    let local = &ctx.local;
+    match local.fence_mode {
+        FenceMode::Stop => Ok(format!(
+            "PostgreSQL stopped, {}",
+            pgctl.stop(local.stop_timeout)?
+        )),
+        FenceMode::ReadOnly => {
+            // New transactions start read-only after the reload; sessions that began
+            // earlier are ended so none keeps writing. (A session could still SET
+            // transaction_read_only = off: "stop" is the hard fence.)
+            set_auto_conf(
+                &local.data_dir,
+                "default_transaction_read_only",
+                "on",
+                "fenced read-only by carp-event",
+            )?;
+            pgctl.reload()?;
+            let mut pg = Pg::connect(&pg_target(local))?;
+            let pids = pg.client_backend_pids()?;
+            for pid in &pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            drop(pg);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Pg::connect(&pg_target(local))
+                .and_then(|mut pg| pg.is_writable())
+                .unwrap_or(true)
+            {
+                if Instant::now() >= deadline {
+                    pgctl.stop(local.stop_timeout)?;
+                    return Ok("read-only did not take effect; PostgreSQL stopped instead".into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(format!("read-only, {} client sessions ended", pids.len()))
+        }
+    }
 }
 
 /// The one other node that is a writable primary, once it is reachable.

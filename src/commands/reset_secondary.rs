@@ -464,7 +464,10 @@ impl Reseed<'_> {
         let running = pgctl.is_running();
         if running {
             let target = pg_target(local);
-            match Pg::connect(&target).and_then(|mut pg| pg.is_in_recovery()) {
+            let asked = Pg::connect(&target)
+                .and_then(|mut pg| Ok((pg.is_in_recovery()?, pg.is_writable()?)));
+            match asked.map(|(in_recovery, writable)| in_recovery || (!writable && self.caller == Caller::Rejoin)) {
+                // (A primary fenced read-only may be rejoined: its diverged writes are kept.)
                 Ok(false) => {
                     return Err(Error::refused(format!(
                         "PostgreSQL on this node ({}) is running as a primary (not in recovery); refusing to reset it. \

@@ -514,3 +514,15 @@ impl Pg {
             .get(0))
     }
 }
+
+impl Pg {
+    /// PIDs of the other client sessions (visible with pg_monitor), for ending them when
+    /// the server is fenced read-only.
+    pub fn client_backend_pids(&mut self) -> Result<Vec<i32>> {
+        let rows = self
+            .client
+            .query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()", &[])
+            .map_err(|e| Error::failed(format!("{}: {}", self.target.describe(), describe_pg_error(&e))))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}

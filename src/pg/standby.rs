@@ -169,6 +169,26 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// Set one setting in postgresql.auto.conf (replacing any earlier value), keeping the
+/// file's owner. For fencing a primary read-only without a superuser connection.
+pub fn set_auto_conf(data_dir: &Path, key: &str, value: &str, why: &str) -> Result<()> {
+    let meta = std::fs::metadata(data_dir)
+        .map_err(|e| Error::failed(format!("cannot read {}: {e}", data_dir.display())))?;
+    let writer = Writer {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    let auto_conf = data_dir.join("postgresql.auto.conf");
+    let existing = std::fs::read_to_string(&auto_conf).unwrap_or_default();
+    let mut text: String = existing
+        .lines()
+        .filter(|line| setting_key(line).as_deref() != Some(key))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    text.push_str(&format!("{key} = {} # pgzfs: {why}\n", guc_quote(value)));
+    writer.write(&auto_conf, &text)
+}
+
 /// Point an existing standby at a (new) primary: rewrite only its standby configuration.
 pub fn repoint_standby(data_dir: &Path, setup: &StandbySetup) -> Result<()> {
     let meta = std::fs::metadata(data_dir)
