@@ -169,10 +169,14 @@ fn a_standby_that_wrote_its_own_files_is_rolled_back_by_the_incremental_reseed()
 #[test]
 fn the_standby_keeps_only_keep_common_snapshots_and_never_its_held_base() {
     let lab = Lab::up("keepcommon");
-    let config = common::file_text(&lab.config()).replacen(
-        "[defaults]\n",
-        "[defaults]\nkeep_common = 2\n",
-        1,
+    // Also: no `mountpoint` for db2, as in the README's config shape. The new copy is
+    // mounted so that PGDATA sits where the primary keeps it inside its dataset.
+    let config = common::file_text(&lab.config())
+        .replacen("[defaults]\n", "[defaults]\nkeep_common = 2\n", 1)
+        .replace(&format!("mountpoint = \"{}/db2\"\n", lab.dir.display()), "");
+    assert!(
+        !config.contains("/db2\"\npg_port"),
+        "db2's mountpoint line is gone"
     );
     lab.write_config(&config);
     let mut last = serde_json::Value::Null;
@@ -183,6 +187,15 @@ fn the_standby_keeps_only_keep_common_snapshots_and_never_its_held_base() {
         );
         last = lab.reset_secondary("db2");
     }
+    let mountpoint = lab.zfs(&[
+        "get",
+        "-H",
+        "-o",
+        "value",
+        "mountpoint",
+        &lab.dataset("db2"),
+    ]);
+    assert_eq!(mountpoint.trim(), format!("{}/db2", lab.dir.display()));
     let standby: Vec<String> = lab
         .snapshots(&lab.dataset("db2"))
         .into_iter()

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
@@ -356,6 +357,7 @@ impl Reseed<'_> {
         let moved = steps.run("send/receive", || {
             self.receive(
                 &local,
+                &source,
                 local_zfs,
                 &remote_zfs,
                 &the_plan,
@@ -399,6 +401,7 @@ impl Reseed<'_> {
             let mut setup = standby_setup(&self.ctx.config, &local, &source, primary.major());
             setup.labelfile = stop.labelfile.clone();
             setup.spcmapfile = stop.spcmapfile.clone();
+            warn_if_walreceiver_cannot_read(setup.passfile.as_deref(), &local.pg_os_user);
             make_standby(&local.data_dir, &setup)
         })?;
 
@@ -575,9 +578,11 @@ impl Reseed<'_> {
 
     /// Stop using the old data, receive the new, and leave the dataset mounted at its
     /// mountpoint. On failure the dataset is left at its last good state, mounted.
+    #[allow(clippy::too_many_arguments)]
     fn receive(
         &self,
         local: &Node,
+        source: &Node,
         local_zfs: &dyn Zfs,
         remote_zfs: &dyn Zfs,
         plan: &Plan,
@@ -653,10 +658,15 @@ impl Reseed<'_> {
             }
             return result;
         }
+        let same_layout_as_source = || {
+            let source_mountpoint = remote_zfs.mountpoint(&source.dataset).ok().flatten()?;
+            mountpoint_for(&local.data_dir, &source.data_dir, &source_mountpoint)
+        };
         let wanted = local
             .mountpoint
             .clone()
             .or(old_mountpoint)
+            .or_else(same_layout_as_source)
             .unwrap_or_else(|| local.data_dir.clone());
         if local_zfs.mountpoint(dataset)?.as_deref() != Some(wanted.as_path()) {
             local_zfs.set_mountpoint(dataset, &wanted)?;
@@ -754,6 +764,48 @@ fn wait_for_advisory_lock(
     }
 }
 
+/// Where to mount a brand-new copy so that PGDATA lands on `local_data_dir`: the data
+/// directory sits at the same place inside the dataset as on the source (the dataset
+/// root, or a subdirectory such as `data15`).
+fn mountpoint_for(
+    local_data_dir: &Path,
+    source_data_dir: &Path,
+    source_mountpoint: &Path,
+) -> Option<PathBuf> {
+    let inside = source_data_dir.strip_prefix(source_mountpoint).ok()?;
+    if inside.as_os_str().is_empty() {
+        return Some(local_data_dir.to_path_buf());
+    }
+    let mut mountpoint = local_data_dir.to_path_buf();
+    for component in inside.components().rev() {
+        if mountpoint.file_name() != Some(component.as_os_str()) {
+            return None;
+        }
+        mountpoint.pop();
+    }
+    Some(mountpoint)
+}
+
+/// The standby's WAL receiver reads the password file as the PostgreSQL user, not as
+/// the root that runs pgzfs: say so before streaming fails to authenticate for no visible
+/// reason.
+fn warn_if_walreceiver_cannot_read(passfile: Option<&Path>, os_user: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(passfile), Ok(Some(user))) = (passfile, nix::unistd::User::from_name(os_user)) else {
+        return;
+    };
+    if let Ok(meta) = std::fs::metadata(passfile) {
+        if meta.uid() != user.uid.as_raw() {
+            tracing::warn!(
+                "{} belongs to uid {}, not to {os_user}: the standby's WAL receiver (running as {os_user}) \
+                 cannot read it if it is mode 0600; give {os_user} its own copy or set pg_passfile",
+                passfile.display(),
+                meta.uid()
+            );
+        }
+    }
+}
+
 /// How often a receive that failed for a passing reason is tried.
 const RECEIVE_ATTEMPTS: u32 = 3;
 
@@ -842,6 +894,38 @@ fn protect_new_base(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_copy_is_mounted_so_that_pgdata_sits_where_the_source_keeps_it() {
+        let p = |s: &str| PathBuf::from(s);
+        // PGDATA at the dataset root on the source: mount the copy at data_dir.
+        assert_eq!(
+            mountpoint_for(&p("/db/b"), &p("/db/a"), &p("/db/a")),
+            Some(p("/db/b"))
+        );
+        // PGDATA in a subdirectory: mount one level up.
+        assert_eq!(
+            mountpoint_for(
+                &p("/var/db/postgres/data15"),
+                &p("/var/db/postgres/data15"),
+                &p("/var/db/postgres")
+            ),
+            Some(p("/var/db/postgres"))
+        );
+        assert_eq!(
+            mountpoint_for(&p("/lab/db2/data"), &p("/lab/db1/data"), &p("/lab/db1")),
+            Some(p("/lab/db2"))
+        );
+        // Layouts that do not match: no guess.
+        assert_eq!(
+            mountpoint_for(&p("/lab/db2/pgdata"), &p("/lab/db1/data"), &p("/lab/db1")),
+            None
+        );
+        assert_eq!(
+            mountpoint_for(&p("/x"), &p("/elsewhere"), &p("/lab/db1")),
+            None
+        );
+    }
 
     #[test]
     fn only_a_receivers_passing_trouble_is_retried() {
