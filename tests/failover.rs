@@ -240,3 +240,131 @@ fn a_primary_that_comes_back_during_the_checks_prevents_the_promotion() {
         (lab.vip_holder().as_deref() == Some("db1")).then_some(())
     });
 }
+
+/// An application in the client namespace committing one row at a time through
+/// PgBouncer; returns the ids it saw committed and how many attempts failed.
+fn client_through_pgbouncer(
+    lab: &Lab,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<i64>, usize)> {
+    let (ns, addr, port) = (
+        lab.netns("client"),
+        lab.addr("client"),
+        lab.get("PGBOUNCER_PORT").to_string(),
+    );
+    let pgpass = lab.get("PGPASSFILE").to_string();
+    std::thread::spawn(move || {
+        let (mut committed, mut failures) = (Vec::new(), 0);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{ns}"))
+                .args([
+                    "--", "psql", "-X", "-At", "-h", &addr, "-p", &port, "-U", "app", "-d",
+                    "postgres",
+                ])
+                .args([
+                    "-c",
+                    "INSERT INTO ledger (note) VALUES ('client') RETURNING id",
+                ])
+                .env("PGPASSFILE", &pgpass)
+                .env("PGCONNECT_TIMEOUT", "2")
+                .output()
+                .unwrap();
+            match String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .and_then(|l| l.trim().parse().ok())
+            {
+                Some(id) if out.status.success() => committed.push(id),
+                _ => {
+                    failures += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        (committed, failures)
+    })
+}
+
+#[test]
+fn a_switchover_round_trip_through_pgbouncer_loses_no_committed_transaction_and_the_third_host_follows(
+) {
+    let lab = Lab::up_hosts("switchover", 3, false, true);
+    let hook = format!(
+        "{}/contrib/pgbouncer-repoint --databases-file {} --admin-host {} --admin-port {} --admin-user postgres",
+        common::repo().display(),
+        lab.get("PGBOUNCER_DATABASES"),
+        lab.get("PGBOUNCER_SOCK"),
+        lab.get("PGBOUNCER_PORT")
+    );
+    tune(
+        &lab,
+        3,
+        &format!("pgzfs_bin = \"{}\"\n", common::pgzfs_bin().display()),
+    );
+    lab.write_config(&format!(
+        "{}\n[events]\ncommand = \"{hook}\"\nonly = [\"promote\", \"switchover\"]\n",
+        file_text(&lab.config())
+    ));
+    for standby in ["db2", "db3"] {
+        let out = lab.pgzfs_in(standby, &["reset-secondary", "--yes"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    }
+    lab.sql_on(
+        "db1",
+        "CREATE TABLE ledger (id serial PRIMARY KEY, note text); ALTER TABLE ledger OWNER TO app",
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = client_through_pgbouncer(&lab, stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+
+    for (from, to) in [("db1", "db2"), ("db2", "db1")] {
+        let out = lab.pgzfs_in(from, &["switchover", "--to", to, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!(
+            "SWITCHOVER {from} -> {to}: writes unavailable for {}s, total {}s",
+            done["write_unavailable_seconds"], done["total_seconds"]
+        );
+        assert_eq!(done["old_primary_rejoined"], true);
+        assert_eq!(
+            done["followed"],
+            serde_json::json!(["db3"]),
+            "the third host follows the new primary"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (committed, failures) = client.join().unwrap();
+    eprintln!(
+        "client through pgbouncer: {} commits, {failures} failed attempts",
+        committed.len()
+    );
+
+    assert_eq!(lab.sql_on("db1", "SELECT pg_is_in_recovery()"), "f");
+    let standbys = lab.sql_on("db1", "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication WHERE state = 'streaming'");
+    assert_eq!(standbys, "db2,db3");
+    assert!(
+        committed.len() > 20,
+        "the client kept committing through PgBouncer ({} commits)",
+        committed.len()
+    );
+    let ids = committed
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        lab.sql_on(
+            "db1",
+            &format!("SELECT count(*) FROM ledger WHERE id IN ({ids})")
+        ),
+        committed.len().to_string(),
+        "every transaction the client saw committed is on the final primary"
+    );
+    let databases = file_text(std::path::Path::new(lab.get("PGBOUNCER_DATABASES")));
+    assert!(
+        databases.contains(&format!("host={}", lab.addr("db1"))),
+        "PgBouncer points at db1 again: {databases}"
+    );
+}
