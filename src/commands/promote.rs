@@ -76,15 +76,24 @@ impl Promote {
 /// The other nodes that answer as writable primaries right now, each asked on a fresh
 /// connection (a pooled one could be the very connection that hides a comeback).
 pub fn writable_primaries(config: &Config, local: &Node) -> Vec<String> {
-    config
-        .other_nodes(local)
-        .filter(|node| {
-            Pg::connect(&pg_target(node))
-                .and_then(|mut pg| pg.is_writable())
-                .unwrap_or(false)
-        })
-        .map(|node| node.name.clone())
-        .collect()
+    // All nodes at once: a dead host costs one connect timeout per round, not one each.
+    std::thread::scope(|scope| {
+        let asks: Vec<_> = config
+            .other_nodes(local)
+            .map(|node| {
+                let asked = scope.spawn(move || {
+                    Pg::connect(&pg_target(node))
+                        .and_then(|mut pg| pg.is_writable())
+                        .unwrap_or(false)
+                });
+                (node, asked)
+            })
+            .collect();
+        asks.into_iter()
+            // A check that panicked counts as "writable": never promote blindly.
+            .filter_map(|(node, asked)| asked.join().unwrap_or(true).then(|| node.name.clone()))
+            .collect()
+    })
 }
 
 /// Promote this node. The caller holds the node's lock.
