@@ -134,6 +134,8 @@ pub struct Node {
     pub lock_file: PathBuf,
     /// Which ZFS interface local operations use (`zfs_backend`).
     pub zfs_backend: ZfsBackend,
+    /// What carries the ZFS stream of a re-seed from the source (`ssh_data_path`).
+    pub ssh_data_path: SshDataPath,
     /// daemon: how often to take a backup-safe snapshot on the primary.
     pub snapshot_interval: Duration,
     /// daemon: how long streaming may stay broken before this standby is re-seeded.
@@ -348,6 +350,31 @@ impl ZfsBackend {
     }
 }
 
+/// `ssh_data_path`: what carries the `zfs send` stream when this node is re-seeded.
+/// `openssh` (the default) runs the system ssh(1) for the stream only, with the same
+/// user, key, port and strict known_hosts file; `ssh2` keeps the stream on pgzfs's own
+/// libssh2 session, which runs every other remote command either way. The default is
+/// the faster one measured by bench/run: on the lab a full re-seed moved its stream about
+/// 1.3x faster through ssh(1) than through libssh2 (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SshDataPath {
+    Ssh2,
+    #[default]
+    OpenSsh,
+}
+
+impl SshDataPath {
+    fn parse(value: &str) -> std::result::Result<SshDataPath, String> {
+        match value {
+            "ssh2" => Ok(SshDataPath::Ssh2),
+            "openssh" => Ok(SshDataPath::OpenSsh),
+            other => Err(format!(
+                "{other:?} is not an SSH data path; use \"ssh2\" or \"openssh\""
+            )),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The file as written.
 
@@ -438,6 +465,7 @@ per_node_settings! {
     connect_timeout: String,
     lock_file: String,
     zfs_backend: String,
+    ssh_data_path: String,
     snapshot_interval: String,
     reseed_after: String,
     http_listen: String,
@@ -483,6 +511,7 @@ struct Settings {
     connect_timeout: Option<Duration>,
     lock_file: Option<PathBuf>,
     zfs_backend: Option<ZfsBackend>,
+    ssh_data_path: Option<SshDataPath>,
     snapshot_interval: Option<Duration>,
     reseed_after: Option<Duration>,
     http_listen: Option<SocketAddr>,
@@ -530,6 +559,7 @@ impl Settings {
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
             lock_file: self.lock_file.or_else(|| base.lock_file.clone()),
             zfs_backend: self.zfs_backend.or(base.zfs_backend),
+            ssh_data_path: self.ssh_data_path.or(base.ssh_data_path),
             snapshot_interval: self.snapshot_interval.or(base.snapshot_interval),
             reseed_after: self.reseed_after.or(base.reseed_after),
             http_listen: self.http_listen.or(base.http_listen),
@@ -671,6 +701,10 @@ fn check_settings(
         zfs_backend: raw
             .zfs_backend
             .map(|v| ZfsBackend::parse(&v).map_err(at("zfs_backend")))
+            .transpose()?,
+        ssh_data_path: raw
+            .ssh_data_path
+            .map(|v| SshDataPath::parse(&v).map_err(at("ssh_data_path")))
             .transpose()?,
         snapshot_interval,
         reseed_after: duration("reseed_after", raw.reseed_after)?,
@@ -904,6 +938,7 @@ fn complete_node(
             .lock_file
             .unwrap_or_else(|| PathBuf::from(format!("/var/run/pgzfs-{name}.lock"))),
         zfs_backend: settings.zfs_backend.unwrap_or_default(),
+        ssh_data_path: settings.ssh_data_path.unwrap_or_default(),
         name,
         host,
         dataset,
@@ -2028,6 +2063,33 @@ host = "10.0.0.2"
         let config = parse(&text).unwrap();
         assert_eq!(config.node("db1").unwrap().zfs_backend, ZfsBackend::Cli);
         assert_eq!(config.node("db2").unwrap().zfs_backend, ZfsBackend::Lzc);
+    }
+
+    #[test]
+    fn the_ssh_data_path_defaults_to_openssh_and_can_be_chosen_per_node() {
+        let config = parse(SAMPLE).unwrap();
+        assert!(config
+            .nodes
+            .iter()
+            .all(|n| n.ssh_data_path == SshDataPath::OpenSsh));
+        let text = SAMPLE.replace("[defaults]", "[defaults]\nssh_data_path = \"ssh2\"");
+        let text = text.replace(
+            "name = \"db2\"",
+            "name = \"db2\"\nssh_data_path = \"openssh\"",
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.node("db1").unwrap().ssh_data_path, SshDataPath::Ssh2);
+        assert_eq!(
+            config.node("db2").unwrap().ssh_data_path,
+            SshDataPath::OpenSsh
+        );
+    }
+
+    #[test]
+    fn an_unknown_ssh_data_path_is_refused_naming_the_key() {
+        let message = refusal(&minimal_with_node_lines("ssh_data_path = \"libssh\""));
+        assert!(message.contains("nodes[1].ssh_data_path"), "{message}");
+        assert!(message.contains("\"ssh2\" or \"openssh\""), "{message}");
     }
 
     #[test]

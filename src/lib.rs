@@ -24,6 +24,7 @@ pub mod replicate;
 pub mod retention;
 pub mod shell;
 pub mod ssh;
+pub mod ssh_openssh;
 pub mod steps;
 pub mod timestamp;
 pub mod transfer;

@@ -371,7 +371,12 @@ fn wait_for_process(needle: &str, timeout: Duration) -> Option<i32> {
                 continue;
             };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) && !cmdline.contains("sh -c") {
+            // Not the local ssh(1) of the OpenSSH data path: its last argument is the
+            // remote command, so it carries the same words as the process it starts.
+            if cmdline.contains(needle)
+                && !cmdline.contains("sh -c")
+                && !cmdline.starts_with("ssh ")
+            {
                 return Some(pid);
             }
         }

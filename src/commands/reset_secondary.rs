@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::cli::{Context, Global};
 use crate::cluster::{find_primary, pg_target, ssh_target, standby_setup};
-use crate::config::Node;
+use crate::config::{Node, SshDataPath};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::lock::LocalLock;
@@ -25,6 +25,7 @@ use crate::pg::{Pg, RESEED_LOCK};
 use crate::progress::{human_bytes, Progress};
 use crate::replicate::{plan, Plan, PlanInput};
 use crate::ssh::SshHost;
+use crate::ssh_openssh::OpenSshHost;
 use crate::steps::{round, Steps};
 use crate::transfer::{self, Interrupt};
 use crate::zfs::cli::ZfsCli;
@@ -348,6 +349,14 @@ impl Reseed<'_> {
 
         // 6. Receive.
         self.interrupt.check()?;
+        // ssh_data_path: with "openssh" the zfs send stream (only) goes through ssh(1);
+        // every other remote command stays on the libssh2 session.
+        let openssh_zfs = (local.ssh_data_path == SshDataPath::OpenSsh)
+            .then(|| ZfsCli::new(OpenSshHost::new(ssh_target(&local, &source))));
+        let stream_zfs: &dyn Zfs = match &openssh_zfs {
+            Some(zfs) => zfs,
+            None => &remote_zfs,
+        };
         let was_running = state.running;
         steps.run("postgres stop", || {
             pgctl
@@ -360,6 +369,7 @@ impl Reseed<'_> {
                 &source,
                 local_zfs,
                 &remote_zfs,
+                stream_zfs,
                 &the_plan,
                 state.dataset_exists,
                 estimate,
@@ -585,6 +595,7 @@ impl Reseed<'_> {
         source: &Node,
         local_zfs: &dyn Zfs,
         remote_zfs: &dyn Zfs,
+        stream_zfs: &dyn Zfs,
         plan: &Plan,
         dataset_exists: bool,
         estimate: Option<u64>,
@@ -622,7 +633,8 @@ impl Reseed<'_> {
             );
             let mut attempt = 1;
             loop {
-                let source = remote_zfs.send_with(
+                // The stream alone may take another transport (ssh_data_path).
+                let source = stream_zfs.send_with(
                     &plan.source_snapshot(),
                     plan.base_snapshot().as_ref(),
                     &options,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::features::{self, ResumeToken, ResumeTokenInfo, SendOptions};
@@ -15,6 +16,12 @@ use crate::transfer::{Sink, Source};
 pub struct ZfsCli<R: Runner> {
     runner: R,
     zfs: String,
+    /// Answers of `features` and `features_for` (by pool), kept for the life of this
+    /// value: what zfs(8) on a node can do does not change while one command runs, and
+    /// over SSH every probe is a round trip (a re-seed asked the same four questions
+    /// three times, about a second of its wall time on the lab).
+    probed: Mutex<Option<Features>>,
+    probed_pools: Mutex<BTreeMap<String, Features>>,
 }
 
 impl<R: Runner> ZfsCli<R> {
@@ -22,6 +29,8 @@ impl<R: Runner> ZfsCli<R> {
         ZfsCli {
             runner,
             zfs: "zfs".to_string(),
+            probed: Mutex::new(None),
+            probed_pools: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -152,12 +161,8 @@ pub fn snapshots_from_rows(
     Ok(snapshots)
 }
 
-impl<R: Runner> Zfs for ZfsCli<R> {
-    fn location(&self) -> String {
-        self.runner.describe()
-    }
-
-    fn features(&self) -> Result<Features> {
+impl<R: Runner> ZfsCli<R> {
+    fn probe_features(&self) -> Result<Features> {
         // Ask for the property on the pool's root: an unknown property is an error
         // ("bad property list") on zfs-fuse, a value on OpenZFS.
         let out = self
@@ -177,7 +182,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         })
     }
 
-    fn features_for(&self, dataset: &DatasetName) -> Result<Features> {
+    fn probe_features_for(&self, dataset: &DatasetName) -> Result<Features> {
         let mut found = self.features()?;
         // Probed on the pool's root dataset, which exists even before a first receive.
         let pool = dataset.pool();
@@ -202,6 +207,39 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         found.bookmarks =
             features::PoolFeature::parse(bookmarks.success(), &bookmarks.stdout, &bookmarks.stderr)
                 .usable();
+        Ok(found)
+    }
+}
+
+impl<R: Runner> Zfs for ZfsCli<R> {
+    fn location(&self) -> String {
+        self.runner.describe()
+    }
+
+    fn features(&self) -> Result<Features> {
+        if let Some(known) = *self.probed.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(known);
+        }
+        let found = self.probe_features()?;
+        *self.probed.lock().unwrap_or_else(|e| e.into_inner()) = Some(found);
+        Ok(found)
+    }
+
+    fn features_for(&self, dataset: &DatasetName) -> Result<Features> {
+        let pool = dataset.pool().to_string();
+        if let Some(known) = self
+            .probed_pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pool)
+        {
+            return Ok(*known);
+        }
+        let found = self.probe_features_for(dataset)?;
+        self.probed_pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pool, found);
         Ok(found)
     }
 
@@ -636,6 +674,56 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
             ),
             None
         );
+    }
+
+    /// Answers every command like zfs-fuse would for a feature probe, and counts them.
+    #[derive(Default)]
+    struct Counting(std::cell::RefCell<Vec<String>>);
+    impl Runner for Counting {
+        fn output(&self, cmd: &Cmd) -> Result<Output> {
+            self.0.borrow_mut().push(cmd.display());
+            Ok(Output {
+                status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
+                stdout: String::new(),
+                stderr: "bad property list".into(),
+            })
+        }
+        fn source(&self, _: &Cmd) -> Result<Box<dyn Source>> {
+            unreachable!()
+        }
+        fn sink(&self, _: &Cmd) -> Result<Box<dyn Sink>> {
+            unreachable!()
+        }
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    #[test]
+    fn features_are_probed_once_per_value_and_pool() {
+        let zfs = ZfsCli::new(Counting::default());
+        let pg = DatasetName::parse("tank/pg").unwrap();
+        let first = zfs.features_for(&pg).unwrap();
+        let probes = zfs.runner().0.borrow().len();
+        assert_eq!(probes, 4, "written, send usage, resume token, bookmarks");
+        assert_eq!(zfs.features_for(&pg).unwrap(), first);
+        assert_eq!(
+            zfs.features().unwrap(),
+            Features {
+                resumable_receive: false,
+                bookmarks: false,
+                ..first
+            }
+        );
+        assert_eq!(
+            zfs.runner().0.borrow().len(),
+            probes,
+            "no second round trip"
+        );
+        // Another pool has its own pool features, but the zfs(8) answers are reused.
+        zfs.features_for(&DatasetName::parse("other/pg").unwrap())
+            .unwrap();
+        assert_eq!(zfs.runner().0.borrow().len(), probes + 2);
     }
 
     #[test]
