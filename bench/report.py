@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Turn bench/run's measurements (results.tsv) into a table and docs/benchmarks.md.
+
+Called by bench/run; kept separate so a report can be rebuilt from a saved
+results.tsv without measuring again:
+
+    bench/report.py RESULTS OUT MACHINE ZFS PG SSH STARTED FINISHED SCALES RUNS QUICK
+"""
+
+import glob
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+RATES = ["0.1", "1", "10"]
+
+
+def load(path):
+    data = defaultdict(lambda: defaultdict(list))
+    with open(path) as f:
+        for line in f:
+            scale, metric, _run, value = line.rstrip("\n").split("\t")
+            data[int(scale)][metric].append(float(value))
+    return data
+
+
+def med(d, metric):
+    values = d.get(metric)
+    return statistics.median(values) if values else None
+
+
+def fmt(x, digits=2):
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def step_medians(workdir, pattern):
+    """Median seconds per reset-secondary step over the saved --json summaries."""
+    per_step = defaultdict(list)
+    for path in glob.glob(os.path.join(workdir, pattern)):
+        with open(path) as f:
+            for name, secs in json.load(f)["steps"].items():
+                per_step[name].append(secs)
+    return {k: statistics.median(v) for k, v in per_step.items()}
+
+
+STEP_ORDER = ["preflight", "lock", "slot", "backup start", "snapshot", "backup stop",
+              "postgres stop", "send/receive", "standby config", "postgres start",
+              "catch-up", "holds"]
+
+
+def main():
+    (results, out, machine, zfs_note, pg_version, ssh_note, started, finished,
+     scales, runs, quick) = sys.argv[1:12]
+    data = load(results)
+    workdir = os.path.dirname(os.path.abspath(results))
+    lines = []
+    targets = []
+
+    # (b) + (e): full re-seed
+    full = ["| scale | DB size | full stream | pg_basebackup (s) | pgzfs, ssh2 data path (s) "
+            "| pgzfs, openssh data path (s) | ratio pgzfs (openssh)/basebackup | pgzfs peak RSS |",
+            "|---|---|---|---|---|---|---|---|"]
+    # (a) + (c): incremental
+    inc = ["| scale | change | changed (stream/full) | pgzfs incremental (s) | raw pipeline + restart (s) "
+           "| ratio pgzfs/raw | rsync (s) | rsync/pgzfs | pg_basebackup/pgzfs |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    # (d): data path
+    dp = ["| scale | stream | OpenSSH default (MiB/s) | ssh2 (MiB/s) | ssh2/OpenSSH | OpenSSH aes128-gcm (MiB/s) |",
+          "|---|---|---|---|---|---|"]
+    raw_parts = ["| scale | change | ssh zfs snapshot (s) | send/recv (s) | pg_ctl stop (s) | pg_ctl start (s) |",
+                 "|---|---|---|---|---|---|"]
+    # pgzfs's own full re-seed with each ssh_data_path (bench/run --ssh-data-path both).
+    e2e = ["| scale | ssh_data_path | full re-seed wall (s) | send/receive throughput (MiB/s) |",
+           "|---|---|---|---|"]
+    worst_rss = None
+    for scale in sorted(data):
+        d = data[scale]
+        db = med(d, "db_bytes")
+        f_bb = med(d, "full_basebackup_s")
+        f_ssh2, f_openssh = med(d, "full_pgzfs_ssh2_s"), med(d, "full_pgzfs_openssh_s")
+        # The shipped default data path is openssh; without its runs, the main runs.
+        f_pgzfs = f_openssh if f_openssh is not None else med(d, "full_pgzfs_s")
+        f_bytes = med(d, "full_bytes")
+        rss = max(d.get("rss_full_KiB", []) + d.get("rss_inc_KiB", []), default=None)
+        if rss is not None:
+            worst_rss = rss if worst_rss is None else max(worst_rss, rss)
+        full.append(f"| {scale} | {fmt(db / 2**20, 0)} MiB | {fmt(f_bytes / 2**20, 0)} MiB | {fmt(f_bb)} | "
+                    f"{fmt(f_ssh2)} | {fmt(f_openssh)} | {fmt(ratio(f_pgzfs, f_bb))} | "
+                    f"{fmt(rss / 1024 if rss else None, 1)} MiB |")
+        r = ratio(f_pgzfs, f_bb)
+        targets.append(("Full re-seed <= 0.8x pg_basebackup", f"scale {scale}",
+                        f"{fmt(r)}x", r is not None and r <= 0.8))
+        for rate in RATES:
+            p = med(d, f"inc{rate}_pgzfs_s")
+            raw = med(d, f"inc{rate}_raw_s")
+            rs = med(d, f"inc{rate}_rsync_s")
+            b = med(d, f"inc{rate}_bytes")
+            changed = ratio(b, f_bytes)
+            inc.append(f"| {scale} | {rate}% | {fmt(changed * 100 if changed is not None else None, 2)}% "
+                       f"({fmt(b / 2**20 if b is not None else None, 1)} MiB) | {fmt(p)} | {fmt(raw)} | "
+                       f"{fmt(ratio(p, raw))} | {fmt(rs)} | {fmt(ratio(rs, p), 1)}x | {fmt(ratio(f_bb, p), 1)}x |")
+            raw_parts.append(f"| {scale} | {rate}% | {fmt(med(d, f'inc{rate}_raw_snapshot_s'))} | "
+                             f"{fmt(med(d, f'inc{rate}_raw_sendrecv_s'))} | {fmt(med(d, f'inc{rate}_raw_stop_s'))} | "
+                             f"{fmt(med(d, f'inc{rate}_raw_start_s'))} |")
+            r = ratio(p, raw)
+            targets.append(("Incremental wall time <= 1.15x (raw pipeline + restart)",
+                            f"scale {scale}, {rate}% change", f"{fmt(r)}x", r is not None and r <= 1.15))
+            if rate == "1" and scale >= 200:
+                r = ratio(f_bb, p)
+                targets.append(("Incremental at 1% >= 20x faster than pg_basebackup (scale 200)",
+                                f"scale {scale}", f"{fmt(r, 1)}x", r is not None and r >= 20))
+        for stream, label in (("zfs", "zfs send of db1"), ("zeros", "zeros (transport only)")):
+            o, s = med(d, f"dp_{stream}_openssh_MiBps"), med(d, f"dp_{stream}_ssh2_MiBps")
+            g = med(d, f"dp_{stream}_openssh_gcm_MiBps")
+            dp.append(f"| {scale} | {label} | {fmt(o, 0)} | {fmt(s, 0)} | "
+                      f"{fmt(ratio(s, o) * 100 if ratio(s, o) else None, 0)}% | {fmt(g, 0)} |")
+            r = ratio(s, o)
+            targets.append(("Data path (ssh2) >= 90% of OpenSSH", f"scale {scale}, {label}",
+                            f"{fmt(r * 100 if r else None, 0)}%", r is not None and r >= 0.9))
+            r = ratio(g, o)
+            targets.append(("Data path (default ssh_data_path = openssh, AES-GCM first) >= 90% of OpenSSH",
+                            f"scale {scale}, {label}", f"{fmt(r * 100 if r else None, 0)}%",
+                            r is not None and r >= 0.9))
+        for path in ("ssh2", "openssh"):
+            w = med(d, f"full_pgzfs_{path}_s")
+            if w is not None:
+                e2e.append(f"| {scale} | {path} | {fmt(w)} | {fmt(med(d, f'full_{path}_transfer_MiBps'), 0)} |")
+    if not any(t[0].startswith("Incremental at 1%") for t in targets):
+        targets.append(("Incremental at 1% >= 20x faster than pg_basebackup (scale 200)",
+                        "scale 200 not measured in this run", "n/a", None))
+    targets.append(("Peak RSS <= 64 MiB", "largest of all pgzfs runs",
+                    f"{fmt(worst_rss / 1024 if worst_rss else None, 1)} MiB",
+                    worst_rss is not None and worst_rss <= 64 * 1024))
+
+    st = []
+    for scale in sorted(data):
+        steps_full = step_medians(workdir, f"full-{scale}-*.json")
+        steps_inc = {rate: step_medians(workdir, f"inc{rate}-{scale}-*.json") for rate in RATES}
+        st += [f"Scale {scale}:", "",
+               "| step | full | " + " | ".join(f"incr. {r}%" for r in RATES) + " |",
+               "|---|---|" + "---|" * len(RATES)]
+        for step in STEP_ORDER:
+            row = [fmt(steps_full.get(step))] + [fmt(steps_inc[r].get(step)) for r in RATES]
+            st.append(f"| {step} | " + " | ".join(row) + " |")
+        st.append("")
+
+    verdicts = ["| target | where | measured | verdict |", "|---|---|---|---|"]
+    for name, where, value, ok in targets:
+        # A ratio with a missing side prints as n/a: nothing was measured to judge.
+        if value.startswith("n/a"):
+            ok = None
+        verdict = "not measured" if ok is None else ("pass" if ok else "**falls short**")
+        verdicts.append(f"| {name} | {where} | {value} | {verdict} |")
+
+    lines += [
+        "# pgzfs benchmarks",
+        "",
+        "Written by `bench/run`"
+        + (" in `--quick` mode (development only: scale 5, one run)" if quick == "1" else "")
+        + f"; measured {started} to {finished}. Do not edit the generated parts by hand: "
+        "re-run `bench/run` (as root) to refresh them; `bench/notes.md` is included verbatim.",
+        "",
+        "## Machine",
+        "",
+        f"- {machine}",
+        f"- {zfs_note}",
+        f"- {pg_version}; {ssh_note}",
+        f"- scales {scales}, {runs} run(s) per measurement; every number is the median of the runs.",
+        "",
+        "## Method",
+        "",
+        "Everything runs on one machine in the loopback lab of `scripts/lab`: db1 (primary) and "
+        "db2 (standby) are two PostgreSQL instances on two datasets of one zfs-fuse pool, and every "
+        "transfer goes through a private sshd on 127.0.0.1, so network speed plays no part; CPU, "
+        "zfs-fuse and the SSH implementations do.",
+        "",
+        "- **(b) full re-seed**: db2's dataset is destroyed, then `pgzfs reset-secondary` (release "
+        "build) re-seeds it; the time is the process's wall clock (`/usr/bin/time -v`) from start to "
+        "a streaming standby. Against it: `pg_basebackup -X stream -c fast` as the replication role "
+        "into a plain directory on the host's own file system (not zfs-fuse).",
+        "- **(e) peak RSS**: \"Maximum resident set size\" of every pgzfs run; the largest is the full "
+        "re-seed at the largest scale.",
+        "- **(d) data path**: the same stream read on the standby side and discarded, once through "
+        "pgzfs's ssh2 channel (`examples/ssh_throughput.rs`: `SshHost::connect` + "
+        "`Runner::source`, 1 MiB reads as in `transfer::copy`) and once through OpenSSH (`ssh ... | wc -c`). "
+        "Two streams: a full `zfs send` of db1 (what a re-seed moves) and zeros from `dd` (the "
+        "transport alone, without zfs-fuse's read speed).",
+        "- **(a) incremental**: pgbench_accounts is changed with "
+        "`UPDATE ... SET abalance = abalance + 1 WHERE aid % N = 0` and a `CHECKPOINT`, then three "
+        "contenders bring their copy up to date, in an order rotated from run to run: "
+        "`pgzfs reset-secondary` (incremental, wall clock of the process); the **raw pipeline** "
+        "`ssh db1 zfs snapshot B`, `ssh db1 zfs send -i A B | zfs recv -F pool/raw` (its own "
+        "received copy, fresh snapshots every time, OpenSSH with the same strict host-key options) "
+        "plus `pg_ctl stop -m fast` and `pg_ctl start -w` of the standby db2; and **(c)** "
+        "`rsync -a --delete` of db1's data directory over ssh into a plain directory (transfer "
+        "only, no PostgreSQL restart: a lower bound for the rsync approach).",
+        "- **Change-rate calibration**: a pgbench_accounts heap page holds 61 rows, a 16k ZFS record "
+        "(the lab's recordsize) 122. Updating every N-th row with N = 122 / rate touches about "
+        "`rate` of the table's records (plus the records the new row versions, index entries and "
+        "WAL land in). The column \"changed\" is what actually travelled: the incremental stream "
+        "bytes over the full stream bytes.",
+        "",
+        "## Results",
+        "",
+        "### Full re-seed (b) and peak RSS (e)",
+        "",
+        *full,
+        "",
+        "### Incremental re-seed (a), rsync (c)",
+        "",
+        *inc,
+        "",
+        "The raw pipeline's parts (medians):",
+        "",
+        *raw_parts,
+        "",
+        "### Data path (d)",
+        "",
+        *dp,
+        "",
+        *(["pgzfs end to end, full re-seed with each data path:", "", *e2e, ""] if len(e2e) > 2 else []),
+        "### Where pgzfs's time goes (median seconds per step; the main runs, ssh2 data path)",
+        "",
+        *st,
+        "",
+        "## Targets",
+        "",
+        *verdicts,
+        "",
+    ]
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            lines += [f.read().rstrip(), ""]
+    text = "\n".join(lines)
+    with open(out, "w") as f:
+        f.write(text)
+    # The tables, for the terminal.
+    print("\n".join(["", *full, "", *inc, "", *raw_parts, "", *dp, "", *e2e, "", *st, "", *verdicts, ""]))
+
+
+if __name__ == "__main__":
+    main()
