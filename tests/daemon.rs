@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{file_text, stderr_of, Lab};
+use common::{file_text, stderr_of, wait_for_process, Lab};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -350,27 +350,6 @@ fn a_reload_with_a_broken_config_keeps_the_daemon_running_on_the_old_one() {
         Some(0),
         "SIGTERM exits 0"
     );
-}
-
-/// Wait for a process whose command line contains `needle`; its pid.
-fn wait_for_process(needle: &str, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) && !cmdline.contains("sh -c") {
-                return Some(pid);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{file_text, stderr_of, Lab};
+use common::{file_text, stderr_of, wait_for_process, Lab};
 
 #[test]
 fn first_full_reseed_then_incremental_reseed_keep_the_standby_streaming_and_equal() {
@@ -357,32 +357,6 @@ fn an_unknown_or_changed_ssh_host_key_is_refused() {
 
     std::fs::write(&known_hosts, genuine).unwrap();
     lab.reset_secondary("db2");
-}
-
-/// Wait for a process whose command line contains `needle`; return its pid.
-fn wait_for_process(needle: &str, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            // Not the local ssh(1) of the OpenSSH data path: its last argument is the
-            // remote command, so it carries the same words as the process it starts.
-            if cmdline.contains(needle)
-                && !cmdline.contains("sh -c")
-                && !cmdline.starts_with("ssh ")
-            {
-                return Some(pid);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// The process's parent PID, from /proc.

@@ -51,11 +51,7 @@ impl Lab {
     /// `test` must be short: it names the pool and the lab directory.
     pub fn up_with(test: &str, pg_major: u32, scale: u32) -> Lab {
         require_lab_prerequisites();
-        let name = format!(
-            "t{}{}",
-            test.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
-            std::process::id() % 100000
-        );
+        let name = lab_name(test);
         let dir = PathBuf::from(format!("/tmp/pgzfs-lab/{name}"));
         let out = Command::new(repo().join("scripts/lab"))
             .arg("up")
@@ -76,6 +72,11 @@ impl Lab {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        Lab::from_env_file(dir)
+    }
+
+    /// The lab `scripts/lab up` left in `dir`, described by its lab.env.
+    fn from_env_file(dir: PathBuf) -> Lab {
         let env = std::fs::read_to_string(dir.join("lab.env"))
             .expect("lab.env")
             .lines()
@@ -353,11 +354,7 @@ impl Lab {
     /// pgbouncer in the client namespace.
     pub fn up_hosts(test: &str, hosts: u32, carp: bool, pgbouncer: bool) -> Lab {
         require_lab_prerequisites();
-        let name = format!(
-            "t{}{}",
-            test.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
-            std::process::id() % 100000
-        );
+        let name = lab_name(test);
         let dir = PathBuf::from(format!("/tmp/pgzfs-lab/{name}"));
         let bin = pgzfs_bin();
         let mut cmd = Command::new(repo().join("scripts/lab"));
@@ -384,17 +381,7 @@ impl Lab {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let env = std::fs::read_to_string(dir.join("lab.env"))
-            .expect("lab.env")
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Lab {
-            dir,
-            env,
-            keep: std::env::var_os("PGZFS_KEEP_LAB").is_some(),
-        }
+        Lab::from_env_file(dir)
     }
 
     /// The network namespace of `node` ("db1", "db2", ... or "client").
@@ -532,6 +519,42 @@ impl Drop for Lab {
             .arg(&self.dir)
             .status();
     }
+}
+
+/// A pool and lab name unique to this test and process: tests run in parallel and share
+/// the one zfs-fuse daemon.
+fn lab_name(test: &str) -> String {
+    format!(
+        "t{}{}",
+        test.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+        std::process::id() % 100000
+    )
+}
+
+/// Wait for a process whose command line contains `needle`; return its pid. Shells
+/// (`sh -c ...`) and the local ssh(1) of the OpenSSH data path, whose last argument is the
+/// remote command, carry the same words but are not the process itself.
+pub fn wait_for_process(needle: &str, timeout: std::time::Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle)
+                && !cmdline.contains("sh -c")
+                && !cmdline.starts_with("ssh ")
+            {
+                return Some(pid);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
 }
 
 pub fn stderr_of(out: &Output) -> String {
