@@ -134,6 +134,8 @@ pub struct Node {
     pub lock_file: PathBuf,
     /// Which ZFS interface local operations use (`zfs_backend`).
     pub zfs_backend: ZfsBackend,
+    /// Who runs the backup-safe cut when this node is re-seeded (`backup_via`).
+    pub backup_via: BackupVia,
     /// What carries the ZFS stream of a re-seed from the source (`ssh_data_path`).
     pub ssh_data_path: SshDataPath,
     /// daemon: how often to take a backup-safe snapshot on the primary.
@@ -350,6 +352,35 @@ impl ZfsBackend {
     }
 }
 
+/// `backup_via`: how a standby's re-seed puts the source into backup mode around its
+/// snapshot. A non-exclusive backup lives and dies with one PostgreSQL session, so start,
+/// snapshot and stop must happen inside one process that holds that session.
+/// - `postgres` (the default): the standby holds the session itself, over its own
+///   connection to the source's PostgreSQL as `pg_user`, and snapshots over SSH. This is
+///   what the shell scripts pgzfs replaces did, so existing grants keep working.
+/// - `ssh`: the standby runs `pgzfs snapshot` on the source over SSH (a command
+///   `pgzfs serve` allows), and the source's pgzfs holds the session with its local
+///   PostgreSQL. The backup privilege then stays on the source: the standby's role needs
+///   no `pg_backup_start` grant there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackupVia {
+    #[default]
+    Postgres,
+    Ssh,
+}
+
+impl BackupVia {
+    fn parse(value: &str) -> std::result::Result<BackupVia, String> {
+        match value {
+            "postgres" => Ok(BackupVia::Postgres),
+            "ssh" => Ok(BackupVia::Ssh),
+            other => Err(format!(
+                "{other:?} is not a way to take the backup; use \"postgres\" or \"ssh\""
+            )),
+        }
+    }
+}
+
 /// `ssh_data_path`: what carries the `zfs send` stream when this node is re-seeded.
 /// `openssh` (the default) runs the system ssh(1) for the stream only, with the same
 /// user, key, port and strict known_hosts file; `ssh2` keeps the stream on pgzfs's own
@@ -465,6 +496,7 @@ per_node_settings! {
     connect_timeout: String,
     lock_file: String,
     zfs_backend: String,
+    backup_via: String,
     ssh_data_path: String,
     snapshot_interval: String,
     reseed_after: String,
@@ -511,6 +543,7 @@ struct Settings {
     connect_timeout: Option<Duration>,
     lock_file: Option<PathBuf>,
     zfs_backend: Option<ZfsBackend>,
+    backup_via: Option<BackupVia>,
     ssh_data_path: Option<SshDataPath>,
     snapshot_interval: Option<Duration>,
     reseed_after: Option<Duration>,
@@ -559,6 +592,7 @@ impl Settings {
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
             lock_file: self.lock_file.or_else(|| base.lock_file.clone()),
             zfs_backend: self.zfs_backend.or(base.zfs_backend),
+            backup_via: self.backup_via.or(base.backup_via),
             ssh_data_path: self.ssh_data_path.or(base.ssh_data_path),
             snapshot_interval: self.snapshot_interval.or(base.snapshot_interval),
             reseed_after: self.reseed_after.or(base.reseed_after),
@@ -701,6 +735,10 @@ fn check_settings(
         zfs_backend: raw
             .zfs_backend
             .map(|v| ZfsBackend::parse(&v).map_err(at("zfs_backend")))
+            .transpose()?,
+        backup_via: raw
+            .backup_via
+            .map(|v| BackupVia::parse(&v).map_err(at("backup_via")))
             .transpose()?,
         ssh_data_path: raw
             .ssh_data_path
@@ -938,6 +976,7 @@ fn complete_node(
             .lock_file
             .unwrap_or_else(|| PathBuf::from(format!("/var/run/pgzfs-{name}.lock"))),
         zfs_backend: settings.zfs_backend.unwrap_or_default(),
+        backup_via: settings.backup_via.unwrap_or_default(),
         ssh_data_path: settings.ssh_data_path.unwrap_or_default(),
         name,
         host,
@@ -2083,6 +2122,22 @@ host = "10.0.0.2"
             config.node("db2").unwrap().ssh_data_path,
             SshDataPath::OpenSsh
         );
+    }
+
+    #[test]
+    fn the_backup_is_taken_over_postgres_unless_a_node_asks_for_ssh() {
+        let config = parse(SAMPLE).unwrap();
+        assert!(config
+            .nodes
+            .iter()
+            .all(|n| n.backup_via == BackupVia::Postgres));
+        let text = SAMPLE.replace("name = \"db2\"", "name = \"db2\"\nbackup_via = \"ssh\"");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.node("db1").unwrap().backup_via, BackupVia::Postgres);
+        assert_eq!(config.node("db2").unwrap().backup_via, BackupVia::Ssh);
+        let message = refusal(&minimal_with_node_lines("backup_via = \"sql\""));
+        assert!(message.contains("nodes[1].backup_via"), "{message}");
+        assert!(message.contains("\"postgres\" or \"ssh\""), "{message}");
     }
 
     #[test]

@@ -3,11 +3,16 @@
 //! returned backup_label is a valid base backup. The snapshot records its own LSNs,
 //! timeline and system identifier as user properties.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::exec::{remote_pgzfs, Runner};
 use crate::pg::{BackupStop, Pg};
-use crate::steps::Steps;
+use crate::steps::{round, Steps};
 use crate::zfs::names::{DatasetName, SnapName, SnapshotName};
 use crate::zfs::{prop, Snapshot, Zfs};
 
@@ -36,26 +41,34 @@ pub fn take(
     let existing = zfs.snapshots(dataset)?;
     let snapshot = dataset.snapshot(&unique_snapshot_name(name, &existing)?);
     let label = format!("{label} {}", snapshot.snap());
-    let start_lsn = steps.run("backup start", || primary.backup_start(&label))?;
-    let snapped = steps.run("snapshot", || zfs.snapshot_recursive(&snapshot));
-    let stop = steps.run("backup stop", || primary.backup_stop());
-    snapped?;
-    let stop = stop?;
+    // A primary's timeline and system identifier cannot change during its backup, so
+    // they are asked first and travel with the snapshot itself.
     let timeline = primary.current_timeline()?;
     let system_identifier = primary.system_identifier()?;
-    let mut props = vec![
+    let start_lsn = steps.run("backup start", || primary.backup_start(&label))?;
+    let known_before = [
         (prop::LSN, start_lsn.clone()),
-        (prop::STOP_LSN, stop.stop_lsn.clone()),
         (prop::TIMELINE, timeline.to_string()),
         (prop::SYSTEM_ID, system_identifier.to_string()),
         (prop::PG_MAJOR, primary.major().to_string()),
-        (prop::BACKUP_LABEL, hex(&stop.labelfile)),
         (prop::SOURCE_NODE, source_node.to_string()),
     ];
+    let snapped = steps.run("snapshot", || {
+        zfs.snapshot_recursive(&snapshot, &known_before)
+    });
+    let stop = steps.run("backup stop", || primary.backup_stop());
+    snapped?;
+    let stop = stop?;
+    // The backup_label is written last: a snapshot that has it is a complete cut, one
+    // without it (the process died between snapshot and here) is never used as a seed.
+    let mut known_after = vec![(prop::STOP_LSN, stop.stop_lsn.clone())];
     if !stop.spcmapfile.is_empty() {
-        props.push((prop::TABLESPACE_MAP, hex(&stop.spcmapfile)));
+        known_after.push((prop::TABLESPACE_MAP, hex(&stop.spcmapfile)));
     }
-    zfs.set_snapshot_props(&snapshot, &props)?;
+    known_after.push((prop::BACKUP_LABEL, hex(&stop.labelfile)));
+    steps.run("backup record", || {
+        zfs.set_snapshot_props(&snapshot, &known_after)
+    })?;
     tracing::info!(
         "took {snapshot}: backup from {start_lsn} to {} on timeline {timeline}",
         stop.stop_lsn
@@ -68,6 +81,117 @@ pub fn take(
         system_identifier,
     })
 }
+
+/// A cut as `pgzfs snapshot --json` prints it: everything a standby needs to start from
+/// the snapshot, and the seconds each step of the cut took on the node that took it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub node: String,
+    pub snapshot: String,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub timeline: u32,
+    pub system_identifier: u64,
+    pub backup_label: String,
+    #[serde(default)]
+    pub tablespace_map: String,
+    pub seconds: f64,
+    #[serde(default)]
+    pub steps: BTreeMap<String, f64>,
+}
+
+impl Report {
+    pub fn new(node: &str, cut: &Cut, steps: &Steps) -> Report {
+        Report {
+            node: node.to_string(),
+            snapshot: cut.snapshot.to_string(),
+            start_lsn: cut.start_lsn.clone(),
+            stop_lsn: cut.stop.stop_lsn.clone(),
+            timeline: cut.timeline,
+            system_identifier: cut.system_identifier,
+            backup_label: cut.stop.labelfile.clone(),
+            tablespace_map: cut.stop.spcmapfile.clone(),
+            seconds: round(steps.total().as_secs_f64()),
+            steps: steps.in_order().into_iter().collect(),
+        }
+    }
+
+    /// The cut this report describes, which must be a snapshot of `dataset`.
+    fn into_cut(self, dataset: &DatasetName) -> Result<Cut> {
+        let snapshot = SnapshotName::parse(&self.snapshot)?;
+        if snapshot.dataset() != dataset || !snapshot.snap().is_pgzfs() {
+            return Err(Error::failed(format!(
+                "the source reported the cut {snapshot}, which is not a pgzfs snapshot of {dataset}"
+            )));
+        }
+        if self.backup_label.is_empty() {
+            return Err(Error::failed(format!(
+                "the source reported the cut {snapshot} without its backup_label"
+            )));
+        }
+        Ok(Cut {
+            snapshot,
+            start_lsn: self.start_lsn,
+            stop: BackupStop {
+                stop_lsn: self.stop_lsn,
+                labelfile: self.backup_label,
+                spcmapfile: self.tablespace_map,
+            },
+            timeline: self.timeline,
+            system_identifier: self.system_identifier,
+        })
+    }
+}
+
+/// The cut taken by the source node itself (`backup_via = "ssh"`): its pgzfs holds the
+/// backup session with its local PostgreSQL, so the backup privilege never leaves it. One
+/// SSH command, which `pgzfs serve` allows; the source's own step timings are recorded
+/// under their usual names, and what is left of the wall time as "cut over ssh".
+#[allow(clippy::too_many_arguments)]
+pub fn take_on_source(
+    steps: &mut Steps,
+    ssh: &dyn Runner,
+    pgzfs_bin: &Path,
+    config: &Path,
+    source_node: &str,
+    dataset: &DatasetName,
+    for_node: &str,
+) -> Result<Cut> {
+    let cmd = remote_pgzfs(pgzfs_bin, config, source_node)
+        .args(["snapshot", "--json", "--for", for_node]);
+    let started = Instant::now();
+    let stdout = ssh
+        .run(&cmd)
+        .map_err(|e| e.context(format!("the backup-safe snapshot on {source_node}")))?;
+    let wall = started.elapsed();
+    let report: Report = serde_json::from_str(&stdout).map_err(|e| {
+        Error::failed(format!(
+            "{source_node} answered `pgzfs snapshot --json` with something else ({e}): {}",
+            stdout.chars().take(200).collect::<String>()
+        ))
+    })?;
+    let mut remote_total = 0.0;
+    for name in REMOTE_STEPS {
+        if let Some(seconds) = report.steps.get(name).map(|s| s.max(0.0)) {
+            steps.record(name, std::time::Duration::from_secs_f64(seconds));
+            remote_total += seconds;
+        }
+    }
+    let overhead = (wall.as_secs_f64() - remote_total).max(0.0);
+    steps.record("cut over ssh", std::time::Duration::from_secs_f64(overhead));
+    let cut = report.into_cut(dataset)?;
+    tracing::info!(
+        "{source_node} took {}: backup from {} to {} on timeline {}",
+        cut.snapshot,
+        cut.start_lsn,
+        cut.stop.stop_lsn,
+        cut.timeline
+    );
+    Ok(cut)
+}
+
+/// The steps of [`take`], as a source node reports them.
+const REMOTE_STEPS: [&str; 4] = ["backup start", "snapshot", "backup stop", "backup record"];
 
 /// Snapshot names carry the time to the second; a second re-seed within the same second
 /// gets a suffix rather than a collision.
@@ -113,6 +237,121 @@ mod tests {
             "pgzfs-20261122T010000Z-2"
         );
         assert_eq!(unique_snapshot_name(&planned, &[]).unwrap(), planned);
+    }
+
+    /// The source node as seen over SSH: it answers every command with `stdout`.
+    struct Answers(String, std::cell::RefCell<Vec<crate::exec::Cmd>>);
+
+    impl Runner for Answers {
+        fn output(&self, cmd: &crate::exec::Cmd) -> Result<crate::exec::Output> {
+            use std::os::unix::process::ExitStatusExt;
+            self.1.borrow_mut().push(cmd.clone());
+            Ok(crate::exec::Output {
+                status: std::process::ExitStatus::from_raw(0),
+                stdout: self.0.clone(),
+                stderr: String::new(),
+            })
+        }
+        fn source(&self, _: &crate::exec::Cmd) -> Result<Box<dyn crate::transfer::Source>> {
+            unreachable!("the cut streams nothing")
+        }
+        fn sink(&self, _: &crate::exec::Cmd) -> Result<Box<dyn crate::transfer::Sink>> {
+            unreachable!("the cut streams nothing")
+        }
+        fn describe(&self) -> String {
+            "db1".into()
+        }
+    }
+
+    fn report(snapshot: &str, label: &str) -> String {
+        serde_json::json!({
+            "node": "db1",
+            "snapshot": snapshot,
+            "start_lsn": "0/5000028",
+            "stop_lsn": "0/5000100",
+            "timeline": 2,
+            "system_identifier": 7301234567890123456u64,
+            "backup_label": label,
+            "seconds": 0.4,
+            "steps": {"backup start": 0.1, "snapshot": 0.2, "backup stop": 0.05, "backup record": 0.05, "unknown": 9.0}
+        })
+        .to_string()
+    }
+
+    fn take_on_db1(stdout: String) -> (Result<Cut>, Steps, Vec<crate::exec::Cmd>) {
+        let ssh = Answers(stdout, Default::default());
+        let mut steps = Steps::default();
+        let cut = take_on_source(
+            &mut steps,
+            &ssh,
+            Path::new("/usr/local/bin/pgzfs"),
+            Path::new("/usr/local/etc/pgzfs.toml"),
+            "db1",
+            &DatasetName::parse("tank/pg").unwrap(),
+            "db2",
+        );
+        (cut, steps, ssh.1.into_inner())
+    }
+
+    #[test]
+    fn a_cut_taken_by_the_source_carries_its_backup_label_and_step_times() {
+        let (cut, steps, sent) = take_on_db1(report(
+            "tank/pg@pgzfs-20261122T010000Z",
+            "START WAL LOCATION: 0/5000028\n",
+        ));
+        let cut = cut.unwrap();
+        assert_eq!(cut.snapshot.to_string(), "tank/pg@pgzfs-20261122T010000Z");
+        assert_eq!(cut.start_lsn, "0/5000028");
+        assert_eq!(cut.stop.stop_lsn, "0/5000100");
+        assert_eq!(cut.stop.labelfile, "START WAL LOCATION: 0/5000028\n");
+        assert_eq!(cut.timeline, 2);
+        assert_eq!(cut.system_identifier, 7301234567890123456);
+        assert_eq!(
+            sent[0].argv,
+            [
+                "/usr/local/bin/pgzfs",
+                "--config",
+                "/usr/local/etc/pgzfs.toml",
+                "--node",
+                "db1",
+                "snapshot",
+                "--json",
+                "--for",
+                "db2"
+            ]
+        );
+        let names: Vec<String> = steps.in_order().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "backup start",
+                "snapshot",
+                "backup stop",
+                "backup record",
+                "cut over ssh"
+            ],
+            "the source's steps by their usual names and in their order, unknown ones left out"
+        );
+    }
+
+    #[test]
+    fn a_source_reporting_a_foreign_or_incomplete_cut_is_not_believed() {
+        for (stdout, why) in [
+            (
+                report("tank/other@pgzfs-1", "START"),
+                "not a pgzfs snapshot of tank/pg",
+            ),
+            (
+                report("tank/pg@manual", "START"),
+                "not a pgzfs snapshot of tank/pg",
+            ),
+            (report("tank/pg@pgzfs-1", ""), "without its backup_label"),
+            ("pgzfs: error: refused".to_string(), "something else"),
+        ] {
+            let (cut, _, _) = take_on_db1(stdout);
+            let message = cut.unwrap_err().to_string();
+            assert!(message.contains(why), "{message}");
+        }
     }
 
     #[test]

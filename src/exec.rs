@@ -50,6 +50,16 @@ impl Cmd {
     }
 }
 
+/// pgzfs on another node (`pgzfs_bin`), for `node` of the same configuration: the
+/// beginning of every pgzfs command sent over SSH, in the one form `pgzfs serve` checks.
+pub fn remote_pgzfs(pgzfs_bin: &std::path::Path, config: &std::path::Path, node: &str) -> Cmd {
+    Cmd::new(pgzfs_bin.display().to_string())
+        .arg("--config")
+        .arg(config.display().to_string())
+        .arg("--node")
+        .arg(node)
+}
+
 /// Who a local child runs as. PostgreSQL refuses to run as root, so pg_ctl runs as the
 /// configured OS user.
 #[derive(Debug, Clone)]

@@ -7,20 +7,30 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{file_text, pgzfs_bin, Lab};
+use common::{file_text, pgzfs_bin, stderr_of, Lab};
 
 /// Force the lab's only key to `pgzfs serve` for node db1, as an operator would in
 /// ~zfssync/.ssh/authorized_keys on the primary.
 fn force_serve(lab: &Lab) {
+    force_serve_with(lab, "");
+}
+
+/// The same, with extra `serve` flags.
+fn force_serve_with(lab: &Lab, flags: &str) {
     let ssh = lab.dir.join("ssh");
     let pubkey = file_text(&ssh.join("id_ed25519.pub"));
     let line = format!(
-        "command=\"{} serve --config {} --node db1\",restrict {}\n",
+        "command=\"{} serve{flags} --config {} --node db1\",restrict {}\n",
         pgzfs_bin().display(),
         lab.config().display(),
         pubkey.trim()
     );
     std::fs::write(ssh.join("authorized_keys"), line).unwrap();
+}
+
+/// Back to the key with no forced command, as the lab made it.
+fn unforce(lab: &Lab, plain_keys: &str) {
+    std::fs::write(lab.dir.join("ssh/authorized_keys"), plain_keys).unwrap();
 }
 
 /// What a client other than pgzfs could send over the same key: a raw command string.
@@ -165,6 +175,107 @@ fn standbys_reseed_through_the_forced_command_and_nothing_else_gets_through() {
         "every refusal is logged once with the client's address:\n{log}"
     );
     // The standby is untouched by all that.
+    lab.assert_streaming("db2");
+}
+
+/// `backup_via = "ssh"`: the standby asks the primary's own pgzfs, through the forced
+/// command, for the backup-safe cut, so the backup session lives next to the data. And a
+/// switchover needs `serve --allow-orchestration` on the node it promotes: without it the
+/// promotion is refused and the old primary carries on, nothing lost.
+#[test]
+fn the_cut_runs_on_the_source_and_switchover_needs_the_orchestration_flag() {
+    let lab = Lab::up("serveha");
+    let config = file_text(&lab.config()).replacen(
+        "[defaults]\n",
+        &format!(
+            "[defaults]\npgzfs_bin = \"{}\"\nbackup_via = \"ssh\"\nquarantine_dir = \"{}/quarantine\"\n",
+            pgzfs_bin().display(),
+            lab.dir.display()
+        ),
+        1,
+    );
+    lab.write_config(&config);
+    let plain_keys = file_text(&lab.dir.join("ssh/authorized_keys"));
+    force_serve(&lab);
+
+    // The re-seed: the cut is one `pgzfs snapshot` on db1, its steps timed there.
+    let full = lab.reset_secondary("db2");
+    assert_eq!(full["mode"], "full");
+    for step in [
+        "backup start",
+        "snapshot",
+        "backup stop",
+        "backup record",
+        "cut over ssh",
+    ] {
+        assert!(
+            full["steps"][step].is_number(),
+            "step {step:?} is reported: {}",
+            full["steps"]
+        );
+    }
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+    let log = file_text(&lab.dir.join("pgzfs.log"));
+    assert!(
+        log.contains("pgzfs snapshot --json --for db2"),
+        "serve ran the cut as db1's pgzfs:\n{log}"
+    );
+    lab.sql("db1", "CREATE TABLE marks (n int)");
+    lab.sql("db1", "INSERT INTO marks SELECT generate_series(1, 100)");
+    let incremental = lab.reset_secondary("db2");
+    assert_eq!(incremental["mode"], "incremental");
+    lab.assert_same_contents("db1", "db2");
+
+    // A switchover to db1 and back, driven from the other side: first without the keys
+    // in the way, so that db2 is the primary that wants to hand back to db1.
+    unforce(&lab, &plain_keys);
+    let out = lab.pgzfs("db1", &["switchover", "--to", "db2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(lab.sql("db2", "SELECT pg_is_in_recovery()"), "f");
+    lab.sql("db2", "INSERT INTO marks SELECT generate_series(101, 200)");
+
+    // db1's key cannot promote without --allow-orchestration: refused, and db2 is the
+    // primary again with everything it had.
+    force_serve(&lab);
+    let out = lab.pgzfs("db2", &["switchover", "--to", "db1", "--json"]);
+    assert_ne!(out.status.code(), Some(0), "the promotion must be refused");
+    let why = stderr_of(&out);
+    assert!(why.contains("--allow-orchestration"), "{why}");
+    assert!(why.contains("restarted as the primary"), "{why}");
+    assert_eq!(lab.sql("db2", "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(lab.sql("db2", "SELECT count(*) FROM marks"), "200");
+    assert_eq!(lab.sql("db1", "SELECT pg_is_in_recovery()"), "t");
+    let log = file_text(&lab.dir.join("pgzfs.log"));
+    assert!(
+        log.contains("serve: refused") && log.contains("promote --force"),
+        "the refusal is logged:\n{log}"
+    );
+
+    // db1 reconnects to the restarted db2 on its own (the WAL receiver retries).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while lab.sql(
+        "db2",
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'db1' AND state = 'streaming'",
+    ) != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "db1 did not stream from db2 again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+
+    // With the flag, the same switchover goes through, and db2 rejoins db1 through the
+    // forced command, its cut taken by db1's pgzfs.
+    force_serve_with(&lab, " --allow-orchestration");
+    let out = lab.pgzfs("db2", &["switchover", "--to", "db1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["new_primary"], "db1");
+    assert_eq!(done["old_primary_rejoined"], true);
+    assert_eq!(lab.sql("db1", "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(lab.sql("db1", "SELECT count(*) FROM marks"), "200");
     lab.assert_streaming("db2");
 }
 

@@ -616,8 +616,14 @@ impl Runner {
         let _lock = LocalLock::acquire(&node.lock_file, LOCK_WAIT, "daemon snapshot")?;
         let mut primary = crate::commands::snapshot::connect_local_primary(node)?;
         let mut steps = Steps::default();
-        let cut =
-            crate::commands::snapshot::take_snapshot(&mut steps, &mut primary, zfs, node, now)?;
+        let cut = crate::commands::snapshot::take_snapshot(
+            &mut steps,
+            &mut primary,
+            zfs,
+            node,
+            now,
+            "pgzfs daemon",
+        )?;
         tracing::info!("scheduled snapshot {} taken", cut.snapshot);
         {
             let mut metrics = self.shared.metrics();

@@ -199,7 +199,7 @@ fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promote
         crate::timestamp::utc_compact(SystemTime::now())
     ))?;
     let prepromote = local.dataset.snapshot(&snap);
-    zfs.snapshot_recursive(&prepromote)?;
+    zfs.snapshot_recursive(&prepromote, &[])?;
 
     let fork_lsn = pg.replay_lsn()?.map(|l| l.to_string()).unwrap_or_default();
     let fork_timeline = pg.checkpoint_timeline()?;

@@ -198,7 +198,7 @@ fn keep_diverged_writes(
     let diverged = local
         .dataset
         .snapshot(&SnapName::parse(&format!("pgzfs-diverged-{stamp}"))?);
-    zfs.snapshot_recursive(&diverged)?;
+    zfs.snapshot_recursive(&diverged, &[])?;
     std::fs::create_dir_all(&local.quarantine_dir).map_err(|e| {
         Error::failed(format!(
             "cannot create {}: {e}",

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::cli::{Context, Global};
 use crate::cluster::{find_primary, pg_target, ssh_target, standby_setup};
-use crate::config::{Node, SshDataPath};
+use crate::config::{BackupVia, Node, SshDataPath};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::lock::LocalLock;
@@ -318,17 +318,28 @@ impl Reseed<'_> {
         }
         self.interrupt.check()?;
 
-        // 4. The backup-safe cut, all in one session on the primary.
-        let label = format!("pgzfs {}", local.name);
-        let cut = crate::cut::take(
-            &mut steps,
-            &mut primary,
-            &remote_zfs,
-            &source.dataset,
-            &planned_snapshot,
-            &label,
-            &source.name,
-        )?;
+        // 4. The backup-safe cut, all in one session on the primary: held by this
+        //    process, or by the source's own pgzfs (backup_via).
+        let cut = match local.backup_via {
+            BackupVia::Postgres => crate::cut::take(
+                &mut steps,
+                &mut primary,
+                &remote_zfs,
+                &source.dataset,
+                &planned_snapshot,
+                &format!("pgzfs {}", local.name),
+                &source.name,
+            )?,
+            BackupVia::Ssh => crate::cut::take_on_source(
+                &mut steps,
+                remote_zfs.runner(),
+                &local.pgzfs_bin,
+                &self.ctx.config.path,
+                &source.name,
+                &source.dataset,
+                &local.name,
+            )?,
+        };
         let snapshot_name = cut.snapshot.snap().clone();
         let new_snapshot = cut.snapshot.clone();
         let (start_lsn, stop, timeline) = (cut.start_lsn.clone(), cut.stop.clone(), cut.timeline);

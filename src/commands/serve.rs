@@ -12,8 +12,15 @@
 //! is then executed directly (no shell), with the SSH channel as its stdin and stdout.
 //! Anything else is refused with exit code 3 and logged with the client's address.
 //!
-//! Backup start and stop do not come through here: they are SQL over the replication
-//! role's own PostgreSQL connection.
+//! Two kinds of pgzfs's own commands get through too, always run as this node's pgzfs
+//! with the configuration and node serve itself runs with (the client's `--config` is
+//! replaced, its `--node` must name this node):
+//! - `pgzfs snapshot --json --for STANDBY`, the backup-safe cut of a standby's re-seed
+//!   with `backup_via = "ssh"`: backup start and stop through this node's own PostgreSQL
+//!   session, so the standby needs no backup privilege here;
+//! - with `serve --allow-orchestration` only, what `switchover` asks of the other nodes:
+//!   `pgzfs promote --force` and `pgzfs follow --to NODE`. A key that can promote a node
+//!   can make a second primary, so it is not given to every key that may pull snapshots.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -26,7 +33,12 @@ use crate::zfs::features::{self, ResumeToken};
 use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName};
 
 #[derive(Debug, Args)]
-pub struct Serve {}
+pub struct Serve {
+    /// Also allow `pgzfs promote --force` and `pgzfs follow --to NODE` on this node, as
+    /// `pgzfs switchover` run on another node asks
+    #[arg(long)]
+    pub allow_orchestration: bool,
+}
 
 impl Serve {
     pub fn run(&self, global: &Global) -> Result<i32> {
@@ -46,6 +58,25 @@ impl Serve {
             ));
         }
         let argv = split(&line).map_err(&refuse)?;
+        if is_pgzfs(&argv) {
+            let nodes: Vec<&str> = ctx.config.nodes.iter().map(|n| n.name.as_str()).collect();
+            let verb = check_pgzfs(&argv, &ctx.local.name, &nodes, self.allow_orchestration)
+                .map_err(&refuse)?;
+            let program = std::env::current_exe()
+                .map_err(|e| Error::failed(format!("serve: cannot find its own binary: {e}")))?;
+            tracing::debug!("serve: {client}: pgzfs {}", crate::shell::join(&verb));
+            let err = std::process::Command::new(&program)
+                .arg("--config")
+                .arg(&ctx.config.path)
+                .arg("--node")
+                .arg(&ctx.local.name)
+                .args(&verb)
+                .exec();
+            return Err(Error::failed(format!(
+                "serve: cannot run {}: {err}",
+                program.display()
+            )));
+        }
         let allowed = check(&argv, &dataset).map_err(&refuse)?;
         if let Some(token) = &allowed.resume {
             verify_resume_token(token, &dataset).map_err(&refuse)?;
@@ -281,22 +312,24 @@ pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allo
                 "zpool", "get", "-H", "-o", "value", feature, pool,
             ]))
         }
-        ["zfs", "snapshot", "-r", name] => {
+        ["zfs", "snapshot", "-r", rest @ .., name] => {
             ours_pgzfs(name)?;
-            Ok(allow(vec!["zfs", "snapshot", "-r", name]))
+            let mut argv = vec!["zfs", "snapshot", "-r"];
+            let mut options = rest;
+            while let ["-o", assignment, tail @ ..] = options {
+                check_pgzfs_assignment(assignment)?;
+                argv.extend(["-o", assignment]);
+                options = tail;
+            }
+            if !options.is_empty() {
+                return Err("not a zfs snapshot form pgzfs uses".to_string());
+            }
+            argv.push(name);
+            Ok(allow(argv))
         }
         ["zfs", "set", assignment, name] => {
             ours_pgzfs(name)?;
-            let (prop, value) = assignment
-                .split_once('=')
-                .ok_or_else(|| format!("{assignment:?} is not property=value"))?;
-            if !prop.starts_with("pgzfs:") {
-                return Err(format!(
-                    "only pgzfs: user properties may be set, not {prop:?}"
-                ));
-            }
-            crate::zfs::cli::validate_user_prop(prop, value)
-                .map_err(|e| e.message().to_string())?;
+            check_pgzfs_assignment(assignment)?;
             Ok(allow(vec!["zfs", "set", assignment, name]))
         }
         // The usage text, which lists the flags this zfs knows (ZfsCli::features).
@@ -373,6 +406,55 @@ pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allo
     }
 }
 
+/// A pgzfs command line (`.../pgzfs --config PATH --node NODE VERB ...`), as
+/// `reset-secondary` and `switchover` send them, by the program's file name.
+fn is_pgzfs(argv: &[String]) -> bool {
+    argv.first()
+        .is_some_and(|program| Path::new(program).file_name() == Some("pgzfs".as_ref()))
+}
+
+/// The pgzfs commands another node may run here: the verb and its arguments, to run with
+/// serve's own `--config` and `--node`. `this_node` is the node serve runs as; `nodes`
+/// every configured node. Err says why not, for the log.
+pub fn check_pgzfs(
+    argv: &[String],
+    this_node: &str,
+    nodes: &[&str],
+    allow_orchestration: bool,
+) -> std::result::Result<Vec<String>, String> {
+    let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let [_program, "--config", _client_config, "--node", node, verb @ ..] = words.as_slice() else {
+        return Err("not a pgzfs command form other nodes send".to_string());
+    };
+    if *node != this_node {
+        return Err(format!(
+            "--node {node:?}: this key reaches node {this_node} only"
+        ));
+    }
+    let other_node = |name: &str| -> std::result::Result<(), String> {
+        if !nodes.contains(&name) {
+            return Err(format!("{name:?} is not a configured node"));
+        }
+        if name == this_node {
+            return Err(format!("{name:?} is this node itself"));
+        }
+        Ok(())
+    };
+    match verb {
+        ["snapshot", "--json", "--for", standby] => other_node(standby)?,
+        ["promote", "--force"] | ["follow", "--to", _] if !allow_orchestration => {
+            return Err(format!(
+                "{} is orchestration; this key's forced command lacks --allow-orchestration",
+                verb[0]
+            ))
+        }
+        ["promote", "--force"] => {}
+        ["follow", "--to", primary] => other_node(primary)?,
+        _ => return Err("not a pgzfs command other nodes may run here".to_string()),
+    }
+    Ok(verb.iter().map(|w| w.to_string()).collect())
+}
+
 /// A comma-separated property list of readable properties, `written@SNAP` and pgzfs user
 /// properties.
 fn check_props(list: &str) -> std::result::Result<(), String> {
@@ -392,6 +474,19 @@ fn check_props(list: &str) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `pgzfs:name=value`, a user property pgzfs sets, with a value it could have written.
+fn check_pgzfs_assignment(assignment: &str) -> std::result::Result<(), String> {
+    let (prop, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| format!("{assignment:?} is not property=value"))?;
+    if !prop.starts_with("pgzfs:") {
+        return Err(format!(
+            "only pgzfs: user properties may be set, not {prop:?}"
+        ));
+    }
+    crate::zfs::cli::validate_user_prop(prop, value).map_err(|e| e.message().to_string())
 }
 
 /// `zfs send -t` streams whatever snapshot the token names *by GUID*, and the token comes
@@ -588,6 +683,16 @@ mod tests {
             ],
             // the cut
             vec!["zfs", "snapshot", "-r", snap],
+            vec![
+                "zfs",
+                "snapshot",
+                "-r",
+                "-o",
+                "pgzfs:lsn=0/3000028",
+                "-o",
+                "pgzfs:node=db1",
+                snap,
+            ],
             vec!["zfs", "set", "pgzfs:lsn=0/3000028", snap],
             vec!["zfs", "set", "pgzfs:backup_label=5354415254", snap],
             // transfers
@@ -722,6 +827,13 @@ mod tests {
             "zfs snapshot tank/pgdata@pgzfs-1",
             "zfs snapshot -r tank/other@pgzfs-1",
             "zfs snapshot -r tank@pgzfs-1",
+            "zfs snapshot -r -o mountpoint=/ tank/pgdata@pgzfs-1",
+            "zfs snapshot -r -o readonly=off tank/pgdata@pgzfs-1",
+            "zfs snapshot -r -o pgzfs:lsn='0/1 x' tank/pgdata@pgzfs-1",
+            "zfs snapshot -r -o tank/pgdata@pgzfs-1",
+            "zfs snapshot -r -o pgzfs:lsn=0/1 -p tank/pgdata@pgzfs-1",
+            "zfs snapshot -o pgzfs:lsn=0/1 -r tank/pgdata@pgzfs-1",
+            "zfs snapshot -r -o pgzfs:lsn=0/1 tank/pgdata@pgzfs-1 tank/other@pgzfs-1",
             "zfs hold keep tank/pgdata@pgzfs-1",
             "zfs hold pgzfs-db2 tank/pgdata@manual",
             "zfs hold -r pgzfs-db2 tank/pgdata@pgzfs-1",
@@ -755,6 +867,93 @@ mod tests {
         // A properly quoted word is still only data: a space inside it does not split it.
         let words = split("zfs send 'tank/pgdata@pgzfs-1 tank/other@x'").unwrap();
         assert_eq!(words.len(), 3);
+    }
+
+    const NODES: [&str; 3] = ["db1", "db2", "db3"];
+
+    /// What serve on db1 makes of a pgzfs command line another node sends.
+    fn pgzfs_on_db1(text: &str, orchestration: bool) -> std::result::Result<Vec<String>, String> {
+        let words = split(text)?;
+        assert!(is_pgzfs(&words), "{text:?} is a pgzfs command");
+        check_pgzfs(&words, "db1", &NODES, orchestration)
+    }
+
+    #[test]
+    fn the_commands_other_nodes_send_to_pgzfs_pass_exactly_as_built() {
+        use crate::exec::remote_pgzfs;
+        let bin = Path::new("/usr/local/bin/pgzfs");
+        let config = Path::new("/usr/local/etc/pgzfs.toml");
+        for (cmd, orchestration) in [
+            (
+                remote_pgzfs(bin, config, "db1").args(["snapshot", "--json", "--for", "db2"]),
+                false,
+            ),
+            (
+                remote_pgzfs(bin, config, "db1").args(["promote", "--force"]),
+                true,
+            ),
+            (
+                remote_pgzfs(bin, config, "db1").args(["follow", "--to", "db3"]),
+                true,
+            ),
+        ] {
+            let verb = pgzfs_on_db1(&cmd.display(), orchestration)
+                .unwrap_or_else(|why| panic!("{} refused: {why}", cmd.display()));
+            assert_eq!(verb, cmd.argv[5..], "the verb runs unchanged");
+        }
+    }
+
+    #[test]
+    fn a_key_without_orchestration_may_cut_but_never_promote_or_repoint() {
+        let cut = "/usr/local/bin/pgzfs --config /etc/p.toml --node db1 snapshot --json --for db2";
+        assert!(pgzfs_on_db1(cut, false).is_ok());
+        for text in [
+            "pgzfs --config /etc/p.toml --node db1 promote --force",
+            "pgzfs --config /etc/p.toml --node db1 follow --to db2",
+        ] {
+            let why = pgzfs_on_db1(text, false).unwrap_err();
+            assert!(why.contains("--allow-orchestration"), "{why}");
+            assert!(pgzfs_on_db1(text, true).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn other_pgzfs_commands_other_nodes_and_odd_forms_are_refused() {
+        for text in [
+            // another node's name: this key reaches db1 only
+            "pgzfs --config /etc/p.toml --node db2 snapshot --json --for db3",
+            "pgzfs --config /etc/p.toml --node db2 promote --force",
+            // targets that are not other configured nodes
+            "pgzfs --config /etc/p.toml --node db1 snapshot --json --for db1",
+            "pgzfs --config /etc/p.toml --node db1 snapshot --json --for evil",
+            "pgzfs --config /etc/p.toml --node db1 follow --to db1",
+            "pgzfs --config /etc/p.toml --node db1 follow --to nowhere",
+            // verbs nobody sends here
+            "pgzfs --config /etc/p.toml --node db1 reset-secondary --full --yes",
+            "pgzfs --config /etc/p.toml --node db1 rejoin --to db2",
+            "pgzfs --config /etc/p.toml --node db1 prune",
+            "pgzfs --config /etc/p.toml --node db1 promote",
+            "pgzfs --config /etc/p.toml --node db1 serve",
+            "pgzfs --config /etc/p.toml --node db1 daemon",
+            "pgzfs --config /etc/p.toml --node db1 snapshot --json",
+            "pgzfs --config /etc/p.toml --node db1 snapshot --json --for db2 --for db3",
+            "pgzfs --config /etc/p.toml --node db1 promote --force -v",
+            // global options other than --config/--node, in other places
+            "pgzfs --node db1 --config /etc/p.toml promote --force",
+            "pgzfs -v --config /etc/p.toml --node db1 promote --force",
+            "pgzfs --config /etc/p.toml --node db1",
+            "pgzfs snapshot --json --for db2",
+            "/tmp/evil/pgzfs --config /etc/p.toml --node db1 prune",
+        ] {
+            assert!(
+                pgzfs_on_db1(text, true).is_err(),
+                "{text:?} must be refused"
+            );
+        }
+        assert!(!is_pgzfs(
+            &split("pgzfsx --config a --node db1 promote --force").unwrap()
+        ));
+        assert!(!is_pgzfs(&split("sh -c pgzfs").unwrap()));
     }
 
     /// Records what ZfsCli would run on the source node, and answers "success, nothing".
@@ -811,7 +1010,8 @@ mod tests {
         zfs.exists(&ds).unwrap();
         zfs.snapshots(&ds).unwrap();
         zfs.children(&ds).unwrap();
-        zfs.snapshot_recursive(&snap).unwrap();
+        zfs.snapshot_recursive(&snap, &[(prop::LSN, "0/3000028".to_string())])
+            .unwrap();
         let props: Vec<(&str, String)> = prop::ALL
             .iter()
             .map(|p| (*p, "0/3000028".to_string()))

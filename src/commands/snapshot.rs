@@ -7,58 +7,56 @@
 
 use std::time::SystemTime;
 
-use clap::Args;
-use serde::Serialize;
-
 use crate::cli::Global;
 use crate::cluster::pg_target;
 use crate::config::Node;
-use crate::cut::Cut;
+use crate::cut::{Cut, Report};
 use crate::error::{Error, Result};
 use crate::exec::Local;
 use crate::lock::LocalLock;
 use crate::pg::Pg;
-use crate::steps::{round, Steps};
+use crate::steps::Steps;
 use crate::zfs::cli::ZfsCli;
 use crate::zfs::names::SnapName;
 use crate::zfs::Zfs;
+use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct TakeSnapshot {
-    /// Print the result as one JSON object on stdout
+    /// Print the result as one JSON object on stdout (with the backup_label)
     #[arg(long)]
     pub json: bool,
-}
-
-/// What `pgzfs snapshot --json` prints.
-#[derive(Debug, Serialize)]
-pub struct Taken {
-    pub node: String,
-    pub snapshot: String,
-    pub start_lsn: String,
-    pub stop_lsn: String,
-    pub timeline: u32,
-    pub seconds: f64,
+    /// Take it for this standby's re-seed (backup_via = "ssh"): its name goes into the
+    /// backup label
+    #[arg(long, value_name = "NODE")]
+    pub r#for: Option<String>,
 }
 
 impl TakeSnapshot {
     pub fn run(&self, global: &Global) -> Result<i32> {
         let ctx = global.load()?;
         let local = &ctx.local;
+        let label = match &self.r#for {
+            Some(standby) => {
+                let standby = ctx.config.node(standby).map_err(|e| e.context("--for"))?;
+                format!("pgzfs {}", standby.name)
+            }
+            None => "pgzfs snapshot".to_string(),
+        };
         let _lock = LocalLock::acquire(&local.lock_file, local.lock_timeout, "snapshot")?;
         let mut primary = connect_local_primary(local)?;
         let zfs = ZfsCli::new(Local);
         let mut steps = Steps::default();
-        let cut = take_snapshot(&mut steps, &mut primary, &zfs, local, SystemTime::now())
-            .map_err(|e| e.context("snapshot"))?;
-        let taken = Taken {
-            node: local.name.clone(),
-            snapshot: cut.snapshot.to_string(),
-            start_lsn: cut.start_lsn.clone(),
-            stop_lsn: cut.stop.stop_lsn.clone(),
-            timeline: cut.timeline,
-            seconds: round(steps.total().as_secs_f64()),
-        };
+        let cut = take_snapshot(
+            &mut steps,
+            &mut primary,
+            &zfs,
+            local,
+            SystemTime::now(),
+            &label,
+        )
+        .map_err(|e| e.context("snapshot"))?;
+        let taken = Report::new(&local.name, &cut, &steps);
         if self.json {
             println!(
                 "{}",
@@ -99,6 +97,7 @@ pub fn take_snapshot(
     zfs: &dyn Zfs,
     local: &Node,
     now: SystemTime,
+    label: &str,
 ) -> Result<Cut> {
     if !zfs.exists(&local.dataset)? {
         return Err(Error::failed(format!(
@@ -113,7 +112,7 @@ pub fn take_snapshot(
         zfs,
         &local.dataset,
         &SnapName::pgzfs_at(now),
-        "pgzfs snapshot",
+        label,
         &local.name,
     )
 }

@@ -17,7 +17,7 @@ use crate::commands::reset_secondary::{self, Caller, Outcome, ResetSecondary};
 use crate::config::Node;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
-use crate::exec::{Cmd, Runner};
+use crate::exec::{remote_pgzfs, Cmd, Runner};
 use crate::lock::LocalLock;
 use crate::pg::control;
 use crate::pg::ctl::PgCtl;
@@ -168,12 +168,8 @@ fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
     }
 
     // 5. Promote the target with its own pgzfs (it takes the undo snapshot and the epoch).
-    let promote = Cmd::new(local.pgzfs_bin.display().to_string())
-        .arg("--config")
-        .arg(ctx.config.path.display().to_string())
-        .arg("--node")
-        .arg(target.name.clone())
-        .args(["promote", "--force"]);
+    let promote =
+        remote_pgzfs(&local.pgzfs_bin, &ctx.config.path, &target.name).args(["promote", "--force"]);
     let promoted = ssh
         .run(&promote)
         .and_then(|_| wait_until_writable(&target, local.promote_timeout));
@@ -298,11 +294,10 @@ fn wait_for_replay(target: &Node, lsn: control::Lsn, timeout: Duration) -> Resul
 
 fn follow_remotely(ctx: &Context, local: &Node, node: &Node, new_primary: &str) -> Result<()> {
     let ssh = SshHost::connect(&ssh_target(local, node))?;
-    let cmd = Cmd::new(local.pgzfs_bin.display().to_string())
-        .arg("--config")
-        .arg(ctx.config.path.display().to_string())
-        .arg("--node")
-        .arg(node.name.clone())
-        .args(["follow", "--to", new_primary]);
+    let cmd = remote_pgzfs(&local.pgzfs_bin, &ctx.config.path, &node.name).args([
+        "follow",
+        "--to",
+        new_primary,
+    ]);
     ssh.run(&cmd).map(drop)
 }

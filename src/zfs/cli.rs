@@ -362,15 +362,14 @@ impl<R: Runner> Zfs for ZfsCli<R> {
             .collect()
     }
 
-    fn snapshot_recursive(&self, snapshot: &SnapshotName) -> Result<()> {
-        self.runner
-            .run(
-                &self
-                    .cmd()
-                    .args(["snapshot", "-r"])
-                    .arg(snapshot.to_string()),
-            )
-            .map(drop)
+    fn snapshot_recursive(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()> {
+        // `-o` takes one property each, and zfs-fuse (pool v23) accepts it too.
+        let mut cmd = self.cmd().args(["snapshot", "-r"]);
+        for (name, value) in props {
+            validate_user_prop(name, value)?;
+            cmd = cmd.arg("-o").arg(format!("{name}={value}"));
+        }
+        self.runner.run(&cmd.arg(snapshot.to_string())).map(drop)
     }
 
     fn set_snapshot_props(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()> {

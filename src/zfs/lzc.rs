@@ -206,14 +206,24 @@ impl LzcZfs {
     }
 
     /// Take all these snapshots in one transaction group: all or none.
-    pub fn snapshot_atomically(&self, snapshots: &[SnapshotName]) -> Result<()> {
+    pub fn snapshot_atomically(
+        &self,
+        snapshots: &[SnapshotName],
+        props: &[(&str, String)],
+    ) -> Result<()> {
         let mut list = NvList::new()?;
         for snapshot in snapshots {
             list.add_boolean(&snapshot.to_string())?;
         }
+        // lzc_snapshot sets user properties on every snapshot it creates.
+        let mut user_props = NvList::new()?;
+        for (name, value) in props {
+            crate::zfs::cli::validate_user_prop(name, value)?;
+            user_props.add_string(name, value)?;
+        }
         let mut errors = ErrList::new();
         // SAFETY: live lists; errors.0 receives a list we free.
-        let rc = unsafe { sys::lzc_snapshot(list.ptr, std::ptr::null_mut(), &mut errors.0) };
+        let rc = unsafe { sys::lzc_snapshot(list.ptr, user_props.ptr, &mut errors.0) };
         let what = snapshots.first().map(|s| s.to_string()).unwrap_or_default();
         lzc_result("snapshot", &what, rc, &errors)
     }
@@ -391,13 +401,13 @@ impl Zfs for LzcZfs {
     fn children(&self, dataset: &DatasetName) -> Result<Vec<DatasetName>> {
         self.cli.children(dataset)
     }
-    fn snapshot_recursive(&self, snapshot: &SnapshotName) -> Result<()> {
+    fn snapshot_recursive(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()> {
         // What `zfs snapshot -r` does: the dataset and every descendant, in one call.
         let mut names = vec![snapshot.clone()];
         for child in self.cli.children(snapshot.dataset())? {
             names.push(child.snapshot(snapshot.snap()));
         }
-        self.snapshot_atomically(&names)
+        self.snapshot_atomically(&names, props)
     }
     fn set_snapshot_props(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()> {
         self.cli.set_snapshot_props(snapshot, props)
@@ -637,8 +647,17 @@ mod tests {
         let b = ds.snapshot(
             &super::super::names::SnapName::parse(&format!("pgzfs-lzctest-b{stamp}")).unwrap(),
         );
-        zfs.snapshot_recursive(&a).unwrap();
-        zfs.snapshot_atomically(std::slice::from_ref(&b)).unwrap();
+        zfs.snapshot_recursive(&a, &[(crate::zfs::prop::LSN, "0/3000028".to_string())])
+            .unwrap();
+        assert_eq!(
+            zfs.get_text(&a.to_string(), crate::zfs::prop::LSN)
+                .unwrap()
+                .as_deref(),
+            Some("0/3000028"),
+            "user properties are set with the snapshot"
+        );
+        zfs.snapshot_atomically(std::slice::from_ref(&b), &[])
+            .unwrap();
         let tag = HoldTag::parse("pgzfs-lzctest").unwrap();
         zfs.hold(&tag, &a).unwrap();
         zfs.hold(&tag, &a).unwrap(); // twice is fine

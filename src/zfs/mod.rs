@@ -108,8 +108,10 @@ pub trait Zfs {
     fn snapshots(&self, dataset: &DatasetName) -> Result<Vec<Snapshot>>;
     /// Datasets below this one.
     fn children(&self, dataset: &DatasetName) -> Result<Vec<DatasetName>>;
-    /// Take a snapshot of the dataset and, atomically with it, of all its descendants.
-    fn snapshot_recursive(&self, snapshot: &SnapshotName) -> Result<()>;
+    /// Take a snapshot of the dataset and, atomically with it, of all its descendants,
+    /// with `props` (user properties) set in the same call: one round trip instead of one
+    /// per property, and no moment at which the snapshot exists without them.
+    fn snapshot_recursive(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()>;
     fn set_snapshot_props(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()>;
     /// A property's value as text; None when unset ("-") or when the object is missing.
     fn get_text(&self, object: &str, property: &str) -> Result<Option<String>>;
