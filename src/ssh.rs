@@ -46,6 +46,19 @@ pub struct SshHost {
     target: SshTarget,
 }
 
+/// Probe an idle connection after 15 s, every 5 s, and give up after 4 unanswered probes:
+/// a peer that vanished (power loss, a cable) is found within about 35 s.
+fn enable_tcp_keepalive(tcp: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let set = setsockopt(tcp, sockopt::KeepAlive, &true)
+        .and_then(|_| setsockopt(tcp, sockopt::TcpKeepIdle, &15))
+        .and_then(|_| setsockopt(tcp, sockopt::TcpKeepInterval, &5))
+        .and_then(|_| setsockopt(tcp, sockopt::TcpKeepCount, &4));
+    if let Err(e) = set {
+        tracing::debug!("ssh: TCP keepalive not set: {e}");
+    }
+}
+
 /// A blocking read of a ZFS stream may legitimately wait while the sender walks metadata;
 /// a dead peer is caught by keepalives long before this.
 const IO_TIMEOUT_MS: u32 = 600_000;
@@ -61,6 +74,7 @@ impl SshHost {
         let tcp = TcpStream::connect_timeout(&addr, target.connect_timeout)
             .map_err(|e| Error::failed(format!("cannot reach {who}: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        enable_tcp_keepalive(&tcp);
         let mut session = Session::new().map_err(|e| Error::failed(format!("ssh: {e}")))?;
         session.set_tcp_stream(tcp);
         session.set_timeout(target.connect_timeout.as_millis().min(u32::MAX as u128) as u32);
@@ -82,7 +96,11 @@ impl SshHost {
                 target.key.display()
             )));
         }
-        session.set_keepalive(true, 15);
+        // No libssh2 keepalive: in blocking mode a keepalive that comes due while a read
+        // waits fails that read with "Timed out waiting on socket" (a remote `zfs hold`
+        // slowed by load failed a re-seed that way). The kernel's TCP keepalive finds a
+        // dead peer instead, and the session timeout still bounds every call.
+        session.set_keepalive(false, 0);
         session.set_timeout(IO_TIMEOUT_MS);
         tracing::debug!("ssh: logged in to {who}");
         Ok(SshHost {

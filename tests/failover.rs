@@ -156,7 +156,17 @@ fn the_primary_dies_the_standby_takes_over_and_the_old_primary_rejoins_when_it_r
             (streaming.as_deref() == Some("streaming")).then_some(())
         },
     );
-    assert_eq!(lab.sql_on("db1", "SELECT pg_is_in_recovery()"), "t");
+    // A standby streams before it has replayed up to a consistent state, and accepts
+    // connections only from there on: wait for that rather than ask too early.
+    wait_for(
+        "db1 to accept read-only connections",
+        Duration::from_secs(60),
+        || {
+            lab.try_sql_on("db1", "SELECT pg_is_in_recovery()")
+                .ok()
+                .filter(|answer| answer == "t")
+        },
+    );
     assert_eq!(
         lab.vip_holder().as_deref(),
         Some("db2"),
