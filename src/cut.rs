@@ -193,6 +193,45 @@ pub fn take_on_source(
 /// The steps of [`take`], as a source node reports them.
 const REMOTE_STEPS: [&str; 4] = ["backup start", "snapshot", "backup stop", "backup record"];
 
+impl Cut {
+    /// The cut a snapshot recorded in its properties when it was taken: what a resumed
+    /// re-seed starts from, since the backup it belongs to ended long ago. Only a complete
+    /// cut (one with its backup_label, which is written last) qualifies.
+    pub fn recorded(snapshot: &Snapshot) -> std::result::Result<Cut, String> {
+        let name = &snapshot.name;
+        let text = |prop: &str| {
+            snapshot
+                .prop(prop)
+                .filter(|v| !v.is_empty() && *v != "-")
+                .ok_or_else(|| format!("{name} has no {prop}, so it is not a complete pgzfs cut"))
+        };
+        let label = unhex(text(prop::BACKUP_LABEL)?)
+            .ok_or_else(|| format!("the {} of {name} is not readable", prop::BACKUP_LABEL))?;
+        let spcmapfile = match snapshot.prop(prop::TABLESPACE_MAP) {
+            Some(map) if !map.is_empty() && map != "-" => unhex(map)
+                .ok_or_else(|| format!("the {} of {name} is not readable", prop::TABLESPACE_MAP))?,
+            _ => String::new(),
+        };
+        let number = |prop: &str| {
+            text(prop)?
+                .parse::<u64>()
+                .map_err(|_| format!("the {prop} of {name} is not a number"))
+        };
+        Ok(Cut {
+            snapshot: name.clone(),
+            start_lsn: text(prop::LSN)?.to_string(),
+            stop: BackupStop {
+                stop_lsn: text(prop::STOP_LSN)?.to_string(),
+                labelfile: label,
+                spcmapfile,
+            },
+            timeline: u32::try_from(number(prop::TIMELINE)?)
+                .map_err(|_| format!("the timeline of {name} is out of range"))?,
+            system_identifier: number(prop::SYSTEM_ID)?,
+        })
+    }
+}
+
 /// Snapshot names carry the time to the second; a second re-seed within the same second
 /// gets a suffix rather than a collision.
 fn unique_snapshot_name(planned: &SnapName, existing: &[Snapshot]) -> Result<SnapName> {
@@ -352,6 +391,58 @@ mod tests {
             let message = cut.unwrap_err().to_string();
             assert!(message.contains(why), "{message}");
         }
+    }
+
+    fn recorded_cut(props: &[(&str, &str)]) -> Snapshot {
+        let mut s = snap("tank/pg@pgzfs-20261122T010000Z", 7, 70);
+        for (k, v) in props {
+            s.props.insert(k.to_string(), v.to_string());
+        }
+        s
+    }
+
+    const COMPLETE: [(&str, &str); 6] = [
+        (prop::LSN, "0/5000028"),
+        (prop::STOP_LSN, "0/5000100"),
+        (prop::TIMELINE, "3"),
+        (prop::SYSTEM_ID, "7301234567890123456"),
+        (prop::PG_MAJOR, "17"),
+        (prop::BACKUP_LABEL, "5354415254"),
+    ];
+
+    #[test]
+    fn a_complete_cut_is_read_back_from_its_snapshot_properties() {
+        let mut props = COMPLETE.to_vec();
+        let label = hex("START WAL LOCATION: 0/5000028\n");
+        let map = hex("16390 /srv/ts\n");
+        props[5] = (prop::BACKUP_LABEL, &label);
+        props.push((prop::TABLESPACE_MAP, &map));
+        let cut = Cut::recorded(&recorded_cut(&props)).unwrap();
+        assert_eq!(cut.snapshot.to_string(), "tank/pg@pgzfs-20261122T010000Z");
+        assert_eq!(cut.start_lsn, "0/5000028");
+        assert_eq!(cut.stop.stop_lsn, "0/5000100");
+        assert_eq!(cut.stop.labelfile, "START WAL LOCATION: 0/5000028\n");
+        assert_eq!(cut.stop.spcmapfile, "16390 /srv/ts\n");
+        assert_eq!(cut.timeline, 3);
+        assert_eq!(cut.system_identifier, 7301234567890123456);
+    }
+
+    #[test]
+    fn a_snapshot_whose_cut_never_finished_is_not_a_cut() {
+        // The process died between the snapshot and the backup record: the properties
+        // set with the snapshot are there, the label is not.
+        let unfinished: Vec<(&str, &str)> = COMPLETE[..5].to_vec();
+        let why = Cut::recorded(&recorded_cut(&unfinished)).unwrap_err();
+        assert!(why.contains("pgzfs:backup_label"), "{why}");
+        let mut odd_label = COMPLETE.to_vec();
+        odd_label[5] = (prop::BACKUP_LABEL, "zz");
+        assert!(Cut::recorded(&recorded_cut(&odd_label)).is_err());
+        let mut bad_timeline = COMPLETE.to_vec();
+        bad_timeline[2] = (prop::TIMELINE, "three");
+        assert!(Cut::recorded(&recorded_cut(&bad_timeline))
+            .unwrap_err()
+            .contains("timeline"));
+        assert!(Cut::recorded(&recorded_cut(&[])).is_err());
     }
 
     #[test]
