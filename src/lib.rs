@@ -23,6 +23,7 @@ pub mod progress;
 pub mod replicate;
 pub mod retention;
 pub mod shell;
+pub mod size;
 pub mod ssh;
 pub mod ssh_openssh;
 pub mod steps;
