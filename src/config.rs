@@ -26,6 +26,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use serde::Deserialize;
 
 use crate::duration::parse_duration;
 use crate::error::{Error, Result};
+use crate::size::parse_size;
 use crate::zfs::names::DatasetName;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/usr/local/etc/pgzfs.toml";
@@ -138,6 +140,9 @@ pub struct Node {
     pub backup_via: BackupVia,
     /// What carries the ZFS stream of a re-seed from the source (`ssh_data_path`).
     pub ssh_data_path: SshDataPath,
+    /// The most bytes per second this node receives a re-seed's stream at (`bwlimit`),
+    /// whether `reset-secondary`, `rejoin` or the daemon started it. None: unlimited.
+    pub bwlimit: Option<NonZeroU64>,
     /// daemon: how often to take a backup-safe snapshot on the primary.
     pub snapshot_interval: Duration,
     /// daemon: how long streaming may stay broken before this standby is re-seeded.
@@ -498,6 +503,7 @@ per_node_settings! {
     zfs_backend: String,
     backup_via: String,
     ssh_data_path: String,
+    bwlimit: toml::Value,
     snapshot_interval: String,
     reseed_after: String,
     http_listen: String,
@@ -545,6 +551,9 @@ struct Settings {
     zfs_backend: Option<ZfsBackend>,
     backup_via: Option<BackupVia>,
     ssh_data_path: Option<SshDataPath>,
+    /// Some(0) is an explicit "unlimited", so that a node can lift a limit set in
+    /// `[defaults]`.
+    bwlimit: Option<u64>,
     snapshot_interval: Option<Duration>,
     reseed_after: Option<Duration>,
     http_listen: Option<SocketAddr>,
@@ -594,6 +603,7 @@ impl Settings {
             zfs_backend: self.zfs_backend.or(base.zfs_backend),
             backup_via: self.backup_via.or(base.backup_via),
             ssh_data_path: self.ssh_data_path.or(base.ssh_data_path),
+            bwlimit: self.bwlimit.or(base.bwlimit),
             snapshot_interval: self.snapshot_interval.or(base.snapshot_interval),
             reseed_after: self.reseed_after.or(base.reseed_after),
             http_listen: self.http_listen.or(base.http_listen),
@@ -744,6 +754,10 @@ fn check_settings(
             .ssh_data_path
             .map(|v| SshDataPath::parse(&v).map_err(at("ssh_data_path")))
             .transpose()?,
+        bwlimit: raw
+            .bwlimit
+            .map(|v| bytes_per_second(v).map_err(at("bwlimit")))
+            .transpose()?,
         snapshot_interval,
         reseed_after: duration("reseed_after", raw.reseed_after)?,
         http_listen,
@@ -816,6 +830,21 @@ fn check_events(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
     Ok(Events {
         command: raw.command,
         only,
+    })
+}
+
+/// `bwlimit`: a size per second such as "50M", or a plain integer of bytes per second.
+/// Integers are taken too because `bwlimit = 0` is the obvious way to write "no limit".
+fn bytes_per_second(value: toml::Value) -> std::result::Result<u64, String> {
+    let parsed = match value {
+        toml::Value::String(text) => parse_size(&text),
+        toml::Value::Integer(n) => {
+            u64::try_from(n).map_err(|_| format!("{n} must not be negative"))
+        }
+        other => Err(format!("a {} is not a rate", other.type_str())),
+    };
+    parsed.map_err(|why| {
+        format!("{why}; write bytes per second such as \"50M\" (50 MiB/s), or \"0\" for no limit")
     })
 }
 
@@ -978,6 +1007,7 @@ fn complete_node(
         zfs_backend: settings.zfs_backend.unwrap_or_default(),
         backup_via: settings.backup_via.unwrap_or_default(),
         ssh_data_path: settings.ssh_data_path.unwrap_or_default(),
+        bwlimit: settings.bwlimit.and_then(NonZeroU64::new),
         name,
         host,
         dataset,
@@ -2145,6 +2175,72 @@ host = "10.0.0.2"
         let message = refusal(&minimal_with_node_lines("ssh_data_path = \"libssh\""));
         assert!(message.contains("nodes[1].ssh_data_path"), "{message}");
         assert!(message.contains("\"ssh2\" or \"openssh\""), "{message}");
+    }
+
+    #[test]
+    fn bwlimit_is_unlimited_unless_set_and_a_node_overrides_the_defaults() {
+        let config = parse(SAMPLE).unwrap();
+        assert!(config.nodes.iter().all(|n| n.bwlimit.is_none()));
+        let text = SAMPLE.replace("[defaults]", "[defaults]\nbwlimit = \"50M\"");
+        let config = parse(&text).unwrap();
+        assert!(config
+            .nodes
+            .iter()
+            .all(|n| n.bwlimit == NonZeroU64::new(50 << 20)));
+        let text = text.replace("name = \"db2\"", "name = \"db2\"\nbwlimit = \"800K\"");
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.node("db1").unwrap().bwlimit,
+            NonZeroU64::new(50 << 20)
+        );
+        assert_eq!(
+            config.node("db2").unwrap().bwlimit,
+            NonZeroU64::new(800 << 10)
+        );
+    }
+
+    #[test]
+    fn bwlimit_zero_on_a_node_lifts_the_limit_of_the_defaults() {
+        for zero in ["\"0\"", "0"] {
+            let text = minimal_with_default_lines("bwlimit = \"1G\"");
+            let config = parse(&format!("{text}bwlimit = {zero}\n")).unwrap();
+            assert_eq!(config.nodes[0].bwlimit, None, "{zero}");
+        }
+    }
+
+    #[test]
+    fn bwlimit_takes_binary_units_or_plain_bytes_per_second() {
+        for (written, bytes) in [
+            ("\"50MiB\"", 50 << 20),
+            ("\"1G\"", 1 << 30),
+            ("\"4096\"", 4096),
+            ("1048576", 1 << 20),
+        ] {
+            let config = parse(&minimal_with_node_lines(&format!("bwlimit = {written}"))).unwrap();
+            assert_eq!(config.nodes[0].bwlimit, NonZeroU64::new(bytes), "{written}");
+        }
+    }
+
+    #[test]
+    fn a_bad_bwlimit_is_refused_naming_the_key_and_the_problem() {
+        for (bad, problem) in [
+            ("\"\"", "empty"),
+            ("\"-5M\"", "negative"),
+            ("-5", "negative"),
+            ("\"50X\"", "unknown unit"),
+            ("\"50MB\"", "ambiguous"),
+            ("\"1.5G\"", "whole numbers"),
+            ("\"99999999999T\"", "too large"),
+            ("\"18446744073709551616\"", "too large"),
+            ("true", "not a rate"),
+        ] {
+            let message = refusal(&minimal_with_node_lines(&format!("bwlimit = {bad}")));
+            assert!(message.contains("nodes[1].bwlimit"), "{bad}: {message}");
+            assert!(message.contains(problem), "{bad}: {message}");
+            assert!(message.contains("bytes per second"), "{bad}: {message}");
+        }
+        let message = refusal(&minimal_with_default_lines("bwlimit = \"fast\""));
+        assert!(message.contains("defaults.bwlimit"), "{message}");
     }
 
     #[test]

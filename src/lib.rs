@@ -1,8 +1,9 @@
 //! pgzfs keeps PostgreSQL standbys in sync with ZFS snapshots.
 //!
 //! Layers, top to bottom (a module only uses what sits below it):
-//! `cli` → `commands` → domain logic (`replicate`, `transfer`) → narrow interfaces to the
-//! outside world (`zfs`, `ssh`, `pg`, `exec`, `clock`) → `config`, `error`.
+//! `cli` → `commands` → domain logic (`replicate`, `transfer`, `ratelimit`) → narrow
+//! interfaces to the outside world (`zfs`, `ssh`, `pg`, `exec`, `clock`) → `config`,
+//! `error`.
 
 pub mod cli;
 pub mod clock;
@@ -20,9 +21,11 @@ pub mod log;
 pub mod pg;
 pub mod pgpass;
 pub mod progress;
+pub mod ratelimit;
 pub mod replicate;
 pub mod retention;
 pub mod shell;
+pub mod size;
 pub mod ssh;
 pub mod ssh_openssh;
 pub mod steps;

@@ -211,11 +211,14 @@ fn keep_diverged_writes(
     ));
     let partial = file.with_extension("gz.partial");
     let sink = GzipFile::create(&partial)?;
+    // No bwlimit: this stream goes from the local pool to a local file and crosses no
+    // link. The pull from the new primary that follows is limited (reset_secondary).
     let moved = transfer::copy(
         zfs.send(&diverged, Some(base))?,
         Box::new(sink),
         &Progress::new(None),
         &Interrupt::default(),
+        None,
     )?;
     std::fs::rename(&partial, &file)
         .map_err(|e| Error::failed(format!("cannot rename {}: {e}", partial.display())))?;

@@ -642,6 +642,9 @@ impl Reseed<'_> {
                 &local_zfs.features_for(dataset).unwrap_or_default(),
                 remote_zfs.is_encrypted(&plan.source_dataset)?,
             );
+            if let Some(limit) = local.bwlimit {
+                tracing::info!("receiving at most {}/s (bwlimit)", human_bytes(limit.get()));
+            }
             let mut attempt = 1;
             loop {
                 // The stream alone may take another transport (ssh_data_path).
@@ -652,7 +655,7 @@ impl Reseed<'_> {
                 )?;
                 let sink = local_zfs.receive(dataset, plan.is_incremental())?;
                 let progress = Progress::new(estimate);
-                let moved = transfer::copy(source, sink, &progress, &self.interrupt);
+                let moved = transfer::copy(source, sink, &progress, &self.interrupt, local.bwlimit);
                 progress.finish();
                 match moved {
                     Err(e)
