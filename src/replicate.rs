@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::zfs::features::ResumeTokenInfo;
 use crate::zfs::names::{DatasetName, SnapName, SnapshotName};
 use crate::zfs::{newest_common, Snapshot};
 
@@ -111,6 +112,98 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
     Ok(plan)
 }
 
+/// A partial receive left on this node by an interrupted resumable re-seed.
+pub struct ResumeInput<'a> {
+    pub source_dataset: &'a DatasetName,
+    pub source_snapshots: &'a [Snapshot],
+    pub local_dataset: &'a DatasetName,
+    /// The local dataset's snapshots: none at all after an interrupted full receive.
+    pub local_snapshots: &'a [Snapshot],
+    /// What the local `receive_resume_token` decodes to.
+    pub token: &'a ResumeTokenInfo,
+}
+
+/// The transfer that continues the partial receive, and the source snapshot it ends at;
+/// Err says why the partial state cannot be continued (it is then discarded and the
+/// re-seed starts afresh). The token is data this node wrote, so nothing in it is taken
+/// on trust: the snapshot must still exist on the source under the token's name *and*
+/// GUID and be a complete cut, and the base must be a snapshot both sides still share.
+pub fn resume<'a>(input: &ResumeInput<'a>) -> std::result::Result<(Plan, &'a Snapshot), String> {
+    let token = input.token;
+    let target = input
+        .source_snapshots
+        .iter()
+        .find(|s| s.name.to_string() == token.toname)
+        .ok_or_else(|| {
+            format!(
+                "the partial receive continues {}, which is no longer a snapshot of {}",
+                token.toname, input.source_dataset
+            )
+        })?;
+    if target.guid != token.toguid {
+        return Err(format!(
+            "{} on the source has GUID {:#x}, the partial receive {:#x}: same name, another snapshot",
+            target.name, target.guid, token.toguid
+        ));
+    }
+    if !target.name.snap().is_pgzfs() {
+        return Err(format!("{} is not a pgzfs snapshot", target.name));
+    }
+    let mode = match token.fromguid {
+        None if input.local_snapshots.is_empty() => Mode::Full,
+        None => {
+            return Err(format!(
+                "a full receive was interrupted, but {} has snapshots of its own",
+                input.local_dataset
+            ))
+        }
+        Some(from) => {
+            let local_base = input
+                .local_snapshots
+                .iter()
+                .find(|s| s.guid == from)
+                .ok_or_else(|| {
+                    format!(
+                        "the base (GUID {from:#x}) is gone from {}",
+                        input.local_dataset
+                    )
+                })?;
+            let source_base = input
+                .source_snapshots
+                .iter()
+                .find(|s| s.guid == from)
+                .ok_or_else(|| {
+                    format!(
+                        "the base (GUID {from:#x}) is gone from {}",
+                        input.source_dataset
+                    )
+                })?;
+            if let Some(newer) = input
+                .local_snapshots
+                .iter()
+                .find(|s| s.createtxg > local_base.createtxg)
+            {
+                return Err(format!(
+                    "{} appeared after the base {}; the stream no longer applies",
+                    newer.name, local_base.name
+                ));
+            }
+            Mode::Incremental {
+                base: source_base.name.snap().clone(),
+            }
+        }
+    };
+    let plan = Plan {
+        source_dataset: input.source_dataset.clone(),
+        local_dataset: input.local_dataset.clone(),
+        snapshot: target.name.snap().clone(),
+        mode,
+        rename_aside: None,
+        rolled_back: Vec::new(),
+    };
+    Ok((plan, target))
+}
+
 impl Plan {
     pub fn source_snapshot(&self) -> SnapshotName {
         self.source_dataset.snapshot(&self.snapshot)
@@ -189,6 +282,139 @@ mod tests {
             ds("tank/pgdata"),
             SnapName::parse("pgzfs-20261122T010000Z").unwrap(),
         )
+    }
+
+    fn token(toname: &str, toguid: u64, fromguid: Option<u64>) -> ResumeTokenInfo {
+        ResumeTokenInfo {
+            toname: toname.to_string(),
+            toguid,
+            fromguid,
+            compressed: false,
+            raw: false,
+            embedded: false,
+            large_blocks: false,
+        }
+    }
+
+    fn resumed(
+        source: &[Snapshot],
+        local: &[Snapshot],
+        token: &ResumeTokenInfo,
+    ) -> std::result::Result<Plan, String> {
+        let n = names();
+        resume(&ResumeInput {
+            source_dataset: &n.0,
+            source_snapshots: source,
+            local_dataset: &n.1,
+            local_snapshots: local,
+            token,
+        })
+        .map(|(plan, target)| {
+            assert_eq!(target.name.snap(), &plan.snapshot);
+            plan
+        })
+    }
+
+    #[test]
+    fn an_interrupted_incremental_continues_from_the_same_base_to_the_same_snapshot() {
+        let primary = [
+            snap("tank/pgdata@pgzfs-a", 1, 10),
+            snap("tank/pgdata@pgzfs-b", 2, 20),
+            snap("tank/pgdata@pgzfs-c", 3, 30),
+        ];
+        let standby = [snap("tank/pgdata@pgzfs-a", 1, 5)];
+        let plan = resumed(
+            &primary,
+            &standby,
+            &token("tank/pgdata@pgzfs-b", 2, Some(1)),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.snapshot.as_str(),
+            "pgzfs-b",
+            "the token's snapshot, not the newest"
+        );
+        assert_eq!(
+            plan.mode,
+            Mode::Incremental {
+                base: SnapName::parse("pgzfs-a").unwrap()
+            }
+        );
+        assert_eq!(plan.rename_aside, None);
+        assert!(plan.rolled_back.is_empty());
+    }
+
+    #[test]
+    fn an_interrupted_full_receive_continues_into_the_partial_dataset() {
+        let primary = [snap("tank/pgdata@pgzfs-b", 2, 20)];
+        let plan = resumed(&primary, &[], &token("tank/pgdata@pgzfs-b", 2, None)).unwrap();
+        assert_eq!(plan.mode, Mode::Full);
+        assert_eq!(
+            plan.rename_aside, None,
+            "the partial dataset is continued, not renamed"
+        );
+    }
+
+    #[test]
+    fn a_token_that_no_longer_fits_the_source_or_the_standby_is_not_followed() {
+        let primary = [
+            snap("tank/pgdata@pgzfs-a", 1, 10),
+            snap("tank/pgdata@pgzfs-b", 2, 20),
+            snap("tank/pgdata@manual", 4, 40),
+        ];
+        let standby = [snap("tank/pgdata@pgzfs-a", 1, 5)];
+        for (token, local, why) in [
+            (
+                token("tank/pgdata@pgzfs-gone", 9, Some(1)),
+                &standby[..],
+                "no longer a snapshot",
+            ),
+            (
+                token("tank/pgdata@pgzfs-b", 99, Some(1)),
+                &standby[..],
+                "another snapshot",
+            ),
+            (
+                token("tank/other@pgzfs-b", 2, Some(1)),
+                &standby[..],
+                "no longer a snapshot",
+            ),
+            (
+                token("tank/pgdata@manual", 4, Some(1)),
+                &standby[..],
+                "not a pgzfs snapshot",
+            ),
+            (
+                token("tank/pgdata@pgzfs-b", 2, Some(77)),
+                &standby[..],
+                "base (GUID 0x4d) is gone",
+            ),
+            (
+                token("tank/pgdata@pgzfs-b", 2, None),
+                &standby[..],
+                "has snapshots of its own",
+            ),
+        ] {
+            let err = resumed(&primary, local, &token).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        // A local snapshot newer than the base appeared since (someone took one by hand).
+        let moved_on = [
+            snap("tank/pgdata@pgzfs-a", 1, 5),
+            snap("tank/pgdata@pgzfs-local", 8, 6),
+        ];
+        let err = resumed(
+            &primary,
+            &moved_on,
+            &token("tank/pgdata@pgzfs-b", 2, Some(1)),
+        )
+        .unwrap_err();
+        assert!(err.contains("appeared after the base"), "{err}");
+        // The base is gone from the source (pruned there).
+        let pruned = [snap("tank/pgdata@pgzfs-b", 2, 20)];
+        let err =
+            resumed(&pruned, &standby, &token("tank/pgdata@pgzfs-b", 2, Some(1))).unwrap_err();
+        assert!(err.contains("gone from tank/pgdata"), "{err}");
     }
 
     #[test]

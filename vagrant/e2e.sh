@@ -95,8 +95,8 @@ token=$(on db3 "zfs get -H -o value receive_resume_token tank/pgdata" | tr -d '\
 if [ -z "$token" ] || [ "$token" = - ]; then
     fail "the interrupted receive left no resume token (is receive -s wired in?)"
 fi
-on db3 "pgzfs --node db3 reset-secondary --yes"
-on db3 "grep -q resum /var/log/pgzfs.log" || fail "the second run did not resume"
+on db3 "pgzfs --node db3 reset-secondary --yes --json" | grep -q '"resumed": true' ||
+    fail "the second run did not resume the interrupted transfer"
 streaming db3
 
 printf '\ne2e: OK\n'

@@ -63,7 +63,9 @@ for peer in db1:11 db2:12 db3:13; do
 done
 id zfssync >/dev/null 2>&1 || pw useradd -n zfssync -m -s /bin/sh -c "pgzfs ZFS transfers"
 install -d -o zfssync -g zfssync -m 0700 /home/zfssync/.ssh
-printf 'from="10.77.0.0/24",command="/usr/local/bin/pgzfs serve --node %s",restrict %s\n' \
+# One key for everything in this lab, so it also allows what switchover asks of a node
+# (--allow-orchestration); docs/least-privilege.md shows how to give that to fewer keys.
+printf 'from="10.77.0.0/24",command="/usr/local/bin/pgzfs serve --allow-orchestration --node %s",restrict %s\n' \
     "$NAME" "$(cat "$LAB/id_ed25519.pub")" >/home/zfssync/.ssh/authorized_keys
 chown zfssync:zfssync /home/zfssync/.ssh/authorized_keys
 chmod 0600 /home/zfssync/.ssh/authorized_keys

@@ -29,7 +29,7 @@ use crate::ssh_openssh::OpenSshHost;
 use crate::steps::{round, Steps};
 use crate::transfer::{self, Interrupt};
 use crate::zfs::cli::ZfsCli;
-use crate::zfs::features::SendOptions;
+use crate::zfs::features::{ResumeToken, SendOptions};
 use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName};
 use crate::zfs::{Snapshot, Zfs};
 
@@ -159,6 +159,8 @@ pub struct Summary {
     pub node: String,
     pub source: String,
     pub mode: &'static str,
+    /// The transfer continued the partial receive of an interrupted run.
+    pub resumed: bool,
     pub snapshot: String,
     pub base: Option<String>,
     pub renamed_aside: Option<String>,
@@ -181,10 +183,11 @@ pub struct Summary {
 impl Summary {
     fn text(&self) -> String {
         let mut out = format!(
-            "re-seeded {} from {}: {} ({}{}) of {}\n  {} in {:.1}s ({}/s); total {:.1}s\n  replication: {}, lag {}\n",
+            "re-seeded {} from {}: {}{} ({}{}) of {}\n  {} in {:.1}s ({}/s); total {:.1}s\n  replication: {}, lag {}\n",
             self.node,
             self.source,
             self.mode,
+            if self.resumed { ", resumed" } else { "" },
             self.snapshot,
             self.base.as_ref().map(|b| format!(" since {b}")).unwrap_or_default(),
             human_bytes(self.bytes),
@@ -223,6 +226,18 @@ struct LocalState {
     dataset_exists: bool,
     control: Option<ControlData>,
     running: bool,
+    /// The resume token an interrupted resumable receive left on the dataset.
+    partial: Option<ResumeToken>,
+    /// That receive was a full one: the dataset holds no snapshot, nothing mountable.
+    partial_full: bool,
+}
+
+/// Continuing the partial receive of an interrupted run instead of starting afresh.
+struct Resumed {
+    token: ResumeToken,
+    plan: Plan,
+    /// The cut of that run, read back from its snapshot's properties.
+    cut: crate::cut::Cut,
 }
 
 impl Reseed<'_> {
@@ -242,7 +257,7 @@ impl Reseed<'_> {
         let pgctl = PgCtl::for_node(&local)?;
 
         // 1. Preflight: every refusal happens here, before anything changes.
-        let (state, source, mut primary, remote_zfs, remote_snaps, local_snaps) = steps.run("preflight", || {
+        let (mut state, source, mut primary, remote_zfs, remote_snaps, local_snaps) = steps.run("preflight", || {
             let state = self.inspect_local(&local, local_zfs, &pgctl)?;
             let (source, mut primary) = find_primary(&self.ctx.config, &local, self.args.from.as_deref())?;
             self.check_compatible(&local, &state, &pgctl, &mut primary)?;
@@ -266,17 +281,56 @@ impl Reseed<'_> {
             Ok((state, source, primary, remote_zfs, remote_snaps, local_snaps))
         })?;
 
+        // An interrupted resumable receive is continued when it still fits the source;
+        // otherwise it is discarded (after the confirmation) and the re-seed starts afresh.
+        let (resume, discard) = match &state.partial {
+            None => (None, None),
+            Some(token) => match self.resumable_partial(
+                token,
+                &state,
+                &local,
+                &source,
+                local_zfs,
+                &remote_zfs,
+                &remote_snaps,
+                local_snaps.as_deref(),
+                &mut primary,
+            ) {
+                Ok(resumed) => (Some(resumed), None),
+                Err(why) => (None, Some(why)),
+            },
+        };
+        // Discarding a partial full receive removes the dataset it was creating.
+        let local_snaps = if discard.is_some() && state.partial_full {
+            None
+        } else {
+            local_snaps
+        };
         let stamp = crate::timestamp::utc_compact(SystemTime::now());
         let planned_snapshot = SnapName::parse(&format!("pgzfs-{stamp}"))?;
-        let preview = plan(&PlanInput {
-            source_dataset: &source.dataset,
-            source_snapshots: &remote_snaps,
-            local_dataset: &local.dataset,
-            local_snapshots: local_snaps.as_deref(),
-            snapshot: &planned_snapshot,
-            full: self.args.full,
-            stamp: &stamp,
-        })?;
+        let preview = match &resume {
+            Some(resumed) => resumed.plan.clone(),
+            None => plan(&PlanInput {
+                source_dataset: &source.dataset,
+                source_snapshots: &remote_snaps,
+                local_dataset: &local.dataset,
+                local_snapshots: local_snaps.as_deref(),
+                snapshot: &planned_snapshot,
+                full: self.args.full,
+                stamp: &stamp,
+            })?,
+        };
+        let partial_note = match (&resume, &discard) {
+            (Some(resumed), _) => format!(
+                "\n  resume the interrupted transfer of {} (the cut of that run, no new backup)",
+                resumed.cut.snapshot
+            ),
+            (None, Some(why)) => format!(
+                "\n  discard the partial receive on {} ({why})",
+                local.dataset
+            ),
+            (None, None) => String::new(),
+        };
         if self.args.dry_run {
             let estimated_bytes = estimate(&remote_zfs, &preview, None);
             let text = format!(
@@ -286,7 +340,7 @@ impl Reseed<'_> {
                 source.name,
                 source.host,
                 primary.major(),
-                preview.describe().replace('\n', "\n  "),
+                preview.describe().replace('\n', "\n  ") + &partial_note,
                 estimated_bytes.map(human_bytes).unwrap_or_else(|| "unknown (this ZFS cannot estimate incremental streams)".into()),
                 if local.use_slots { format!(" {}", local.slot_name) } else { " (disabled)".into() },
                 preview.source_snapshot(),
@@ -302,6 +356,14 @@ impl Reseed<'_> {
         }
         self.confirm(&preview)?;
         self.interrupt.check()?;
+        if let Some(why) = &discard {
+            tracing::warn!(
+                "discarding the partial receive on {} ({why}); starting afresh",
+                local.dataset
+            );
+            local_zfs.abort_resumable(&local.dataset)?;
+            state.dataset_exists = local_zfs.exists(&local.dataset)?;
+        }
 
         // 2. Locks: one operation per node, one re-seed per primary.
         let _local_lock = steps.run("lock", || {
@@ -320,8 +382,15 @@ impl Reseed<'_> {
 
         // 4. The backup-safe cut, all in one session on the primary: held by this
         //    process, or by the source's own pgzfs (backup_via).
-        let cut = match local.backup_via {
-            BackupVia::Postgres => crate::cut::take(
+        let cut = match (&resume, local.backup_via) {
+            (Some(resumed), _) => {
+                tracing::info!(
+                    "resuming the transfer of {}, cut by the interrupted run",
+                    resumed.cut.snapshot
+                );
+                resumed.cut.clone()
+            }
+            (None, BackupVia::Postgres) => crate::cut::take(
                 &mut steps,
                 &mut primary,
                 &remote_zfs,
@@ -330,7 +399,7 @@ impl Reseed<'_> {
                 &format!("pgzfs {}", local.name),
                 &source.name,
             )?,
-            BackupVia::Ssh => crate::cut::take_on_source(
+            (None, BackupVia::Ssh) => crate::cut::take_on_source(
                 &mut steps,
                 remote_zfs.runner(),
                 &local.pgzfs_bin,
@@ -345,16 +414,18 @@ impl Reseed<'_> {
         let (start_lsn, stop, timeline) = (cut.start_lsn.clone(), cut.stop.clone(), cut.timeline);
 
         // 5. The real plan, against the snapshot that now exists.
-        let remote_snaps = remote_zfs.snapshots(&source.dataset)?;
-        let the_plan = plan(&PlanInput {
-            source_dataset: &source.dataset,
-            source_snapshots: &remote_snaps,
-            local_dataset: &local.dataset,
-            local_snapshots: local_snaps.as_deref(),
-            snapshot: &snapshot_name,
-            full: self.args.full,
-            stamp: &stamp,
-        })?;
+        let the_plan = match &resume {
+            Some(resumed) => resumed.plan.clone(),
+            None => plan(&PlanInput {
+                source_dataset: &source.dataset,
+                source_snapshots: &remote_zfs.snapshots(&source.dataset)?,
+                local_dataset: &local.dataset,
+                local_snapshots: local_snaps.as_deref(),
+                snapshot: &snapshot_name,
+                full: self.args.full,
+                stamp: &stamp,
+            })?,
+        };
         tracing::info!("plan: {}", the_plan.describe());
         let estimate = estimate(&remote_zfs, &the_plan, Some(&new_snapshot));
 
@@ -383,6 +454,7 @@ impl Reseed<'_> {
                 stream_zfs,
                 &the_plan,
                 state.dataset_exists,
+                resume.as_ref().map(|r| &r.token),
                 estimate,
             )
         });
@@ -406,7 +478,9 @@ impl Reseed<'_> {
                         snapshot_name
                     )));
                 }
-                if was_running {
+                // (After a kept partial full receive there is no data directory to start.)
+                let has_data = matches!(control::read_control(&local.data_dir), Ok(Some(_)));
+                if was_running && has_data {
                     // The dataset is back at its last good state: bring the old standby back
                     // too, so a failed re-seed costs nothing but the time it took.
                     if let Err(start_err) = pgctl.start(local.streaming_timeout) {
@@ -453,6 +527,7 @@ impl Reseed<'_> {
             } else {
                 "full"
             },
+            resumed: resume.is_some(),
             snapshot: the_plan.source_snapshot().to_string(),
             base: the_plan.base_snapshot().map(|b| b.to_string()),
             renamed_aside: the_plan.rename_aside.as_ref().map(|d| d.to_string()),
@@ -478,13 +553,30 @@ impl Reseed<'_> {
     /// Learn what this node holds, and refuse to touch a primary.
     fn inspect_local(&self, local: &Node, zfs: &dyn Zfs, pgctl: &PgCtl) -> Result<LocalState> {
         let dataset_exists = zfs.exists(&local.dataset)?;
-        if dataset_exists && !zfs.is_mounted(&local.dataset)? {
+        // A resumable receive that was interrupted leaves a token. After a full receive the
+        // dataset has no snapshot and nothing to mount or read yet.
+        let partial = if dataset_exists && zfs.features_for(&local.dataset)?.resumable_receive {
+            zfs.resume_token(&local.dataset)?
+        } else {
+            None
+        };
+        let partial_full = partial.is_some() && zfs.snapshots(&local.dataset)?.is_empty();
+        if partial_full {
+            tracing::info!(
+                "{} holds the first part of an interrupted full receive",
+                local.dataset
+            );
+        } else if dataset_exists && !zfs.is_mounted(&local.dataset)? {
             // Left unmounted by an interrupted run: mount it to read its pg_control. This
             // restores the normal state and changes no data.
             tracing::info!("mounting {} to inspect it", local.dataset);
             zfs.mount(&local.dataset)?;
         }
-        let control = control::read_control(&local.data_dir)?;
+        let control = if partial_full {
+            None
+        } else {
+            control::read_control(&local.data_dir)?
+        };
         let running = pgctl.is_running();
         if running {
             let target = pg_target(local);
@@ -537,6 +629,8 @@ impl Reseed<'_> {
             dataset_exists,
             control,
             running,
+            partial,
+            partial_full,
         })
     }
 
@@ -609,9 +703,14 @@ impl Reseed<'_> {
         stream_zfs: &dyn Zfs,
         plan: &Plan,
         dataset_exists: bool,
+        resume: Option<&ResumeToken>,
         estimate: Option<u64>,
     ) -> Result<transfer::Transferred> {
         let dataset = &local.dataset;
+        // Where both ends can (never on zfs-fuse), receive with -s: an interrupted
+        // transfer keeps what arrived, and the next run continues from the token.
+        let resumable = local_zfs.features_for(dataset)?.resumable_receive
+            && remote_zfs.features_for(&plan.source_dataset)?.send_resume;
         let old_mountpoint = if dataset_exists {
             local_zfs.mountpoint(dataset)?
         } else {
@@ -646,14 +745,23 @@ impl Reseed<'_> {
                 tracing::info!("receiving at most {}/s (bwlimit)", human_bytes(limit.get()));
             }
             let mut attempt = 1;
+            let mut token = resume.cloned();
             loop {
                 // The stream alone may take another transport (ssh_data_path).
-                let source = stream_zfs.send_with(
-                    &plan.source_snapshot(),
-                    plan.base_snapshot().as_ref(),
-                    &options,
-                )?;
-                let sink = local_zfs.receive(dataset, plan.is_incremental())?;
+                let source = match &token {
+                    // The token carries the send flags of the interrupted transfer.
+                    Some(token) => stream_zfs.send_resume(token)?,
+                    None => stream_zfs.send_with(
+                        &plan.source_snapshot(),
+                        plan.base_snapshot().as_ref(),
+                        &options,
+                    )?,
+                };
+                let sink = if resumable {
+                    local_zfs.receive_resumable(dataset, plan.is_incremental())?
+                } else {
+                    local_zfs.receive(dataset, plan.is_incremental())?
+                };
                 let progress = Progress::new(estimate);
                 let moved = transfer::copy(source, sink, &progress, &self.interrupt, local.bwlimit);
                 progress.finish();
@@ -663,27 +771,25 @@ impl Reseed<'_> {
                             && is_transient_receive_error(&e)
                             && !self.interrupt.is_set() =>
                     {
-                        // The failed receive committed nothing, so sending again is safe.
+                        // The failed receive committed nothing, so sending again is safe; a
+                        // resumable one kept what arrived, so continue from there.
                         tracing::warn!("attempt {attempt} of the transfer failed ({e}); retrying");
                         std::thread::sleep(Duration::from_secs(attempt as u64));
                         attempt += 1;
+                        if resumable {
+                            token = local_zfs.resume_token(dataset)?;
+                        }
                     }
                     other => break other,
                 }
             }
         })();
-        if let Err(e) = &result {
-            tracing::error!("the transfer failed, restoring the last good state: {e}");
-            if let Some(aside) = &plan.rename_aside {
-                if !local_zfs.exists(dataset).unwrap_or(true) {
-                    local_zfs.rename(aside, dataset)?;
-                }
+        let transferred = match result {
+            Ok(transferred) => transferred,
+            Err(e) => {
+                return Err(self.after_failed_receive(e, local_zfs, dataset, plan, resumable)?)
             }
-            if local_zfs.exists(dataset).unwrap_or(false) {
-                local_zfs.mount(dataset)?;
-            }
-            return result;
-        }
+        };
         let same_layout_as_source = || {
             let source_mountpoint = remote_zfs.mountpoint(&source.dataset).ok().flatten()?;
             mountpoint_for(&local.data_dir, &source.data_dir, &source_mountpoint)
@@ -720,7 +826,106 @@ impl Reseed<'_> {
                 wanted.display()
             )));
         }
-        result
+        Ok(transferred)
+    }
+
+    /// After a failed transfer: back to the last good state, or, where ZFS kept a partial
+    /// receive, leave that for the next run. The error to report, or one met on the way.
+    fn after_failed_receive(
+        &self,
+        e: Error,
+        local_zfs: &dyn Zfs,
+        dataset: &DatasetName,
+        plan: &Plan,
+        resumable: bool,
+    ) -> Result<Error> {
+        let kept = resumable && matches!(local_zfs.resume_token(dataset), Ok(Some(_)));
+        if kept && local_zfs.snapshots(dataset).is_ok_and(|s| s.is_empty()) {
+            // A full receive: nothing to mount yet, and the previous dataset (if any)
+            // stays renamed aside, whole, until the rerun has finished.
+            return Ok(e.context(format!(
+                "the partial full receive into {dataset} is kept{}; run reset-secondary again to resume it",
+                plan.rename_aside
+                    .as_ref()
+                    .map(|aside| format!(" and the previous dataset stays as {aside}"))
+                    .unwrap_or_default()
+            )));
+        }
+        tracing::error!("the transfer failed, restoring the last good state: {e}");
+        if let Some(aside) = &plan.rename_aside {
+            if !local_zfs.exists(dataset).unwrap_or(true) {
+                local_zfs.rename(aside, dataset)?;
+            }
+        }
+        if local_zfs.exists(dataset).unwrap_or(false) {
+            local_zfs.mount(dataset)?;
+        }
+        if kept {
+            // An incremental: the dataset itself is untouched; the partial state waits
+            // beside it (`zfs receive -A` drops it).
+            return Ok(e.context(format!(
+                "the partial receive into {dataset} is kept; run reset-secondary again to resume it"
+            )));
+        }
+        Ok(e)
+    }
+
+    /// Whether the partial receive `token` left on this node can be continued now: it
+    /// must still fit the source (see `replicate::resume`), the source must be able to
+    /// continue a send, and the cut it belongs to must still start this cluster on the
+    /// source's timeline. Err says why not; the partial state is then discarded.
+    #[allow(clippy::too_many_arguments)]
+    fn resumable_partial(
+        &self,
+        token: &ResumeToken,
+        state: &LocalState,
+        local: &Node,
+        source: &Node,
+        local_zfs: &dyn Zfs,
+        remote_zfs: &dyn Zfs,
+        remote_snaps: &[Snapshot],
+        local_snaps: Option<&[Snapshot]>,
+        primary: &mut Pg,
+    ) -> std::result::Result<Resumed, String> {
+        if self.args.full && !state.partial_full {
+            return Err("--full asks for a new copy".to_string());
+        }
+        let sender = remote_zfs
+            .features_for(&source.dataset)
+            .map_err(|e| e.to_string())?;
+        if !sender.send_resume {
+            return Err(format!("zfs on {} cannot continue a send", source.name));
+        }
+        let info = local_zfs
+            .describe_resume_token(token)
+            .map_err(|e| e.to_string())?;
+        let (plan, target) = crate::replicate::resume(&crate::replicate::ResumeInput {
+            source_dataset: &source.dataset,
+            source_snapshots: remote_snaps,
+            local_dataset: &local.dataset,
+            local_snapshots: local_snaps.unwrap_or_default(),
+            token: &info,
+        })?;
+        let cut = crate::cut::Cut::recorded(target)?;
+        let system_identifier = primary.system_identifier().map_err(|e| e.to_string())?;
+        if cut.system_identifier != system_identifier {
+            return Err(format!(
+                "{} belongs to another cluster (system identifier {}, the source's {system_identifier})",
+                cut.snapshot, cut.system_identifier
+            ));
+        }
+        let timeline = primary.current_timeline().map_err(|e| e.to_string())?;
+        if cut.timeline != timeline {
+            return Err(format!(
+                "{} was cut on timeline {}, the source is on timeline {timeline} now",
+                cut.snapshot, cut.timeline
+            ));
+        }
+        Ok(Resumed {
+            token: token.clone(),
+            plan,
+            cut,
+        })
     }
 
     fn wait_for_streaming(
