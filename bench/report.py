@@ -50,7 +50,7 @@ def step_medians(workdir, pattern):
 
 
 STEP_ORDER = ["preflight", "lock", "slot", "backup start", "snapshot", "backup stop",
-              "postgres stop", "send/receive", "standby config", "postgres start",
+              "backup record", "postgres stop", "send/receive", "standby config", "postgres start",
               "catch-up", "holds"]
 
 
@@ -78,6 +78,9 @@ def main():
     # pgzfs's own full re-seed with each ssh_data_path (bench/run --ssh-data-path both).
     e2e = ["| scale | ssh_data_path | full re-seed wall (s) | send/receive throughput (MiB/s) |",
            "|---|---|---|---|"]
+    # (f): transport options, full re-seeds at the first scale.
+    transport = ["| scale | option | full re-seed wall (s) | send/receive throughput (MiB/s) | against |",
+                 "|---|---|---|---|---|"]
     worst_rss = None
     for scale in sorted(data):
         d = data[scale]
@@ -131,6 +134,19 @@ def main():
             w = med(d, f"full_pgzfs_{path}_s")
             if w is not None:
                 e2e.append(f"| {scale} | {path} | {fmt(w)} | {fmt(med(d, f'full_{path}_transfer_MiBps'), 0)} |")
+        limit, got = med(d, "bw_limit_MiBps"), med(d, "bw_full_transfer_MiBps")
+        if limit is not None and got is not None:
+            off = abs(got - limit) / limit
+            transport.append(f"| {scale} | bwlimit = {fmt(limit, 0)} MiB/s | - | {fmt(got, 1)} | "
+                             f"{fmt(off * 100, 1)}% off the limit |")
+            targets.append(("bwlimit holds its limit within 5%", f"scale {scale}, {fmt(limit, 0)} MiB/s",
+                            f"{fmt(got, 1)} MiB/s ({fmt(off * 100, 1)}% off)", off <= 0.05))
+        z = med(d, "zstd_full_s")
+        if z is not None:
+            plain = f_openssh if f_openssh is not None else med(d, "full_pgzfs_s")
+            transport.append(f"| {scale} | ssh_compress = zstd:3 | {fmt(z)} | "
+                             f"{fmt(med(d, 'zstd_full_transfer_MiBps'), 0)} | "
+                             f"{fmt(ratio(z, plain))}x the uncompressed default ({fmt(plain)} s) |")
     if not any(t[0].startswith("Incremental at 1%") for t in targets):
         targets.append(("Incremental at 1% >= 20x faster than pg_basebackup (scale 200)",
                         "scale 200 not measured in this run", "n/a", None))
@@ -191,6 +207,9 @@ def main():
         "`Runner::source`, 1 MiB reads as in `transfer::copy`) and once through OpenSSH (`ssh ... | wc -c`). "
         "Two streams: a full `zfs send` of db1 (what a re-seed moves) and zeros from `dd` (the "
         "transport alone, without zfs-fuse's read speed).",
+        "- **(f) transport options**: at the first scale, the full re-seed of (b) again with "
+        "`bwlimit` (the throughput pgzfs reports must stay within 5% of the limit) and with "
+        "`ssh_compress = \"zstd:3\"` (the stream compressed by pgzfs on db1 and decompressed on db2).",
         "- **(a) incremental**: pgbench_accounts is changed with "
         "`UPDATE ... SET abalance = abalance + 1 WHERE aid % N = 0` and a `CHECKPOINT`, then three "
         "contenders bring their copy up to date, in an order rotated from run to run: "
@@ -225,7 +244,8 @@ def main():
         *dp,
         "",
         *(["pgzfs end to end, full re-seed with each data path:", "", *e2e, ""] if len(e2e) > 2 else []),
-        "### Where pgzfs's time goes (median seconds per step; the main runs, ssh2 data path)",
+        *(["### Transport options (f)", "", *transport, ""] if len(transport) > 2 else []),
+        "### Where pgzfs's time goes (median seconds per step; the main runs)",
         "",
         *st,
         "",
@@ -242,7 +262,8 @@ def main():
     with open(out, "w") as f:
         f.write(text)
     # The tables, for the terminal.
-    print("\n".join(["", *full, "", *inc, "", *raw_parts, "", *dp, "", *e2e, "", *st, "", *verdicts, ""]))
+    print("\n".join(["", *full, "", *inc, "", *raw_parts, "", *dp, "", *e2e, "", *transport, "", *st, "",
+                     *verdicts, ""]))
 
 
 if __name__ == "__main__":

@@ -1088,28 +1088,43 @@ fn protect_new_base(
         }
     }
     local_zfs.hold(&tag, &local_new)?;
-    for (zfs, dataset, keep) in [
-        (remote_zfs, source_dataset, &remote_new),
-        (local_zfs, &local.dataset, &local_new),
+    // Each side's list is read once: every zfs call is a round trip (and on zfs-fuse a
+    // slow one), and what the releases change is known here.
+    let mut released_here = Vec::new();
+    let mut local_snaps = Vec::new();
+    for (zfs, dataset, keep, is_local) in [
+        (remote_zfs, source_dataset, &remote_new, false),
+        (local_zfs, &local.dataset, &local_new, true),
     ] {
-        for old in zfs
-            .snapshots(dataset)?
+        let snaps = zfs.snapshots(dataset)?;
+        for old in snaps
             .iter()
             .filter(|s| s.is_held() && &s.name != keep && s.name.snap().is_pgzfs())
         {
             if zfs.release(&tag, &old.name)? {
                 tracing::info!("released {} on {}", old.name, zfs.location());
+                if is_local {
+                    released_here.push(old.name.clone());
+                }
             }
         }
+        if is_local {
+            local_snaps = snaps;
+        }
     }
-    let pgzfs_snaps: Vec<Snapshot> = local_zfs
-        .snapshots(&local.dataset)?
+    let pgzfs_snaps: Vec<Snapshot> = local_snaps
         .into_iter()
         .filter(|s| s.name.snap().is_pgzfs())
         .collect();
     let excess = pgzfs_snaps.len().saturating_sub(local.keep_common);
     for old in pgzfs_snaps.iter().take(excess) {
-        if old.is_held() || old.name == local_new {
+        // Held by someone else still (our release took one reference off).
+        let still_held = if released_here.contains(&old.name) {
+            old.userrefs > 1
+        } else {
+            old.is_held()
+        };
+        if still_held || old.name == local_new {
             continue;
         }
         local_zfs.destroy_snapshot(&old.name)?;
