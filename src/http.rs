@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,25 +203,67 @@ pub fn render(response: &Response, head_only: bool) -> Vec<u8> {
 
 pub type Handler = dyn Fn(&Request) -> Response + Send + Sync;
 
+/// A listening server, serving on a thread of its own until it is stopped.
+pub struct Server {
+    pub bound: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Stop accepting and close the port; requests already being answered finish.
+    pub fn stop(mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // accept() blocks: one connection of our own wakes it to see the flag.
+        let _ = TcpStream::connect_timeout(&wake_address(self.bound), Duration::from_secs(1));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        tracing::info!("stopped serving on http://{}", self.bound);
+    }
+}
+
+/// Where to connect to reach a listener bound to `bound` (an unspecified address is
+/// reached on loopback).
+fn wake_address(bound: SocketAddr) -> SocketAddr {
+    let mut address = bound;
+    if address.ip().is_unspecified() {
+        address.set_ip(match bound {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    address
+}
+
 /// Bind `address` (so that a taken port is an error the caller reports) and serve it on
-/// a thread of its own for as long as the process lives.
-pub fn spawn(address: SocketAddr, handler: Arc<Handler>) -> Result<SocketAddr> {
+/// a thread of its own until [`Server::stop`].
+pub fn spawn(address: SocketAddr, handler: Arc<Handler>) -> Result<Server> {
     let listener = TcpListener::bind(address)
         .map_err(|e| Error::failed(format!("http_listen {address}: cannot listen: {e}")))?;
     let bound = listener
         .local_addr()
         .map_err(|e| Error::failed(format!("http_listen {address}: {e}")))?;
-    std::thread::Builder::new()
+    let stopping = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stopping);
+    let thread = std::thread::Builder::new()
         .name("pgzfs-http".into())
-        .spawn(move || accept_loop(listener, handler))
+        .spawn(move || accept_loop(listener, handler, flag))
         .map_err(|e| Error::failed(format!("cannot start the HTTP thread: {e}")))?;
     tracing::info!("serving health checks and metrics on http://{bound}");
-    Ok(bound)
+    Ok(Server {
+        bound,
+        stopping,
+        thread: Some(thread),
+    })
 }
 
-fn accept_loop(listener: TcpListener, handler: Arc<Handler>) {
+fn accept_loop(listener: TcpListener, handler: Arc<Handler>, stopping: Arc<AtomicBool>) {
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
         let mut stream = match stream {
             Ok(stream) => stream,
             Err(e) => {
@@ -398,7 +440,8 @@ mod tests {
     fn the_server_answers_over_a_real_socket_and_refuses_other_methods() {
         let handler: Arc<Handler> =
             Arc::new(|r: &Request| Response::new(200, "text/plain", format!("{}\n", r.path)));
-        let bound = spawn("127.0.0.1:0".parse().unwrap(), handler).unwrap();
+        let server = spawn("127.0.0.1:0".parse().unwrap(), handler).unwrap();
+        let bound = server.bound;
         let (status, body) = get(
             "127.0.0.1",
             bound.port(),
@@ -414,5 +457,13 @@ mod tests {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
         assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+
+        // Stopped, the port is closed and can be bound again at once.
+        server.stop();
+        assert!(
+            TcpStream::connect(bound).is_err(),
+            "nothing answers on {bound}"
+        );
+        TcpListener::bind(bound).expect("the port is free again");
     }
 }

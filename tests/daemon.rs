@@ -337,13 +337,27 @@ fn a_reload_with_a_broken_config_keeps_the_daemon_running_on_the_old_one() {
         "the old lines stay in the rotated file"
     );
 
-    // Fixed: the next reload takes it.
-    lab.write_config(&good);
+    // Fixed, and the health checks moved to another port: the next reload takes both,
+    // without a restart.
+    let new_port = free_port();
+    lab.write_config(&good.replace(
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{new_port}"),
+    ));
     daemon.signal(Signal::SIGHUP);
     wait_until(Duration::from_secs(30), "the reload", || {
         log_text(&lab).contains("SIGHUP: reloaded the config")
     });
     assert!(daemon.is_running());
+    assert_eq!(
+        status_of(new_port, "/replica"),
+        200,
+        "served on the new port"
+    );
+    assert!(
+        try_http(port, "/health").is_none(),
+        "the old port {port} is closed"
+    );
     daemon.signal(Signal::SIGTERM);
     assert_eq!(
         daemon.wait_exit(Duration::from_secs(30)),

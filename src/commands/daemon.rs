@@ -80,13 +80,13 @@ impl Daemon {
             metrics: Mutex::new(Metrics::default()),
             clock: Arc::clone(&clock),
         });
-        if let Some(address) = ctx.local.http_listen {
-            let handler_shared = Arc::clone(&shared);
-            crate::http::spawn(
-                address,
-                Arc::new(move |request: &Request| respond(&handler_shared, request)),
-            )?;
-        }
+        let handler_shared = Arc::clone(&shared);
+        let handler: Arc<crate::http::Handler> =
+            Arc::new(move |request: &Request| respond(&handler_shared, request));
+        let http = match ctx.local.http_listen {
+            Some(address) => Some(crate::http::spawn(address, Arc::clone(&handler))?),
+            None => None,
+        };
         tracing::info!(
             "pgzfs daemon {} started on {} (pid {}): snapshot_interval {}, reseed_after {}",
             env!("CARGO_PKG_VERSION"),
@@ -102,6 +102,8 @@ impl Daemon {
             interrupt,
             hangup,
             shared,
+            handler,
+            http,
             watch: Watch::default(),
             state: None,
             next_snapshot_check: None,
@@ -337,6 +339,9 @@ struct Runner {
     interrupt: Interrupt,
     hangup: Arc<AtomicBool>,
     shared: Arc<Shared>,
+    /// The HTTP endpoints' handler, and the server while `http_listen` is set.
+    handler: Arc<crate::http::Handler>,
+    http: Option<crate::http::Server>,
     watch: Watch,
     state: Option<NodeState>,
     next_snapshot_check: Option<SystemTime>,
@@ -389,9 +394,7 @@ impl Runner {
         match loaded {
             Ok((config, local)) => {
                 if local.http_listen != self.ctx.local.http_listen {
-                    tracing::warn!(
-                        "SIGHUP: http_listen changed; the new address takes effect when the daemon restarts"
-                    );
+                    self.move_http(local.http_listen);
                 }
                 *self.shared.node.lock().unwrap_or_else(|p| p.into_inner()) = local.clone();
                 self.ctx = Context { config, local };
@@ -403,6 +406,51 @@ impl Runner {
                 path.display()
             ),
         }
+    }
+
+    /// `http_listen` changed: the new address is bound before the old one is given up,
+    /// so a port that cannot be bound leaves health checks answering where they were.
+    /// Only the same port on another address (127.0.0.1:8008 to 0.0.0.0:8008) has to
+    /// give the old one up first, and takes it back if the new one still fails.
+    fn move_http(&mut self, address: Option<std::net::SocketAddr>) {
+        let spawn = |address| crate::http::spawn(address, Arc::clone(&self.handler));
+        let new = match address {
+            Some(address) => match spawn(address) {
+                Ok(server) => Some(server),
+                Err(_)
+                    if self
+                        .http
+                        .as_ref()
+                        .is_some_and(|old| old.bound.port() == address.port()) =>
+                {
+                    let old = self.http.take().expect("checked above");
+                    let old_address = old.bound;
+                    old.stop();
+                    match spawn(address) {
+                        Ok(server) => Some(server),
+                        Err(e) => {
+                            tracing::error!("SIGHUP: {e}; back on {old_address}");
+                            self.http = spawn(old_address)
+                                .map_err(|e| tracing::error!("SIGHUP: {e}; no HTTP endpoint now"))
+                                .ok();
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("SIGHUP: {e}; still serving on the old address");
+                    return;
+                }
+            },
+            None => None,
+        };
+        if let Some(old) = std::mem::replace(&mut self.http, new) {
+            old.stop();
+        }
+        tracing::info!(
+            "SIGHUP: http_listen is now {}",
+            address.map_or_else(|| "off".to_string(), |a| a.to_string())
+        );
     }
 
     fn pgctl(&self) -> Result<PgCtl> {
