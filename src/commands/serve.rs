@@ -120,7 +120,7 @@ fn shown(line: &str) -> String {
 
 /// zfs and zpool from the system's own directories first: the PATH sshd gives a forced
 /// command is sane, but a fixed place is one assumption fewer.
-fn find_program(name: &str) -> String {
+pub(crate) fn find_program(name: &str) -> String {
     ["/sbin", "/usr/sbin", "/usr/local/sbin"]
         .iter()
         .map(|dir| format!("{dir}/{name}"))
