@@ -64,6 +64,10 @@ pub enum Command {
     Status(crate::commands::status::Status),
     /// Run as a service: scheduled snapshots on the primary, automatic re-seed on a standby
     Daemon(crate::commands::daemon::Daemon),
+    /// Run `zfs send` here and write its stream zstd-compressed (asked by a standby with
+    /// ssh_compress; not for operators)
+    #[command(hide = true)]
+    CompressedSend(crate::commands::compressed_send::CompressedSend),
 }
 
 impl Cli {
@@ -82,6 +86,7 @@ impl Cli {
             Command::Check(cmd) => cmd.run(&self.global),
             Command::Status(cmd) => cmd.run(&self.global),
             Command::Daemon(cmd) => cmd.run(&self.global),
+            Command::CompressedSend(cmd) => cmd.run(),
         }
     }
 }

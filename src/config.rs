@@ -140,6 +140,9 @@ pub struct Node {
     pub backup_via: BackupVia,
     /// What carries the ZFS stream of a re-seed from the source (`ssh_data_path`).
     pub ssh_data_path: SshDataPath,
+    /// Whether the source compresses the ZFS stream of a re-seed of this node
+    /// (`ssh_compress`).
+    pub ssh_compress: SshCompress,
     /// The most bytes per second this node receives a re-seed's stream at (`bwlimit`),
     /// whether `reset-secondary`, `rejoin` or the daemon started it. None: unlimited.
     pub bwlimit: Option<NonZeroU64>,
@@ -411,6 +414,70 @@ impl SshDataPath {
     }
 }
 
+/// `ssh_compress`: whether the `zfs send` stream of a re-seed of this node is compressed
+/// on its way. `none` (the default) sends it as zfs writes it; `zstd:N` has the source's
+/// pgzfs (`pgzfs_bin`) compress it with zstd at level N and this node decompress it. It
+/// costs CPU on both ends, so it pays only on a link slower than the compressor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SshCompress {
+    #[default]
+    None,
+    Zstd(ZstdLevel),
+}
+
+impl SshCompress {
+    fn parse(value: &str) -> std::result::Result<SshCompress, String> {
+        if value == "none" {
+            return Ok(SshCompress::None);
+        }
+        match value.strip_prefix("zstd:") {
+            Some(level) => ZstdLevel::parse(level).map(SshCompress::Zstd),
+            None => Err(format!(
+                "{value:?} is not a compression; use \"none\" or \"zstd:N\" with N from {} to {}",
+                ZstdLevel::MIN,
+                ZstdLevel::MAX
+            )),
+        }
+    }
+}
+
+/// A zstd compression level pgzfs accepts: 1 to 19. Levels above 19 use windows of up to
+/// 128 MiB, on the decompressing side too, which the decoder (crate::compress) refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZstdLevel(u8);
+
+impl ZstdLevel {
+    pub const MIN: u8 = 1;
+    pub const MAX: u8 = 19;
+
+    /// Only the plain decimal form ("3", not "03" or "+3"): the level also travels on
+    /// command lines that `pgzfs serve` compares word for word.
+    pub fn parse(text: &str) -> std::result::Result<ZstdLevel, String> {
+        let level = text
+            .parse::<u8>()
+            .ok()
+            .filter(|n| n.to_string() == text && (Self::MIN..=Self::MAX).contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "{text:?} is not a zstd level from {} to {}",
+                    Self::MIN,
+                    Self::MAX
+                )
+            })?;
+        Ok(ZstdLevel(level))
+    }
+
+    pub fn get(self) -> i32 {
+        i32::from(self.0)
+    }
+}
+
+impl std::fmt::Display for ZstdLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The file as written.
 
@@ -503,6 +570,7 @@ per_node_settings! {
     zfs_backend: String,
     backup_via: String,
     ssh_data_path: String,
+    ssh_compress: String,
     bwlimit: toml::Value,
     snapshot_interval: String,
     reseed_after: String,
@@ -551,6 +619,7 @@ struct Settings {
     zfs_backend: Option<ZfsBackend>,
     backup_via: Option<BackupVia>,
     ssh_data_path: Option<SshDataPath>,
+    ssh_compress: Option<SshCompress>,
     /// Some(0) is an explicit "unlimited", so that a node can lift a limit set in
     /// `[defaults]`.
     bwlimit: Option<u64>,
@@ -603,6 +672,7 @@ impl Settings {
             zfs_backend: self.zfs_backend.or(base.zfs_backend),
             backup_via: self.backup_via.or(base.backup_via),
             ssh_data_path: self.ssh_data_path.or(base.ssh_data_path),
+            ssh_compress: self.ssh_compress.or(base.ssh_compress),
             bwlimit: self.bwlimit.or(base.bwlimit),
             snapshot_interval: self.snapshot_interval.or(base.snapshot_interval),
             reseed_after: self.reseed_after.or(base.reseed_after),
@@ -753,6 +823,10 @@ fn check_settings(
         ssh_data_path: raw
             .ssh_data_path
             .map(|v| SshDataPath::parse(&v).map_err(at("ssh_data_path")))
+            .transpose()?,
+        ssh_compress: raw
+            .ssh_compress
+            .map(|v| SshCompress::parse(&v).map_err(at("ssh_compress")))
             .transpose()?,
         bwlimit: raw
             .bwlimit
@@ -1007,6 +1081,7 @@ fn complete_node(
         zfs_backend: settings.zfs_backend.unwrap_or_default(),
         backup_via: settings.backup_via.unwrap_or_default(),
         ssh_data_path: settings.ssh_data_path.unwrap_or_default(),
+        ssh_compress: settings.ssh_compress.unwrap_or_default(),
         bwlimit: settings.bwlimit.and_then(NonZeroU64::new),
         name,
         host,
@@ -2175,6 +2250,61 @@ host = "10.0.0.2"
         let message = refusal(&minimal_with_node_lines("ssh_data_path = \"libssh\""));
         assert!(message.contains("nodes[1].ssh_data_path"), "{message}");
         assert!(message.contains("\"ssh2\" or \"openssh\""), "{message}");
+    }
+
+    #[test]
+    fn the_stream_is_uncompressed_unless_a_node_asks_for_zstd() {
+        let config = parse(SAMPLE).unwrap();
+        assert!(config
+            .nodes
+            .iter()
+            .all(|n| n.ssh_compress == SshCompress::None));
+        let text = SAMPLE.replace("[defaults]", "[defaults]\nssh_compress = \"zstd:3\"");
+        let text = text.replace("name = \"db2\"", "name = \"db2\"\nssh_compress = \"none\"");
+        let config = parse(&text).unwrap();
+        let level = |n: &Node| match n.ssh_compress {
+            SshCompress::Zstd(level) => Some(level.get()),
+            SshCompress::None => None,
+        };
+        assert_eq!(level(config.node("db1").unwrap()), Some(3));
+        assert_eq!(level(config.node("db2").unwrap()), None);
+        for (written, want) in [("zstd:1", 1), ("zstd:19", 19)] {
+            let config = parse(&minimal_with_node_lines(&format!(
+                "ssh_compress = \"{written}\""
+            )))
+            .unwrap();
+            assert_eq!(level(&config.nodes[0]), Some(want), "{written}");
+        }
+    }
+
+    #[test]
+    fn a_bad_ssh_compress_is_refused_naming_the_key() {
+        for bad in [
+            "\"zstd:0\"",
+            "\"zstd:20\"",
+            "\"zstd:22\"",
+            "\"zstd:-1\"",
+            "\"zstd:03\"",
+            "\"zstd:+3\"",
+            "\"zstd:\"",
+            "\"zstd\"",
+            "\"zstd: 3\"",
+            "\"gzip:6\"",
+            "\"lz4\"",
+            "\"\"",
+            "\"None\"",
+        ] {
+            let message = refusal(&minimal_with_node_lines(&format!("ssh_compress = {bad}")));
+            assert!(
+                message.contains("nodes[1].ssh_compress"),
+                "{bad}: {message}"
+            );
+            assert!(message.contains("1 to 19"), "{bad}: {message}");
+        }
+        let message = refusal(&minimal_with_node_lines("ssh_compress = 3"));
+        assert!(message.contains("ssh_compress"), "{message}");
+        let message = refusal(&minimal_with_default_lines("ssh_compress = \"zstd:99\""));
+        assert!(message.contains("defaults.ssh_compress"), "{message}");
     }
 
     #[test]

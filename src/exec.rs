@@ -331,6 +331,23 @@ pub trait Runner {
     }
 }
 
+/// A borrowed runner runs the same commands: a wrapper such as compress::Compressing can
+/// then borrow a session that other code keeps using.
+impl<R: Runner + ?Sized> Runner for &R {
+    fn output(&self, cmd: &Cmd) -> Result<Output> {
+        (**self).output(cmd)
+    }
+    fn source(&self, cmd: &Cmd) -> Result<Box<dyn crate::transfer::Source>> {
+        (**self).source(cmd)
+    }
+    fn sink(&self, cmd: &Cmd) -> Result<Box<dyn crate::transfer::Sink>> {
+        (**self).sink(cmd)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
 /// This machine.
 pub struct Local;
 

@@ -1,7 +1,7 @@
 //! pgzfs keeps PostgreSQL standbys in sync with ZFS snapshots.
 //!
 //! Layers, top to bottom (a module only uses what sits below it):
-//! `cli` → `commands` → domain logic (`replicate`, `transfer`, `ratelimit`) → narrow
+//! `cli` → `commands` → domain logic (`replicate`, `transfer`, `ratelimit`, `compress`) → narrow
 //! interfaces to the outside world (`zfs`, `ssh`, `pg`, `exec`, `clock`) → `config`,
 //! `error`.
 
@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod commands;
+pub mod compress;
 pub mod config;
 pub mod cut;
 pub mod duration;

@@ -279,6 +279,68 @@ fn the_cut_runs_on_the_source_and_switchover_needs_the_orchestration_flag() {
     lab.assert_streaming("db2");
 }
 
+/// `ssh_compress = "zstd:3"`: the stream of a re-seed comes zstd-compressed by the
+/// source's pgzfs. First with the lab's plain key, the stream over ssh(1); then through
+/// the forced command with the stream on the libssh2 session, where serve runs the
+/// compressed send as its own pgzfs only after checking the `zfs send` inside it.
+#[test]
+fn a_zstd_compressed_stream_reseeds_directly_and_through_the_forced_command() {
+    let lab = Lab::up("zstd");
+    let config = file_text(&lab.config()).replacen(
+        "[defaults]\n",
+        &format!(
+            "[defaults]\npgzfs_bin = \"{}\"\nssh_compress = \"zstd:3\"\n",
+            pgzfs_bin().display()
+        ),
+        1,
+    );
+    lab.write_config(&config);
+
+    let full = lab.reset_secondary("db2");
+    assert_eq!(full["mode"], "full");
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+    let log = file_text(&lab.dir.join("pgzfs.log"));
+    assert!(
+        log.contains("the stream comes zstd-compressed at level 3"),
+        "the re-seed used ssh_compress:\n{log}"
+    );
+
+    lab.write_config(&config.replacen("[defaults]\n", "[defaults]\nssh_data_path = \"ssh2\"\n", 1));
+    force_serve(&lab);
+    lab.sql(
+        "db1",
+        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 7 = 0",
+    );
+    let incremental = lab.reset_secondary("db2");
+    assert_eq!(incremental["mode"], "incremental");
+    assert_eq!(incremental["base"], full["snapshot"]);
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+    let base = full["snapshot"].as_str().unwrap();
+    let log = file_text(&lab.dir.join("pgzfs.log"));
+    assert!(
+        log.contains(&format!(
+            "pgzfs compressed-send --zstd 3 -- zfs send -i {base} "
+        )),
+        "serve ran the compressed incremental send as db1's pgzfs:\n{log}"
+    );
+
+    // The send inside must be one serve would allow by itself: not another dataset's.
+    let standby_snapshot = base.replacen(&lab.dataset("db1"), &lab.dataset("db2"), 1);
+    let out = ssh(
+        &lab,
+        &format!(
+            "{} --config {} --node db1 compressed-send --zstd 3 -- zfs send {standby_snapshot}",
+            pgzfs_bin().display(),
+            lab.config().display()
+        ),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(out.stdout.is_empty(), "a refusal streams nothing");
+    lab.assert_streaming("db2");
+}
+
 /// The feature probes against the real zfs-fuse: it has none of the modern abilities, so
 /// pgzfs must keep using plain `zfs send [-i]` there.
 #[test]

@@ -14,9 +14,11 @@ use serde::Serialize;
 
 use crate::cli::{Context, Global};
 use crate::cluster::{find_primary, pg_target, ssh_target, standby_setup};
-use crate::config::{BackupVia, Node, SshDataPath};
+use crate::compress::Compressing;
+use crate::config::{BackupVia, Node, SshCompress, SshDataPath};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
+use crate::exec::remote_pgzfs;
 use crate::lock::LocalLock;
 use crate::pg::control::{self, ControlData};
 use crate::pg::ctl::PgCtl;
@@ -439,6 +441,28 @@ impl Reseed<'_> {
             Some(zfs) => zfs,
             None => &remote_zfs,
         };
+        // ssh_compress: the source's pgzfs compresses the stream, on either path.
+        let compressed_zfs: Option<Box<dyn Zfs + '_>> = match local.ssh_compress {
+            SshCompress::None => None,
+            SshCompress::Zstd(level) => {
+                let remote_pgzfs =
+                    remote_pgzfs(&local.pgzfs_bin, &self.ctx.config.path, &source.name);
+                tracing::info!("the stream comes zstd-compressed at level {level} (ssh_compress)");
+                Some(match &openssh_zfs {
+                    Some(zfs) => Box::new(ZfsCli::new(Compressing::new(
+                        zfs.runner(),
+                        remote_pgzfs,
+                        level,
+                    ))),
+                    None => Box::new(ZfsCli::new(Compressing::new(
+                        remote_zfs.runner(),
+                        remote_pgzfs,
+                        level,
+                    ))),
+                })
+            }
+        };
+        let stream_zfs = compressed_zfs.as_deref().unwrap_or(stream_zfs);
         let was_running = state.running;
         steps.run("postgres stop", || {
             pgctl

@@ -20,7 +20,10 @@
 //!   session, so the standby needs no backup privilege here;
 //! - with `serve --allow-orchestration` only, what `switchover` asks of the other nodes:
 //!   `pgzfs promote --force` and `pgzfs follow --to NODE`. A key that can promote a node
-//!   can make a second primary, so it is not given to every key that may pull snapshots.
+//!   can make a second primary, so it is not given to every key that may pull snapshots;
+//! - `pgzfs compressed-send --zstd N -- zfs send ...`, a standby's stream compressed
+//!   (`ssh_compress`), where the `zfs send` must be one [`check`] allows by itself, and
+//!   its resume token is verified just the same.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -28,6 +31,7 @@ use std::path::Path;
 use clap::Args;
 
 use crate::cli::Global;
+use crate::config::ZstdLevel;
 use crate::error::{Error, Result};
 use crate::zfs::features::{self, ResumeToken};
 use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName};
@@ -60,8 +64,18 @@ impl Serve {
         let argv = split(&line).map_err(&refuse)?;
         if is_pgzfs(&argv) {
             let nodes: Vec<&str> = ctx.config.nodes.iter().map(|n| n.name.as_str()).collect();
-            let verb = check_pgzfs(&argv, &ctx.local.name, &nodes, self.allow_orchestration)
-                .map_err(&refuse)?;
+            let allowed = check_pgzfs(
+                &argv,
+                &ctx.local.name,
+                &nodes,
+                &dataset,
+                self.allow_orchestration,
+            )
+            .map_err(&refuse)?;
+            if let Some(token) = &allowed.resume {
+                verify_resume_token(token, &dataset).map_err(&refuse)?;
+            }
+            let verb = allowed.argv;
             let program = std::env::current_exe()
                 .map_err(|e| Error::failed(format!("serve: cannot find its own binary: {e}")))?;
             tracing::debug!("serve: {client}: pgzfs {}", crate::shell::join(&verb));
@@ -120,7 +134,7 @@ fn shown(line: &str) -> String {
 
 /// zfs and zpool from the system's own directories first: the PATH sshd gives a forced
 /// command is sane, but a fixed place is one assumption fewer.
-fn find_program(name: &str) -> String {
+pub(crate) fn find_program(name: &str) -> String {
     ["/sbin", "/usr/sbin", "/usr/local/sbin"]
         .iter()
         .map(|dir| format!("{dir}/{name}"))
@@ -193,13 +207,14 @@ pub fn split(line: &str) -> std::result::Result<Vec<String>, String> {
     }
 }
 
-/// A command [`check`] allowed.
+/// A command [`check`] or [`check_pgzfs`] allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowed {
-    /// What to execute, starting with the program name ("zfs" or "zpool").
+    /// What to execute: from [`check`], starting with the program name ("zfs" or
+    /// "zpool"); from [`check_pgzfs`], the pgzfs verb and its arguments.
     pub argv: Vec<String>,
-    /// For `zfs send -t TOKEN`: the token, which must be verified against this node's
-    /// ZFS before the send runs (see [`verify_resume_token`]).
+    /// For `zfs send -t TOKEN`, also inside `compressed-send`: the token, which must be
+    /// verified against this node's ZFS before the send runs (see [`verify_resume_token`]).
     pub resume: Option<ResumeToken>,
 }
 
@@ -415,13 +430,15 @@ fn is_pgzfs(argv: &[String]) -> bool {
 
 /// The pgzfs commands another node may run here: the verb and its arguments, to run with
 /// serve's own `--config` and `--node`. `this_node` is the node serve runs as; `nodes`
-/// every configured node. Err says why not, for the log.
+/// every configured node; `dataset` this node's dataset, the only one a `compressed-send`
+/// may send from. Err says why not, for the log.
 pub fn check_pgzfs(
     argv: &[String],
     this_node: &str,
     nodes: &[&str],
+    dataset: &DatasetName,
     allow_orchestration: bool,
-) -> std::result::Result<Vec<String>, String> {
+) -> std::result::Result<Allowed, String> {
     let words: Vec<&str> = argv.iter().map(String::as_str).collect();
     let [_program, "--config", _client_config, "--node", node, verb @ ..] = words.as_slice() else {
         return Err("not a pgzfs command form other nodes send".to_string());
@@ -450,9 +467,29 @@ pub fn check_pgzfs(
         }
         ["promote", "--force"] => {}
         ["follow", "--to", primary] => other_node(primary)?,
+        ["compressed-send", "--zstd", level, "--", send @ ..] => {
+            ZstdLevel::parse(level)?;
+            let send: Vec<String> = send.iter().map(|w| w.to_string()).collect();
+            let inner = check(&send, dataset)?;
+            if !crate::compress::is_zfs_send(&inner.argv) {
+                return Err("compressed-send runs a zfs send of a snapshot only".to_string());
+            }
+            let mut argv: Vec<String> = ["compressed-send", "--zstd", level, "--"]
+                .iter()
+                .map(|w| w.to_string())
+                .collect();
+            argv.extend(inner.argv);
+            return Ok(Allowed {
+                argv,
+                resume: inner.resume,
+            });
+        }
         _ => return Err("not a pgzfs command other nodes may run here".to_string()),
     }
-    Ok(verb.iter().map(|w| w.to_string()).collect())
+    Ok(Allowed {
+        argv: verb.iter().map(|w| w.to_string()).collect(),
+        resume: None,
+    })
 }
 
 /// A comma-separated property list of readable properties, `written@SNAP` and pgzfs user
@@ -872,10 +909,18 @@ mod tests {
     const NODES: [&str; 3] = ["db1", "db2", "db3"];
 
     /// What serve on db1 makes of a pgzfs command line another node sends.
-    fn pgzfs_on_db1(text: &str, orchestration: bool) -> std::result::Result<Vec<String>, String> {
+    fn pgzfs_allowed_on_db1(
+        text: &str,
+        orchestration: bool,
+    ) -> std::result::Result<Allowed, String> {
         let words = split(text)?;
         assert!(is_pgzfs(&words), "{text:?} is a pgzfs command");
-        check_pgzfs(&words, "db1", &NODES, orchestration)
+        check_pgzfs(&words, "db1", &NODES, &dataset(), orchestration)
+    }
+
+    /// The verb serve on db1 runs for a pgzfs command line another node sends.
+    fn pgzfs_on_db1(text: &str, orchestration: bool) -> std::result::Result<Vec<String>, String> {
+        pgzfs_allowed_on_db1(text, orchestration).map(|allowed| allowed.argv)
     }
 
     #[test]
@@ -954,6 +999,86 @@ mod tests {
             &split("pgzfsx --config a --node db1 promote --force").unwrap()
         ));
         assert!(!is_pgzfs(&split("sh -c pgzfs").unwrap()));
+    }
+
+    #[test]
+    fn a_compressed_send_is_allowed_where_the_send_alone_would_be() {
+        let prefix = "/usr/local/bin/pgzfs --config /etc/p.toml --node db1";
+        let snap = "tank/pgdata@pgzfs-20261122T003000Z";
+        let base = "tank/pgdata@pgzfs-20261121T003000Z";
+        for (level, send) in [
+            ("3", format!("zfs send {snap}")),
+            ("1", format!("zfs send -i {base} {snap}")),
+            ("19", format!("zfs send -L -e -c -i {base} {snap}")),
+            ("3", format!("zfs send -w {snap}")),
+        ] {
+            for orchestration in [false, true] {
+                let text = format!("{prefix} compressed-send --zstd {level} -- {send}");
+                let allowed = pgzfs_allowed_on_db1(&text, orchestration)
+                    .unwrap_or_else(|why| panic!("{text:?} refused: {why}"));
+                assert_eq!(
+                    allowed.argv.join(" "),
+                    format!("compressed-send --zstd {level} -- {send}"),
+                    "the verb runs unchanged"
+                );
+                assert_eq!(allowed.resume, None);
+            }
+        }
+        // A resumed send carries its token out, to be verified before anything runs.
+        let allowed = pgzfs_allowed_on_db1(
+            &format!("{prefix} compressed-send --zstd 3 -- zfs send -t 1-e604ea4bf-e0-789c6360"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            allowed.resume.as_ref().map(ResumeToken::as_str),
+            Some("1-e604ea4bf-e0-789c6360")
+        );
+        assert_eq!(
+            allowed.argv[4..],
+            ["zfs", "send", "-t", "1-e604ea4bf-e0-789c6360"]
+        );
+    }
+
+    #[test]
+    fn a_compressed_send_is_refused_whenever_the_send_alone_would_be_or_the_form_is_off() {
+        let snap = "tank/pgdata@pgzfs-20261122T003000Z";
+        for text in [
+            // levels outside 1..=19, or not written the way the client writes them
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 0 -- zfs send {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 20 -- zfs send {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 22 -- zfs send {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 03 -- zfs send {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd fast -- zfs send {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd=3 -- zfs send {snap}"),
+            // the inner command must be a send serve allows by itself
+            "pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- zfs destroy -r tank/pgdata".to_string(),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- zfs destroy {snap}"),
+            "pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- zfs send tank/other@pgzfs-1".to_string(),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- zfs send -i tank/other@a {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- zfs send -R {snap}"),
+            "pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- zfs send -t '1-e6-e0-78; reboot'".to_string(),
+            "pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- zfs send".to_string(),
+            "pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- zfs get -H -o value written".to_string(),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- zfs hold pgzfs-db2 {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- /sbin/zfs send {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- sh -c 'zfs send {snap}'"),
+            "pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- pgzfs --config /etc/p.toml --node db1 promote --force".to_string(),
+            "pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 --".to_string(),
+            // odd forms
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 zfs send {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send -- zfs send {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -v -- zfs send {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send -- --zstd 3 zfs send {snap}"),
+            format!("pgzfs --config /etc/p.toml --node db1 compressed-send --zstd 3 -- -- zfs send {snap}"),
+            // another node's name: this key reaches db1 only
+            format!("pgzfs --config /etc/p.toml --node db2 compressed-send --zstd 3 -- zfs send {snap}"),
+        ] {
+            for orchestration in [false, true] {
+                let got = pgzfs_on_db1(&text, orchestration);
+                assert!(got.is_err(), "{text:?} must be refused, got {got:?}");
+            }
+        }
     }
 
     /// Records what ZfsCli would run on the source node, and answers "success, nothing".
@@ -1049,12 +1174,47 @@ mod tests {
         zfs.features().unwrap();
         zfs.features_for(&ds).unwrap();
         zfs.is_encrypted(&ds).unwrap();
+
+        // The stream again as a standby with ssh_compress asks for it: through the
+        // source's pgzfs, compressed.
+        let compressing = crate::zfs::cli::ZfsCli::new(crate::compress::Compressing::new(
+            recorder.clone(),
+            crate::exec::remote_pgzfs(
+                Path::new("/usr/local/bin/pgzfs"),
+                Path::new("/usr/local/etc/pgzfs.toml"),
+                "db1",
+            ),
+            crate::config::ZstdLevel::parse("3").unwrap(),
+        ));
+        let sent_before = recorder.0.borrow().len();
+        compressing.send(&snap, None).unwrap();
+        compressing.send(&snap, Some(&base)).unwrap();
+        compressing.send_with(&snap, Some(&base), &all).unwrap();
+        compressing
+            .send_resume(&ResumeToken::parse("1-e604ea4bf-e0-789c").unwrap())
+            .unwrap();
+        let compressed = recorder.0.borrow().len() - sent_before;
+        assert_eq!(compressed, 4);
+
         let issued = recorder.0.borrow();
-        assert!(issued.len() >= 25, "recorded {} commands", issued.len());
+        assert!(issued.len() >= 29, "recorded {} commands", issued.len());
         for cmd in issued.iter() {
             let line = crate::shell::join(&cmd.argv);
             let words = split(&line).unwrap_or_else(|why| panic!("{line}: {why}"));
-            check(&words, &ds).unwrap_or_else(|why| panic!("serve refuses {line}: {why}"));
+            if is_pgzfs(&words) {
+                check_pgzfs(&words, "db1", &NODES, &ds, false)
+                    .unwrap_or_else(|why| panic!("serve refuses {line}: {why}"));
+            } else {
+                check(&words, &ds).unwrap_or_else(|why| panic!("serve refuses {line}: {why}"));
+            }
         }
+        assert_eq!(
+            issued
+                .iter()
+                .filter(|cmd| cmd.argv.contains(&"compressed-send".to_string()))
+                .count(),
+            compressed,
+            "every compressed stream went through compressed-send"
+        );
     }
 }
