@@ -394,7 +394,7 @@ impl BackupVia {
 /// user, key, port and strict known_hosts file; `ssh2` keeps the stream on pgzfs's own
 /// libssh2 session, which runs every other remote command either way. The default is
 /// the faster one measured by bench/run: on the lab a full re-seed moved its stream about
-/// 1.3x faster through ssh(1) than through libssh2 (docs/benchmarks.md).
+/// 1.4x faster through ssh(1) than through libssh2 (docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SshDataPath {
     Ssh2,
