@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::zfs::features::ResumeTokenInfo;
+use crate::zfs::features::{token_matches, PlannedTransfer, ResumeTokenInfo};
 use crate::zfs::names::{DatasetName, SnapName, SnapshotName};
 use crate::zfs::{newest_common, Snapshot};
 
@@ -140,17 +140,11 @@ pub fn resume<'a>(input: &ResumeInput<'a>) -> std::result::Result<(Plan, &'a Sna
                 token.toname, input.source_dataset
             )
         })?;
-    if target.guid != token.toguid {
-        return Err(format!(
-            "{} on the source has GUID {:#x}, the partial receive {:#x}: same name, another snapshot",
-            target.name, target.guid, token.toguid
-        ));
-    }
     if !target.name.snap().is_pgzfs() {
         return Err(format!("{} is not a pgzfs snapshot", target.name));
     }
-    let mode = match token.fromguid {
-        None if input.local_snapshots.is_empty() => Mode::Full,
+    let (mode, base_guid) = match token.fromguid {
+        None if input.local_snapshots.is_empty() => (Mode::Full, None),
         None => {
             return Err(format!(
                 "a full receive was interrupted, but {} has snapshots of its own",
@@ -188,11 +182,22 @@ pub fn resume<'a>(input: &ResumeInput<'a>) -> std::result::Result<(Plan, &'a Sna
                     newer.name, local_base.name
                 ));
             }
-            Mode::Incremental {
+            let base = Mode::Incremental {
                 base: source_base.name.snap().clone(),
-            }
+            };
+            (base, Some(source_base.guid))
         }
     };
+    // The token must continue exactly this transfer: the name matched above, the GUID
+    // is what tells a forged or recreated snapshot apart.
+    token_matches(
+        token,
+        &PlannedTransfer {
+            snapshot: &target.name,
+            guid: target.guid,
+            base_guid,
+        },
+    )?;
     let plan = Plan {
         source_dataset: input.source_dataset.clone(),
         local_dataset: input.local_dataset.clone(),
@@ -372,7 +377,7 @@ mod tests {
             (
                 token("tank/pgdata@pgzfs-b", 99, Some(1)),
                 &standby[..],
-                "another snapshot",
+                "different snapshot",
             ),
             (
                 token("tank/other@pgzfs-b", 2, Some(1)),

@@ -258,39 +258,6 @@ pub fn token_matches(info: &ResumeTokenInfo, planned: &PlannedTransfer) -> Resul
     }
 }
 
-/// What to do about a partially received stream before a transfer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResumeDecision {
-    /// Nothing partial is there: transfer from the start.
-    Fresh,
-    /// The token continues the planned transfer: send with `-t TOKEN`.
-    Resume(ResumeToken),
-    /// Something partial is there but it is not the planned transfer (or cannot be read):
-    /// discard it with `zfs receive -A` and transfer from the start.
-    AbortThenFresh(String),
-}
-
-/// Decide from the token on the receiving dataset (if any) and what decoding it said.
-pub fn decide_resume(
-    token: Option<ResumeToken>,
-    decoded: Option<Result<ResumeTokenInfo>>,
-    planned: &PlannedTransfer,
-) -> ResumeDecision {
-    let Some(token) = token else {
-        return ResumeDecision::Fresh;
-    };
-    match decoded {
-        None => ResumeDecision::AbortThenFresh("the resume token was not decoded".to_string()),
-        Some(Err(e)) => {
-            ResumeDecision::AbortThenFresh(format!("the resume token cannot be decoded: {e}"))
-        }
-        Some(Ok(info)) => match token_matches(&info, planned) {
-            Ok(()) => ResumeDecision::Resume(token),
-            Err(why) => ResumeDecision::AbortThenFresh(why),
-        },
-    }
-}
-
 /// The `zfs send` flags to use, chosen from what both ends support. Plain (no flags) is
 /// what zfs-fuse gets and what every ZFS can receive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -351,28 +318,6 @@ impl SendOptions {
         }
         flags
     }
-}
-
-/// Before a transfer into `dataset`: find a partial receive left there, decide whether it
-/// continues `planned`, and if not discard it (`zfs receive -A`) so the transfer can start
-/// from the beginning. The token is decoded by the receiving side's own zfs: it is that
-/// side's data, and it must not be handed to the sender before it has been checked.
-pub fn prepare_resume(
-    receiver: &dyn super::Zfs,
-    dataset: &super::names::DatasetName,
-    planned: &PlannedTransfer,
-) -> Result<ResumeDecision> {
-    let token = receiver.resume_token(dataset)?;
-    let decoded = token.as_ref().map(|t| receiver.describe_resume_token(t));
-    let decision = decide_resume(token, decoded, planned);
-    if let ResumeDecision::AbortThenFresh(why) = &decision {
-        tracing::warn!(
-            "discarding the partial receive on {dataset} ({why}); starting {} from the beginning",
-            planned.snapshot
-        );
-        receiver.abort_resumable(dataset)?;
-    }
-    Ok(decision)
 }
 
 #[cfg(test)]
@@ -514,7 +459,6 @@ mod tests {
     #[test]
     fn only_a_token_for_exactly_the_planned_snapshot_is_resumed() {
         let info = parse_resume_token_contents(fixture!("openzfs-2.1/send-nvt-full.txt")).unwrap();
-        let token = ResumeToken::parse("1-e604ea4bf-e0-789c").unwrap();
         let (snap, guid, base) = planned(
             "tank/pgdata@pgzfs-20261122T003000Z",
             0x9f3b2c1d4e5a6b7c,
@@ -525,11 +469,7 @@ mod tests {
             guid,
             base_guid: base,
         };
-        assert_eq!(
-            decide_resume(Some(token.clone()), Some(Ok(info.clone())), &plan),
-            ResumeDecision::Resume(token.clone())
-        );
-        assert_eq!(decide_resume(None, None, &plan), ResumeDecision::Fresh);
+        assert_eq!(token_matches(&info, &plan), Ok(()));
     }
 
     #[test]
@@ -538,7 +478,6 @@ mod tests {
         let mut info =
             parse_resume_token_contents(fixture!("openzfs-2.1/send-nvt-full.txt")).unwrap();
         info.toguid = 0x1111;
-        let token = ResumeToken::parse("1-e604ea4bf-e0-789c").unwrap();
         let (snap, guid, _) = planned(
             "tank/pgdata@pgzfs-20261122T003000Z",
             0x9f3b2c1d4e5a6b7c,
@@ -549,17 +488,14 @@ mod tests {
             guid,
             base_guid: None,
         };
-        match decide_resume(Some(token), Some(Ok(info)), &plan) {
-            ResumeDecision::AbortThenFresh(why) => assert!(why.contains("GUID"), "{why}"),
-            other => panic!("a forged token must not be resumed: {other:?}"),
-        }
+        let why = token_matches(&info, &plan).expect_err("a forged token must not be resumed");
+        assert!(why.contains("GUID"), "{why}");
     }
 
     #[test]
     fn a_token_for_an_older_plan_or_another_base_is_aborted() {
         let info =
             parse_resume_token_contents(fixture!("openzfs-2.1/send-nvt-incremental.txt")).unwrap();
-        let token = ResumeToken::parse("1-e604ea4bf-e0-789c").unwrap();
         // A newer snapshot was planned: the leftover belongs to an earlier run.
         let (snap, guid, base) = planned(
             "tank/pgdata@pgzfs-20261122T020000Z",
@@ -571,10 +507,7 @@ mod tests {
             guid,
             base_guid: base,
         };
-        assert!(matches!(
-            decide_resume(Some(token.clone()), Some(Ok(info.clone())), &plan),
-            ResumeDecision::AbortThenFresh(_)
-        ));
+        assert!(token_matches(&info, &plan).is_err());
         // Same snapshot, but the plan is a full stream now (e.g. --full).
         let (snap, guid, _) = planned(
             "tank/pgdata@pgzfs-20261122T013000Z",
@@ -586,30 +519,14 @@ mod tests {
             guid,
             base_guid: None,
         };
-        assert!(matches!(
-            decide_resume(Some(token.clone()), Some(Ok(info.clone())), &plan),
-            ResumeDecision::AbortThenFresh(_)
-        ));
+        assert!(token_matches(&info, &plan).is_err());
         // Same snapshot, other base.
         let plan = PlannedTransfer {
             snapshot: &snap,
             guid,
             base_guid: Some(7),
         };
-        assert!(matches!(
-            decide_resume(Some(token.clone()), Some(Ok(info)), &plan),
-            ResumeDecision::AbortThenFresh(_)
-        ));
-        // A token nobody could decode is not trusted either.
-        let plan = PlannedTransfer {
-            snapshot: &snap,
-            guid,
-            base_guid: None,
-        };
-        assert!(matches!(
-            decide_resume(Some(token), Some(Err(Error::failed("x"))), &plan),
-            ResumeDecision::AbortThenFresh(_)
-        ));
+        assert!(token_matches(&info, &plan).is_err());
     }
 
     fn features_of(usage: &str) -> Features {

@@ -186,8 +186,8 @@ pub trait Zfs {
     fn abort_resumable(&self, _dataset: &DatasetName) -> Result<()> {
         Err(unsupported(self, "zfs receive -A"))
     }
-    /// Continue a stream from a token (`zfs send -t`). Validate the token with
-    /// [`features::decide_resume`] first: it was written by the receiving side.
+    /// Continue a stream from a token (`zfs send -t`). Validate the token first
+    /// ([`crate::replicate::resume`]): it was written by the receiving side.
     /// The stream flags come from the token itself (it records what the first attempt
     /// used), so there are no options here.
     fn send_resume(&self, _token: &ResumeToken) -> Result<Box<dyn Source>> {
