@@ -33,7 +33,7 @@ use clap::Args;
 use crate::cli::Global;
 use crate::config::ZstdLevel;
 use crate::error::{Error, Result};
-use crate::zfs::features::{self, ResumeToken};
+use crate::zfs::features::ResumeToken;
 use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName};
 
 #[derive(Debug, Args)]
@@ -533,17 +533,11 @@ fn verify_resume_token(
     token: &ResumeToken,
     dataset: &DatasetName,
 ) -> std::result::Result<(), String> {
-    let zfs = find_program("zfs");
-    let out = std::process::Command::new(&zfs)
-        .args(["send", "-nv", "-t", token.as_str()])
-        .output()
-        .map_err(|e| format!("cannot run {zfs}: {e}"))?;
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let info = features::parse_resume_token_contents(&text).map_err(|e| e.message().to_string())?;
+    use crate::zfs::Zfs;
+    let zfs = crate::zfs::cli::ZfsCli::with_program(crate::exec::Local, find_program("zfs"));
+    let info = zfs
+        .describe_resume_token(token)
+        .map_err(|e| e.message().to_string())?;
     let snapshot = SnapshotName::parse(&info.toname).map_err(|e| e.message().to_string())?;
     if snapshot.dataset() != dataset {
         return Err(format!(
@@ -551,12 +545,10 @@ fn verify_resume_token(
             info.toname
         ));
     }
-    let guid = std::process::Command::new(&zfs)
-        .args(["get", "-H", "-p", "-o", "value", "guid", &info.toname])
-        .output()
-        .map_err(|e| format!("cannot run {zfs}: {e}"))?;
-    let actual: Option<u64> = String::from_utf8_lossy(&guid.stdout).trim().parse().ok();
-    if !guid.status.success() || actual != Some(info.toguid) {
+    let actual = zfs
+        .get_number(&info.toname, "guid")
+        .map_err(|e| e.message().to_string())?;
+    if actual != Some(info.toguid) {
         return Err(format!(
             "the token's GUID {:#x} is not that of {} ({})",
             info.toguid,

@@ -34,6 +34,14 @@ impl<R: Runner> ZfsCli<R> {
         }
     }
 
+    /// The same, running zfs(8) from `program` (a full path) rather than from PATH.
+    pub fn with_program(runner: R, program: impl Into<String>) -> Self {
+        ZfsCli {
+            zfs: program.into(),
+            ..ZfsCli::new(runner)
+        }
+    }
+
     pub fn runner(&self) -> &R {
         &self.runner
     }
