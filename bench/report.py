@@ -49,7 +49,7 @@ def step_medians(workdir, pattern):
     return {k: statistics.median(v) for k, v in per_step.items()}
 
 
-STEP_ORDER = ["preflight", "lock", "slot", "backup start", "snapshot", "backup stop",
+STEP_ORDER = ["preflight", "lock", "primary lock", "slot", "backup start", "snapshot", "backup stop",
               "backup record", "postgres stop", "send/receive", "standby config", "postgres start",
               "catch-up", "holds"]
 

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::reset_secondary::ResetSecondary;
 use crate::commands::serve::Serve;
-use crate::config::{config_path, Config, Node};
+use crate::context::Invocation;
 use crate::error::Result;
 
 #[derive(Debug, Parser)]
@@ -72,52 +72,33 @@ pub enum Command {
 
 impl Cli {
     pub fn run(self) -> Result<i32> {
+        let invocation = self.global.invocation();
         match self.command {
-            Command::ResetSecondary(cmd) => cmd.run(&self.global),
-            Command::Serve(cmd) => cmd.run(&self.global),
-            Command::Promote(cmd) => cmd.run(&self.global),
-            Command::CarpEvent(cmd) => cmd.run(&self.global),
-            Command::Rejoin(cmd) => cmd.run(&self.global),
-            Command::Follow(cmd) => cmd.run(&self.global),
-            Command::Switchover(cmd) => cmd.run(&self.global),
-            Command::Snapshot(cmd) => cmd.run(&self.global),
-            Command::Snapshots(cmd) => cmd.run(&self.global),
-            Command::Prune(cmd) => cmd.run(&self.global),
-            Command::Check(cmd) => cmd.run(&self.global),
-            Command::Status(cmd) => cmd.run(&self.global),
-            Command::Daemon(cmd) => cmd.run(&self.global),
+            Command::ResetSecondary(cmd) => cmd.run(&invocation),
+            Command::Serve(cmd) => cmd.run(&invocation),
+            Command::Promote(cmd) => cmd.run(&invocation),
+            Command::CarpEvent(cmd) => cmd.run(&invocation),
+            Command::Rejoin(cmd) => cmd.run(&invocation),
+            Command::Follow(cmd) => cmd.run(&invocation),
+            Command::Switchover(cmd) => cmd.run(&invocation),
+            Command::Snapshot(cmd) => cmd.run(&invocation),
+            Command::Snapshots(cmd) => cmd.run(&invocation),
+            Command::Prune(cmd) => cmd.run(&invocation),
+            Command::Check(cmd) => cmd.run(&invocation),
+            Command::Status(cmd) => cmd.run(&invocation),
+            Command::Daemon(cmd) => cmd.run(&invocation),
             Command::CompressedSend(cmd) => cmd.run(),
         }
     }
 }
 
-/// What a subcommand needs from the global flags: the parsed config and this node.
-pub struct Context {
-    pub config: Config,
-    pub local: Node,
-}
-
-impl Context {
-    /// Another configured node, named by `flag` (e.g. `--to`): a usage error when it is
-    /// unknown or names this node.
-    pub fn peer(&self, name: &str, flag: &str) -> Result<Node> {
-        let node = self.config.node(name).map_err(|e| e.context(flag))?;
-        if node.name == self.local.name {
-            return Err(crate::error::Error::usage(format!(
-                "{flag} {name} names this node"
-            )));
-        }
-        Ok(node.clone())
-    }
-}
-
 impl Global {
-    /// Load the config, pick the local node and start logging to its log file.
-    pub fn load(&self) -> Result<Context> {
-        let path = config_path(self.config.as_deref());
-        let config = Config::load(&path)?;
-        let local = config.local_node(self.node.as_deref())?.clone();
-        crate::log::init(&config.log_file, &local.name, self.verbose);
-        Ok(Context { config, local })
+    /// The flags as a plain value for the commands (clap structs stay up here).
+    pub fn invocation(&self) -> Invocation {
+        Invocation {
+            config: self.config.clone(),
+            node: self.node.clone(),
+            verbose: self.verbose,
+        }
     }
 }

@@ -113,3 +113,22 @@ fn managed_keys(nodes: &[Node]) -> BTreeSet<String> {
     keys.insert("port".into());
     keys
 }
+/// A session with this node's PostgreSQL, refused (exit 3) unless it is a running
+/// primary.
+pub fn connect_local_primary(local: &Node) -> Result<Pg> {
+    let mut pg = Pg::connect(&pg_target(local)).map_err(|e| {
+        Error::refused(format!(
+            "PostgreSQL on this node ({}) is not reachable, so it is not a running primary: {e}. \
+             Backup-safe snapshots are taken on the running primary",
+            local.name
+        ))
+    })?;
+    if pg.is_in_recovery()? {
+        return Err(Error::refused(format!(
+            "PostgreSQL on this node ({}) is a standby (in recovery); snapshots are taken on the \
+             primary and reach standbys through reset-secondary",
+            local.name
+        )));
+    }
+    Ok(pg)
+}

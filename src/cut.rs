@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Node;
 use crate::error::{Error, Result};
 use crate::exec::{remote_pgzfs, Runner};
 use crate::pg::{BackupStop, Pg};
@@ -260,6 +261,34 @@ pub fn unhex(text: &str) -> Option<String> {
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect();
     String::from_utf8(bytes?).ok()
+}
+
+/// The backup-safe cut of `local`'s dataset, named for `now`. The daemon calls this on
+/// its schedule, with the session and the lock it already holds.
+pub fn take_of_node(
+    steps: &mut Steps,
+    primary: &mut Pg,
+    zfs: &dyn Zfs,
+    local: &Node,
+    now: SystemTime,
+    label: &str,
+) -> Result<Cut> {
+    if !zfs.exists(&local.dataset)? {
+        return Err(Error::failed(format!(
+            "dataset {} does not exist on {}",
+            local.dataset,
+            zfs.location()
+        )));
+    }
+    take(
+        steps,
+        primary,
+        zfs,
+        &local.dataset,
+        &SnapName::pgzfs_at(now),
+        label,
+        &local.name,
+    )
 }
 
 #[cfg(test)]

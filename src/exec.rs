@@ -365,3 +365,13 @@ impl Runner for Local {
         "this node".to_string()
     }
 }
+
+/// zfs and zpool from the system's own directories first: the PATH sshd gives a forced
+/// command is sane, but a fixed place is one assumption fewer.
+pub fn find_program(name: &str) -> String {
+    ["/sbin", "/usr/sbin", "/usr/local/sbin"]
+        .iter()
+        .map(|dir| format!("{dir}/{name}"))
+        .find(|path| std::path::Path::new(path).is_file())
+        .unwrap_or_else(|| name.to_string())
+}

@@ -146,3 +146,55 @@ fn an_unknown_flag_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `zfs_backend` used to reach only reset-secondary: every other command built zfs(8)
+/// itself. On a build without libzfs_core, "lzc" is a usage error wherever this node's
+/// ZFS is opened, so each command that opens it must say so rather than run zfs(8).
+#[test]
+fn every_command_that_opens_this_nodes_zfs_honours_zfs_backend() {
+    let lock_dir = std::env::temp_dir().join(format!("pgzfs-backend-test-{}", std::process::id()));
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    // Loopback addresses with a port nothing listens on: nothing leaves this machine, and
+    // a PostgreSQL probe fails at once.
+    let config = format!(
+        r#"
+cluster = "haclu"
+log_file = "{log}"
+[defaults]
+dataset = "tank/pgdata"
+data_dir = "/var/db/postgres/data15"
+zfs_backend = "lzc"
+pg_port = 1
+ssh_port = 1
+connect_timeout = "1s"
+lock_file = "{lock}"
+[[nodes]]
+name = "db1"
+host = "127.0.0.1"
+[[nodes]]
+name = "db2"
+host = "127.0.0.1"
+"#,
+        log = lock_dir.join("pgzfs.log").display(),
+        lock = lock_dir.join("pgzfs.lock").display(),
+    );
+    if cfg!(feature = "libzfs-core") {
+        panic!("this test checks the default build (no libzfs-core feature)");
+    }
+    for command in [
+        &["snapshots"][..],
+        &["check"],
+        &["prune", "--dry-run"],
+        &["reset-secondary", "--dry-run"],
+    ] {
+        let (out, _) = pgzfs(&config, "db2", command);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let log = std::fs::read_to_string(lock_dir.join("pgzfs.log")).unwrap_or_default();
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("zfs_backend = \"lzc\"") || log.contains("zfs_backend = \"lzc\""),
+            "{command:?} names the setting it could not honour: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&lock_dir);
+}

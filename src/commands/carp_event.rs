@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 
-use crate::cli::{Context, Global};
 use crate::cluster::{find_primary, pg_target};
 use crate::commands::promote::{local_epoch, promote};
 use crate::commands::rejoin::rejoin;
-use crate::commands::reset_secondary::{self, Caller, ResetSecondary};
 use crate::config::{FenceMode, OnBackup};
+use crate::context::{Context, Invocation};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::lock::LocalLock;
@@ -20,6 +19,8 @@ use crate::pg::control;
 use crate::pg::ctl::PgCtl;
 use crate::pg::standby::set_auto_conf;
 use crate::pg::Pg;
+use crate::replicate::{self, report, ReseedRequest};
+use crate::transfer::Interrupt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "UPPER")]
@@ -59,8 +60,8 @@ enum Role {
 }
 
 impl CarpEvent {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
         let (vhid, iface) = match &self.subsystem {
             Some(subsystem) => {
                 let (vhid, iface) = subsystem.split_once('@').ok_or_else(|| {
@@ -186,16 +187,18 @@ fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
     }
     if then == OnBackup::Rejoin {
         let new_primary = wait_for_new_primary(ctx, local.promote_timeout)?;
-        let args = ResetSecondary {
-            from: Some(new_primary.clone()),
-            full: false,
-            dry_run: false,
-            yes: true,
-            json: false,
-        };
+        let request = ReseedRequest::rejoin(&new_primary, false);
         let outcome = rejoin(ctx, &new_primary, false, false)
-            .and_then(|_| reset_secondary::reseed(ctx, &args, Caller::Rejoin));
-        reset_secondary::report(ctx, &args, outcome, "rejoin")?;
+            .and_then(|_| Interrupt::install())
+            .and_then(|interrupt| replicate::reseed_unattended(ctx, &request, interrupt));
+        report::announce(
+            &ctx.config,
+            &ctx.local.name,
+            "rejoin",
+            Some(&new_primary),
+            outcome,
+        )?
+        .print(false);
         said.push(format!("rejoined as a standby of {new_primary}"));
     }
     Ok(said.join("; "))

@@ -7,14 +7,11 @@
 
 use clap::Args;
 
-use crate::cli::Global;
 use crate::cluster::pg_target;
 use crate::config::{config_path, Config};
+use crate::context::Invocation;
 use crate::error::{Error, Result};
-use crate::exec::Local;
 use crate::pg::Pg;
-use crate::zfs::cli::ZfsCli;
-use crate::zfs::Zfs;
 
 #[derive(Debug, Args)]
 pub struct Check {
@@ -24,10 +21,10 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let path = config_path(global.config.as_deref());
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let path = config_path(invocation.config.as_deref());
         let config = Config::load(&path)?;
-        let local = config.local_node(global.node.as_deref())?;
+        let local = config.local_node(invocation.node.as_deref())?;
         let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
         println!(
             "{}: valid; cluster {}, nodes {}; this node is {}",
@@ -39,7 +36,7 @@ impl Check {
         if self.config_only {
             return Ok(0);
         }
-        let zfs = ZfsCli::new(Local);
+        let zfs = crate::zfs::local_backend(local)?;
         if !zfs.exists(&local.dataset)? {
             return Err(Error::failed(format!(
                 "dataset {} does not exist on this node",

@@ -49,7 +49,7 @@ fn zfs_send(argv: &[String]) -> Result<Cmd> {
             crate::shell::join(argv)
         )));
     }
-    Ok(Cmd::new(crate::commands::serve::find_program("zfs")).args(argv[1..].iter().cloned()))
+    Ok(Cmd::new(crate::exec::find_program("zfs")).args(argv[1..].iter().cloned()))
 }
 
 #[cfg(test)]

@@ -21,31 +21,28 @@
 //! a transfer in flight is aborted cleanly (ZFS discards the partial receive and the
 //! standby is restarted as it was). Then it exits 0.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Args;
-use serde::{Deserialize, Serialize};
 
-use crate::cli::{Context, Global};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::pg_target;
-use crate::commands::reset_secondary::{reseed_with, Caller, Outcome, ResetSecondary};
 use crate::config::{config_path, Config, Node};
+use crate::context::{Context, Invocation};
+use crate::daemon_state::{read_state, write_state, DaemonState};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
-use crate::exec::Local;
 use crate::http::{Request, Response};
 use crate::lock::LocalLock;
 use crate::pg::ctl::PgCtl;
 use crate::pg::{Pg, RESEED_LOCK};
+use crate::replicate::{self, Caller, ReseedRequest};
 use crate::retention::{prune_dataset, taken_at, Protection};
 use crate::steps::Steps;
 use crate::timestamp::utc_rfc3339;
 use crate::transfer::Interrupt;
-use crate::zfs::cli::ZfsCli;
 use crate::zfs::Zfs;
 
 #[derive(Debug, Args)]
@@ -66,8 +63,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Daemon {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
         install_panic_hook();
         let interrupt = Interrupt::install()?;
         let hangup = Arc::new(AtomicBool::new(false));
@@ -97,7 +94,7 @@ impl Daemon {
         );
         let mut runner = Runner {
             ctx,
-            global: global.clone(),
+            invocation: invocation.clone(),
             clock,
             interrupt,
             hangup,
@@ -214,48 +211,6 @@ pub fn backoff(failures: u32) -> Duration {
 // ---------------------------------------------------------------------------------------
 // The state file and the metrics.
 
-/// What the daemon records for `pgzfs status` and for its own next start.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DaemonState {
-    pub node: String,
-    pub pid: u32,
-    /// The node as the daemon saw it last: primary, streaming, not streaming, ...
-    pub state: String,
-    pub since: Option<String>,
-    pub updated: Option<String>,
-    /// The last event the daemon emitted, as the hook and pg_notify got it.
-    pub last_event: Option<serde_json::Value>,
-    /// Since this daemon started, like the metrics.
-    pub reseeds_total: u64,
-    pub reseed_failures_total: u64,
-    pub last_reseed_seconds: Option<f64>,
-    pub last_reseed_bytes: Option<u64>,
-}
-
-/// Next to the node's lock file: both are per-node runtime files, and the lock file's
-/// directory is known to be writable for pgzfs.
-pub fn state_file(node: &Node) -> PathBuf {
-    node.lock_file
-        .with_file_name(format!("pgzfs-{}.state.json", node.name))
-}
-
-/// The daemon's last record for `node`, if a daemon ever ran here.
-pub fn read_state(node: &Node) -> Option<DaemonState> {
-    let text = std::fs::read_to_string(state_file(node)).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-fn write_state(node: &Node, state: &DaemonState) {
-    let path = state_file(node);
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(state).expect("the state serializes");
-    // Write and rename, so a reader never sees half a file.
-    let written = std::fs::write(&tmp, text + "\n").and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        tracing::warn!("cannot write the daemon state {}: {e}", path.display());
-    }
-}
-
 /// What the metrics endpoint reports besides live PostgreSQL values.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -334,7 +289,7 @@ enum Observed {
 
 struct Runner {
     ctx: Context,
-    global: Global,
+    invocation: Invocation,
     clock: Arc<dyn Clock>,
     interrupt: Interrupt,
     hangup: Arc<AtomicBool>,
@@ -377,9 +332,9 @@ impl Runner {
     }
 
     fn reload(&mut self) {
-        let path = config_path(self.global.config.as_deref());
+        let path = config_path(self.invocation.config.as_deref());
         let loaded = Config::load(&path).and_then(|config| {
-            let local = config.local_node(self.global.node.as_deref())?.clone();
+            let local = config.local_node(self.invocation.node.as_deref())?.clone();
             Ok((config, local))
         });
         // Reopen first, so that what follows lands in the new file.
@@ -604,8 +559,11 @@ impl Runner {
             return;
         }
         self.next_snapshot_check = Some(now + Duration::from_secs(30));
-        let zfs = ZfsCli::new(Local);
-        match zfs.snapshots(&self.ctx.local.dataset) {
+        let snapshots = self
+            .ctx
+            .local_zfs()
+            .and_then(|zfs| zfs.snapshots(&self.ctx.local.dataset));
+        match snapshots {
             Ok(snapshots) => {
                 let mut metrics = self.shared.metrics();
                 metrics.snapshots = Some(snapshots.len());
@@ -625,7 +583,14 @@ impl Runner {
         }
         let node = self.ctx.local.clone();
         let interval = node.snapshot_interval;
-        let zfs = ZfsCli::new(Local);
+        let zfs = match self.ctx.local_zfs() {
+            Ok(zfs) => zfs,
+            Err(e) => {
+                tracing::warn!("cannot open this node's ZFS: {e}");
+                self.next_snapshot_check = Some(now + SNAPSHOT_RETRY);
+                return;
+            }
+        };
         let newest = match zfs.snapshots(&node.dataset) {
             Ok(snapshots) => {
                 let newest = snapshots
@@ -648,7 +613,7 @@ impl Runner {
             self.next_snapshot_check = Some(due);
             return;
         }
-        match self.snapshot_and_prune(&node, &zfs, now) {
+        match self.snapshot_and_prune(&node, &*zfs, now) {
             Ok(()) => self.next_snapshot_check = None,
             Err(e) => {
                 tracing::warn!("scheduled snapshot on {}: {e}", node.name);
@@ -662,16 +627,10 @@ impl Runner {
 
     fn snapshot_and_prune(&mut self, node: &Node, zfs: &dyn Zfs, now: SystemTime) -> Result<()> {
         let _lock = LocalLock::acquire(&node.lock_file, LOCK_WAIT, "daemon snapshot")?;
-        let mut primary = crate::commands::snapshot::connect_local_primary(node)?;
+        let mut primary = crate::cluster::connect_local_primary(node)?;
         let mut steps = Steps::default();
-        let cut = crate::commands::snapshot::take_snapshot(
-            &mut steps,
-            &mut primary,
-            zfs,
-            node,
-            now,
-            "pgzfs daemon",
-        )?;
+        let cut =
+            crate::cut::take_of_node(&mut steps, &mut primary, zfs, node, now, "pgzfs daemon")?;
         tracing::info!("scheduled snapshot {} taken", cut.snapshot);
         {
             let mut metrics = self.shared.metrics();
@@ -720,22 +679,15 @@ impl Runner {
                 crate::duration::format_duration(node.reseed_after)
             ),
         );
-        let args = ResetSecondary {
+        let request = ReseedRequest {
             from: None,
             full: false,
-            dry_run: false,
-            yes: true,
-            json: false,
+            caller: Caller::ResetSecondary,
         };
-        let outcome = reseed_with(
-            &self.ctx,
-            &args,
-            Caller::ResetSecondary,
-            self.interrupt.clone(),
-        );
+        let outcome = replicate::reseed_unattended(&self.ctx, &request, self.interrupt.clone());
         let now = self.clock.now();
         match outcome {
-            Ok(Outcome::Done(summary)) => {
+            Ok(summary) => {
                 self.watch.reseed_succeeded();
                 self.record.reseeds_total += 1;
                 self.record.last_reseed_seconds = Some(summary.seconds);
@@ -763,7 +715,6 @@ impl Runner {
                 );
                 self.next_snapshot_check = None;
             }
-            Ok(Outcome::DryRun(_)) => unreachable!("the daemon never asks for a dry run"),
             Err(e) => {
                 self.record.reseed_failures_total += 1;
                 self.shared.metrics().reseed_failures_total = self.record.reseed_failures_total;

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::cli::{Context, Global};
 use crate::cluster::{pg_target, standby_setup};
+use crate::context::{Context, Invocation};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::lock::LocalLock;
@@ -23,8 +23,8 @@ pub struct Follow {
 }
 
 impl Follow {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
         let _lock = LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "follow")?;
         match follow(&ctx, &self.to) {
             Ok(how) => {

@@ -7,12 +7,11 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::{Context, Global};
 use crate::cluster::{pg_target, ssh_target};
 use crate::config::{Config, Node};
+use crate::context::{Context, Invocation};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
-use crate::exec::Local;
 use crate::lock::LocalLock;
 use crate::pg::ctl::PgCtl;
 use crate::pg::Pg;
@@ -44,8 +43,8 @@ pub struct Promoted {
 }
 
 impl Promote {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
         let _lock = LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "promote")?;
         let outcome = promote(&ctx, self.force);
         match outcome {
@@ -189,9 +188,11 @@ fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promote
     // the dataset moments after the server accepts writes.
     let epoch_lookup = {
         let (config, local) = (ctx.config.clone(), local.clone());
-        std::thread::spawn(move || next_epoch(&config, &local, &ZfsCli::new(Local)))
+        std::thread::spawn(move || {
+            crate::zfs::local_backend(&local).and_then(|zfs| next_epoch(&config, &local, &*zfs))
+        })
     };
-    let zfs = ZfsCli::new(Local);
+    let zfs = ctx.local_zfs()?;
 
     // An undo point: the standby exactly as it was before it became a primary.
     let snap = SnapName::parse(&format!(
@@ -281,7 +282,7 @@ fn next_epoch(config: &Config, local: &Node, zfs: &dyn Zfs) -> Result<u64> {
 
 /// This node's epoch, from its dataset.
 pub fn local_epoch(local: &Node) -> Result<u64> {
-    Ok(ZfsCli::new(Local)
+    Ok(crate::zfs::local_backend(local)?
         .get_number(local.dataset.as_str(), prop::EPOCH)?
         .unwrap_or(0))
 }

@@ -14,16 +14,14 @@ use std::time::SystemTime;
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::Global;
 use crate::cluster::pg_target;
 use crate::config::{Node, Retention};
+use crate::context::Invocation;
 use crate::error::{Error, Result};
-use crate::exec::Local;
 use crate::lock::LocalLock;
 use crate::pg::{Pg, RESEED_LOCK};
 use crate::retention::{prune_dataset, Protection, PruneReport};
 use crate::timestamp::utc_rfc3339;
-use crate::zfs::cli::ZfsCli;
 
 #[derive(Debug, Args)]
 pub struct Prune {
@@ -36,8 +34,8 @@ pub struct Prune {
 }
 
 impl Prune {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
         let local = &ctx.local;
         let _lock = LocalLock::acquire(&local.lock_file, local.lock_timeout, "prune")?;
         let guard = ReseedGuard::take(local)?;
@@ -47,9 +45,9 @@ impl Prune {
                  retention waits until it has finished. Nothing was destroyed",
             ));
         }
-        let zfs = ZfsCli::new(Local);
+        let zfs = ctx.local_zfs()?;
         let report = prune_dataset(
-            &zfs,
+            &*zfs,
             &local.dataset,
             &ctx.config.nodes,
             &ctx.config.retention,

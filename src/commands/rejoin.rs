@@ -12,16 +12,15 @@ use clap::Args;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use crate::cli::{Context, Global};
 use crate::cluster::{pg_target, ssh_target};
-use crate::commands::reset_secondary::{self, Caller, ResetSecondary};
+use crate::context::{Context, Invocation};
 use crate::error::{Error, Result};
-use crate::exec::Local;
 use crate::lock::LocalLock;
 use crate::pg::control::{self, Lsn};
 use crate::pg::ctl::PgCtl;
 use crate::pg::Pg;
 use crate::progress::{human_bytes, Progress};
+use crate::replicate::{self, report, ReseedRequest};
 use crate::ssh::SshHost;
 use crate::transfer::{self, Interrupt, Sink};
 use crate::zfs::cli::ZfsCli;
@@ -45,23 +44,22 @@ pub struct Rejoin {
 }
 
 impl Rejoin {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
         let _lock = LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "rejoin")?;
-        let args = self.reseed_args();
+        let request = ReseedRequest::rejoin(&self.to, self.full);
         let outcome = rejoin(&ctx, &self.to, self.full, self.discard_diverged)
-            .and_then(|_| reset_secondary::reseed(&ctx, &args, Caller::Rejoin));
-        reset_secondary::report(&ctx, &args, outcome, "rejoin")
-    }
-
-    fn reseed_args(&self) -> ResetSecondary {
-        ResetSecondary {
-            from: Some(self.to.clone()),
-            full: self.full,
-            dry_run: false,
-            yes: true,
-            json: self.json,
-        }
+            .and_then(|_| Interrupt::install())
+            .and_then(|interrupt| replicate::reseed_unattended(&ctx, &request, interrupt));
+        let summary = report::announce(
+            &ctx.config,
+            &ctx.local.name,
+            "rejoin",
+            Some(&self.to),
+            outcome,
+        )?;
+        summary.print(self.json);
+        Ok(0)
     }
 }
 
@@ -104,7 +102,7 @@ pub fn rejoin(
         .and_then(|t| t.parse().ok());
     let fork_timeline = remote.get_number(target.dataset.as_str(), prop::FORK_TIMELINE)?;
 
-    let zfs = ZfsCli::new(Local);
+    let zfs = ctx.local_zfs()?;
     if zfs.exists(&local.dataset)? {
         zfs.mount(&local.dataset)?;
     }
@@ -150,7 +148,7 @@ pub fn rejoin(
         .expect("common is local");
     let base = base_snap.name.clone();
     tracing::info!("newest common snapshot with {to}: {base}");
-    release_obsolete_holds(ctx, &zfs, &local_snaps, base_snap.createtxg)?;
+    release_obsolete_holds(ctx, &*zfs, &local_snaps, base_snap.createtxg)?;
     if discard_diverged {
         tracing::warn!(
             "--discard-diverged: writes made on {} after {base} are not kept",
@@ -158,7 +156,7 @@ pub fn rejoin(
         );
         return Ok(None);
     }
-    keep_diverged_writes(ctx, &zfs, &base).map(Some)
+    keep_diverged_writes(ctx, &*zfs, &base).map(Some)
 }
 
 /// As a primary, this node held its newer snapshots as incremental bases for its

@@ -30,8 +30,8 @@ use std::path::Path;
 
 use clap::Args;
 
-use crate::cli::Global;
 use crate::config::ZstdLevel;
+use crate::context::Invocation;
 use crate::error::{Error, Result};
 use crate::zfs::features::ResumeToken;
 use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName};
@@ -45,8 +45,8 @@ pub struct Serve {
 }
 
 impl Serve {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
         let dataset = ctx.local.dataset.clone();
         let client = client_address();
         let line = std::env::var("SSH_ORIGINAL_COMMAND").unwrap_or_default();
@@ -96,7 +96,7 @@ impl Serve {
             verify_resume_token(token, &dataset).map_err(&refuse)?;
         }
         tracing::debug!("serve: {client}: {}", crate::shell::join(&allowed.argv));
-        let program = find_program(&allowed.argv[0]);
+        let program = crate::exec::find_program(&allowed.argv[0]);
         // exec replaces this process: zfs gets the channel as stdin/stdout, and its exit
         // status (or the signal that killed it) goes back to the client unchanged.
         let err = std::process::Command::new(&program)
@@ -130,16 +130,6 @@ fn shown(line: &str) -> String {
     } else {
         format!("{line:?}")
     }
-}
-
-/// zfs and zpool from the system's own directories first: the PATH sshd gives a forced
-/// command is sane, but a fixed place is one assumption fewer.
-pub(crate) fn find_program(name: &str) -> String {
-    ["/sbin", "/usr/sbin", "/usr/local/sbin"]
-        .iter()
-        .map(|dir| format!("{dir}/{name}"))
-        .find(|path| Path::new(path).is_file())
-        .unwrap_or_else(|| name.to_string())
 }
 
 /// Characters [`crate::shell::quote`] leaves unquoted.
@@ -534,7 +524,8 @@ fn verify_resume_token(
     dataset: &DatasetName,
 ) -> std::result::Result<(), String> {
     use crate::zfs::Zfs;
-    let zfs = crate::zfs::cli::ZfsCli::with_program(crate::exec::Local, find_program("zfs"));
+    let zfs =
+        crate::zfs::cli::ZfsCli::with_program(crate::exec::Local, crate::exec::find_program("zfs"));
     let info = zfs
         .describe_resume_token(token)
         .map_err(|e| e.message().to_string())?;

@@ -7,18 +7,11 @@
 
 use std::time::SystemTime;
 
-use crate::cli::Global;
-use crate::cluster::pg_target;
-use crate::config::Node;
-use crate::cut::{Cut, Report};
-use crate::error::{Error, Result};
-use crate::exec::Local;
+use crate::context::Invocation;
+use crate::cut::Report;
+use crate::error::Result;
 use crate::lock::LocalLock;
-use crate::pg::Pg;
 use crate::steps::Steps;
-use crate::zfs::cli::ZfsCli;
-use crate::zfs::names::SnapName;
-use crate::zfs::Zfs;
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -33,8 +26,8 @@ pub struct TakeSnapshot {
 }
 
 impl TakeSnapshot {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
         let local = &ctx.local;
         let label = match &self.r#for {
             Some(standby) => {
@@ -44,13 +37,13 @@ impl TakeSnapshot {
             None => "pgzfs snapshot".to_string(),
         };
         let _lock = LocalLock::acquire(&local.lock_file, local.lock_timeout, "snapshot")?;
-        let mut primary = connect_local_primary(local)?;
-        let zfs = ZfsCli::new(Local);
+        let mut primary = crate::cluster::connect_local_primary(local)?;
+        let zfs = ctx.local_zfs()?;
         let mut steps = Steps::default();
-        let cut = take_snapshot(
+        let cut = crate::cut::take_of_node(
             &mut steps,
             &mut primary,
-            &zfs,
+            &*zfs,
             local,
             SystemTime::now(),
             &label,
@@ -67,52 +60,4 @@ impl TakeSnapshot {
         }
         Ok(0)
     }
-}
-
-/// A session with this node's PostgreSQL, refused (exit 3) unless it is a running
-/// primary.
-pub fn connect_local_primary(local: &Node) -> Result<Pg> {
-    let mut pg = Pg::connect(&pg_target(local)).map_err(|e| {
-        Error::refused(format!(
-            "PostgreSQL on this node ({}) is not reachable, so it is not a running primary: {e}. \
-             Backup-safe snapshots are taken on the running primary",
-            local.name
-        ))
-    })?;
-    if pg.is_in_recovery()? {
-        return Err(Error::refused(format!(
-            "PostgreSQL on this node ({}) is a standby (in recovery); snapshots are taken on the \
-             primary and reach standbys through reset-secondary",
-            local.name
-        )));
-    }
-    Ok(pg)
-}
-
-/// The backup-safe cut of `local`'s dataset, named for `now`. The daemon calls this on
-/// its schedule, with the session and the lock it already holds.
-pub fn take_snapshot(
-    steps: &mut Steps,
-    primary: &mut Pg,
-    zfs: &dyn Zfs,
-    local: &Node,
-    now: SystemTime,
-    label: &str,
-) -> Result<Cut> {
-    if !zfs.exists(&local.dataset)? {
-        return Err(Error::failed(format!(
-            "dataset {} does not exist on {}",
-            local.dataset,
-            zfs.location()
-        )));
-    }
-    crate::cut::take(
-        steps,
-        primary,
-        zfs,
-        &local.dataset,
-        &SnapName::pgzfs_at(now),
-        label,
-        &local.name,
-    )
 }

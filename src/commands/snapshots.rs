@@ -7,12 +7,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::Global;
+use crate::context::Invocation;
 use crate::error::Result;
-use crate::exec::Local;
 use crate::retention::{holds_of, taken_at};
 use crate::timestamp::utc_rfc3339;
-use crate::zfs::cli::ZfsCli;
 use crate::zfs::{prop, Zfs};
 
 #[derive(Debug, Args)]
@@ -57,10 +55,15 @@ pub struct Entry {
 }
 
 impl ListSnapshots {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
-        let zfs = ZfsCli::new(Local);
-        let listing = list(&zfs, &ctx.local.name, &ctx.local.dataset, &ctx.config.nodes)?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
+        let zfs = ctx.local_zfs()?;
+        let listing = list(
+            &*zfs,
+            &ctx.local.name,
+            &ctx.local.dataset,
+            &ctx.config.nodes,
+        )?;
         if self.json {
             println!(
                 "{}",

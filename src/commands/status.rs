@@ -15,11 +15,10 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::Global;
 use crate::cluster::{pg_target, ssh_target};
 use crate::config::{Config, Node};
+use crate::context::Invocation;
 use crate::error::Result;
-use crate::exec::Local;
 use crate::pg::ctl::PgCtl;
 use crate::pg::{Pg, ServerState, SlotInfo, StandbyConnection, WalReceiver};
 use crate::retention::taken_at;
@@ -113,8 +112,8 @@ pub struct Warning {
 }
 
 impl Status {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
         let status = cluster_status(&ctx.config, &ctx.local, SystemTime::now());
         if self.json {
             println!(
@@ -193,7 +192,7 @@ fn probe(local: &Node, node: &Node) -> Probe {
         )
         .ok()
         .map(|ctl| ctl.is_running());
-        probe_zfs(&ZfsCli::new(Local), node)
+        crate::zfs::local_backend(node).and_then(|zfs| probe_zfs(&*zfs, node))
     } else {
         SshHost::connect(&ssh_target(local, node))
             .and_then(|ssh| probe_zfs(&ZfsCli::new(ssh), node))
@@ -206,7 +205,7 @@ fn probe(local: &Node, node: &Node) -> Probe {
         Err(e) => probe.zfs_error = Some(e.to_string()),
     }
     probe.last_event = if is_local {
-        crate::commands::daemon::read_state(node).and_then(|s| s.last_event)
+        crate::daemon_state::read_state(node).and_then(|s| s.last_event)
     } else {
         remote_last_event(node)
     };

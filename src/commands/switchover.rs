@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::{Context, Global};
 use crate::cluster::{pg_target, ssh_target};
 use crate::commands::promote::wait_until_writable;
 use crate::commands::rejoin::rejoin;
-use crate::commands::reset_secondary::{self, Caller, Outcome, ResetSecondary};
 use crate::config::Node;
+use crate::context::{Context, Invocation};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::exec::{remote_pgzfs, Cmd, Runner};
@@ -22,8 +21,10 @@ use crate::lock::LocalLock;
 use crate::pg::control;
 use crate::pg::ctl::PgCtl;
 use crate::pg::Pg;
+use crate::replicate::{self, ReseedRequest};
 use crate::ssh::SshHost;
 use crate::steps::round;
+use crate::transfer::Interrupt;
 
 #[derive(Debug, Args)]
 pub struct Switchover {
@@ -49,8 +50,8 @@ pub struct Switched {
 }
 
 impl Switchover {
-    pub fn run(&self, global: &Global) -> Result<i32> {
-        let ctx = global.load()?;
+    pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        let ctx = invocation.load()?;
         let _lock = LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "switchover")?;
         match switchover(&ctx, &self.to) {
             Ok(done) => {
@@ -198,17 +199,12 @@ fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
     );
 
     // 6. The old primary rejoins. Nothing diverged: the target replayed our last record.
-    let args = ResetSecondary {
-        from: Some(target.name.clone()),
-        full: false,
-        dry_run: false,
-        yes: true,
-        json: false,
-    };
+    let request = ReseedRequest::rejoin(&target.name, false);
     let rejoined = rejoin(ctx, &target.name, false, true)
-        .and_then(|_| reset_secondary::reseed(ctx, &args, Caller::Rejoin));
+        .and_then(|_| Interrupt::install())
+        .and_then(|interrupt| replicate::reseed_unattended(ctx, &request, interrupt));
     let old_primary_rejoined = match rejoined {
-        Ok(Outcome::Done(summary)) => {
+        Ok(summary) => {
             tracing::info!(
                 "{} rejoined: {} re-seed of {} bytes",
                 local.name,
@@ -217,7 +213,6 @@ fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
             );
             true
         }
-        Ok(Outcome::DryRun(_)) => false,
         Err(e) => {
             tracing::error!("{} could not rejoin as a standby of {to}: {e}; it stays stopped (run `pgzfs rejoin --to {to}`)", local.name);
             false
