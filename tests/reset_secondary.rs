@@ -311,6 +311,60 @@ fn reset_secondary_on_the_primary_is_refused_and_the_primary_is_untouched() {
     );
 }
 
+/// The preflight runs before the node lock (and before a y/N prompt). A promotion that
+/// finishes while reset-secondary waits for the lock must be noticed: the re-seed would
+/// otherwise stop the new primary and receive over it.
+#[test]
+fn a_standby_promoted_while_reset_secondary_waits_for_its_lock_is_not_overwritten() {
+    let lab = Lab::up("promwait");
+    lab.reset_secondary("db2");
+    lab.assert_streaming("db2");
+    let before = lab.snapshots(&lab.dataset("db2"));
+
+    // Another pgzfs run (here: flock(1) on the same file) holds db2's lock. With -o only
+    // flock itself holds it, so killing flock releases it.
+    let lock_file = lab.dir.join("db2.lock");
+    let mut holder = Command::new("flock")
+        .arg("-o")
+        .arg(&lock_file)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let reseed = lab
+        .pgzfs_command("db2", &["reset-secondary", "--yes"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it pass its preflight and start waiting, then promote db2 behind its back.
+    std::thread::sleep(Duration::from_secs(4));
+    let promoted = lab.as_postgres(&format!(
+        "{}/pg_ctl -D {} promote -w",
+        lab.pg_bin(),
+        lab.data_dir("db2").display()
+    ));
+    assert!(promoted.status.success(), "{}", stderr_of(&promoted));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+
+    let out = reseed.wait_with_output().unwrap();
+    eprintln!("{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(3), "refused once it held the lock");
+    assert!(
+        stderr_of(&out).contains("primary"),
+        "the refusal says db2 is a primary now: {}",
+        stderr_of(&out)
+    );
+    assert_eq!(lab.sql("db2", "SELECT pg_is_in_recovery()"), "f");
+    lab.sql("db2", "CREATE TABLE written_after_the_promotion (x int)");
+    assert_eq!(
+        lab.snapshots(&lab.dataset("db2")),
+        before,
+        "nothing was received over the new primary"
+    );
+}
+
 #[test]
 fn an_unknown_or_changed_ssh_host_key_is_refused() {
     let lab = Lab::up("hostkey");

@@ -256,6 +256,18 @@ impl Reseed<'_> {
         // 2. Locks: one operation per node, one re-seed per primary.
         let _local_lock = steps.run("lock", || {
             let lock = LocalLock::acquire(&local.lock_file, local.lock_timeout, "reset-secondary")?;
+            // The preflight ran before this lock (and before the confirmation): a
+            // promotion may have finished in between. Ask again now that no other pgzfs
+            // run can change this node, and refuse if the answer changed.
+            let now = self.inspect_local(&local, local_zfs, &pgctl)?;
+            if now.running != state.running {
+                return Err(Error::refused(format!(
+                    "PostgreSQL on this node ({}) was {} while reset-secondary waited for its lock; \
+                     nothing was changed. Look at what started or stopped it, then run reset-secondary again",
+                    local.name,
+                    if now.running { "started" } else { "stopped" }
+                )));
+            }
             Ok(lock)
         })?;
         if let Some(why) = &discard {
