@@ -9,7 +9,6 @@
 
 use std::io::{BufReader, Read, Write};
 
-use crate::config::ZstdLevel;
 use crate::error::{Error, Result};
 use crate::exec::{Cmd, Output, Runner};
 use crate::transfer::{Sink, Source};
@@ -185,6 +184,70 @@ pub fn compress(mut source: Box<dyn Source>, output: impl Write, level: ZstdLeve
     closed.map_err(|e| Error::failed(format!("writing the compressed stream: {e}")))?;
     ended?;
     Ok(total)
+}
+
+/// `ssh_compress`: whether the `zfs send` stream of a re-seed of this node is compressed
+/// on its way. `none` (the default) sends it as zfs writes it; `zstd:N` has the source's
+/// pgzfs (`pgzfs_bin`) compress it with zstd at level N and this node decompress it. It
+/// costs CPU on both ends, so it pays only on a link slower than the compressor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SshCompress {
+    #[default]
+    None,
+    Zstd(ZstdLevel),
+}
+
+impl SshCompress {
+    pub(crate) fn parse(value: &str) -> std::result::Result<SshCompress, String> {
+        if value == "none" {
+            return Ok(SshCompress::None);
+        }
+        match value.strip_prefix("zstd:") {
+            Some(level) => ZstdLevel::parse(level).map(SshCompress::Zstd),
+            None => Err(format!(
+                "{value:?} is not a compression; use \"none\" or \"zstd:N\" with N from {} to {}",
+                ZstdLevel::MIN,
+                ZstdLevel::MAX
+            )),
+        }
+    }
+}
+
+/// A zstd compression level pgzfs accepts: 1 to 19. Levels above 19 use windows of up to
+/// 128 MiB, on the decompressing side too, which the decoder (crate::compress) refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZstdLevel(u8);
+
+impl ZstdLevel {
+    pub const MIN: u8 = 1;
+    pub const MAX: u8 = 19;
+
+    /// Only the plain decimal form ("3", not "03" or "+3"): the level also travels on
+    /// command lines that `pgzfs serve` compares word for word.
+    pub fn parse(text: &str) -> std::result::Result<ZstdLevel, String> {
+        let level = text
+            .parse::<u8>()
+            .ok()
+            .filter(|n| n.to_string() == text && (Self::MIN..=Self::MAX).contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "{text:?} is not a zstd level from {} to {}",
+                    Self::MIN,
+                    Self::MAX
+                )
+            })?;
+        Ok(ZstdLevel(level))
+    }
+
+    pub fn get(self) -> i32 {
+        i32::from(self.0)
+    }
+}
+
+impl std::fmt::Display for ZstdLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }
 
 #[cfg(test)]

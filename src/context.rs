@@ -8,13 +8,15 @@ use std::path::PathBuf;
 
 use crate::cluster::{pg_target, ssh_target};
 use crate::compress::Compressing;
-use crate::config::{config_path, Config, Node, SshCompress, SshDataPath};
+use crate::compress::SshCompress;
+use crate::config::{config_path, Config, Node};
 use crate::error::{Error, Result};
 use crate::exec::remote_pgzfs;
 use crate::pg::ctl::PgCtl;
 use crate::pg::Pg;
 use crate::ssh::SshHost;
 use crate::ssh_openssh::OpenSshHost;
+use crate::ssh_openssh::SshDataPath;
 use crate::zfs::cli::ZfsCli;
 use crate::zfs::Zfs;
 

@@ -291,6 +291,35 @@ pub fn take_of_node(
     )
 }
 
+/// `backup_via`: how a standby's re-seed puts the source into backup mode around its
+/// snapshot. A non-exclusive backup lives and dies with one PostgreSQL session, so start,
+/// snapshot and stop must happen inside one process that holds that session.
+/// - `postgres` (the default): the standby holds the session itself, over its own
+///   connection to the source's PostgreSQL as `pg_user`, and snapshots over SSH. This is
+///   what the shell scripts pgzfs replaces did, so existing grants keep working.
+/// - `ssh`: the standby runs `pgzfs snapshot` on the source over SSH (a command
+///   `pgzfs serve` allows), and the source's pgzfs holds the session with its local
+///   PostgreSQL. The backup privilege then stays on the source: the standby's role needs
+///   no `pg_backup_start` grant there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackupVia {
+    #[default]
+    Postgres,
+    Ssh,
+}
+
+impl BackupVia {
+    pub(crate) fn parse(value: &str) -> Result<BackupVia, String> {
+        match value {
+            "postgres" => Ok(BackupVia::Postgres),
+            "ssh" => Ok(BackupVia::Ssh),
+            other => Err(format!(
+                "{other:?} is not a way to take the backup; use \"postgres\" or \"ssh\""
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

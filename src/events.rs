@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::{Config, Events};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::exec::{self, Cmd};
 
@@ -235,6 +235,28 @@ fn notify_primary(config: &Config, json: &str) -> Result<()> {
     }
     Err(Error::failed("no reachable primary"))
 }
+
+/// `[events]`: `command` is a template with repmgr-compatible placeholders (%n node,
+/// %e event, %s success 1/0, %t timestamp, %d details, %p the other node); `only`
+/// limits which events run it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Events {
+    pub command: Option<String>,
+    pub only: Vec<String>,
+}
+
+/// The events pgzfs emits. `daemon`: a state change the daemon saw or caused (streaming
+/// broken or back, PostgreSQL restarted, a re-seed started).
+pub const EVENT_NAMES: [&str; 8] = [
+    "promote",
+    "fence",
+    "rejoin",
+    "switchover",
+    "follow",
+    "reset_secondary",
+    "failure",
+    "daemon",
+];
 
 #[cfg(test)]
 mod tests {

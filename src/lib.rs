@@ -18,6 +18,7 @@ pub mod duration;
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod failover;
 pub mod http;
 pub mod lock;
 pub mod log;

@@ -22,7 +22,6 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Node;
-pub use crate::config::Retention;
 use crate::error::Result;
 use crate::timestamp::{parse_utc_compact, utc_year_month};
 use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName, PGZFS_SNAPSHOT_PREFIX};
@@ -448,6 +447,32 @@ pub fn prune_dataset(
         }
     }
     Ok(report)
+}
+
+/// How many snapshots to keep per grandfather-father-son class: the newest snapshot of
+/// each of the last `hourly` hours that have one, of the last `daily` such days, and so
+/// on. One policy for the cluster, because after a failover the new primary applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Retention {
+    pub hourly: usize,
+    pub daily: usize,
+    pub weekly: usize,
+    pub monthly: usize,
+    pub yearly: usize,
+}
+
+impl Default for Retention {
+    /// "No production without backup": a day of hourlies, a week of dailies, seven
+    /// weeklies and a year of monthlies.
+    fn default() -> Self {
+        Retention {
+            hourly: 24,
+            daily: 7,
+            weekly: 7,
+            monthly: 12,
+            yearly: 0,
+        }
+    }
 }
 
 #[cfg(test)]

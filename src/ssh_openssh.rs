@@ -93,6 +93,31 @@ impl Runner for OpenSshHost {
     }
 }
 
+/// `ssh_data_path`: what carries the `zfs send` stream when this node is re-seeded.
+/// `openssh` (the default) runs the system ssh(1) for the stream only, with the same
+/// user, key, port and strict known_hosts file; `ssh2` keeps the stream on pgzfs's own
+/// libssh2 session, which runs every other remote command either way. The default is
+/// the faster one measured by bench/run: on the lab a full re-seed moved its stream about
+/// 1.4x faster through ssh(1) than through libssh2 (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SshDataPath {
+    Ssh2,
+    #[default]
+    OpenSsh,
+}
+
+impl SshDataPath {
+    pub(crate) fn parse(value: &str) -> Result<SshDataPath, String> {
+        match value {
+            "ssh2" => Ok(SshDataPath::Ssh2),
+            "openssh" => Ok(SshDataPath::OpenSsh),
+            other => Err(format!(
+                "{other:?} is not an SSH data path; use \"ssh2\" or \"openssh\""
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

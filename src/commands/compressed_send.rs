@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 
 use clap::Args;
 
-use crate::config::ZstdLevel;
+use crate::compress::ZstdLevel;
 use crate::error::{Error, Result};
 use crate::exec::{spawn_source, Cmd};
 

@@ -15,11 +15,12 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::cluster::pg_target;
-use crate::config::{Node, Retention};
+use crate::config::Node;
 use crate::context::Invocation;
 use crate::error::{Error, Result};
 use crate::lock::LocalLock;
 use crate::pg::{Pg, RESEED_LOCK};
+use crate::retention::Retention;
 use crate::retention::{prune_dataset, Protection, PruneReport};
 use crate::timestamp::utc_rfc3339;
 

@@ -30,7 +30,7 @@ use std::path::Path;
 
 use clap::Args;
 
-use crate::config::ZstdLevel;
+use crate::compress::ZstdLevel;
 use crate::context::Invocation;
 use crate::error::{Error, Result};
 use crate::zfs::features::ResumeToken;
@@ -1167,7 +1167,7 @@ mod tests {
                 Path::new("/usr/local/etc/pgzfs.toml"),
                 "db1",
             ),
-            crate::config::ZstdLevel::parse("3").unwrap(),
+            crate::compress::ZstdLevel::parse("3").unwrap(),
         ));
         let sent_before = recorder.0.borrow().len();
         compressing.send(&snap, None).unwrap();

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cluster::{find_primary, pg_target, standby_setup};
-use crate::config::{BackupVia, Node};
+use crate::config::Node;
 use crate::context::Context;
+use crate::cut::BackupVia;
 use crate::error::{Error, Result};
 use crate::lock::LocalLock;
 use crate::pg::control::{self, ControlData};

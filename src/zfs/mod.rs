@@ -218,11 +218,10 @@ pub enum BackendChoice {
 /// opens (zfs-fuse has no /dev/zfs), zfs(8) otherwise; `lzc` fails rather than quietly
 /// falling back, since whoever set it wants to know.
 pub fn choose_backend(
-    configured: crate::config::ZfsBackend,
+    configured: ZfsBackend,
     compiled_in: bool,
     dev_zfs_opens: impl FnOnce() -> bool,
 ) -> Result<BackendChoice> {
-    use crate::config::ZfsBackend;
     match configured {
         ZfsBackend::Cli => Ok(BackendChoice::Cli),
         ZfsBackend::Auto => Ok(if compiled_in && dev_zfs_opens() {
@@ -293,6 +292,31 @@ pub(crate) mod fake {
     }
 }
 
+/// `zfs_backend`: how pgzfs drives ZFS on this node. `auto` uses libzfs_core when pgzfs
+/// was built with it (cargo feature `libzfs-core`) and /dev/zfs can be opened, and the
+/// zfs(8) command otherwise; `cli` always uses zfs(8); `lzc` insists on libzfs_core and
+/// fails if it is not there. Operations on other nodes always go through zfs(8) over SSH.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ZfsBackend {
+    #[default]
+    Auto,
+    Cli,
+    Lzc,
+}
+
+impl ZfsBackend {
+    pub(crate) fn parse(value: &str) -> Result<ZfsBackend, String> {
+        match value {
+            "auto" => Ok(ZfsBackend::Auto),
+            "cli" => Ok(ZfsBackend::Cli),
+            "lzc" => Ok(ZfsBackend::Lzc),
+            other => Err(format!(
+                "{other:?} is not a ZFS backend; use \"auto\", \"cli\" or \"lzc\""
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::fake::snap;
@@ -319,7 +343,7 @@ mod tests {
 
     #[test]
     fn auto_takes_libzfs_core_only_when_compiled_in_and_dev_zfs_opens() {
-        use crate::config::ZfsBackend::*;
+        use ZfsBackend::*;
         let pick = |configured, compiled, dev| choose_backend(configured, compiled, || dev);
         assert_eq!(pick(Auto, true, true).unwrap(), BackendChoice::Lzc);
         assert_eq!(pick(Auto, true, false).unwrap(), BackendChoice::Cli);
@@ -330,7 +354,7 @@ mod tests {
 
     #[test]
     fn asking_for_libzfs_core_where_it_cannot_work_is_an_error_not_a_fallback() {
-        use crate::config::ZfsBackend::Lzc;
+        use ZfsBackend::Lzc;
         let err = choose_backend(Lzc, false, || true).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(
@@ -341,7 +365,7 @@ mod tests {
         let err = choose_backend(Lzc, true, || false).unwrap_err();
         assert!(err.message().contains("/dev/zfs"), "{}", err.message());
         // /dev/zfs is not even probed when the answer cannot depend on it.
-        choose_backend(crate::config::ZfsBackend::Cli, true, || panic!("probed")).unwrap();
+        choose_backend(ZfsBackend::Cli, true, || panic!("probed")).unwrap();
     }
 
     #[test]

@@ -1,0 +1,354 @@
+//! The config file, identical on every node of a cluster.
+//!
+//! ```toml
+//! cluster = "haclu"
+//! [defaults]            # every node inherits these; a node may override any of them
+//! dataset = "tank/pgdata"
+//! data_dir = "/var/db/postgres/data15"
+//! [[nodes]]
+//! name = "db1"
+//! host = "10.0.0.1"
+//! [[nodes]]
+//! name = "db2"
+//! host = "10.0.0.2"
+//! pg_port = 5433        # per-node override
+//! ```
+//!
+//! Everything is checked at load time, before any command runs: a typo found during a
+//! failover is found too late. Values are validated where they are written (so an error
+//! names `defaults.lock_timeout` or `nodes[2].dataset`), then each node's entry is laid
+//! over `[defaults]`, then the built-in defaults fill the rest.
+//!
+//! Values that end up on remote command lines (paths, user names, hosts) are restricted
+//! to characters no shell treats specially, on top of the quoting done when commands are
+//! built.
+
+mod settings;
+mod values;
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::events::{Events, EVENT_NAMES};
+use crate::retention::Retention;
+pub use settings::{Node, NODE_KEYS};
+use settings::{RawNode, RawSettings, Section, Settings};
+use values::*;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/usr/local/etc/pgzfs.toml";
+const DEFAULT_LOG_FILE: &str = "/var/log/pgzfs.log";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[events]`: the hook run on every role change.
+    pub events: Events,
+    /// The file this was read from, for messages.
+    pub path: PathBuf,
+    pub cluster: String,
+    pub log_file: PathBuf,
+    pub nodes: Vec<Node>,
+    /// `[retention]`: which scheduled snapshots the primary keeps.
+    pub retention: Retention,
+}
+
+impl Config {
+    /// Read and check the config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::usage(format!("{}: cannot read config file: {e}", path.display()))
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Check config text; `path` is only used in messages and kept in `Config::path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        Config::parse_with_home(text, path, crate::pgpass::home_dir().as_deref())
+    }
+
+    /// `parse` with the home directory used to expand "~/" given explicitly, so that
+    /// tests do not depend on who runs them.
+    fn parse_with_home(text: &str, path: &Path, home: Option<&Path>) -> Result<Config> {
+        let in_file = |message: String| Error::usage(format!("{}: {message}", path.display()));
+        let mut raw: RawConfig =
+            toml::from_str(text).map_err(|e| in_file(e.to_string().trim_end().to_string()))?;
+        let events = check_events(raw.events.take()).map_err(in_file)?;
+        let retention = check_retention(raw.retention.take()).map_err(in_file)?;
+        let (cluster, log_file, nodes) = resolve(raw, home).map_err(in_file)?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            events,
+            cluster,
+            log_file,
+            nodes,
+            retention,
+        })
+    }
+
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|node| node.name == name)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "no node named {name:?} in {}; configured: {}",
+                    self.path.display(),
+                    self.node_names()
+                ))
+            })
+    }
+
+    /// The node pgzfs runs on: `--node`, else `$PGZFS_NODE`, else the node named like
+    /// this host (the full hostname first, then the part before the first '.').
+    pub fn local_node(&self, explicit: Option<&str>) -> Result<&Node> {
+        let from_env = std::env::var("PGZFS_NODE").ok();
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok());
+        self.pick_local_node(explicit, from_env, hostname)
+    }
+
+    fn pick_local_node(
+        &self,
+        explicit: Option<&str>,
+        from_env: Option<String>,
+        hostname: Option<String>,
+    ) -> Result<&Node> {
+        if let Some(name) = explicit {
+            return self.node(name).map_err(|e| e.context("--node"));
+        }
+        if let Some(name) = from_env.filter(|name| !name.is_empty()) {
+            return self.node(&name).map_err(|e| e.context("PGZFS_NODE"));
+        }
+        let not_found = |tried: String| {
+            Error::usage(format!(
+                "cannot tell which node this is: no --node given, PGZFS_NODE is not set, and {tried}; \
+                 configured nodes in {}: {}. Pass --node NAME or set PGZFS_NODE.",
+                self.path.display(),
+                self.node_names()
+            ))
+        };
+        let Some(hostname) = hostname.filter(|name| !name.is_empty()) else {
+            return Err(not_found("the hostname could not be read".to_string()));
+        };
+        if let Some(node) = self.nodes.iter().find(|node| node.name == hostname) {
+            return Ok(node);
+        }
+        match hostname.split_once('.') {
+            Some((short, _)) => match self.nodes.iter().find(|node| node.name == short) {
+                Some(node) => Ok(node),
+                None => Err(not_found(format!(
+                    "neither the hostname {hostname:?} nor its short form {short:?} is a node"
+                ))),
+            },
+            None => Err(not_found(format!(
+                "the hostname {hostname:?} is not a node"
+            ))),
+        }
+    }
+
+    /// Every node except `local`, in config order.
+    pub fn other_nodes<'a>(&'a self, local: &'a Node) -> impl Iterator<Item = &'a Node> {
+        self.nodes
+            .iter()
+            .filter(move |node| node.name != local.name)
+    }
+
+    fn node_names(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| node.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Which config file to read: `--config`, else `$PGZFS_CONFIG`, else the default.
+pub fn config_path(explicit: Option<&Path>) -> PathBuf {
+    choose_config_path(explicit, std::env::var_os("PGZFS_CONFIG"))
+}
+
+fn choose_config_path(explicit: Option<&Path>, from_env: Option<OsString>) -> PathBuf {
+    match (explicit, from_env) {
+        (Some(explicit), _) => explicit.to_path_buf(),
+        (None, Some(from_env)) if !from_env.is_empty() => PathBuf::from(from_env),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The file as written: the top-level keys and tables. The per-node keys of `[defaults]`
+// and `[[nodes]]` are declared in `settings.rs`.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: Option<String>,
+    log_file: Option<String>,
+    #[serde(default)]
+    defaults: RawSettings,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+    retention: Option<RawRetention>,
+    events: Option<RawEvents>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    command: Option<String>,
+    only: Option<Vec<String>>,
+}
+
+/// `[retention]` as written; counts are read as i64 for the same reason as ports.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    hourly: Option<i64>,
+    daily: Option<i64>,
+    weekly: Option<i64>,
+    monthly: Option<i64>,
+    yearly: Option<i64>,
+}
+
+fn check_events(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
+    let Some(raw) = raw else {
+        return Ok(Events::default());
+    };
+    if let Some(command) = &raw.command {
+        if command.trim().is_empty() || command.contains(['\n', '\r', '\0']) {
+            return Err("events.command: must be one non-empty line".to_string());
+        }
+    }
+    let only = raw.only.unwrap_or_default();
+    if let Some(unknown) = only.iter().find(|e| !EVENT_NAMES.contains(&e.as_str())) {
+        return Err(format!(
+            "events.only: unknown event {unknown:?}; known: {}",
+            EVENT_NAMES.join(", ")
+        ));
+    }
+    Ok(Events {
+        command: raw.command,
+        only,
+    })
+}
+
+/// `[retention]` with the built-in defaults for the counts it does not mention.
+fn check_retention(raw: Option<RawRetention>) -> std::result::Result<Retention, String> {
+    let raw = raw.unwrap_or_default();
+    let defaults = Retention::default();
+    let count = |key: &str, value: Option<i64>, default: usize| match value {
+        None => Ok(default),
+        Some(v) => usize::try_from(v).map_err(|_| {
+            format!("retention.{key}: {v} is not a number of snapshots to keep (0 or more)")
+        }),
+    };
+    Ok(Retention {
+        hourly: count("hourly", raw.hourly, defaults.hourly)?,
+        daily: count("daily", raw.daily, defaults.daily)?,
+        weekly: count("weekly", raw.weekly, defaults.weekly)?,
+        monthly: count("monthly", raw.monthly, defaults.monthly)?,
+        yearly: count("yearly", raw.yearly, defaults.yearly)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Merged and complete.
+
+type Resolved = (String, PathBuf, Vec<Node>);
+
+fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
+    let cluster = match raw.cluster {
+        None => return Err("cluster is not set; add e.g. cluster = \"pg\" at the top".to_string()),
+        Some(cluster) => {
+            let valid = !cluster.is_empty()
+                && cluster
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(format!(
+                    "cluster: {cluster:?} may only contain letters, digits, '_' and '-'"
+                ));
+            }
+            cluster
+        }
+    };
+    let log_file = match raw.log_file {
+        Some(value) => absolute_path(&value).map_err(|why| format!("log_file: {why}"))?,
+        None => PathBuf::from(DEFAULT_LOG_FILE),
+    };
+
+    let defaults_section = Section {
+        label: "defaults".to_string(),
+        node_name: None,
+    };
+    let defaults = Settings::check(raw.defaults, &defaults_section, home)?;
+
+    if raw.nodes.is_empty() {
+        return Err(
+            "no nodes are configured; add a [[nodes]] entry with name and host for every node"
+                .to_string(),
+        );
+    }
+    let mut nodes: Vec<Node> = Vec::with_capacity(raw.nodes.len());
+    for (index, raw_node) in raw.nodes.into_iter().enumerate() {
+        let mut section = Section {
+            label: format!("nodes[{}]", index + 1),
+            node_name: None,
+        };
+        let (name, host, raw_settings) = raw_node.split();
+
+        let name = name.ok_or_else(|| format!("{}: name is not set", section.whole()))?;
+        node_name(&name).map_err(|why| format!("{}: {why}", section.key("name")))?;
+        if nodes.iter().any(|earlier| earlier.name == name) {
+            return Err(format!(
+                "{}: node name {name:?} is used more than once",
+                section.key("name")
+            ));
+        }
+        section.node_name = Some(name.clone());
+        let host = host.ok_or_else(|| format!("{}: host is not set", section.whole()))?;
+        host_name(&host).map_err(|why| format!("{}: {why}", section.key("host")))?;
+
+        let node = Settings::check(raw_settings, &section, home)?
+            .over(&defaults)
+            .complete(name, host, home)
+            .and_then(|node| data_dir_on_the_dataset(&node).map(|()| node))
+            .map_err(|why| format!("{}: {why}", section.whole()))?;
+        nodes.push(node);
+    }
+
+    // Two standbys sharing one slot on the primary would each see the other's progress
+    // as their own, and WAL either one still needs could be removed.
+    let mut slots = HashSet::new();
+    for node in nodes.iter().filter(|node| node.use_slots) {
+        if !slots.insert(node.slot_name.as_str()) {
+            return Err(format!(
+                "node {:?}: slot_name {:?} is also used by another node; set slot_name for one of them",
+                node.name, node.slot_name
+            ));
+        }
+    }
+
+    Ok((cluster, log_file, nodes))
+}
+
+/// The data directory must live on the replicated dataset, or a re-seed would copy
+/// everything but the data.
+fn data_dir_on_the_dataset(node: &Node) -> Result<(), String> {
+    match &node.mountpoint {
+        Some(mountpoint) if !node.data_dir.starts_with(mountpoint) => Err(format!(
+            "data_dir {:?} is not inside mountpoint {:?}; the data directory must live on the \
+             replicated dataset",
+            node.data_dir.display().to_string(),
+            mountpoint.display().to_string()
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,291 @@
+//! The per-node settings, each declared once: its key, how the file spells its value,
+//! how that value is checked, and what a node gets when neither its own `[[nodes]]` entry
+//! nor `[defaults]` sets it. From this one table come the `Node` fields, the raw
+//! `[defaults]` and `[[nodes]]` sections (unknown keys refused), the layering of a node
+//! over `[defaults]`, and the built-in defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::values::*;
+use crate::compress::SshCompress;
+use crate::cut::BackupVia;
+use crate::failover::{FenceMode, OnBackup};
+use crate::ssh_openssh::SshDataPath;
+use crate::zfs::names::DatasetName;
+use crate::zfs::ZfsBackend;
+
+/// Declares the per-node settings. Each entry reads
+/// `key: <type in the file>, <check> => <checked type>, <when unset> => <Node field type>;`
+/// where the check turns the file's value into the checked type (or says why not), and
+/// "when unset" makes the `Node` field from the layered value: [`required`],
+/// [`optional`], or [`or`] with a default.
+macro_rules! node_settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $key:ident: $raw:ty, $check:expr => $checked:ty, $unset:expr => $field:ty;
+    )*) => {
+        /// One node with every setting resolved: its own entry, then `[defaults]`, then
+        /// the built-in defaults.
+        #[derive(Debug, Clone)]
+        pub struct Node {
+            pub name: String,
+            pub host: String,
+            /// PostgreSQL settings that belong to this node and must survive every
+            /// re-seed from another node's snapshot (listen_addresses, ...).
+            pub pg_settings: BTreeMap<String, String>,
+            $($(#[doc = $doc])* pub $key: $field,)*
+        }
+
+        /// `[defaults]` as written. (serde cannot combine `flatten` with
+        /// `deny_unknown_fields`, so `RawNode` repeats the keys instead of embedding this.)
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct RawSettings {
+            pg_settings: Option<BTreeMap<String, toml::Value>>,
+            $($key: Option<$raw>,)*
+        }
+
+        /// One `[[nodes]]` entry as written: the node-only keys plus every setting.
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct RawNode {
+            name: Option<String>,
+            host: Option<String>,
+            pg_settings: Option<BTreeMap<String, toml::Value>>,
+            $($key: Option<$raw>,)*
+        }
+
+        impl RawNode {
+            pub(super) fn split(self) -> (Option<String>, Option<String>, RawSettings) {
+                let settings = RawSettings {
+                    pg_settings: self.pg_settings,
+                    $($key: self.$key,)*
+                };
+                (self.name, self.host, settings)
+            }
+        }
+
+        /// The settings of one section after checking; None where the section is silent.
+        #[derive(Debug, Clone, Default)]
+        pub(super) struct Settings {
+            pg_settings: BTreeMap<String, String>,
+            $($key: Option<$checked>,)*
+        }
+
+        impl Settings {
+            /// Check every value a section sets; an error names the section and the key.
+            pub(super) fn check(
+                raw: RawSettings,
+                section: &Section,
+                home: Option<&Path>,
+            ) -> Result<Settings, String> {
+                let reading = Reading { home };
+                Ok(Settings {
+                    pg_settings: pg_settings(raw.pg_settings, section)?,
+                    $($key: match raw.$key {
+                        None => None,
+                        Some(value) => Some(($check)(value, &reading)
+                            .map_err(|why| format!("{}: {why}", section.key(stringify!($key))))?),
+                    },)*
+                })
+            }
+
+            /// This section's values where it has them, `base`'s otherwise. `pg_settings`
+            /// are merged key by key, so a node can add listen_addresses without
+            /// repeating the cluster-wide settings.
+            pub(super) fn over(self, base: &Settings) -> Settings {
+                let mut pg_settings = base.pg_settings.clone();
+                pg_settings.extend(self.pg_settings);
+                Settings {
+                    pg_settings,
+                    $($key: self.$key.or_else(|| base.$key.clone()),)*
+                }
+            }
+
+            /// The node, with the built-in defaults where nothing was set.
+            pub(super) fn complete(
+                self,
+                name: String,
+                host: String,
+                home: Option<&Path>,
+            ) -> Result<Node, String> {
+                let node = Unset {
+                    name: &name,
+                    data_dir: self.data_dir.clone().unwrap_or_default(),
+                    home,
+                };
+                $(let $key: $field = ($unset)(self.$key, &node, stringify!($key))?;)*
+                Ok(Node {
+                    name,
+                    host,
+                    pg_settings: self.pg_settings,
+                    $($key,)*
+                })
+            }
+        }
+
+        /// Every key a `[[nodes]]` entry or `[defaults]` may set.
+        pub const NODE_KEYS: &[&str] = &["name", "host", "pg_settings", $(stringify!($key),)*];
+    };
+}
+
+/// What a default may depend on: the node's name, its data directory and the home
+/// directory of the user running pgzfs.
+pub(super) struct Unset<'a> {
+    pub name: &'a str,
+    pub data_dir: PathBuf,
+    pub home: Option<&'a Path>,
+}
+
+/// A setting every node must have, from its entry or `[defaults]`.
+fn required<T>(value: Option<T>, _: &Unset, key: &str) -> Result<T, String> {
+    value
+        .ok_or_else(|| format!("{key} is not set; set it in [defaults] or in this [[nodes]] entry"))
+}
+
+/// A setting whose absence means something (no limit, no listener, ...).
+fn optional<T>(value: Option<T>, _: &Unset, _: &str) -> Result<Option<T>, String> {
+    Ok(value)
+}
+
+/// A setting with a built-in default.
+fn or<T>(default: impl Fn(&Unset) -> T) -> impl Fn(Option<T>, &Unset, &str) -> Result<T, String> {
+    move |value, node, _| Ok(value.unwrap_or_else(|| default(node)))
+}
+
+/// A path below the home directory by default ("~/.ssh/..."): the default itself can
+/// fail when HOME is unknown.
+fn or_below_home(
+    default: &'static str,
+) -> impl Fn(Option<PathBuf>, &Unset, &str) -> Result<PathBuf, String> {
+    move |value, node, key| match value {
+        Some(path) => Ok(path),
+        None => expand_home(default, node.home).map_err(|why| {
+            format!("{key} is not set and its default {default:?} cannot be used: {why}")
+        }),
+    }
+}
+
+node_settings! {
+    dataset: String, dataset_name => DatasetName, required => DatasetName;
+    data_dir: String, path => PathBuf, required => PathBuf;
+    /// Where the dataset is mounted. None: keep the dataset's existing mountpoint, or use
+    /// `data_dir` for a dataset pgzfs creates.
+    mountpoint: String, path => PathBuf, optional => Option<PathBuf>;
+    pg_bin: String, path => PathBuf, or(|_| PathBuf::from("/usr/local/bin")) => PathBuf;
+    pg_os_user: String, word => String, or(|_| "postgres".to_string()) => String;
+    pg_port: i64, port => u16, or(|_| 5432) => u16;
+    pg_user: String, word => String, or(|_| "replicator".to_string()) => String;
+    pg_database: String, word => String, or(|_| "postgres".to_string()) => String;
+    pg_passfile: String, home_path => PathBuf, optional => Option<PathBuf>;
+    /// Where `pg_ctl start` writes the server log.
+    pg_log_file: String, path => PathBuf,
+        or(|node| node.data_dir.join("postmaster.log")) => PathBuf;
+    ssh_user: String, word => String, or(|_| "zfssync".to_string()) => String;
+    ssh_port: i64, port => u16, or(|_| 22) => u16;
+    ssh_key: String, home_path => PathBuf, or_below_home("~/.ssh/id_ed25519") => PathBuf;
+    known_hosts: String, home_path => PathBuf, or_below_home("~/.ssh/known_hosts") => PathBuf;
+    use_slots: bool, flag => bool, or(|_| true) => bool;
+    /// The replication slot this node uses on whichever node is primary.
+    slot_name: String, slot => String, or(|node| slot_name_for_node(node.name)) => String;
+    /// How many common snapshots to keep between primary and standby.
+    keep_common: i64, keep_count => usize, or(|_| 3) => usize;
+    streaming_timeout: String, duration => Duration, or(|_| Duration::from_secs(120)) => Duration;
+    lock_timeout: String, duration => Duration, or(|_| Duration::from_secs(60)) => Duration;
+    stop_timeout: String, duration => Duration, or(|_| Duration::from_secs(60)) => Duration;
+    connect_timeout: String, positive_duration => Duration,
+        or(|_| Duration::from_secs(5)) => Duration;
+    lock_file: String, path => PathBuf,
+        or(|node| PathBuf::from(format!("/var/run/pgzfs-{}.lock", node.name))) => PathBuf;
+    /// Which ZFS interface local operations use.
+    zfs_backend: String, |v: String, _: &Reading| ZfsBackend::parse(&v) => ZfsBackend,
+        or(|_| ZfsBackend::default()) => ZfsBackend;
+    /// Who runs the backup-safe cut when this node is re-seeded.
+    backup_via: String, |v: String, _: &Reading| BackupVia::parse(&v) => BackupVia,
+        or(|_| BackupVia::default()) => BackupVia;
+    /// What carries the ZFS stream of a re-seed from the source.
+    ssh_data_path: String, |v: String, _: &Reading| SshDataPath::parse(&v) => SshDataPath,
+        or(|_| SshDataPath::default()) => SshDataPath;
+    /// Whether the source compresses the ZFS stream of a re-seed of this node.
+    ssh_compress: String, |v: String, _: &Reading| SshCompress::parse(&v) => SshCompress,
+        or(|_| SshCompress::default()) => SshCompress;
+    /// The most bytes per second this node receives a re-seed's stream at, whether
+    /// `reset-secondary`, `rejoin` or the daemon started it. None: unlimited. (Checked as
+    /// Some(0) for an explicit "unlimited", so a node can lift a limit of `[defaults]`.)
+    bwlimit: toml::Value, bytes_per_second => u64,
+        |v: Option<u64>, _: &Unset, _: &str| Ok::<_, String>(v.and_then(NonZeroU64::new)) => Option<NonZeroU64>;
+    /// daemon: how often to take a backup-safe snapshot on the primary.
+    snapshot_interval: String, snapshot_interval => Duration,
+        or(|_| Duration::from_secs(3600)) => Duration;
+    /// daemon: how long streaming may stay broken before this standby is re-seeded.
+    reseed_after: String, duration => Duration, or(|_| Duration::from_secs(300)) => Duration;
+    /// daemon: where to serve health checks and metrics; None: no HTTP at all.
+    http_listen: String, listen_address => SocketAddr, optional => Option<SocketAddr>;
+    /// promote: how many times, and how far apart, to ask every other node (on a fresh
+    /// connection each time) whether it is a writable primary before promoting.
+    promote_check_attempts: i64, check_attempts => u32, or(|_| 3) => u32;
+    promote_check_interval: String, duration => Duration,
+        or(|_| Duration::from_secs(1)) => Duration;
+    /// promote: refuse when replay is this many bytes behind the last WAL received
+    /// (1 MiB by default, like Patroni's maximum_lag_on_failover).
+    max_lag_on_failover: i64, byte_count => u64, or(|_| 1 << 20) => u64;
+    promote_timeout: String, duration => Duration, or(|_| Duration::from_secs(60)) => Duration;
+    /// carp-event BACKUP on a primary: fence only, or fence and rejoin the new primary.
+    on_backup: String, |v: String, _: &Reading| OnBackup::parse(&v) => OnBackup,
+        or(|_| OnBackup::Fence) => OnBackup;
+    /// How a primary is fenced: stopped, or kept running read-only with its sessions ended.
+    fence_mode: String, |v: String, _: &Reading| FenceMode::parse(&v) => FenceMode,
+        or(|_| FenceMode::Stop) => FenceMode;
+    /// rejoin: where the diverged writes of a former primary are kept as a stream file.
+    quarantine_dir: String, path => PathBuf,
+        or(|_| PathBuf::from("/var/db/pgzfs/quarantine")) => PathBuf;
+    /// switchover: the target may be at most this many bytes behind.
+    switchover_max_lag: i64, byte_count => u64, or(|_| 16 << 20) => u64;
+    /// switchover: run on the old primary so the CARP address moves too (via /bin/sh).
+    carp_move_command: String, one_line => String, optional => Option<String>;
+    /// pgzfs on the other nodes, for steps that run there over SSH.
+    pgzfs_bin: String, path => PathBuf,
+        or(|_| PathBuf::from("/usr/local/bin/pgzfs")) => PathBuf;
+}
+
+/// Names one section in messages: `defaults` or `nodes[2]` (counted from 1, like the
+/// `[[nodes]]` blocks in the file), with the node's name when it has a valid one.
+pub(super) struct Section {
+    pub label: String,
+    pub node_name: Option<String>,
+}
+
+impl Section {
+    pub(super) fn key(&self, key: &str) -> String {
+        match &self.node_name {
+            Some(name) => format!("{}.{key} (node {name:?})", self.label),
+            None => format!("{}.{key}", self.label),
+        }
+    }
+
+    pub(super) fn whole(&self) -> String {
+        match &self.node_name {
+            Some(name) => format!("{} (node {name:?})", self.label),
+            None => self.label.clone(),
+        }
+    }
+}
+
+fn pg_settings(
+    raw: Option<BTreeMap<String, toml::Value>>,
+    section: &Section,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut settings = BTreeMap::new();
+    for (name, value) in raw.unwrap_or_default() {
+        let at = |why: String| format!("{}: {why}", section.key(&format!("pg_settings.{name}")));
+        check_pg_setting_name(&name).map_err(at)?;
+        settings.insert(name.clone(), pg_setting_value(value).map_err(at)?);
+    }
+    Ok(settings)
+}
