@@ -19,6 +19,9 @@ pub enum Kind {
 pub struct Error {
     kind: Kind,
     message: String,
+    /// The layer that met the failure knows it passes by itself (zfs-fuse's "busy" right
+    /// after an unmount): the same step may be tried again.
+    transient: bool,
 }
 
 impl Error {
@@ -26,6 +29,7 @@ impl Error {
         Error {
             kind: Kind::Failed,
             message: message.into(),
+            transient: false,
         }
     }
 
@@ -33,6 +37,7 @@ impl Error {
         Error {
             kind: Kind::Usage,
             message: message.into(),
+            transient: false,
         }
     }
 
@@ -40,7 +45,18 @@ impl Error {
         Error {
             kind: Kind::Refused,
             message: message.into(),
+            transient: false,
         }
+    }
+
+    /// Mark a failure as one that passes by itself, so the step may be tried again.
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
+        self
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.transient
     }
 
     pub fn kind(&self) -> Kind {
@@ -64,6 +80,7 @@ impl Error {
         Error {
             kind: self.kind,
             message: format!("{what}: {}", self.message),
+            transient: self.transient,
         }
     }
 }
@@ -99,6 +116,15 @@ mod tests {
         assert_eq!(Error::failed("x").exit_code(), 1);
         assert_eq!(Error::usage("x").exit_code(), 2);
         assert_eq!(Error::refused("x").exit_code(), 3);
+    }
+
+    #[test]
+    fn context_keeps_a_transient_failure_transient() {
+        let e = Error::failed("dataset is busy")
+            .transient()
+            .context("the receiver failed");
+        assert!(e.is_transient());
+        assert!(!Error::failed("dataset is busy").is_transient());
     }
 
     #[test]

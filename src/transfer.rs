@@ -219,6 +219,31 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("sender failed"), "{err}");
         assert!(err.to_string().contains("discarded"), "{err}");
+        assert!(!err.is_transient(), "a dead sender is not tried again");
+    }
+
+    #[test]
+    fn a_receivers_passing_trouble_stays_marked_when_the_sender_was_fine() {
+        struct Busy;
+        impl Sink for Busy {
+            fn write_all(&mut self, _: &[u8]) -> std::io::Result<()> {
+                Ok(())
+            }
+            fn finish(self: Box<Self>) -> Result<()> {
+                Err(Error::failed("cannot unmount: dataset is busy").transient())
+            }
+            fn abort(self: Box<Self>) {}
+        }
+        let err = copy(
+            Box::new(Bytes(vec![1; 10], true)),
+            Box::new(Busy),
+            &Progress::hidden(),
+            &Interrupt::default(),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("the receiver failed"), "{err}");
+        assert!(err.is_transient(), "{err}");
     }
 
     #[test]

@@ -653,7 +653,7 @@ impl Reseed<'_> {
                 match moved {
                     Err(e)
                         if attempt < RECEIVE_ATTEMPTS
-                            && is_transient_receive_error(&e)
+                            && e.is_transient()
                             && !self.interrupt.is_set() =>
                     {
                         // The failed receive committed nothing, so sending again is safe; a
@@ -925,13 +925,6 @@ fn warn_if_walreceiver_cannot_read(passfile: Option<&Path>, os_user: &str) {
 /// How often a receive that failed for a passing reason is tried.
 const RECEIVE_ATTEMPTS: u32 = 3;
 
-/// zfs-fuse briefly answers "busy" or fails a receive with an I/O error right after the
-/// dataset was unmounted; both pass within a second or two.
-fn is_transient_receive_error(e: &Error) -> bool {
-    let text = e.to_string();
-    text.contains("the receiver failed") && (text.contains("I/O error") || text.contains("busy"))
-}
-
 /// The stream size when the sending side can tell it without sending.
 fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<u64> {
     let object = taken
@@ -981,24 +974,5 @@ mod tests {
             mountpoint_for(&p("/x"), &p("/elsewhere"), &p("/lab/db1")),
             None
         );
-    }
-
-    #[test]
-    fn only_a_receivers_passing_trouble_is_retried() {
-        let io = Error::failed("the receiver failed: `zfs receive -u -F tank/pg` failed (exit status 1): cannot receive incremental stream: I/O error");
-        assert!(is_transient_receive_error(&io));
-        let busy = Error::failed("the receiver failed: cannot unmount: dataset is busy");
-        assert!(is_transient_receive_error(&busy));
-        let sender = Error::failed(
-            "the sender failed: zfs send: I/O error; so the receiver discarded the partial stream",
-        );
-        assert!(
-            !is_transient_receive_error(&sender),
-            "a dead sender is not retried"
-        );
-        let refused = Error::failed(
-            "the receiver failed: destination has been modified since most recent snapshot",
-        );
-        assert!(!is_transient_receive_error(&refused));
     }
 }

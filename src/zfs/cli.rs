@@ -288,7 +288,9 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         if rollback {
             cmd = cmd.arg("-F");
         }
-        self.runner.sink(&cmd.arg(dataset.as_str()))
+        Ok(Box::new(ReceiveSink(
+            self.runner.sink(&cmd.arg(dataset.as_str()))?,
+        )))
     }
 
     fn resume_token(&self, dataset: &DatasetName) -> Result<Option<ResumeToken>> {
@@ -424,7 +426,9 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         if rollback {
             cmd = cmd.arg("-F");
         }
-        self.runner.sink(&cmd.arg(dataset.as_str()))
+        Ok(Box::new(ReceiveSink(
+            self.runner.sink(&cmd.arg(dataset.as_str()))?,
+        )))
     }
 
     fn hold(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<()> {
@@ -614,8 +618,47 @@ pub(crate) fn validate_user_prop(name: &str, value: &str) -> Result<()> {
     }
 }
 
+/// A receive whose failure says whether it passes by itself: zfs-fuse briefly answers
+/// "busy", or fails a receive with an I/O error, right after the dataset was unmounted.
+/// Both pass within a second or two, and the failed receive committed nothing, so the
+/// caller may send the stream again.
+struct ReceiveSink(Box<dyn Sink>);
+
+impl Sink for ReceiveSink {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.0.finish().map_err(mark_passing_receive_trouble)
+    }
+
+    fn abort(self: Box<Self>) {
+        self.0.abort()
+    }
+}
+
+fn mark_passing_receive_trouble(e: Error) -> Error {
+    let text = e.to_string();
+    if text.contains("I/O error") || text.contains("busy") {
+        e.transient()
+    } else {
+        e
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_receivers_passing_trouble_may_be_tried_again() {
+        let io = Error::failed("`zfs receive -u -F tank/pg` failed (exit status 1): cannot receive incremental stream: I/O error");
+        assert!(mark_passing_receive_trouble(io).is_transient());
+        let busy = Error::failed("cannot unmount: dataset is busy");
+        assert!(mark_passing_receive_trouble(busy).is_transient());
+        let refused = Error::failed("destination has been modified since most recent snapshot");
+        assert!(!mark_passing_receive_trouble(refused).is_transient());
+    }
+
     use super::*;
 
     // Recorded from zfs-fuse 0.7 (pool v23): `zfs get -H -p -d 1 -o name,property,value
