@@ -1,9 +1,11 @@
 //! pgzfs keeps PostgreSQL standbys in sync with ZFS snapshots.
 //!
-//! Layers, top to bottom (a module only uses what sits below it):
-//! `cli` → `commands` → domain logic (`replicate`, `transfer`, `ratelimit`, `compress`) → narrow
-//! interfaces to the outside world (`zfs`, `ssh`, `pg`, `exec`, `clock`) → `config`,
-//! `error`.
+//! Layers, top to bottom; a module only uses what sits below it (docs/architecture.md):
+//! `main` → `cli` → `context` (the composition root) → `commands` (one file per
+//! subcommand, never importing each other) → domain logic (`replicate`, `cut`,
+//! `retention`, `events`, `failover`, `cluster`, `daemon_state`, `transfer`, `ratelimit`,
+//! `compress`) → narrow interfaces to the outside world (`zfs`, `pg`, `ssh`,
+//! `ssh_openssh`, `exec`, `clock`, `lock`, `http`) → `config`, `error`.
 
 pub mod cli;
 pub mod clock;
