@@ -90,6 +90,22 @@ impl PgCtl {
             })
     }
 
+    /// Stop a standby whose data the receive that follows replaces: immediately. A fast
+    /// shutdown of a standby writes a restartpoint (on a busy standby, seconds of
+    /// flushing) into files the rollback to the common base discards a moment later. If
+    /// the receive fails and the old data is kept, the standby starts again with the
+    /// ordinary crash recovery a standby does after any power loss.
+    pub fn stop_for_replacement(&self) -> Result<&'static str> {
+        if !self.is_running() {
+            return Ok("already stopped");
+        }
+        let immediate = self
+            .pg_ctl()?
+            .args(["-w", "-t", "60", "-m", "immediate", "stop"]);
+        exec::run(&immediate, self.run_as.as_ref())?;
+        Ok("immediate")
+    }
+
     /// Stop fast (abort transactions, clean shutdown); if that does not finish within the
     /// timeout, stop immediately. Immediate is safe here: the data is about to be replaced
     /// by the primary's snapshot anyway, or recovers on the next start.

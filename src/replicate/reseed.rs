@@ -348,9 +348,14 @@ impl Reseed<'_> {
         let stream_zfs: &dyn Zfs = own_stream_transport.as_deref().unwrap_or(&remote_zfs);
         let was_running = state.running;
         steps.run("postgres stop", || {
-            pgctl
-                .stop(local.stop_timeout)
-                .map(|how| tracing::info!("local PostgreSQL: {how}"))
+            // Data the receive rolls back needs no clean shutdown; data renamed aside and
+            // kept gets one.
+            let stopped = if the_plan.rename_aside.is_some() {
+                pgctl.stop(local.stop_timeout)
+            } else {
+                pgctl.stop_for_replacement()
+            };
+            stopped.map(|how| tracing::info!("local PostgreSQL: {how}"))
         })?;
         let moved = steps.run("send/receive", || {
             self.receive(
