@@ -34,6 +34,7 @@ use serde::Deserialize;
 
 use crate::duration::parse_duration;
 use crate::error::{Error, Result};
+use crate::pg::tls::{PgTls, SslMode};
 use crate::size::parse_size;
 use crate::zfs::names::DatasetName;
 
@@ -115,6 +116,9 @@ pub struct Node {
     pub pg_user: String,
     pub pg_database: String,
     pub pg_passfile: Option<PathBuf>,
+    /// TLS to this node's PostgreSQL (`pg_sslmode`, `pg_sslrootcert`, `pg_sslcert`,
+    /// `pg_sslkey`); like `pg_user`, a standby's own values go into its `primary_conninfo`.
+    pub pg_tls: PgTls,
     /// Where `pg_ctl start` writes the server log.
     pub pg_log_file: PathBuf,
     /// PostgreSQL settings that belong to this node and must survive every re-seed from
@@ -553,6 +557,10 @@ per_node_settings! {
     pg_user: String,
     pg_database: String,
     pg_passfile: String,
+    pg_sslmode: String,
+    pg_sslrootcert: String,
+    pg_sslcert: String,
+    pg_sslkey: String,
     pg_log_file: String,
     pg_settings: BTreeMap<String, toml::Value>,
     ssh_user: String,
@@ -602,6 +610,10 @@ struct Settings {
     pg_user: Option<String>,
     pg_database: Option<String>,
     pg_passfile: Option<PathBuf>,
+    pg_sslmode: Option<SslMode>,
+    pg_sslrootcert: Option<PathBuf>,
+    pg_sslcert: Option<PathBuf>,
+    pg_sslkey: Option<PathBuf>,
     pg_log_file: Option<PathBuf>,
     pg_settings: BTreeMap<String, String>,
     ssh_user: Option<String>,
@@ -655,6 +667,10 @@ impl Settings {
             pg_user: self.pg_user.or_else(|| base.pg_user.clone()),
             pg_database: self.pg_database.or_else(|| base.pg_database.clone()),
             pg_passfile: self.pg_passfile.or_else(|| base.pg_passfile.clone()),
+            pg_sslmode: self.pg_sslmode.or(base.pg_sslmode),
+            pg_sslrootcert: self.pg_sslrootcert.or_else(|| base.pg_sslrootcert.clone()),
+            pg_sslcert: self.pg_sslcert.or_else(|| base.pg_sslcert.clone()),
+            pg_sslkey: self.pg_sslkey.or_else(|| base.pg_sslkey.clone()),
             pg_log_file: self.pg_log_file.or_else(|| base.pg_log_file.clone()),
             pg_settings,
             ssh_user: self.ssh_user.or_else(|| base.ssh_user.clone()),
@@ -795,6 +811,15 @@ fn check_settings(
         pg_user: word("pg_user", raw.pg_user)?,
         pg_database: word("pg_database", raw.pg_database)?,
         pg_passfile: home_path("pg_passfile", raw.pg_passfile)?,
+        pg_sslmode: raw
+            .pg_sslmode
+            .map(|v| SslMode::parse(&v).map_err(at("pg_sslmode")))
+            .transpose()?,
+        // Absolute paths, no "~": the standby's PostgreSQL reads them too, as another user
+        // with another home.
+        pg_sslrootcert: path("pg_sslrootcert", raw.pg_sslrootcert)?,
+        pg_sslcert: path("pg_sslcert", raw.pg_sslcert)?,
+        pg_sslkey: path("pg_sslkey", raw.pg_sslkey)?,
         pg_log_file: path("pg_log_file", raw.pg_log_file)?,
         pg_settings,
         ssh_user: word("ssh_user", raw.ssh_user)?,
@@ -1067,6 +1092,32 @@ fn complete_node(
         Some(path) => path,
         None => default_home_path("known_hosts", DEFAULT_KNOWN_HOSTS)?,
     };
+    let pg_tls = PgTls {
+        mode: settings.pg_sslmode.unwrap_or_default(),
+        root_cert: settings.pg_sslrootcert,
+        cert: settings.pg_sslcert,
+        key: settings.pg_sslkey,
+    };
+    if pg_tls.mode.needs_root_cert() && pg_tls.root_cert.is_none() {
+        return Err(format!(
+            "pg_sslmode = {:?} checks the server's certificate against a CA: set pg_sslrootcert \
+             to the CA certificate that signed the servers' certificates",
+            pg_tls.mode.as_str()
+        ));
+    }
+    match (&pg_tls.cert, &pg_tls.key) {
+        (Some(_), None) => {
+            return Err(
+                "pg_sslcert is set but pg_sslkey is not; a client certificate needs its key".into(),
+            )
+        }
+        (None, Some(_)) => {
+            return Err(
+                "pg_sslkey is set but pg_sslcert is not; a key needs its client certificate".into(),
+            )
+        }
+        _ => {}
+    }
 
     Ok(Node {
         pg_log_file: settings
@@ -1102,6 +1153,7 @@ fn complete_node(
             .pg_database
             .unwrap_or_else(|| DEFAULT_PG_DATABASE.to_string()),
         pg_passfile: settings.pg_passfile,
+        pg_tls,
         pg_settings: settings.pg_settings,
         ssh_user: settings
             .ssh_user
@@ -2381,5 +2433,76 @@ host = "10.0.0.2"
             message.contains("\"auto\", \"cli\" or \"lzc\""),
             "{message}"
         );
+    }
+
+    #[test]
+    fn tls_settings_come_from_defaults_and_the_node_and_default_to_prefer() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.nodes[0].pg_tls, PgTls::default());
+        assert_eq!(config.nodes[0].pg_tls.mode, SslMode::Prefer);
+        let text = format!(
+            "{}pg_sslmode = \"verify-full\"\npg_sslcert = \"/etc/pgzfs/db1.crt\"\npg_sslkey = \"/etc/pgzfs/db1.key\"\n",
+            minimal_with_default_lines("pg_sslrootcert = \"/etc/pgzfs/ca.crt\"")
+        );
+        let tls = &parse(&text).unwrap().nodes[0].pg_tls;
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.root_cert, Some(PathBuf::from("/etc/pgzfs/ca.crt")));
+        assert_eq!(tls.cert, Some(PathBuf::from("/etc/pgzfs/db1.crt")));
+        assert_eq!(tls.key, Some(PathBuf::from("/etc/pgzfs/db1.key")));
+    }
+
+    #[test]
+    fn bad_tls_settings_are_refused_naming_the_key() {
+        for (lines, key, problem) in [
+            ("pg_sslmode = \"on\"", "nodes[1].pg_sslmode", "verify-full"),
+            (
+                "pg_sslmode = \"verify_full\"",
+                "nodes[1].pg_sslmode",
+                "not an sslmode",
+            ),
+            (
+                "pg_sslrootcert = \"ca.crt\"",
+                "nodes[1].pg_sslrootcert",
+                "absolute path",
+            ),
+            (
+                "pg_sslcert = \"~/db1.crt\"",
+                "nodes[1].pg_sslcert",
+                "absolute path",
+            ),
+            (
+                "pg_sslkey = \"/etc/../db1.key\"",
+                "nodes[1].pg_sslkey",
+                "..",
+            ),
+            // A verifying mode with nothing to verify against.
+            (
+                "pg_sslmode = \"verify-ca\"",
+                "pg_sslmode",
+                "set pg_sslrootcert",
+            ),
+            (
+                "pg_sslmode = \"verify-full\"",
+                "pg_sslmode",
+                "set pg_sslrootcert",
+            ),
+            // Half a client identity.
+            (
+                "pg_sslcert = \"/etc/pgzfs/db1.crt\"",
+                "pg_sslkey is not",
+                "needs its key",
+            ),
+            (
+                "pg_sslkey = \"/etc/pgzfs/db1.key\"",
+                "pg_sslcert is not",
+                "client certificate",
+            ),
+        ] {
+            let message = refusal(&minimal_with_node_lines(lines));
+            assert!(message.contains(key), "{lines}: {message}");
+            assert!(message.contains(problem), "{lines}: {message}");
+        }
+        let message = refusal(&minimal_with_default_lines("pg_sslmode = \"ssl\""));
+        assert!(message.contains("defaults.pg_sslmode"), "{message}");
     }
 }
