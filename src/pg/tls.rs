@@ -18,11 +18,17 @@
 //! handshake fails (a certificate that does not verify), libpq tries again without TLS;
 //! pgzfs reports the failure instead.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use openssl::error::ErrorStack;
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 use postgres::config::SslMode as Negotiation;
+use postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use postgres_openssl::MakeTlsConnector;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -125,7 +131,7 @@ impl PgTls {
 
     /// The connector for one attempt: the CA to check against, the client certificate,
     /// and whether the chain and the host name are checked. Errors name the config key.
-    pub fn connector(&self, attempt: Attempt) -> std::result::Result<MakeTlsConnector, String> {
+    pub fn connector(&self, attempt: Attempt) -> std::result::Result<Connector, String> {
         let mut builder = SslConnector::builder(SslMethod::tls_client())
             .map_err(|e| format!("cannot set up TLS: {e}"))?;
         if let Some(root) = &self.root_cert {
@@ -161,7 +167,7 @@ impl PgTls {
             config.set_verify_hostname(verify_host);
             Ok(())
         });
-        Ok(connector)
+        Ok(Connector(connector))
     }
 
     /// The libpq keywords and values for a connection string (`primary_conninfo`), so the
@@ -209,6 +215,103 @@ impl PgTls {
         } else {
             None
         }
+    }
+}
+
+/// OpenSSL keeps a queue of errors per thread, and a TLS read or write that merely has to
+/// wait is reported as failed when an earlier, unrelated call left an error there. Other
+/// users of OpenSSL on the same thread do leave some: libssh2 loading an SSH key, or
+/// loading a CA file. So pgzfs's TLS sessions to PostgreSQL empty the queue before every
+/// step of the handshake and every read, write, flush and shutdown. This wraps
+/// postgres-openssl's connector to do that.
+#[derive(Clone)]
+pub struct Connector(MakeTlsConnector);
+
+/// Forget whatever errors earlier calls left in this thread's OpenSSL error queue.
+fn clear_openssl_errors() {
+    drop(ErrorStack::get());
+}
+
+impl<S> MakeTlsConnect<S> for Connector
+where
+    S: AsyncRead + AsyncWrite + Unpin + std::fmt::Debug + Send + Sync + 'static,
+{
+    type Stream = Clearing<postgres_openssl::TlsStream<S>>;
+    type TlsConnect = Clearing<postgres_openssl::TlsConnector>;
+    type Error = ErrorStack;
+
+    fn make_tls_connect(
+        &mut self,
+        host: &str,
+    ) -> std::result::Result<Self::TlsConnect, ErrorStack> {
+        clear_openssl_errors();
+        <MakeTlsConnector as MakeTlsConnect<S>>::make_tls_connect(&mut self.0, host).map(Clearing)
+    }
+}
+
+/// A TLS connector, handshake or stream that empties the OpenSSL error queue before each
+/// step (see [`Connector`]).
+pub struct Clearing<T>(T);
+
+impl<S> TlsConnect<S> for Clearing<postgres_openssl::TlsConnector>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = Clearing<postgres_openssl::TlsStream<S>>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future =
+        Pin<Box<dyn Future<Output = std::result::Result<Self::Stream, Self::Error>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        let handshake = Clearing(self.0.connect(stream));
+        Box::pin(async move { handshake.await.map(Clearing) })
+    }
+}
+
+impl<F: Future + Unpin> Future for Clearing<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        clear_openssl_errors();
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Clearing<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        clear_openssl_errors();
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Clearing<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        clear_openssl_errors();
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        clear_openssl_errors();
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        clear_openssl_errors();
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<T: TlsStream + Unpin> TlsStream for Clearing<T> {
+    fn channel_binding(&self) -> ChannelBinding {
+        self.0.channel_binding()
     }
 }
 
