@@ -5,68 +5,13 @@
 //! that says so. pg_hba.conf takes only `hostssl` connections, so nothing here can
 //! quietly fall back to plaintext.
 
+mod certs;
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
+use certs::{issue, make_ca, text};
 use common::{file_text, stderr_of, Lab};
-
-/// One openssl(1) command, its words separated by spaces (lab paths have none).
-fn openssl(command: &str) {
-    let out = Command::new("openssl")
-        .args(command.split_whitespace())
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {command}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn text(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-
-/// A self-signed CA: DIR/NAME.crt and DIR/NAME.key.
-fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    let d = dir.display();
-    openssl(&format!(
-        "req -x509 {NEW_KEY} -days 2 -subj /CN={name} \
-         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-         -keyout {d}/{name}.key -out {d}/{name}.crt"
-    ));
-    dir.join(format!("{name}.crt"))
-}
-
-/// A server certificate signed by CA for the names in `san`: DIR/NAME.crt and .key, the
-/// key owned by postgres with mode 0600 as PostgreSQL insists.
-fn issue(dir: &Path, ca: &str, name: &str, san: &str) -> (PathBuf, PathBuf) {
-    let d = dir.display();
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
-    )
-    .unwrap();
-    openssl(&format!(
-        "req -new {NEW_KEY} -subj /CN={name} -keyout {d}/{name}.key -out {d}/{name}.csr"
-    ));
-    openssl(&format!(
-        "x509 -req -in {d}/{name}.csr -days 2 -CA {d}/{ca}.crt -CAkey {d}/{ca}.key \
-         -CAserial {d}/{ca}.srl -CAcreateserial -extfile {d}/{name}.ext -out {d}/{name}.crt"
-    ));
-    let key = dir.join(format!("{name}.key"));
-    let status = Command::new("chown")
-        .args(["postgres:postgres", text(&key)])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    (dir.join(format!("{name}.crt")), key)
-}
 
 /// Make db1 serve this certificate, from the next connection on.
 fn serve_certificate(lab: &Lab, (crt, key): &(PathBuf, PathBuf)) {
