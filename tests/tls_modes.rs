@@ -189,6 +189,18 @@ fn every_sslmode_connects_or_refuses_as_libpq_would() {
     // The server's certificate is the lab CA's, for 127.0.0.1.
     assert_eq!(server.connect("verify-full", ca), Ok(true));
     assert_eq!(server.connect("verify-ca", ca), Ok(true));
+    // A session stays usable while the thread does other things with OpenSSL, as a
+    // re-seed holds its backup session while libssh2 loads an SSH key. Such calls can
+    // leave errors in the thread's OpenSSL error queue (libssh2 does), and OpenSSL then
+    // takes a read that merely has to wait for a failure.
+    let mut held = Pg::connect(&server.target("verify-full", ca)).unwrap();
+    for _ in 0..3 {
+        assert_eq!(server.connect("verify-full", ca), Ok(true));
+        let stale = openssl::x509::X509::from_pem(b"not a certificate").unwrap_err();
+        stale.put();
+        assert_eq!(held.is_in_recovery().map_err(|e| e.to_string()), Ok(false));
+    }
+    drop(held);
     assert_eq!(server.connect("require", None), Ok(true));
     assert_eq!(server.connect("prefer", None), Ok(true));
     // allow tries plaintext first; the server refuses it, so allow goes on with TLS.
