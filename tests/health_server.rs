@@ -10,151 +10,16 @@
 //! No lab: the server and its limits are what is under test; tests/daemon.rs runs the
 //! real daemon's checks against real PostgreSQL.
 
+mod slowloris;
+
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
 use pgzfs::http::{self, Handler, Request, Response, HEAD_DEADLINE, MAX_WORKERS, PER_CLIENT};
-
-/// A TCP connection to `to` from the loopback address `from`.
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .unwrap();
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(SocketAddrV4::new(from, 0)),
-    )
-    .unwrap();
-    let SocketAddr::V4(to) = to else {
-        panic!("{to} is not IPv4")
-    };
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap();
-    TcpStream::from(fd)
-}
-
-/// What became of one attacking connection.
-#[derive(Debug, Clone)]
-struct Fate {
-    /// The status line the server sent when it cut the connection off, if any.
-    answer: Option<String>,
-    /// How long the server put up with it; None while it is still open.
-    held: Option<Duration>,
-}
-
-/// Slowloris: `per_address` connections from each of `addresses`, each sending a request
-/// line and then one header byte every second, never the blank line. Runs until `stop`;
-/// each connection's fate is recorded in the returned list.
-struct Slowloris {
-    fates: Arc<Mutex<Vec<Fate>>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Slowloris {
-    fn start(server: SocketAddr, addresses: &[Ipv4Addr], per_address: usize) -> Slowloris {
-        let fates = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        // A few threads, each holding the connections of some addresses, as the tool does.
-        let threads = addresses
-            .chunks(addresses.len().div_ceil(4))
-            .map(|chunk| {
-                let (chunk, fates, stop) = (chunk.to_vec(), Arc::clone(&fates), Arc::clone(&stop));
-                std::thread::spawn(move || attack(server, &chunk, per_address, &fates, &stop))
-            })
-            .collect();
-        Slowloris {
-            fates,
-            stop,
-            threads,
-        }
-    }
-
-    fn fates(&self) -> Vec<Fate> {
-        self.fates.lock().unwrap().clone()
-    }
-
-    /// How many attacking connections the server is holding open right now.
-    fn open(&self) -> usize {
-        self.fates().iter().filter(|f| f.held.is_none()).count()
-    }
-
-    fn stop(self) -> Vec<Fate> {
-        self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads {
-            thread.join().unwrap();
-        }
-        let fates = self.fates.lock().unwrap().clone();
-        fates
-    }
-}
-
-fn attack(
-    server: SocketAddr,
-    addresses: &[Ipv4Addr],
-    per_address: usize,
-    fates: &Mutex<Vec<Fate>>,
-    stop: &AtomicBool,
-) {
-    let mut open = Vec::new();
-    for &address in addresses {
-        for _ in 0..per_address {
-            let mut stream = connect_from(address, server);
-            stream.set_nonblocking(true).unwrap();
-            stream.write_all(b"GET /health HTTP/1.1\r\nX-a: ").unwrap();
-            let mut fates = fates.lock().unwrap();
-            fates.push(Fate {
-                answer: None,
-                held: None,
-            });
-            open.push((stream, fates.len() - 1, Instant::now()));
-        }
-    }
-    while !stop.load(Ordering::SeqCst) {
-        open.retain_mut(|(stream, index, since)| {
-            let mut answer = [0u8; 256];
-            let cut = match stream.read(&mut answer) {
-                Ok(0) => Some(None),
-                Ok(n) => {
-                    let text = String::from_utf8_lossy(&answer[..n]);
-                    Some(text.lines().next().map(str::to_string))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Still open: one more byte of a header that never ends.
-                    match stream.write_all(b"a") {
-                        Ok(()) => None,
-                        Err(_) => Some(None),
-                    }
-                }
-                Err(_) => Some(None),
-            };
-            let still_open = cut.is_none();
-            if let Some(answer) = cut {
-                fates.lock().unwrap()[*index] = Fate {
-                    answer,
-                    held: Some(since.elapsed()),
-                };
-            }
-            still_open
-        });
-        // One byte a second each: a per-read timeout of a few seconds never fires.
-        for _ in 0..10 {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
+use slowloris::{connect_from, loopback, Slowloris};
 
 /// The check a load balancer makes from 127.0.0.1: the status, within two seconds.
 fn check(server: SocketAddr, path: &str) -> u16 {
@@ -176,12 +41,6 @@ fn healthy_server() -> http::Server {
         _ => Response::new(404, "text/plain", "no\n"),
     });
     http::spawn("127.0.0.1:0".parse().unwrap(), handler).unwrap()
-}
-
-fn loopback(first: u8, count: u8) -> Vec<Ipv4Addr> {
-    (first..first + count)
-        .map(|k| Ipv4Addr::new(127, 0, 0, k))
-        .collect()
 }
 
 #[test]
