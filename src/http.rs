@@ -470,7 +470,9 @@ impl Reception {
             self.workers.fetch_sub(1, Ordering::SeqCst);
             return answer_now(&mut done.stream, &Response::error(503), head_only);
         }
-        let (handler, workers) = (Arc::clone(&self.handler), Arc::clone(&self.workers));
+        // Given back when the worker ends, even by a panic in the handler.
+        let worker = Worker(Arc::clone(&self.workers));
+        let handler = Arc::clone(&self.handler);
         let spawned = std::thread::Builder::new()
             .name("pgzfs-http-conn".into())
             .spawn(move || {
@@ -481,11 +483,9 @@ impl Reception {
                 let _ = stream.set_nonblocking(false);
                 let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
                 let _ = stream.write_all(&render(&response, head_only));
-                drop((stream, slot));
-                workers.fetch_sub(1, Ordering::SeqCst);
+                drop((stream, slot, worker));
             });
         if let Err(e) = spawned {
-            self.workers.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!("http: cannot start a connection thread: {e}");
         }
     }
@@ -563,6 +563,15 @@ impl Reception {
             }
             None => false,
         }
+    }
+}
+
+/// One of the [`MAX_WORKERS`], taken until dropped.
+struct Worker(Arc<AtomicUsize>);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
