@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use certs::{issue, make_ca, text};
+use certs::{issue, issue_client, make_ca, text};
 use pgzfs::pg::tls::{PgTls, SslMode};
 use pgzfs::pg::{Pg, PgTarget};
 
@@ -129,6 +129,15 @@ impl Server {
     }
 
     fn target(&self, mode: &str, root_cert: Option<&Path>) -> PgTarget {
+        self.target_with(PgTls {
+            mode: SslMode::parse(mode).unwrap(),
+            root_cert: root_cert.map(Path::to_path_buf),
+            cert: None,
+            key: None,
+        })
+    }
+
+    fn target_with(&self, tls: PgTls) -> PgTarget {
         PgTarget {
             node: "db1".into(),
             host: "127.0.0.1".into(),
@@ -137,18 +146,17 @@ impl Server {
             database: "postgres".into(),
             passfile: Some(self.dir.join("no-pgpass")),
             connect_timeout: Duration::from_secs(5),
-            tls: PgTls {
-                mode: SslMode::parse(mode).unwrap(),
-                root_cert: root_cert.map(Path::to_path_buf),
-                cert: None,
-                key: None,
-            },
+            tls,
         }
     }
 
     /// Connect like pgzfs; Ok(whether the session is encrypted, as the server sees it).
     fn connect(&self, mode: &str, root_cert: Option<&Path>) -> Result<bool, String> {
-        let pg = Pg::connect(&self.target(mode, root_cert)).map_err(|e| e.message().to_string())?;
+        self.connect_with(self.target(mode, root_cert))
+    }
+
+    fn connect_with(&self, target: PgTarget) -> Result<bool, String> {
+        let pg = Pg::connect(&target).map_err(|e| e.message().to_string())?;
         let ssl = self.sql(
             "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
              WHERE a.application_name = 'pgzfs'",
@@ -231,4 +239,39 @@ fn every_sslmode_connects_or_refuses_as_libpq_would() {
         "{refused}"
     );
     assert_eq!(server.connect("verify-ca", ca), Ok(true));
+
+    // pg_hba.conf asks for a client certificate from the lab CA, for the user's name.
+    server.serve(&right);
+    std::fs::write(
+        dir.join("data/pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 cert\n",
+    )
+    .unwrap();
+    server.sql(&format!("ALTER SYSTEM SET ssl_ca_file = '{ca_path}'"));
+    server.sql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = server.connect("verify-full", ca).unwrap_err();
+    assert!(
+        refused.contains("requires a valid client certificate"),
+        "{refused}"
+    );
+    let (cert, key) = issue_client(&dir, "lab-ca", "postgres");
+    let with_certificate = |cert: &Path, key: &Path| {
+        server.target_with(PgTls {
+            mode: SslMode::VerifyFull,
+            root_cert: ca.map(Path::to_path_buf),
+            cert: Some(cert.to_path_buf()),
+            key: Some(key.to_path_buf()),
+        })
+    };
+    assert_eq!(server.connect_with(with_certificate(&cert, &key)), Ok(true));
+    // A key that is not the certificate's is caught before anything is sent.
+    let (_, other_key) = issue_client(&dir, "lab-ca", "intruder");
+    let refused = server
+        .connect_with(with_certificate(&cert, &other_key))
+        .unwrap_err();
+    assert!(
+        refused.contains("pg_sslkey ") && refused.contains("key values mismatch"),
+        "{refused}"
+    );
 }

@@ -143,16 +143,18 @@ impl PgTls {
             builder
                 .set_certificate_chain_file(cert)
                 .map_err(|e| format!("pg_sslcert {}: {e}", cert.display()))?;
-            builder
-                .set_private_key_file(key, SslFiletype::PEM)
-                .map_err(|e| format!("pg_sslkey {}: {e}", key.display()))?;
-            builder.check_private_key().map_err(|e| {
+            // OpenSSL checks here that the key belongs to the certificate.
+            let unusable = |e: ErrorStack| {
                 format!(
-                    "pg_sslkey {} is not the key of pg_sslcert {}: {e}",
+                    "pg_sslkey {} (the key of pg_sslcert {}): {e}",
                     key.display(),
                     cert.display()
                 )
-            })?;
+            };
+            builder
+                .set_private_key_file(key, SslFiletype::PEM)
+                .map_err(unusable)?;
+            builder.check_private_key().map_err(unusable)?;
         }
         builder.set_verify(if attempt.verify_chain {
             SslVerifyMode::PEER
