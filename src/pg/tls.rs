@@ -203,9 +203,24 @@ impl PgTls {
                 "the server's certificate is not for this host name (pg_sslmode = {})",
                 self.mode.as_str()
             ))
-        } else if error_text.contains("certificate verify failed") {
+        } else if [
+            "unable to get local issuer certificate",
+            "unable to get issuer certificate",
+            "self-signed certificate",
+            "self signed certificate",
+        ]
+        .iter()
+        .any(|unknown_issuer| error_text.contains(unknown_issuer))
+        {
             Some(format!(
                 "the server's certificate is not signed by a CA in pg_sslrootcert {} (pg_sslmode = {})",
+                root(),
+                self.mode.as_str()
+            ))
+        } else if error_text.contains("certificate verify failed") {
+            // Expired, not yet valid, revoked...: the detail that follows says which.
+            Some(format!(
+                "the server's certificate does not pass the check against pg_sslrootcert {} (pg_sslmode = {})",
                 root(),
                 self.mode.as_str()
             ))
@@ -419,6 +434,14 @@ mod tests {
             .explain("certificate verify failed: hostname mismatch")
             .unwrap();
         assert!(why.contains("not for this host name"), "{why}");
+        // Signed by the right CA, but expired: not blamed on the CA.
+        let why = full
+            .explain("certificate verify failed: certificate has expired")
+            .unwrap();
+        assert!(
+            why.contains("does not pass the check against pg_sslrootcert"),
+            "{why}"
+        );
         assert_eq!(full.explain("password authentication failed"), None);
     }
 }
