@@ -36,6 +36,10 @@ fn serve_certificate(lab: &Lab, (crt, key): &(PathBuf, PathBuf)) {
 /// `pgzfs check` on db1 (which connects to its PostgreSQL): exit code and stderr.
 fn check(lab: &Lab) -> (Option<i32>, String) {
     let out = lab.pgzfs("db1", &["check"]);
+    if out.status.success() {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(" over TLS (pg_sslmode "), "{stdout}");
+    }
     (out.status.code(), stderr_of(&out))
 }
 

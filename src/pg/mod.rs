@@ -177,6 +177,16 @@ impl Pg {
         })
     }
 
+    /// Whether this session is encrypted, as the server sees it.
+    pub fn session_encrypted(&mut self) -> Result<bool> {
+        Ok(self
+            .query_one(
+                "SELECT coalesce(bool_or(ssl), false) FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )?
+            .get(0))
+    }
+
     pub fn is_in_recovery(&mut self) -> Result<bool> {
         Ok(self.query_one("SELECT pg_is_in_recovery()", &[])?.get(0))
     }
