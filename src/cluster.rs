@@ -18,6 +18,7 @@ pub fn pg_target(node: &Node) -> PgTarget {
         database: node.pg_database.clone(),
         passfile: node.pg_passfile.clone(),
         connect_timeout: node.connect_timeout,
+        tls: node.pg_tls(),
     }
 }
 
@@ -89,6 +90,7 @@ pub fn standby_setup(config: &Config, local: &Node, primary: &Node, major: u32) 
         primary_port: primary.pg_port,
         user: local.pg_user.clone(),
         passfile: crate::pgpass::passfile_path(local.pg_passfile.as_deref()),
+        tls: local.pg_tls(),
         slot: local.use_slots.then(|| local.slot_name.clone()),
         local_settings: local_settings(local),
         managed_keys: managed_keys(&config.nodes),

@@ -1,9 +1,10 @@
 //! The daemon on real zfs-fuse, sshd and PostgreSQL 15, as an operator runs it: it heals a
 //! standby whose WAL is gone by re-seeding it, restarts a killed standby, survives a bad
 //! reload, stops cleanly in the middle of a transfer, and answers status and health
-//! checks truthfully on a primary, a standby and a stopped node.
+//! checks truthfully on a primary, a standby and a stopped node, slowloris or not.
 
 mod common;
+mod slowloris;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -536,6 +537,32 @@ fn status_and_health_endpoints_tell_primary_standby_and_stopped_nodes_apart() {
     };
     assert_eq!(role_line(port1, "primary"), Some(true));
     assert_eq!(role_line(port2, "standby"), Some(true));
+
+    // A slowloris from 40 addresses holds as many connections to db1's port as it can,
+    // dribbling a byte a second: the load balancer's checks still get the truth, promptly.
+    let attack = slowloris::Slowloris::start(
+        ([127, 0, 0, 1], port1).into(),
+        &slowloris::loopback(20, 40),
+        pgzfs::http::PER_CLIENT,
+    );
+    let until = Instant::now() + pgzfs::http::HEAD_DEADLINE + Duration::from_secs(2);
+    while Instant::now() < until {
+        for (path, want) in [("/liveness", 200), ("/health", 200), ("/primary", 200)] {
+            let asked = Instant::now();
+            assert_eq!(status_of(port1, path), want, "{path} during the attack");
+            assert!(
+                asked.elapsed() < Duration::from_secs(3),
+                "{path} took {:?}",
+                asked.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let fates = attack.stop();
+    assert!(
+        fates.iter().all(|f| f.held.is_some()),
+        "no attacking connection outlives the head deadline"
+    );
 
     // The primary's daemon snapshots every 2s and prunes by the retention policy: the
     // held base of db2 survives, older unheld daemon snapshots of the same hour go.

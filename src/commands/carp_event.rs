@@ -223,15 +223,19 @@ fn fence(ctx: &Context, pgctl: &PgCtl) -> Result<String> {
                 "fenced read-only by carp-event",
             )?;
             pgctl.reload()?;
-            let mut pg = Pg::connect(&pg_target(local))?;
-            let pids = pg.client_backend_pids()?;
-            for pid in &pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            drop(pg);
+            // The server ends the sessions itself: a PID read from a connection is never
+            // signalled by root. If they cannot be ended, writes could go on: stop instead.
+            let ended =
+                Pg::connect(&pg_target(local)).and_then(|mut pg| pg.terminate_client_sessions());
+            let (found, ended) = match ended {
+                Ok(counts) => counts,
+                Err(e) => {
+                    pgctl.stop(local.stop_timeout)?;
+                    return Ok(format!(
+                        "could not end the client sessions ({e}); PostgreSQL stopped instead"
+                    ));
+                }
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Pg::connect(&pg_target(local))
                 .and_then(|mut pg| pg.is_writable())
@@ -243,7 +247,9 @@ fn fence(ctx: &Context, pgctl: &PgCtl) -> Result<String> {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Ok(format!("read-only, {} client sessions ended", pids.len()))
+            Ok(format!(
+                "read-only, {ended} of {found} client sessions ended"
+            ))
         }
     }
 }

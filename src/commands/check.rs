@@ -50,8 +50,13 @@ impl Check {
         } else {
             "primary"
         };
+        let tls = if pg.session_encrypted()? {
+            format!("over TLS (pg_sslmode {})", local.pg_tls().mode.as_str())
+        } else {
+            format!("without TLS (pg_sslmode {})", local.pg_tls().mode.as_str())
+        };
         println!(
-            "PostgreSQL {} on port {}: reachable as {}, {role}",
+            "PostgreSQL {} on port {}: reachable as {} {tls}, {role}",
             pg.major(),
             local.pg_port,
             local.pg_user

@@ -871,7 +871,6 @@ fn respond(shared: &Shared, request: &Request) -> Response {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     match request.path.as_str() {
-        "/liveness" => Response::new(200, "text/plain", "alive\n"),
         "/state" => {
             let state = shared.metrics().state.clone();
             Response::json(200, &serde_json::to_value(state).expect("state serializes"))

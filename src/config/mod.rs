@@ -317,6 +317,7 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
             .over(&defaults)
             .complete(name, host, home)
             .and_then(|node| data_dir_on_the_dataset(&node).map(|()| node))
+            .and_then(|node| tls_settings_fit_together(&node).map(|()| node))
             .map_err(|why| format!("{}: {why}", section.whole()))?;
         nodes.push(node);
     }
@@ -346,6 +347,26 @@ fn data_dir_on_the_dataset(node: &Node) -> Result<(), String> {
             node.data_dir.display().to_string(),
             mountpoint.display().to_string()
         )),
+        _ => Ok(()),
+    }
+}
+
+/// A verifying sslmode needs a CA to verify against, and a client certificate its key.
+fn tls_settings_fit_together(node: &Node) -> Result<(), String> {
+    if node.pg_sslmode.needs_root_cert() && node.pg_sslrootcert.is_none() {
+        return Err(format!(
+            "pg_sslmode = {:?} checks the server's certificate against a CA: set pg_sslrootcert \
+             to the CA certificate that signed the servers' certificates",
+            node.pg_sslmode.as_str()
+        ));
+    }
+    match (&node.pg_sslcert, &node.pg_sslkey) {
+        (Some(_), None) => {
+            Err("pg_sslcert is set but pg_sslkey is not; a client certificate needs its key".into())
+        }
+        (None, Some(_)) => {
+            Err("pg_sslkey is set but pg_sslcert is not; a key needs its client certificate".into())
+        }
         _ => Ok(()),
     }
 }

@@ -16,6 +16,7 @@ use super::values::*;
 use crate::compress::SshCompress;
 use crate::cut::BackupVia;
 use crate::failover::{FenceMode, OnBackup};
+use crate::pg::tls::{PgTls, SslMode};
 use crate::ssh_openssh::SshDataPath;
 use crate::zfs::names::DatasetName;
 use crate::zfs::ZfsBackend;
@@ -135,6 +136,19 @@ macro_rules! node_settings {
     };
 }
 
+impl Node {
+    /// TLS to this node's PostgreSQL (`pg_sslmode`, `pg_sslrootcert`, `pg_sslcert`,
+    /// `pg_sslkey`); like `pg_user`, a standby's own values go into its `primary_conninfo`.
+    pub fn pg_tls(&self) -> PgTls {
+        PgTls {
+            mode: self.pg_sslmode,
+            root_cert: self.pg_sslrootcert.clone(),
+            cert: self.pg_sslcert.clone(),
+            key: self.pg_sslkey.clone(),
+        }
+    }
+}
+
 /// What a default may depend on: the node's name, its data directory and the home
 /// directory of the user running pgzfs.
 pub(super) struct Unset<'a> {
@@ -184,6 +198,14 @@ node_settings! {
     pg_user: String, word => String, or(|_| "replicator".to_string()) => String;
     pg_database: String, word => String, or(|_| "postgres".to_string()) => String;
     pg_passfile: String, home_path => PathBuf, optional => Option<PathBuf>;
+    /// TLS to this node's PostgreSQL, with libpq's sslmode names (see `Node::pg_tls`).
+    pg_sslmode: String, |v: String, _: &Reading| SslMode::parse(&v) => SslMode,
+        or(|_| SslMode::default()) => SslMode;
+    // Absolute paths, no "~": the standby's PostgreSQL reads them too, as another user
+    // with another home.
+    pg_sslrootcert: String, path => PathBuf, optional => Option<PathBuf>;
+    pg_sslcert: String, path => PathBuf, optional => Option<PathBuf>;
+    pg_sslkey: String, path => PathBuf, optional => Option<PathBuf>;
     /// Where `pg_ctl start` writes the server log.
     pg_log_file: String, path => PathBuf,
         or(|node| node.data_dir.join("postmaster.log")) => PathBuf;

@@ -3,6 +3,7 @@ use crate::compress::SshCompress;
 use crate::cut::BackupVia;
 use crate::error::Kind;
 use crate::failover::OnBackup;
+use crate::pg::tls::{PgTls, SslMode};
 use crate::ssh_openssh::SshDataPath;
 use crate::zfs::ZfsBackend;
 use std::num::NonZeroU64;
@@ -1026,4 +1027,75 @@ fn an_unknown_zfs_backend_is_refused_naming_the_key() {
         message.contains("\"auto\", \"cli\" or \"lzc\""),
         "{message}"
     );
+}
+
+#[test]
+fn tls_settings_come_from_defaults_and_the_node_and_default_to_prefer() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.nodes[0].pg_tls(), PgTls::default());
+    assert_eq!(config.nodes[0].pg_tls().mode, SslMode::Prefer);
+    let text = format!(
+        "{}pg_sslmode = \"verify-full\"\npg_sslcert = \"/etc/pgzfs/db1.crt\"\npg_sslkey = \"/etc/pgzfs/db1.key\"\n",
+        minimal_with_default_lines("pg_sslrootcert = \"/etc/pgzfs/ca.crt\"")
+    );
+    let tls = &parse(&text).unwrap().nodes[0].pg_tls();
+    assert_eq!(tls.mode, SslMode::VerifyFull);
+    assert_eq!(tls.root_cert, Some(PathBuf::from("/etc/pgzfs/ca.crt")));
+    assert_eq!(tls.cert, Some(PathBuf::from("/etc/pgzfs/db1.crt")));
+    assert_eq!(tls.key, Some(PathBuf::from("/etc/pgzfs/db1.key")));
+}
+
+#[test]
+fn bad_tls_settings_are_refused_naming_the_key() {
+    for (lines, key, problem) in [
+        ("pg_sslmode = \"on\"", "nodes[1].pg_sslmode", "verify-full"),
+        (
+            "pg_sslmode = \"verify_full\"",
+            "nodes[1].pg_sslmode",
+            "not an sslmode",
+        ),
+        (
+            "pg_sslrootcert = \"ca.crt\"",
+            "nodes[1].pg_sslrootcert",
+            "absolute path",
+        ),
+        (
+            "pg_sslcert = \"~/db1.crt\"",
+            "nodes[1].pg_sslcert",
+            "absolute path",
+        ),
+        (
+            "pg_sslkey = \"/etc/../db1.key\"",
+            "nodes[1].pg_sslkey",
+            "..",
+        ),
+        // A verifying mode with nothing to verify against.
+        (
+            "pg_sslmode = \"verify-ca\"",
+            "pg_sslmode",
+            "set pg_sslrootcert",
+        ),
+        (
+            "pg_sslmode = \"verify-full\"",
+            "pg_sslmode",
+            "set pg_sslrootcert",
+        ),
+        // Half a client identity.
+        (
+            "pg_sslcert = \"/etc/pgzfs/db1.crt\"",
+            "pg_sslkey is not",
+            "needs its key",
+        ),
+        (
+            "pg_sslkey = \"/etc/pgzfs/db1.key\"",
+            "pg_sslcert is not",
+            "client certificate",
+        ),
+    ] {
+        let message = refusal(&minimal_with_node_lines(lines));
+        assert!(message.contains(key), "{lines}: {message}");
+        assert!(message.contains(problem), "{lines}: {message}");
+    }
+    let message = refusal(&minimal_with_default_lines("pg_sslmode = \"ssl\""));
+    assert!(message.contains("defaults.pg_sslmode"), "{message}");
 }

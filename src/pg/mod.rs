@@ -5,13 +5,15 @@
 pub mod control;
 pub mod ctl;
 pub mod standby;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use crate::error::{Error, Result};
+use tls::PgTls;
 
 /// Where and as whom to connect. The password is looked up in pgpass at connect time and
 /// goes nowhere else: not into argv, not into a log line.
@@ -24,6 +26,7 @@ pub struct PgTarget {
     pub database: String,
     pub passfile: Option<PathBuf>,
     pub connect_timeout: Duration,
+    pub tls: PgTls,
 }
 
 impl PgTarget {
@@ -99,14 +102,31 @@ impl Pg {
                 config.password(password);
             }
         }
-        let mut client = config.connect(NoTls).map_err(|e| {
+        let cannot = |why: String| {
             Error::failed(format!(
-                "cannot connect to {} as {}: {}",
+                "cannot connect to {} as {}: {why}",
                 target.describe(),
                 target.user,
-                describe_pg_error(&e)
             ))
-        })?;
+        };
+        let mut attempts = target.tls.attempts().into_iter().peekable();
+        let mut client = loop {
+            let attempt = attempts.next().expect("at least one attempt");
+            let connector = target.tls.connector(attempt).map_err(cannot)?;
+            config.ssl_mode(attempt.negotiation);
+            match config.connect(connector) {
+                Ok(client) => break client,
+                // sslmode=allow: the server refused a plaintext session; try TLS.
+                Err(e) if e.as_db_error().is_some() && attempts.peek().is_some() => continue,
+                Err(e) => {
+                    let detail = describe_pg_error(&e);
+                    return Err(cannot(match target.tls.explain(&detail) {
+                        Some(why) => format!("{why}: {detail}"),
+                        None => detail,
+                    }));
+                }
+            }
+        };
         let version_num = client
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .map_err(|e| {
@@ -155,6 +175,16 @@ impl Pg {
                 describe_pg_error(&e)
             ))
         })
+    }
+
+    /// Whether this session is encrypted, as the server sees it.
+    pub fn session_encrypted(&mut self) -> Result<bool> {
+        Ok(self
+            .query_one(
+                "SELECT coalesce(bool_or(ssl), false) FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )?
+            .get(0))
     }
 
     pub fn is_in_recovery(&mut self) -> Result<bool> {
@@ -516,13 +546,17 @@ impl Pg {
 }
 
 impl Pg {
-    /// PIDs of the other client sessions (visible with pg_monitor), for ending them when
-    /// the server is fenced read-only.
-    pub fn client_backend_pids(&mut self) -> Result<Vec<i32>> {
-        let rows = self
-            .client
-            .query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()", &[])
-            .map_err(|e| Error::failed(format!("{}: {}", self.target.describe(), describe_pg_error(&e))))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+    /// End every other client session, for fencing the server read-only: (sessions
+    /// found, sessions ended). The server ends them itself with pg_terminate_backend(): a
+    /// PID that came over the wire is never signalled by root. Needs superuser or
+    /// pg_signal_backend (and superuser to end a superuser's session); without it this
+    /// fails as a whole, and the caller falls back to stopping the server.
+    pub fn terminate_client_sessions(&mut self) -> Result<(i64, i64)> {
+        let row = self.query_one(
+            "SELECT count(*), count(*) FILTER (WHERE pg_terminate_backend(pid)) \
+             FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            &[],
+        )?;
+        Ok((row.get(0), row.get(1)))
     }
 }

@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::pg::tls::PgTls;
 
 /// Everything written into the standby's configuration.
 #[derive(Debug, Clone)]
@@ -18,6 +19,9 @@ pub struct StandbySetup {
     pub primary_port: u16,
     pub user: String,
     pub passfile: Option<PathBuf>,
+    /// How the walreceiver reaches the primary over TLS: sslmode and the certificates,
+    /// read by PostgreSQL as its OS user.
+    pub tls: PgTls,
     pub slot: Option<String>,
     /// This node's own settings (port, listen_addresses, ...) that must survive a re-seed.
     pub local_settings: BTreeMap<String, String>,
@@ -72,6 +76,9 @@ pub fn primary_conninfo(setup: &StandbySetup) -> String {
             "passfile={}",
             conninfo_value(&passfile.display().to_string())
         ));
+    }
+    for (keyword, value) in setup.tls.conninfo() {
+        parts.push(format!("{keyword}={}", conninfo_value(&value)));
     }
     parts.join(" ")
 }
@@ -278,6 +285,7 @@ mod tests {
             primary_port: 5432,
             user: "replicator".into(),
             passfile: Some(PathBuf::from("/home/pg/.pgpass")),
+            tls: PgTls::default(),
             slot: Some("db2".into()),
             local_settings: BTreeMap::from([("port".to_string(), "5433".to_string())]),
             managed_keys: BTreeSet::from(["port".to_string(), "listen_addresses".to_string()]),
@@ -304,7 +312,7 @@ mod tests {
             "another node's managed key is dropped: {text}"
         );
         assert!(!text.contains("host=old"));
-        assert!(text.contains("primary_conninfo = 'host=10.0.0.1 port=5432 user=replicator application_name=db2 passfile=/home/pg/.pgpass'"), "{text}");
+        assert!(text.contains("primary_conninfo = 'host=10.0.0.1 port=5432 user=replicator application_name=db2 passfile=/home/pg/.pgpass sslmode=prefer'"), "{text}");
         assert!(text.contains("primary_slot_name = 'db2'"));
     }
 
@@ -332,7 +340,39 @@ mod tests {
         assert_eq!(guc_quote("it's"), "'it''s'");
         let mut s = setup(15);
         s.passfile = Some(PathBuf::from("/home/my pg/.pgpass"));
-        assert!(primary_conninfo(&s).ends_with("passfile='/home/my pg/.pgpass'"));
+        assert!(primary_conninfo(&s).contains(" passfile='/home/my pg/.pgpass' "));
+        // libpq's quoting inside the conninfo (\' and \\), then the GUC's around all of it.
+        s.tls.root_cert = Some(PathBuf::from(r"/etc/it's\ca.crt"));
+        let conninfo = primary_conninfo(&s);
+        assert!(
+            conninfo.ends_with(r"sslmode=prefer sslrootcert='/etc/it\'s\\ca.crt'"),
+            "{conninfo}"
+        );
+        assert_eq!(
+            guc_quote(&conninfo),
+            r"'host=10.0.0.1 port=5432 user=replicator application_name=db2 passfile=''/home/my pg/.pgpass'' sslmode=prefer sslrootcert=''/etc/it\\''s\\\\ca.crt'''"
+        );
+    }
+
+    #[test]
+    fn the_standby_streams_with_the_tls_settings_pgzfs_itself_uses() {
+        let mut s = setup(15);
+        s.tls = PgTls {
+            mode: crate::pg::tls::SslMode::VerifyFull,
+            root_cert: Some(PathBuf::from("/usr/local/etc/pgzfs/ca.crt")),
+            cert: Some(PathBuf::from("/usr/local/etc/pgzfs/db2.crt")),
+            key: Some(PathBuf::from("/usr/local/etc/pgzfs/db2.key")),
+        };
+        let text = rewrite_auto_conf("", &s);
+        assert!(
+            text.contains(
+                "primary_conninfo = 'host=10.0.0.1 port=5432 user=replicator application_name=db2 \
+                 passfile=/home/pg/.pgpass sslmode=verify-full sslrootcert=/usr/local/etc/pgzfs/ca.crt \
+                 sslcert=/usr/local/etc/pgzfs/db2.crt sslkey=/usr/local/etc/pgzfs/db2.key'"
+            ),
+            "{text}"
+        );
+        assert!(recovery_conf(&setup(11)).contains(" sslmode=prefer'\n"));
     }
 
     #[test]
