@@ -25,6 +25,7 @@ pub mod progress;
 pub mod ratelimit;
 pub mod replicate;
 pub mod retention;
+pub mod safe_dir;
 pub mod shell;
 pub mod size;
 pub mod ssh;
