@@ -1054,6 +1054,24 @@ fn complete_node(
             ));
         }
     }
+    // The rollback that follows keeping a former primary's writes would destroy a
+    // quarantine inside the dataset, and the PostgreSQL user can write there.
+    let quarantine_dir = settings
+        .quarantine_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_QUARANTINE_DIR));
+    for (key, inside) in [
+        ("data_dir", Some(&data_dir)),
+        ("mountpoint", settings.mountpoint.as_ref()),
+    ] {
+        if let Some(inside) = inside.filter(|dir| quarantine_dir.starts_with(dir)) {
+            return Err(format!(
+                "quarantine_dir {:?} is inside {key} {:?}; it must be outside the replicated dataset \
+                 (a rollback would destroy what it keeps, and the PostgreSQL user can write there)",
+                quarantine_dir.display().to_string(),
+                inside.display().to_string()
+            ));
+        }
+    }
     let default_home_path = |key: &str, default: &str| {
         expand_home(default, home).map_err(|why| {
             format!("{key} is not set and its default {default:?} cannot be used: {why}")
@@ -1131,9 +1149,7 @@ fn complete_node(
         promote_timeout: settings.promote_timeout.unwrap_or(Duration::from_secs(60)),
         on_backup: settings.on_backup.unwrap_or(OnBackup::Fence),
         fence_mode: settings.fence_mode.unwrap_or(FenceMode::Stop),
-        quarantine_dir: settings
-            .quarantine_dir
-            .unwrap_or_else(|| PathBuf::from("/var/db/pgzfs/quarantine")),
+        quarantine_dir,
         switchover_max_lag: settings.switchover_max_lag.unwrap_or(16 << 20),
         carp_move_command: settings.carp_move_command,
         pgzfs_bin: settings
@@ -1147,6 +1163,8 @@ fn complete_node(
 
 /// Characters a path may contain: enough for any sane installation, nothing a shell
 /// would expand or split on.
+const DEFAULT_QUARANTINE_DIR: &str = "/var/db/pgzfs/quarantine";
+
 fn is_path_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '.' | '-' | '+' | ',' | ':' | '=' | '@')
 }
@@ -1402,6 +1420,28 @@ host = "db1.example.net"
     /// MINIMAL with extra lines appended to the `[[nodes]]` entry of db1.
     fn minimal_with_node_lines(lines: &str) -> String {
         format!("{MINIMAL}{lines}\n")
+    }
+
+    #[test]
+    fn a_quarantine_inside_the_replicated_dataset_is_refused_naming_the_key() {
+        let inside_data = refusal(&minimal_with_node_lines(
+            "quarantine_dir = \"/var/db/postgres/data15/quarantine\"",
+        ));
+        assert!(inside_data.contains("quarantine_dir"), "{inside_data}");
+        assert!(inside_data.contains("data_dir"), "{inside_data}");
+        let inside_mount = refusal(&minimal_with_node_lines(
+            "mountpoint = \"/var/db/postgres\"\nquarantine_dir = \"/var/db/postgres/kept\"",
+        ));
+        assert!(inside_mount.contains("quarantine_dir"), "{inside_mount}");
+        assert!(inside_mount.contains("mountpoint"), "{inside_mount}");
+        let outside = parse(&minimal_with_node_lines(
+            "mountpoint = \"/var/db/postgres\"\nquarantine_dir = \"/var/db/pgzfs/kept\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            outside.nodes[0].quarantine_dir,
+            PathBuf::from("/var/db/pgzfs/kept")
+        );
     }
 
     /// MINIMAL with extra lines in `[defaults]`.

@@ -200,6 +200,18 @@ impl Dir {
         Ok(dir)
     }
 
+    /// A second handle on the same directory.
+    pub fn try_clone(&self) -> Result<Dir> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::failed(format!("cannot dup {}: {e}", self.path.display())))?;
+        Ok(Dir {
+            fd,
+            path: self.path.clone(),
+        })
+    }
+
     fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
