@@ -601,13 +601,11 @@ impl Binding {
     pub fn bind(&self, mut allowed: Allowed) -> std::result::Result<Allowed, String> {
         let words: Vec<&str> = allowed.argv.iter().map(String::as_str).collect();
         match words.as_slice() {
-            ["zfs", "hold" | "release", tag, _] => {
-                if *tag != self.tag.as_str() {
-                    return Err(format!(
-                        "this key acts for {} only; hold tag {tag} is not its tag {}",
-                        self.node, self.tag
-                    ));
-                }
+            ["zfs", "hold" | "release", tag, _] if *tag != self.tag.as_str() => {
+                return Err(format!(
+                    "this key acts for {} only; hold tag {tag} is not its tag {}",
+                    self.node, self.tag
+                ));
             }
             ["zfs", "snapshot", "-r", options @ .., name] => {
                 if options
