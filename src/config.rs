@@ -180,7 +180,13 @@ pub struct Node {
 pub struct Events {
     pub command: Option<String>,
     pub only: Vec<String>,
+    /// `events.timeout`: how long a hook may run before it is killed (None: the default,
+    /// [`DEFAULT_HOOK_TIMEOUT`]). A hung hook must not hold up a promote or the daemon.
+    pub timeout: Option<Duration>,
 }
+
+/// How long an event hook may run when `events.timeout` is not set.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The events pgzfs emits. `daemon`: a state change the daemon saw or caused (streaming
 /// broken or back, PostgreSQL restarted, a re-seed started).
@@ -499,6 +505,7 @@ struct RawConfig {
 struct RawEvents {
     command: Option<String>,
     only: Option<Vec<String>>,
+    timeout: Option<String>,
 }
 
 /// `[retention]` as written; counts are read as i64 for the same reason as ports.
@@ -893,7 +900,20 @@ fn check_events(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
         if command.trim().is_empty() || command.contains(['\n', '\r', '\0']) {
             return Err("events.command: must be one non-empty line".to_string());
         }
+        // Split now, as it will be when an event fires: a broken template must be found
+        // when the configuration is read, not in the middle of a failover.
+        crate::events::split_template(command).map_err(|why| format!("events.command: {why}"))?;
     }
+    let timeout = match raw.timeout {
+        Some(text) => {
+            let timeout = parse_duration(&text).map_err(|why| format!("events.timeout: {why}"))?;
+            if timeout.is_zero() {
+                return Err("events.timeout: must be more than 0s".to_string());
+            }
+            Some(timeout)
+        }
+        None => None,
+    };
     let only = raw.only.unwrap_or_default();
     if let Some(unknown) = only.iter().find(|e| !EVENT_NAMES.contains(&e.as_str())) {
         return Err(format!(
@@ -904,6 +924,7 @@ fn check_events(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
     Ok(Events {
         command: raw.command,
         only,
+        timeout,
     })
 }
 
@@ -1442,6 +1463,35 @@ host = "db1.example.net"
             outside.nodes[0].quarantine_dir,
             PathBuf::from("/var/db/pgzfs/kept")
         );
+    }
+
+    #[test]
+    fn an_events_command_with_an_unbalanced_quote_is_refused_at_load_not_when_it_fires() {
+        let text = format!(
+            "{}\n[events]\ncommand = \"/usr/local/libexec/hook '%e\"\n",
+            minimal_with_node_lines("")
+        );
+        let why = refusal(&text);
+        assert!(
+            why.contains("events.command") && why.contains("quote"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_hook_timeout_is_read_and_must_be_positive() {
+        let with = |t: &str| {
+            format!(
+                "{}\n[events]\ncommand = \"/bin/true\"\ntimeout = \"{t}\"\n",
+                minimal_with_node_lines("")
+            )
+        };
+        assert_eq!(
+            parse(&with("30s")).unwrap().events.timeout,
+            Some(Duration::from_secs(30))
+        );
+        assert!(refusal(&with("0s")).contains("events.timeout"));
+        assert!(refusal(&with("36501d")).contains("events.timeout"));
     }
 
     /// MINIMAL with extra lines in `[defaults]`.
