@@ -747,6 +747,15 @@ fn check_settings(
     let word = |key: &'static str, value: Option<String>| {
         value.map(|v| plain_word(&v).map_err(at(key))).transpose()
     };
+    let identifier = |key: &'static str, value: Option<String>| {
+        value
+            .map(|v| {
+                plain_word(&v)
+                    .and_then(|v| pg_identifier(&v).map(|()| v))
+                    .map_err(at(key))
+            })
+            .transpose()
+    };
     let port = |key: &'static str, value: Option<i64>| {
         value.map(|v| port_number(v).map_err(at(key))).transpose()
     };
@@ -799,8 +808,8 @@ fn check_settings(
         pg_bin: path("pg_bin", raw.pg_bin)?,
         pg_os_user: word("pg_os_user", raw.pg_os_user)?,
         pg_port: port("pg_port", raw.pg_port)?,
-        pg_user: word("pg_user", raw.pg_user)?,
-        pg_database: word("pg_database", raw.pg_database)?,
+        pg_user: identifier("pg_user", raw.pg_user)?,
+        pg_database: identifier("pg_database", raw.pg_database)?,
         pg_passfile: home_path("pg_passfile", raw.pg_passfile)?,
         pg_log_file: path("pg_log_file", raw.pg_log_file)?,
         pg_settings,
@@ -1291,7 +1300,22 @@ fn listen_address(value: &str) -> std::result::Result<SocketAddr, String> {
 
 fn node_name(value: &str) -> std::result::Result<(), String> {
     // Node names appear on command lines (--node) and in lock file paths, like user names.
-    plain_word(value).map(drop)
+    plain_word(value)?;
+    // And as application_name and (by default) slot name, which PostgreSQL cuts to 63
+    // bytes: the standby would then never be recognised as streaming.
+    pg_identifier(value)
+}
+
+/// PostgreSQL cuts identifiers (and application_name) longer than 63 bytes, so a longer
+/// name would silently become another one.
+fn pg_identifier(value: &str) -> std::result::Result<(), String> {
+    if value.len() > MAX_SLOT_NAME_LEN {
+        return Err(format!(
+            "{value:?} is {} bytes long; PostgreSQL cuts names to {MAX_SLOT_NAME_LEN} bytes",
+            value.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A host for ssh and libpq: a name, an IPv4 address, or an IPv6 address (with an
@@ -1492,6 +1516,21 @@ host = "db1.example.net"
         );
         assert!(refusal(&with("0s")).contains("events.timeout"));
         assert!(refusal(&with("36501d")).contains("events.timeout"));
+    }
+
+    #[test]
+    fn names_postgresql_would_cut_to_63_bytes_are_refused_at_load() {
+        let long = "n".repeat(64);
+        let why = refusal(&MINIMAL.replace("name = \"db1\"", &format!("name = \"{long}\"")));
+        assert!(why.contains("name") && why.contains("63"), "{why}");
+        assert!(
+            parse(&MINIMAL.replace("name = \"db1\"", &format!("name = \"{}\"", &long[..63])))
+                .is_ok()
+        );
+        for key in ["pg_user", "pg_database"] {
+            let why = refusal(&minimal_with_node_lines(&format!("{key} = \"{long}\"")));
+            assert!(why.contains(key) && why.contains("63"), "{why}");
+        }
     }
 
     /// MINIMAL with extra lines in `[defaults]`.

@@ -162,17 +162,35 @@ fn check_host_key(session: &Session, target: &SshTarget) -> Result<()> {
             port = target.port,
             host = target.host,
         ))),
-        CheckResult::Mismatch => Err(Error::refused(format!(
-            "THE HOST KEY OF {name} HAS CHANGED: it now presents {key_type} {fingerprint}, which differs from \
-             the key recorded in {known}. Someone may be intercepting the connection. If the host was \
-             legitimately reinstalled, verify the new fingerprint on the host, then replace the entry:\n    \
-             ssh-keygen -R '{name}' -f {known} && ssh-keyscan -p {port} {host} >> {known}",
-            known = file.display(),
-            port = target.port,
-            host = target.host,
+        CheckResult::Mismatch => Err(Error::refused(changed_host_key_message(
+            &name,
+            &key_type,
+            &fingerprint,
+            file,
         ))),
         CheckResult::Failure => Err(Error::failed(format!("ssh: checking the host key of {name} against {} failed", file.display()))),
     }
+}
+
+/// What to tell the operator when a host presents another key than the recorded one. It
+/// must not suggest fetching the key over the network again (`ssh-keyscan >>
+/// known_hosts`): on an intercepted connection that records the interceptor's key. The new
+/// key is copied from the host itself.
+fn changed_host_key_message(
+    name: &str,
+    key_type: &str,
+    fingerprint: &str,
+    known: &std::path::Path,
+) -> String {
+    format!(
+        "THE HOST KEY OF {name} HAS CHANGED: it now presents {key_type} {fingerprint}, which differs from \
+         the key recorded in {known}. Someone may be intercepting the connection. If the host was \
+         legitimately reinstalled: on the host's console (not over this network), print its key and \
+         fingerprint with `cat /etc/ssh/ssh_host_ed25519_key.pub; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`; \
+         if the fingerprint is {fingerprint}, remove the old entry with `ssh-keygen -R '{name}' -f {known}` \
+         and add the line `{name} <that key>` to {known}",
+        known = known.display(),
+    )
 }
 
 fn base64_unpadded(bytes: &[u8]) -> String {
@@ -359,6 +377,22 @@ impl Sink for RemoteSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_host_key_is_never_answered_with_a_keyscan_into_known_hosts() {
+        let said = changed_host_key_message(
+            "[10.213.1.1]:2222",
+            "Ed255219",
+            "SHA256:abc",
+            std::path::Path::new("/root/.ssh/known_hosts"),
+        );
+        assert!(
+            said.contains("CHANGED") && said.contains("SHA256:abc"),
+            "{said}"
+        );
+        assert!(!said.contains("ssh-keyscan"), "{said}");
+        assert!(said.contains("ssh-keygen -R '[10.213.1.1]:2222'"), "{said}");
+    }
 
     #[test]
     fn fingerprints_are_printed_like_openssh_does() {
