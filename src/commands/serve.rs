@@ -54,7 +54,16 @@ impl Serve {
         let ctx = global.load()?;
         let dataset = ctx.local.dataset.clone();
         let client = client_address();
-        let line = std::env::var("SSH_ORIGINAL_COMMAND").unwrap_or_default();
+        let line = match std::env::var("SSH_ORIGINAL_COMMAND") {
+            Ok(line) => line,
+            Err(std::env::VarError::NotPresent) => String::new(),
+            Err(std::env::VarError::NotUnicode(raw)) => {
+                return Err(Error::refused(format!(
+                    "serve: refused a command from {client}: it is not UTF-8 ({} bytes), and pgzfs sends only UTF-8",
+                    raw.len()
+                )))
+            }
+        };
         let refuse = |why: String| {
             Error::refused(format!(
                 "serve: refused {} from {client}: {why}",
