@@ -66,8 +66,9 @@ impl Serve {
         };
         let refuse = |why: String| {
             Error::refused(format!(
-                "serve: refused {} from {client}: {why}",
-                shown(&line)
+                "serve: refused {} from {client}: {}",
+                shown(&line),
+                bounded(&why)
             ))
         };
         if line.is_empty() {
@@ -156,6 +157,22 @@ fn shown(line: &str) -> String {
         format!("{head:?}... ({} bytes)", line.len())
     } else {
         format!("{line:?}")
+    }
+}
+
+/// A reason for the log, cut short and without control characters: it may quote parts of
+/// the client's command.
+fn bounded(why: &str) -> String {
+    const MAX: usize = 300;
+    let clean: String = why
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX)
+        .collect();
+    if why.chars().count() > MAX {
+        format!("{clean}...")
+    } else {
+        clean
     }
 }
 
@@ -1423,6 +1440,18 @@ mod tests {
     fn bound_check(binding: &Binding, argv: &[&str]) -> std::result::Result<Allowed, String> {
         let words = split(&line(argv)).unwrap();
         binding.bind(check(&words, &dataset())?)
+    }
+
+    #[test]
+    fn a_refusal_reason_is_one_short_log_line() {
+        let long = format!(
+            "{:?} is not quoted the way pgzfs quotes\nFAKE LOG LINE",
+            "x".repeat(5000)
+        );
+        let shown = bounded(&long);
+        assert!(shown.chars().count() <= 303, "{}", shown.len());
+        assert!(!shown.contains('\n'));
+        assert_eq!(bounded("short"), "short");
     }
 
     #[test]
