@@ -22,7 +22,8 @@
 //! - subdirectories (`pg_replslot`, `global`): opened with `O_DIRECTORY|O_NOFOLLOW`; a
 //!   linked one is refused with a message naming it.
 
-use std::ffi::{CStr, OsStr};
+use std::collections::VecDeque;
+use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -30,7 +31,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat, AtFlags, OFlag};
+use nix::fcntl::{openat, readlinkat, renameat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{fchown, fsync, unlinkat, Gid, Uid, UnlinkatFlags};
 
@@ -39,6 +40,20 @@ use crate::error::{Error, Result};
 /// No file pgzfs reads from a data directory or its own runtime directories is anywhere
 /// near this big; a bigger one is someone trying to make root allocate memory.
 const MAX_READ: u64 = 16 << 20;
+
+/// How many symbolic links (root's own) [`Dir::open`] follows on the way, like the kernel.
+const MAX_LINKS: usize = 40;
+
+/// The names of `path` to resolve one by one ("." dropped, ".." kept).
+fn names_of(path: &Path) -> VecDeque<OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
+}
 
 /// How deep [`Dir::remove_tree`] descends (a replication slot is one directory of files).
 const MAX_DEPTH: usize = 8;
@@ -120,28 +135,25 @@ impl Dir {
 
     fn walk(path: &Path, create: Option<Mode>) -> Result<Dir> {
         let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-        let start = if path.is_absolute() { "/" } else { "." };
-        let fd = openat(None, start, flags, Mode::empty())
-            .map_err(|e| Error::failed(format!("cannot open {start}: {e}")))?;
-        let mut dir = Dir {
-            fd: own(fd),
-            path: PathBuf::from(start),
+        let start = |at: &str| -> Result<Dir> {
+            let fd = openat(None, at, flags, Mode::empty())
+                .map_err(|e| Error::failed(format!("cannot open {at}: {e}")))?;
+            Ok(Dir {
+                fd: own(fd),
+                path: PathBuf::from(at),
+            })
         };
-        for component in path.components() {
-            let name = match component {
-                Component::RootDir | Component::CurDir | Component::Prefix(_) => continue,
-                Component::ParentDir => OsStr::new(".."),
-                Component::Normal(name) => name,
-            };
-            let shown = dir.path.join(name);
-            let opened = match openat(
-                Some(dir.raw()),
-                name,
-                flags | OFlag::O_NOFOLLOW,
-                Mode::empty(),
-            ) {
+        let mut dir = start(if path.is_absolute() { "/" } else { "." })?;
+        // The names still to resolve. A link root made puts its target's names in front,
+        // so what the link points through is checked the same way, one name at a time.
+        let mut pending: VecDeque<OsString> = names_of(path);
+        let mut links_followed = 0;
+        while let Some(name) = pending.pop_front() {
+            let shown = dir.path.join(&name);
+            let nofollow = flags | OFlag::O_NOFOLLOW;
+            let opened = match openat(Some(dir.raw()), name.as_os_str(), nofollow, Mode::empty()) {
                 Err(Errno::ENOENT) if create.is_some() => {
-                    match mkdirat(Some(dir.raw()), name, create.expect("some")) {
+                    match mkdirat(Some(dir.raw()), name.as_os_str(), create.expect("some")) {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => {
                             return Err(Error::failed(format!(
@@ -150,19 +162,18 @@ impl Dir {
                             )))
                         }
                     }
-                    openat(
-                        Some(dir.raw()),
-                        name,
-                        flags | OFlag::O_NOFOLLOW,
-                        Mode::empty(),
-                    )
+                    openat(Some(dir.raw()), name.as_os_str(), nofollow, Mode::empty())
                 }
                 other => other,
             };
             let fd = match opened {
                 Ok(fd) => fd,
                 Err(e) => {
-                    let stat = fstatat(Some(dir.raw()), name, AtFlags::AT_SYMLINK_NOFOLLOW);
+                    let stat = fstatat(
+                        Some(dir.raw()),
+                        name.as_os_str(),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    );
                     match stat {
                         Ok(link) if is_kind(&link, SFlag::S_IFLNK) => {
                             if !placed_by_root(&dir.stat()?, &link) {
@@ -171,9 +182,25 @@ impl Dir {
                                     shown.display()
                                 )));
                             }
-                            openat(Some(dir.raw()), name, flags, Mode::empty()).map_err(|e| {
-                                Error::failed(format!("cannot open {}: {e}", shown.display()))
-                            })?
+                            links_followed += 1;
+                            if links_followed > MAX_LINKS {
+                                return Err(Error::failed(format!(
+                                    "{}: more than {MAX_LINKS} symbolic links",
+                                    path.display()
+                                )));
+                            }
+                            let target =
+                                readlinkat(Some(dir.raw()), name.as_os_str()).map_err(|e| {
+                                    Error::failed(format!("cannot read {}: {e}", shown.display()))
+                                })?;
+                            let target = PathBuf::from(target);
+                            if target.is_absolute() {
+                                dir = start("/")?;
+                            }
+                            for part in names_of(&target).into_iter().rev() {
+                                pending.push_front(part);
+                            }
+                            continue;
                         }
                         Ok(other) => {
                             return Err(Error::failed(format!(
@@ -789,6 +816,31 @@ mod tests {
         assert_eq!(
             dir.read("PG_VERSION").unwrap(),
             Found::File(b"15\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_root_made_link_is_followed_only_as_far_as_its_target_is_trusted() {
+        let scene = Scene::new("chain");
+        // root: /srv/pg -> home/data15 (relative); postgres (uid 4321) owns home and has
+        // replaced data15 by a link to a directory of its choosing.
+        let srv = scene.root.join("srv");
+        let home = srv.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&srv, std::fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("home/data15", srv.join("pg")).unwrap();
+        nix::unistd::chown(&home, Some(Uid::from_raw(4321)), None).unwrap();
+        symlink(&scene.inside, home.join("data15")).unwrap();
+        let err = Dir::open(&srv.join("pg")).unwrap_err();
+        assert!(err.to_string().contains("data15"), "{err}");
+        // With the real directory there, the same root link works.
+        std::fs::remove_file(home.join("data15")).unwrap();
+        std::fs::create_dir(home.join("data15")).unwrap();
+        std::fs::write(home.join("data15/PG_VERSION"), "17\n").unwrap();
+        let dir = Dir::open(&srv.join("pg")).unwrap();
+        assert_eq!(
+            dir.read("PG_VERSION").unwrap(),
+            Found::File(b"17\n".to_vec())
         );
     }
 
