@@ -12,6 +12,11 @@
 //! is then executed directly (no shell), with the SSH channel as its stdin and stdout.
 //! Anything else is refused with exit code 3 and logged with the client's address.
 //!
+//! `serve --for NODE` binds a key to one standby ([`Binding`]): holds and releases only
+//! with that node's tag, `zfs set` only on a snapshot this key created over the same SSH
+//! connection (marked [`TAKEN_FOR`] by serve) and only once, `snapshot --for` only for
+//! that node. Without it, any standby's key may act for any standby.
+//!
 //! Two kinds of pgzfs's own commands get through too, always run as this node's pgzfs
 //! with the configuration and node serve itself runs with (the client's `--config` is
 //! replaced, its `--node` must name this node):
