@@ -173,13 +173,16 @@ pub fn take_on_source(
     })?;
     let mut remote_total = 0.0;
     for name in REMOTE_STEPS {
-        if let Some(seconds) = report.steps.get(name).map(|s| s.max(0.0)) {
-            steps.record(name, std::time::Duration::from_secs_f64(seconds));
-            remote_total += seconds;
+        // The other node's numbers are data: 1e300, inf or NaN must not panic here.
+        if let Some(took) = report.steps.get(name).and_then(|s| remote_seconds(*s)) {
+            steps.record(name, took);
+            remote_total += took.as_secs_f64();
         }
     }
     let overhead = (wall.as_secs_f64() - remote_total).max(0.0);
-    steps.record("cut over ssh", std::time::Duration::from_secs_f64(overhead));
+    if let Some(overhead) = remote_seconds(overhead) {
+        steps.record("cut over ssh", overhead);
+    }
     let cut = report.into_cut(dataset)?;
     tracing::info!(
         "{source_node} took {}: backup from {} to {} on timeline {}",
@@ -320,10 +323,31 @@ impl BackupVia {
     }
 }
 
+/// A duration in seconds as another node reported it: None unless it is a number
+/// between 0 and a day (no step of a cut takes longer; anything else is garbage).
+pub fn remote_seconds(seconds: f64) -> Option<std::time::Duration> {
+    const DAY: f64 = 86_400.0;
+    if !(0.0..=DAY).contains(&seconds) {
+        return None;
+    }
+    std::time::Duration::try_from_secs_f64(seconds).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::zfs::fake::snap;
+
+    #[test]
+    fn absurd_step_times_from_the_other_node_are_ignored_not_a_panic() {
+        for garbage in [1e300, f64::INFINITY, f64::NAN, -1.0, 86_401.0] {
+            assert_eq!(remote_seconds(garbage), None, "{garbage}");
+        }
+        assert_eq!(
+            remote_seconds(1.5),
+            Some(std::time::Duration::from_millis(1500))
+        );
+    }
 
     #[test]
     fn a_second_reseed_in_the_same_second_gets_its_own_snapshot_name() {

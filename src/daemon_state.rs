@@ -32,18 +32,21 @@ pub fn state_file(node: &Node) -> PathBuf {
         .with_file_name(format!("pgzfs-{}.state.json", node.name))
 }
 
-/// The daemon's last record for `node`, if a daemon ever ran here.
+/// The daemon's last record for `node`, if a daemon ever ran here. Read without
+/// following a link, and only a regular file: `/state` serves it over HTTP.
 pub fn read_state(node: &Node) -> Option<DaemonState> {
-    let text = std::fs::read_to_string(state_file(node)).ok()?;
-    serde_json::from_str(&text).ok()
+    let (dir, name) = crate::safe_dir::parent_of(&state_file(node), None).ok()?;
+    let bytes = dir.read_trusted(&name).ok()??;
+    serde_json::from_slice(&bytes).ok()
 }
 
 pub fn write_state(node: &Node, state: &DaemonState) {
     let path = state_file(node);
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(state).expect("the state serializes");
-    // Write and rename, so a reader never sees half a file.
-    let written = std::fs::write(&tmp, text + "\n").and_then(|()| std::fs::rename(&tmp, &path));
+    // A fresh file (O_EXCL, O_NOFOLLOW, mode 0600) renamed over the old one: a reader
+    // never sees half a file, and a link planted at the name is replaced, not followed.
+    let written = crate::safe_dir::parent_of(&path, Some(0o755))
+        .and_then(|(dir, name)| dir.write(&name, (text + "\n").as_bytes(), 0o600, None));
     if let Err(e) = written {
         tracing::warn!("cannot write the daemon state {}: {e}", path.display());
     }

@@ -41,6 +41,9 @@ const UNITS: &[Unit] = &[
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
+/// The longest duration pgzfs accepts anywhere.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
 struct Unit {
     suffix: &'static str,
     nanos: u128,
@@ -132,6 +135,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         rest = after_unit;
     }
 
+    // Deadlines are `Instant::now() + d`: a duration near u64::MAX seconds panics there.
+    // A hundred years is more than any timeout, interval or retention needs.
+    if total_nanos > MAX_DURATION.as_nanos() {
+        return Err(invalid(format!(
+            "too large; at most {} (100 years)",
+            format_duration(MAX_DURATION)
+        )));
+    }
     let secs =
         u64::try_from(total_nanos / NANOS_PER_SEC).map_err(|_| invalid("too large".to_string()))?;
     let subsec_nanos = (total_nanos % NANOS_PER_SEC) as u32;
@@ -252,15 +263,20 @@ mod tests {
         assert!(parse_duration("999999999999999999d")
             .unwrap_err()
             .contains("too large"));
-        // The largest representable number of seconds still parses.
-        assert_eq!(
-            parse_duration(&format!("{}s", u64::MAX)),
-            Ok(secs(u64::MAX))
-        );
-        assert!(parse_duration(&format!("{}s1ns", u64::MAX)).is_ok());
         assert!(parse_duration("18446744073709551616s")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn a_duration_that_would_panic_as_a_deadline_is_refused_at_load() {
+        // promote_timeout = "18446744073709551615s" made `Instant::now() + d` panic.
+        let err = parse_duration(&format!("{}s", u64::MAX)).unwrap_err();
+        assert!(err.contains("too large") && err.contains("36500d"), "{err}");
+        assert!(parse_duration("36501d").is_err());
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        let _deadline = std::time::Instant::now() + MAX_DURATION;
+        let _when = std::time::SystemTime::now() + MAX_DURATION;
     }
 
     #[test]
@@ -282,7 +298,7 @@ mod tests {
             secs(59),
             secs(3_601),
             Duration::new(987_654_321, 123_456_789),
-            Duration::new(u64::MAX, 999_999_999),
+            MAX_DURATION,
         ] {
             assert_eq!(
                 parse_duration(&format_duration(d)),

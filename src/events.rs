@@ -2,7 +2,7 @@
 //! `pg_notify('pgzfs', <json>)` on the primary. A failing hook is logged and never stops
 //! the role change it reports on.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -179,12 +179,15 @@ pub fn emit_failure(
 }
 
 fn run_hook(config: &Config, cmd: &Cmd, event: &Event) -> Result<()> {
-    // The hook also gets the event as environment variables, with the addresses of the
-    // nodes involved, so that hooks like contrib/pgbouncer-repoint need no config parsing.
+    // A clean environment (nothing of what started pgzfs, e.g. PGPASSWORD), plus the
+    // event as variables with the addresses of the nodes involved, so that hooks like
+    // contrib/pgbouncer-repoint need no config parsing.
     let mut command = std::process::Command::new(cmd.program());
     command
         .args(&cmd.argv[1..])
         .stdin(std::process::Stdio::null());
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/".to_string());
+    exec::clean_env(&mut command, Some(&home));
     command
         .env("PGZFS_EVENT", event.event)
         .env("PGZFS_NODE", &event.node)
@@ -207,17 +210,55 @@ fn run_hook(config: &Config, cmd: &Cmd, event: &Event) -> Result<()> {
         command.env("PGZFS_OTHER_NODE", other);
     }
     tracing::debug!("event hook: {}", cmd.display());
-    let out = command
-        .output()
+    let timeout = config.events.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT);
+    run_with_timeout(command, cmd, timeout)
+}
+
+/// Run a hook, killing it (and whatever it started in its process group) once `timeout`
+/// has passed: a hung hook must not freeze the daemon or a promote.
+fn run_with_timeout(
+    mut command: std::process::Command,
+    cmd: &Cmd,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    let mut child = command
+        .spawn()
         .map_err(|e| Error::failed(format!("cannot run {}: {e}", cmd.program())))?;
-    if out.status.success() {
+    let mut stderr = exec::StderrDrain::spawn(child.stderr.take().expect("piped stderr"));
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Ok(None) => {
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait();
+                // Not waiting for its stderr: something that left the group may hold it.
+                return Err(Error::failed(format!(
+                    "`{}` was still running after {}; killed",
+                    cmd.display(),
+                    crate::duration::format_duration(timeout)
+                )));
+            }
+            Err(e) => return Err(Error::failed(format!("waiting for {}: {e}", cmd.program()))),
+        }
+    };
+    if status.success() {
         Ok(())
     } else {
+        let said: String = stderr.take().chars().take(2000).collect();
         Err(Error::failed(format!(
-            "`{}` failed ({}): {}",
+            "`{}` failed ({}): {said}",
             cmd.display(),
-            exec::describe_status(out.status),
-            String::from_utf8_lossy(&out.stderr).trim()
+            exec::describe_status(status),
         )))
     }
 }
@@ -243,7 +284,13 @@ fn notify_primary(config: &Config, json: &str) -> Result<()> {
 pub struct Events {
     pub command: Option<String>,
     pub only: Vec<String>,
+    /// `events.timeout`: how long a hook may run before it is killed (None: the default,
+    /// [`DEFAULT_HOOK_TIMEOUT`]). A hung hook must not hold up a promote or the daemon.
+    pub timeout: Option<Duration>,
 }
+
+/// How long an event hook may run when `events.timeout` is not set.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The events pgzfs emits. `daemon`: a state change the daemon saw or caused (streaming
 /// broken or back, PostgreSQL restarted, a re-seed started).
@@ -287,6 +334,7 @@ mod tests {
         let events = Events {
             command: Some("/usr/local/libexec/notify --event %e 'details: %d'".into()),
             only: vec![],
+            ..Events::default()
         };
         let cmd = hook_command(&events, &event()).unwrap().unwrap();
         assert_eq!(cmd.argv.len(), 4);
@@ -301,11 +349,13 @@ mod tests {
         let events = Events {
             command: Some("/bin/true %e".into()),
             only: vec!["fence".into()],
+            ..Events::default()
         };
         assert!(hook_command(&events, &event()).is_none());
         let events = Events {
             command: Some("/bin/true %e".into()),
             only: vec!["promote".into()],
+            ..Events::default()
         };
         assert!(hook_command(&events, &event()).is_some());
         assert!(
@@ -322,5 +372,57 @@ mod tests {
         );
         assert!(split_template("a 'b").is_err());
         assert!(split_template("   ").is_err());
+    }
+
+    #[test]
+    fn a_hung_hook_is_killed_after_its_timeout_with_what_it_started() {
+        let dir = std::env::temp_dir().join(format!("pgzfs-hook-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("still-running");
+        // The hook starts a child that would write the marker after 3 s, then hangs.
+        let script = format!("(sleep 3; touch {}) & sleep 600", marker.display());
+        let cmd = Cmd::new("/bin/sh").arg("-c").arg(script);
+        let mut command = std::process::Command::new("/bin/sh");
+        command.args(&cmd.argv[1..]);
+        let started = std::time::Instant::now();
+        let err =
+            run_with_timeout(command, &cmd, std::time::Duration::from_millis(300)).unwrap_err();
+        assert!(err.to_string().contains("killed"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "did not wait for it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(3500));
+        assert!(!marker.exists(), "the hook's own child was killed too");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_hook_runs_with_a_clean_environment() {
+        let dir = std::env::temp_dir().join(format!("pgzfs-hook-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("env");
+        let cmd = Cmd::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("env > {}", out.display()));
+        let mut command = std::process::Command::new("/bin/sh");
+        command.args(&cmd.argv[1..]);
+        // What pgzfs itself might have been started with.
+        command
+            .env("PGPASSWORD", "secret")
+            .env("LD_PRELOAD", "/tmp/evil.so");
+        exec::clean_env(&mut command, Some("/root"));
+        run_with_timeout(command, &cmd, std::time::Duration::from_secs(10)).unwrap();
+        let env = std::fs::read_to_string(&out).unwrap();
+        for line in env.lines() {
+            let name = line.split('=').next().unwrap();
+            assert!(
+                ["PATH", "HOME", "PWD", "SHLVL", "_", "LANG", "TZ"].contains(&name)
+                    || name.starts_with("LC_"),
+                "{name} leaked into the hook's environment:\n{env}"
+            );
+        }
+        assert!(env.contains(&format!("PATH={}", exec::CLEAN_PATH)), "{env}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -95,12 +95,32 @@ impl RunAs {
 
     fn apply(&self, command: &mut Command) {
         // std drops root's supplementary groups itself when it changes the uid, so the
-        // server runs with the user's primary group only.
-        command
-            .uid(self.uid)
-            .gid(self.gid)
-            .env("HOME", &self.home)
-            .current_dir("/");
+        // server runs with the user's primary group only. The environment is a clean one:
+        // nothing of root's (PGOPTIONS, PGPASSWORD, LD_PRELOAD, ...) reaches the server.
+        clean_env(command, Some(&self.home));
+        command.uid(self.uid).gid(self.gid).current_dir("/");
+    }
+}
+
+/// The PATH children get: the system's directories, FreeBSD ports' and Debian's.
+pub const CLEAN_PATH: &str = "/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin";
+
+/// Names kept from pgzfs's own environment: the locale and time zone only.
+fn kept_from_environment(name: &str) -> bool {
+    name == "LANG" || name == "TZ" || name.starts_with("LC_")
+}
+
+/// Give `command` a clean environment: a fixed PATH, HOME (when given), the locale and
+/// the time zone, and nothing else of what pgzfs was started with.
+pub fn clean_env(command: &mut Command, home: Option<&str>) {
+    command.env_clear().env("PATH", CLEAN_PATH);
+    for (name, value) in std::env::vars_os() {
+        if name.to_str().is_some_and(kept_from_environment) {
+            command.env(name, value);
+        }
+    }
+    if let Some(home) = home {
+        command.env("HOME", home);
     }
 }
 

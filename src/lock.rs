@@ -1,7 +1,9 @@
 //! The local lock file: one pgzfs operation per node at a time. flock(2) is released by
 //! the kernel when the process dies, so a killed run never leaves a stale lock behind.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
+#[cfg(test)]
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -33,10 +35,6 @@ impl Drop for LocalLock {
 impl LocalLock {
     /// Wait up to `timeout` for the lock, then refuse (exit 3).
     pub fn acquire(path: &Path, timeout: Duration, what: &str) -> Result<LocalLock> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
-        }
         if HELD
             .lock()
             .expect("lock registry")
@@ -49,13 +47,12 @@ impl LocalLock {
             });
         }
         let started = Instant::now();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::failed(format!("cannot open lock file {}: {e}", path.display())))?;
+        // Never through a link: the lock file's directory may be one others can write
+        // (/tmp), and root would otherwise create or truncate whatever a link names.
+        let (dir, name) = crate::safe_dir::parent_of(path, Some(0o755))?;
+        let mut file = dir
+            .open_rw(&name, 0o600)
+            .map_err(|e| e.context("the lock file"))?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(mut locked) => {
@@ -69,7 +66,7 @@ impl LocalLock {
                 }
                 Err((returned, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
                     if started.elapsed() >= timeout {
-                        let holder = std::fs::read_to_string(path).unwrap_or_default();
+                        let holder = read_holder(&returned);
                         return Err(Error::refused(format!(
                             "another pgzfs run holds {} ({}); waited {:?}",
                             path.display(),
@@ -93,6 +90,14 @@ impl LocalLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// "PID what" as the holder wrote it, read from our own open file (not the path again).
+fn read_holder(file: &File) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 256];
+    let n = file.read_at(&mut buf, 0).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 #[cfg(test)]
@@ -146,5 +151,37 @@ mod tests {
             "released on drop"
         );
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("pgzfs-lock-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let victim = root.join("shadow");
+        std::fs::write(&victim, "root:x:0\n").unwrap();
+        let before = std::fs::metadata(&victim).unwrap();
+        let path = root.join("pgzfs-db1.lock");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let err = LocalLock::acquire(&path, Duration::ZERO, "daemon")
+            .err()
+            .expect("a link is not a lock file");
+        assert!(err.to_string().contains("pgzfs-db1.lock"), "{err}");
+        let after = std::fs::metadata(&victim).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:x:0\n");
+        assert_eq!((after.uid(), after.mode()), (before.uid(), before.mode()));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_new_lock_file_is_mode_0600() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("pgzfs-lock-mode-{}", std::process::id()));
+        let path = dir.join("sub/pgzfs.lock");
+        let lock = LocalLock::acquire(&path, Duration::ZERO, "test").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
+        drop(lock);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

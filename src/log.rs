@@ -29,8 +29,16 @@ pub fn is_initialized() -> bool {
     INITIALIZED.load(Ordering::SeqCst)
 }
 
+/// Never through a link: a log in a directory another user can write must not make root
+/// append to (or create) whatever that user points it at.
 fn open(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// A poisoned lock only means a thread panicked mid-line; the file is still good.
@@ -175,5 +183,17 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(rotated, "before\nin between\n");
         assert_eq!(fresh, "after\npanicked\n");
+    }
+
+    #[test]
+    fn a_log_file_planted_as_a_link_is_not_opened() {
+        let dir = std::env::temp_dir().join(format!("pgzfs-log-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("cron-job");
+        let path = dir.join("pgzfs.log");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(open(&path).is_err(), "the link is not followed");
+        assert!(!target.exists(), "nothing was created through it");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

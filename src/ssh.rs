@@ -162,17 +162,35 @@ fn check_host_key(session: &Session, target: &SshTarget) -> Result<()> {
             port = target.port,
             host = target.host,
         ))),
-        CheckResult::Mismatch => Err(Error::refused(format!(
-            "THE HOST KEY OF {name} HAS CHANGED: it now presents {key_type} {fingerprint}, which differs from \
-             the key recorded in {known}. Someone may be intercepting the connection. If the host was \
-             legitimately reinstalled, verify the new fingerprint on the host, then replace the entry:\n    \
-             ssh-keygen -R '{name}' -f {known} && ssh-keyscan -p {port} {host} >> {known}",
-            known = file.display(),
-            port = target.port,
-            host = target.host,
+        CheckResult::Mismatch => Err(Error::refused(changed_host_key_message(
+            &name,
+            &key_type,
+            &fingerprint,
+            file,
         ))),
         CheckResult::Failure => Err(Error::failed(format!("ssh: checking the host key of {name} against {} failed", file.display()))),
     }
+}
+
+/// What to tell the operator when a host presents another key than the recorded one. It
+/// must not suggest fetching the key over the network again (`ssh-keyscan >>
+/// known_hosts`): on an intercepted connection that records the interceptor's key. The new
+/// key is copied from the host itself.
+fn changed_host_key_message(
+    name: &str,
+    key_type: &str,
+    fingerprint: &str,
+    known: &std::path::Path,
+) -> String {
+    format!(
+        "THE HOST KEY OF {name} HAS CHANGED: it now presents {key_type} {fingerprint}, which differs from \
+         the key recorded in {known}. Someone may be intercepting the connection. If the host was \
+         legitimately reinstalled: on the host's console (not over this network), print its key and \
+         fingerprint with `cat /etc/ssh/ssh_host_ed25519_key.pub; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`; \
+         if the fingerprint is {fingerprint}, remove the old entry with `ssh-keygen -R '{name}' -f {known}` \
+         and add the line `{name} <that key>` to {known}",
+        known = known.display(),
+    )
 }
 
 fn base64_unpadded(bytes: &[u8]) -> String {
@@ -214,17 +232,44 @@ fn remote_status(channel: &mut ssh2::Channel) -> Result<ExitStatus> {
     Ok(ExitStatus::from_raw((code & 0xff) << 8))
 }
 
+/// The most of a remote command's stderr kept for messages; the rest is read and dropped.
+const MAX_REMOTE_STDERR: u64 = 64 << 10;
+
+/// The most of a remote command's stdout pgzfs reads (the longest legitimate answer, a
+/// `zfs get` of every snapshot's properties, is far below this).
+const MAX_REMOTE_STDOUT: u64 = 64 << 20;
+
+/// Bounded: the other end decides how much it writes, not how much memory we use.
 fn read_stderr(channel: &mut ssh2::Channel) -> String {
-    let mut text = String::new();
-    let _ = channel.stderr().read_to_string(&mut text);
-    text.trim().to_string()
+    let mut stderr = channel.stderr();
+    let mut bytes = Vec::new();
+    let _ = (&mut stderr)
+        .take(MAX_REMOTE_STDERR)
+        .read_to_end(&mut bytes);
+    let dropped = std::io::copy(&mut stderr, &mut std::io::sink()).unwrap_or(0);
+    let mut text = String::from_utf8_lossy(&bytes).trim().to_string();
+    if dropped > 0 {
+        text.push_str(&format!(" ... ({dropped} more bytes)"));
+    }
+    text
+}
+
+/// Read `reader` to the end, refusing more than `max` bytes.
+fn read_bounded(reader: impl Read, max: u64) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    reader.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!(
+            "more than {max} bytes of output; refusing the rest"
+        )));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 impl Runner for SshHost {
     fn output(&self, cmd: &Cmd) -> Result<Output> {
         let mut channel = self.exec(cmd)?;
-        let mut stdout = String::new();
-        channel.read_to_string(&mut stdout).map_err(|e| {
+        let stdout = read_bounded(&mut channel, MAX_REMOTE_STDOUT).map_err(|e| {
             Error::failed(format!(
                 "ssh {}: reading output of {}: {e}",
                 self.target.describe(),
@@ -285,7 +330,9 @@ impl RemoteSource {
             if n == 0 {
                 break;
             }
-            self.stderr.extend_from_slice(&buf[..n]);
+            // Kept up to a bound; the rest is read (the window needs it) and dropped.
+            let room = (MAX_REMOTE_STDERR as usize).saturating_sub(self.stderr.len());
+            self.stderr.extend_from_slice(&buf[..n.min(room)]);
         }
         self.session.set_blocking(true);
     }
@@ -301,11 +348,12 @@ impl Source for RemoteSource {
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
-        let mut rest = Vec::new();
-        let _ = self.channel.stderr().read_to_end(&mut rest);
-        self.stderr.extend_from_slice(&rest);
+        let rest = read_stderr(&mut self.channel);
         let status = remote_status(&mut self.channel)?;
-        let said = String::from_utf8_lossy(&self.stderr).trim().to_string();
+        let mut said = String::from_utf8_lossy(&self.stderr).trim().to_string();
+        if said.len() < MAX_REMOTE_STDERR as usize && !rest.is_empty() {
+            said = format!("{said} {rest}").trim().to_string();
+        }
         if status.success() {
             Ok(())
         } else {
@@ -359,6 +407,30 @@ impl Sink for RemoteSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_output_beyond_the_limit_is_refused_not_buffered() {
+        let flood = std::io::repeat(b'x').take(1_000);
+        let err = read_bounded(flood, 999).unwrap_err();
+        assert!(err.to_string().contains("more than 999 bytes"), "{err}");
+        assert_eq!(read_bounded(&b"ok\n"[..], 999).unwrap(), "ok\n");
+    }
+
+    #[test]
+    fn a_changed_host_key_is_never_answered_with_a_keyscan_into_known_hosts() {
+        let said = changed_host_key_message(
+            "[10.213.1.1]:2222",
+            "Ed255219",
+            "SHA256:abc",
+            std::path::Path::new("/root/.ssh/known_hosts"),
+        );
+        assert!(
+            said.contains("CHANGED") && said.contains("SHA256:abc"),
+            "{said}"
+        );
+        assert!(!said.contains("ssh-keyscan"), "{said}");
+        assert!(said.contains("ssh-keygen -R '[10.213.1.1]:2222'"), "{said}");
+    }
 
     #[test]
     fn fingerprints_are_printed_like_openssh_does() {

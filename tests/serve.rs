@@ -375,3 +375,70 @@ fn zfs_fuse_is_detected_as_having_no_modern_send_or_receive_features() {
     let remote = ZfsCli::new(pgzfs::ssh::SshHost::connect(&target).unwrap());
     assert_eq!(remote.features_for(&dataset).unwrap(), found);
 }
+
+/// issue 9: a standby's key could release another standby's base hold (retention may then
+/// prune it, and that standby needs a full re-seed) or rewrite the backup_label of an
+/// existing cut (a later resumed re-seed would start from the forged label). With
+/// `serve --for db2` the key acts for db2 only: re-seeding db2 works unchanged, both
+/// attacks are refused and change nothing.
+#[test]
+fn a_key_bound_to_one_standby_cannot_release_another_standbys_hold_or_relabel_a_cut() {
+    let lab = Lab::up("servefor");
+    force_serve_with(&lab, " --for db2");
+
+    // db2's own re-seed: holds with its tag, snapshot and label over one connection.
+    let full = lab.reset_secondary("db2");
+    assert_eq!(full["mode"], "full");
+    lab.assert_streaming("db2");
+    let snapshot = full["snapshot"].as_str().unwrap().to_string();
+    let label = lab.zfs(&["get", "-H", "-o", "value", "pgzfs:backup_label", &snapshot]);
+    assert_ne!(
+        label.trim(),
+        "-",
+        "the cut got its label through the bound key"
+    );
+    let taken_for = lab.zfs(&["get", "-H", "-o", "value", "pgzfs:taken_for", &snapshot]);
+    assert!(
+        taken_for.starts_with("db2/"),
+        "serve marked the snapshot as db2's: {taken_for}"
+    );
+
+    // Another standby's base hold on the same snapshot, as its own re-seed left it.
+    lab.zfs(&["hold", "pgzfs-db3", &snapshot]);
+    let before = (
+        state(&lab),
+        lab.zfs(&["get", "-H", "-o", "value", "pgzfs:backup_label", &snapshot]),
+    );
+    for attempt in [
+        format!("zfs release pgzfs-db3 {snapshot}"),
+        format!("zfs hold pgzfs-db3 {snapshot}"),
+        format!("zfs set pgzfs:backup_label=5354415254 {snapshot}"),
+        format!("zfs set pgzfs:taken_for=db2/x {snapshot}"),
+    ] {
+        let out = ssh(&lab, &attempt);
+        assert_eq!(out.status.code(), Some(3), "{attempt:?} must be refused");
+        assert!(
+            stderr_of(&out).contains("refused"),
+            "the client is told: {attempt:?}"
+        );
+    }
+    let after = (
+        state(&lab),
+        lab.zfs(&["get", "-H", "-o", "value", "pgzfs:backup_label", &snapshot]),
+    );
+    assert_eq!(after, before, "the hold and the label are unchanged");
+    assert!(
+        lab.zfs(&["get", "-H", "-o", "value", "userrefs", &snapshot])
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+            >= 2,
+        "db2's and db3's holds are both still there"
+    );
+    lab.zfs(&["release", "pgzfs-db3", &snapshot]);
+
+    // The next re-seed of db2 (incremental, releasing its own older hold) still works.
+    let incremental = lab.reset_secondary("db2");
+    assert_eq!(incremental["mode"], "incremental");
+    lab.assert_streaming("db2");
+}

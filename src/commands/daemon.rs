@@ -746,7 +746,8 @@ impl Runner {
 /// A data directory set up to start as a standby: standby.signal (PostgreSQL 12 on) or
 /// recovery.conf (11 and older).
 pub fn is_standby_data_dir(data_dir: &std::path::Path) -> bool {
-    data_dir.join("standby.signal").exists() || data_dir.join("recovery.conf").exists()
+    crate::safe_dir::Dir::open(data_dir)
+        .is_ok_and(|dir| dir.exists("standby.signal") || dir.exists("recovery.conf"))
 }
 
 fn install_panic_hook() {

@@ -21,6 +21,7 @@ use crate::pg::ctl::PgCtl;
 use crate::pg::Pg;
 use crate::progress::{human_bytes, Progress};
 use crate::replicate::{self, report, ReseedRequest};
+use crate::safe_dir::Dir;
 use crate::ssh::SshHost;
 use crate::transfer::{self, Interrupt, Sink};
 use crate::zfs::cli::ZfsCli;
@@ -192,23 +193,34 @@ fn keep_diverged_writes(
     base: &crate::zfs::names::SnapshotName,
 ) -> Result<Quarantine> {
     let local = &ctx.local;
+    // The config refuses a quarantine inside data_dir or a configured mountpoint; the
+    // dataset's actual mountpoint is only known here.
+    if let Some(mountpoint) = zfs.mountpoint(&local.dataset)? {
+        if local.quarantine_dir.starts_with(&mountpoint) {
+            return Err(Error::refused(format!(
+                "quarantine_dir {} is inside the mountpoint {} of {}: the rollback that follows would destroy it; set quarantine_dir outside the dataset",
+                local.quarantine_dir.display(),
+                mountpoint.display(),
+                local.dataset
+            )));
+        }
+    }
     let stamp = crate::timestamp::utc_compact(SystemTime::now());
     let diverged = local
         .dataset
         .snapshot(&SnapName::parse(&format!("pgzfs-diverged-{stamp}"))?);
     zfs.snapshot_recursive(&diverged, &[])?;
-    std::fs::create_dir_all(&local.quarantine_dir).map_err(|e| {
-        Error::failed(format!(
-            "cannot create {}: {e}",
-            local.quarantine_dir.display()
-        ))
-    })?;
-    let file = local.quarantine_dir.join(format!(
+    // The quarantine holds the former primary's data: root's alone (0700, files 0600),
+    // reached without following links, each file new (O_EXCL).
+    let dir = Dir::open_or_create(&local.quarantine_dir, 0o700)?;
+    restrict_quarantine_dir(&dir)?;
+    let name = format!(
         "{}-{}-diverged-{stamp}.zfs.gz",
         ctx.config.cluster, local.name
-    ));
-    let partial = file.with_extension("gz.partial");
-    let sink = GzipFile::create(&partial)?;
+    );
+    let file = local.quarantine_dir.join(&name);
+    let partial = format!("{name}.partial");
+    let sink = GzipFile::create(dir.try_clone()?, &partial)?;
     // No bwlimit: this stream goes from the local pool to a local file and crosses no
     // link. The pull from the new primary that follows is limited (reset_secondary).
     let moved = transfer::copy(
@@ -218,8 +230,8 @@ fn keep_diverged_writes(
         &Interrupt::default(),
         None,
     )?;
-    std::fs::rename(&partial, &file)
-        .map_err(|e| Error::failed(format!("cannot rename {}: {e}", partial.display())))?;
+    dir.rename(&partial, &name)?;
+    dir.sync()?;
     // Stderr and the log file: stdout carries only the summary (JSON with --json).
     tracing::info!(
         "kept the writes {} made after {base} in {} ({} of stream). To inspect them:\n  \
@@ -235,21 +247,40 @@ fn keep_diverged_writes(
     })
 }
 
+/// The quarantine directory must be root's and closed to everyone else: a directory
+/// another user owns could have its files swapped under pgzfs.
+fn restrict_quarantine_dir(dir: &Dir) -> Result<()> {
+    let (uid, _) = dir.owner()?;
+    let me = nix::unistd::geteuid().as_raw();
+    if uid != me && uid != 0 {
+        return Err(Error::refused(format!(
+            "quarantine_dir {} belongs to uid {uid}, not to root: refusing to keep a former primary's data there",
+            dir.path().display()
+        )));
+    }
+    dir.set_mode(0o700)
+}
+
 /// A gzip file as the end of a ZFS stream; written to a `.partial` name and synced so
 /// that a crash never leaves a truncated file looking complete.
 struct GzipFile {
     encoder: Option<GzEncoder<File>>,
-    path: PathBuf,
+    dir: Dir,
+    name: String,
 }
 
 impl GzipFile {
-    fn create(path: &std::path::Path) -> Result<GzipFile> {
-        let file = File::create(path)
-            .map_err(|e| Error::failed(format!("cannot create {}: {e}", path.display())))?;
+    fn create(dir: Dir, name: &str) -> Result<GzipFile> {
+        let file = dir.create_new(name, 0o600)?;
         Ok(GzipFile {
             encoder: Some(GzEncoder::new(file, Compression::fast())),
-            path: path.to_path_buf(),
+            dir,
+            name: name.to_string(),
         })
+    }
+
+    fn shown(&self) -> String {
+        self.dir.path().join(&self.name).display().to_string()
     }
 }
 
@@ -264,13 +295,13 @@ impl Sink for GzipFile {
             .take()
             .expect("open")
             .finish()
-            .map_err(|e| Error::failed(format!("writing {}: {e}", self.path.display())))?;
+            .map_err(|e| Error::failed(format!("writing {}: {e}", self.shown())))?;
         file.sync_all()
-            .map_err(|e| Error::failed(format!("syncing {}: {e}", self.path.display())))
+            .map_err(|e| Error::failed(format!("syncing {}: {e}", self.shown())))
     }
 
     fn abort(mut self: Box<Self>) {
         drop(self.encoder.take());
-        let _ = std::fs::remove_file(&self.path);
+        let _ = self.dir.remove(&self.name);
     }
 }

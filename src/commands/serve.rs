@@ -12,6 +12,11 @@
 //! is then executed directly (no shell), with the SSH channel as its stdin and stdout.
 //! Anything else is refused with exit code 3 and logged with the client's address.
 //!
+//! `serve --for NODE` binds a key to one standby ([`Binding`]): holds and releases only
+//! with that node's tag, `zfs set` only on a snapshot this key created over the same SSH
+//! connection (marked [`TAKEN_FOR`] by serve) and only once, `snapshot --for` only for
+//! that node. Without it, any standby's key may act for any standby.
+//!
 //! Two kinds of pgzfs's own commands get through too, always run as this node's pgzfs
 //! with the configuration and node serve itself runs with (the client's `--config` is
 //! replaced, its `--node` must name this node):
@@ -42,6 +47,11 @@ pub struct Serve {
     /// `pgzfs switchover` run on another node asks
     #[arg(long)]
     pub allow_orchestration: bool,
+    /// Bind this key to one standby: holds and releases only with that node's tag,
+    /// `zfs set` only on a snapshot this key created over the same SSH connection,
+    /// `snapshot --for` only for that node
+    #[arg(long = "for", value_name = "NODE")]
+    pub for_node: Option<String>,
 }
 
 impl Serve {
@@ -49,11 +59,21 @@ impl Serve {
         let ctx = invocation.load()?;
         let dataset = ctx.local.dataset.clone();
         let client = client_address();
-        let line = std::env::var("SSH_ORIGINAL_COMMAND").unwrap_or_default();
+        let line = match std::env::var("SSH_ORIGINAL_COMMAND") {
+            Ok(line) => line,
+            Err(std::env::VarError::NotPresent) => String::new(),
+            Err(std::env::VarError::NotUnicode(raw)) => {
+                return Err(Error::refused(format!(
+                    "serve: refused a command from {client}: it is not UTF-8 ({} bytes), and pgzfs sends only UTF-8",
+                    raw.len()
+                )))
+            }
+        };
         let refuse = |why: String| {
             Error::refused(format!(
-                "serve: refused {} from {client}: {why}",
-                shown(&line)
+                "serve: refused {} from {client}: {}",
+                shown(&line),
+                bounded(&why)
             ))
         };
         if line.is_empty() {
@@ -62,6 +82,10 @@ impl Serve {
             ));
         }
         let argv = split(&line).map_err(&refuse)?;
+        let binding = match &self.for_node {
+            Some(node) => Some(Binding::new(&ctx.config, &ctx.local.name, node)?),
+            None => None,
+        };
         if is_pgzfs(&argv) {
             let nodes: Vec<&str> = ctx.config.nodes.iter().map(|n| n.name.as_str()).collect();
             let allowed = check_pgzfs(
@@ -72,6 +96,9 @@ impl Serve {
                 self.allow_orchestration,
             )
             .map_err(&refuse)?;
+            if let Some(binding) = &binding {
+                binding.check_pgzfs(&allowed).map_err(&refuse)?;
+            }
             if let Some(token) = &allowed.resume {
                 verify_resume_token(token, &dataset).map_err(&refuse)?;
             }
@@ -91,9 +118,15 @@ impl Serve {
                 program.display()
             )));
         }
-        let allowed = check(&argv, &dataset).map_err(&refuse)?;
+        let mut allowed = check(&argv, &dataset).map_err(&refuse)?;
+        if let Some(binding) = &binding {
+            allowed = binding.bind(allowed).map_err(&refuse)?;
+        }
         if let Some(token) = &allowed.resume {
             verify_resume_token(token, &dataset).map_err(&refuse)?;
+        }
+        if let (Some(binding), Some(set)) = (&binding, &allowed.set) {
+            verify_set(binding, set).map_err(&refuse)?;
         }
         tracing::debug!("serve: {client}: {}", crate::shell::join(&allowed.argv));
         let program = crate::exec::find_program(&allowed.argv[0]);
@@ -129,6 +162,22 @@ fn shown(line: &str) -> String {
         format!("{head:?}... ({} bytes)", line.len())
     } else {
         format!("{line:?}")
+    }
+}
+
+/// A reason for the log, cut short and without control characters: it may quote parts of
+/// the client's command.
+fn bounded(why: &str) -> String {
+    const MAX: usize = 300;
+    let clean: String = why
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX)
+        .collect();
+    if why.chars().count() > MAX {
+        format!("{clean}...")
+    } else {
+        clean
     }
 }
 
@@ -206,6 +255,9 @@ pub struct Allowed {
     /// For `zfs send -t TOKEN`, also inside `compressed-send`: the token, which must be
     /// verified against this node's ZFS before the send runs (see [`verify_resume_token`]).
     pub resume: Option<ResumeToken>,
+    /// For `zfs set` under `serve --for`: the snapshot and property, which must be checked
+    /// against this node's ZFS before the set runs (see [`Binding::may_set`]).
+    pub set: Option<(SnapshotName, String)>,
 }
 
 /// Properties a client may read: what pgzfs needs, nothing that lists other datasets.
@@ -247,6 +299,7 @@ pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allo
     let allow = |argv: Vec<&str>| Allowed {
         argv: argv.into_iter().map(String::from).collect(),
         resume: None,
+        set: None,
     };
     let ours = |name: &str| -> std::result::Result<SnapshotName, String> {
         let snapshot = SnapshotName::parse(name).map_err(|e| e.message().to_string())?;
@@ -349,6 +402,7 @@ pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allo
                     token.as_str().into(),
                 ],
                 resume: Some(token),
+                set: None,
             })
         }
         ["zfs", "send", rest @ ..] => {
@@ -472,6 +526,7 @@ pub fn check_pgzfs(
             return Ok(Allowed {
                 argv,
                 resume: inner.resume,
+                set: None,
             });
         }
         _ => return Err("not a pgzfs command other nodes may run here".to_string()),
@@ -479,6 +534,7 @@ pub fn check_pgzfs(
     Ok(Allowed {
         argv: verb.iter().map(|w| w.to_string()).collect(),
         resume: None,
+        set: None,
     })
 }
 
@@ -514,6 +570,175 @@ fn check_pgzfs_assignment(assignment: &str) -> std::result::Result<(), String> {
         ));
     }
     crate::zfs::cli::validate_user_prop(prop, value).map_err(|e| e.message().to_string())
+}
+
+/// The user property `serve --for` adds to every snapshot a bound key creates: which node
+/// it was created for, over which SSH connection. Only that node's key, over that same
+/// connection, may then `zfs set` a property on it.
+pub const TAKEN_FOR: &str = "pgzfs:taken_for";
+
+/// A key bound to one standby by `serve --for NODE` in authorized_keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The standby this key acts for.
+    pub node: String,
+    /// That standby's hold tag (`pgzfs-SLOT`): the only one it may place or release.
+    pub tag: HoldTag,
+    /// [`TAKEN_FOR`]'s value for snapshots created over this connection.
+    pub taken_for: String,
+}
+
+impl Binding {
+    /// The binding for `node`, which must be another configured node than `this_node`
+    /// (a configuration error otherwise: the forced command is wrong).
+    pub fn new(config: &crate::config::Config, this_node: &str, node: &str) -> Result<Binding> {
+        let standby = config
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "serve --for {node:?}: not a configured node (fix the forced command in authorized_keys)"
+                ))
+            })?;
+        if node == this_node {
+            return Err(Error::usage(format!(
+                "serve --for {node:?}: that is this node itself"
+            )));
+        }
+        let tag = crate::retention::common_base_tag(standby)?;
+        Ok(Binding::with(node, tag, &connection_id()))
+    }
+
+    pub fn with(node: &str, tag: HoldTag, connection: &str) -> Binding {
+        Binding {
+            node: node.to_string(),
+            tag,
+            taken_for: format!("{node}/{connection}"),
+        }
+    }
+
+    /// Narrow a command [`check`] allowed to what this node's key may do.
+    pub fn bind(&self, mut allowed: Allowed) -> std::result::Result<Allowed, String> {
+        let words: Vec<&str> = allowed.argv.iter().map(String::as_str).collect();
+        match words.as_slice() {
+            ["zfs", "hold" | "release", tag, _] if *tag != self.tag.as_str() => {
+                return Err(format!(
+                    "this key acts for {} only; hold tag {tag} is not its tag {}",
+                    self.node, self.tag
+                ));
+            }
+            ["zfs", "snapshot", "-r", options @ .., name] => {
+                if options
+                    .iter()
+                    .any(|o| o.starts_with(&format!("{TAKEN_FOR}=")))
+                {
+                    return Err(format!("{TAKEN_FOR} is set by serve, not by the client"));
+                }
+                let mut argv: Vec<String> = words[..words.len() - 1]
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect();
+                argv.push("-o".into());
+                argv.push(format!("{TAKEN_FOR}={}", self.taken_for));
+                argv.push(name.to_string());
+                allowed.argv = argv;
+            }
+            ["zfs", "set", assignment, name] => {
+                let (prop, _) = assignment.split_once('=').unwrap_or((assignment, ""));
+                if prop == TAKEN_FOR {
+                    return Err(format!("{TAKEN_FOR} is set by serve, not by the client"));
+                }
+                let snapshot = SnapshotName::parse(name).map_err(|e| e.message().to_string())?;
+                allowed.set = Some((snapshot, prop.to_string()));
+            }
+            _ => {}
+        }
+        Ok(allowed)
+    }
+
+    /// `pgzfs snapshot --json --for STANDBY`: only for this key's own node.
+    pub fn check_pgzfs(&self, allowed: &Allowed) -> std::result::Result<(), String> {
+        match allowed.argv.as_slice() {
+            [snapshot, json, flag, standby]
+                if snapshot == "snapshot" && json == "--json" && flag == "--for" =>
+            {
+                if *standby != self.node {
+                    return Err(format!(
+                        "this key acts for {} only, not for {standby}",
+                        self.node
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `zfs set PROP=...` may touch a snapshot whose [`TAKEN_FOR`] is `taken_for`
+    /// and whose PROP is `current` now: only one this key created over this connection,
+    /// and only a property not set yet (a complete cut is never rewritten).
+    pub fn may_set(
+        &self,
+        snapshot: &SnapshotName,
+        prop: &str,
+        taken_for: Option<&str>,
+        current: Option<&str>,
+    ) -> std::result::Result<(), String> {
+        if taken_for != Some(self.taken_for.as_str()) {
+            return Err(format!(
+                "{snapshot} was not created by this key ({}) over this connection",
+                self.node
+            ));
+        }
+        if current.is_some() {
+            return Err(format!(
+                "{prop} of {snapshot} is already set; it is not rewritten"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// This SSH connection, as sshd describes it to every command run over it ("client
+/// port server port", made property-safe). The same for every channel of one connection.
+fn connection_id() -> String {
+    let raw = std::env::var("SSH_CONNECTION").unwrap_or_default();
+    let words: Vec<String> = raw
+        .split_whitespace()
+        .map(|w| {
+            w.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || ".:-".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    if words.is_empty() {
+        "no-ssh-connection".to_string()
+    } else {
+        words.join("/")
+    }
+}
+
+/// Read what [`Binding::may_set`] needs from this node's ZFS and decide.
+fn verify_set(binding: &Binding, set: &(SnapshotName, String)) -> std::result::Result<(), String> {
+    use crate::zfs::Zfs;
+    let (snapshot, prop) = set;
+    let zfs =
+        crate::zfs::cli::ZfsCli::with_program(crate::exec::Local, crate::exec::find_program("zfs"));
+    let name = snapshot.to_string();
+    let taken_for = zfs
+        .get_text(&name, TAKEN_FOR)
+        .map_err(|e| e.message().to_string())?;
+    let current = zfs
+        .get_text(&name, prop)
+        .map_err(|e| e.message().to_string())?;
+    binding.may_set(snapshot, prop, taken_for.as_deref(), current.as_deref())
 }
 
 /// `zfs send -t` streams whatever snapshot the token names *by GUID*, and the token comes
@@ -1199,5 +1424,129 @@ mod tests {
             compressed,
             "every compressed stream went through compressed-send"
         );
+    }
+
+    fn bound(node: &str) -> Binding {
+        Binding::with(
+            node,
+            HoldTag::parse(&format!("pgzfs-{node}")).unwrap(),
+            "10.213.1.2/51234/10.213.1.1/22",
+        )
+    }
+
+    fn bound_check(binding: &Binding, argv: &[&str]) -> std::result::Result<Allowed, String> {
+        let words = split(&line(argv)).unwrap();
+        binding.bind(check(&words, &dataset())?)
+    }
+
+    #[test]
+    fn a_refusal_reason_is_one_short_log_line() {
+        let long = format!(
+            "{:?} is not quoted the way pgzfs quotes\nFAKE LOG LINE",
+            "x".repeat(5000)
+        );
+        let shown = bounded(&long);
+        assert!(shown.chars().count() <= 303, "{}", shown.len());
+        assert!(!shown.contains('\n'));
+        assert_eq!(bounded("short"), "short");
+    }
+
+    #[test]
+    fn a_bound_key_cannot_release_or_hold_with_another_standbys_tag() {
+        let db2 = bound("db2");
+        let snap = "tank/pgdata@pgzfs-20261122T003000Z";
+        for verb in ["hold", "release"] {
+            let why = bound_check(&db2, &["zfs", verb, "pgzfs-db3", snap]).unwrap_err();
+            assert!(why.contains("db2") && why.contains("pgzfs-db3"), "{why}");
+            assert!(bound_check(&db2, &["zfs", verb, "pgzfs-db2", snap]).is_ok());
+        }
+        // Unbound keys keep today's behaviour: any pgzfs- tag.
+        assert!(check(
+            &split(&line(&["zfs", "release", "pgzfs-db3", snap])).unwrap(),
+            &dataset()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_bound_keys_snapshot_is_marked_with_its_node_and_connection() {
+        let db2 = bound("db2");
+        let snap = "tank/pgdata@pgzfs-20261122T003000Z";
+        let allowed = bound_check(
+            &db2,
+            &["zfs", "snapshot", "-r", "-o", "pgzfs:lsn=0/3000028", snap],
+        )
+        .unwrap();
+        assert_eq!(
+            allowed.argv,
+            vec![
+                "zfs",
+                "snapshot",
+                "-r",
+                "-o",
+                "pgzfs:lsn=0/3000028",
+                "-o",
+                "pgzfs:taken_for=db2/10.213.1.2/51234/10.213.1.1/22",
+                snap
+            ]
+        );
+        let forged = format!("{TAKEN_FOR}=db3/x");
+        assert!(bound_check(&db2, &["zfs", "snapshot", "-r", "-o", &forged, snap]).is_err());
+        assert!(bound_check(&db2, &["zfs", "set", &forged, snap]).is_err());
+    }
+
+    #[test]
+    fn a_bound_key_sets_a_label_only_once_on_its_own_snapshot_of_this_connection() {
+        let db2 = bound("db2");
+        let snap = SnapshotName::parse("tank/pgdata@pgzfs-20261122T003000Z").unwrap();
+        let label = "pgzfs:backup_label";
+        let allowed = bound_check(
+            &db2,
+            &["zfs", "set", "pgzfs:backup_label=5354", &snap.to_string()],
+        )
+        .unwrap();
+        assert_eq!(allowed.set, Some((snap.clone(), label.to_string())));
+        let ours = db2.taken_for.clone();
+        assert!(db2.may_set(&snap, label, Some(&ours), None).is_ok());
+        // Forging the label of an existing cut: already set.
+        assert!(db2
+            .may_set(&snap, label, Some(&ours), Some("5354"))
+            .is_err());
+        // Another standby's cut, or one made over an earlier connection, or by hand.
+        let db3s = bound("db3").taken_for;
+        assert!(db2.may_set(&snap, label, Some(&db3s), None).is_err());
+        let other_connection =
+            Binding::with("db2", db2.tag.clone(), "10.213.1.2/40000/10.213.1.1/22");
+        assert!(other_connection
+            .may_set(&snap, label, Some(&ours), None)
+            .is_err());
+        assert!(db2.may_set(&snap, label, None, None).is_err());
+    }
+
+    #[test]
+    fn a_bound_key_asks_for_cuts_for_its_own_node_only() {
+        let db2 = bound("db2");
+        let words = |standby: &str| -> Vec<String> {
+            [
+                "/usr/local/bin/pgzfs",
+                "--config",
+                "/c",
+                "--node",
+                "db1",
+                "snapshot",
+                "--json",
+                "--for",
+                standby,
+            ]
+            .iter()
+            .map(|w| w.to_string())
+            .collect()
+        };
+        let nodes = ["db1", "db2", "db3"];
+        let for_db3 = check_pgzfs(&words("db3"), "db1", &nodes, &dataset(), false).unwrap();
+        let why = db2.check_pgzfs(&for_db3).unwrap_err();
+        assert!(why.contains("db3"), "{why}");
+        let for_db2 = check_pgzfs(&words("db2"), "db1", &nodes, &dataset(), false).unwrap();
+        assert!(db2.check_pgzfs(&for_db2).is_ok());
     }
 }

@@ -201,6 +201,7 @@ struct RawConfig {
 struct RawEvents {
     command: Option<String>,
     only: Option<Vec<String>>,
+    timeout: Option<String>,
 }
 
 /// `[retention]` as written; counts are read as i64 for the same reason as ports.
@@ -222,7 +223,21 @@ fn check_events(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
         if command.trim().is_empty() || command.contains(['\n', '\r', '\0']) {
             return Err("events.command: must be one non-empty line".to_string());
         }
+        // Split now, as it will be when an event fires: a broken template must be found
+        // when the configuration is read, not in the middle of a failover.
+        crate::events::split_template(command).map_err(|why| format!("events.command: {why}"))?;
     }
+    let timeout = match raw.timeout {
+        Some(text) => {
+            let timeout = crate::duration::parse_duration(&text)
+                .map_err(|why| format!("events.timeout: {why}"))?;
+            if timeout.is_zero() {
+                return Err("events.timeout: must be more than 0s".to_string());
+            }
+            Some(timeout)
+        }
+        None => None,
+    };
     let only = raw.only.unwrap_or_default();
     if let Some(unknown) = only.iter().find(|e| !EVENT_NAMES.contains(&e.as_str())) {
         return Err(format!(
@@ -233,6 +248,7 @@ fn check_events(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
     Ok(Events {
         command: raw.command,
         only,
+        timeout,
     })
 }
 
@@ -317,6 +333,7 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
             .over(&defaults)
             .complete(name, host, home)
             .and_then(|node| data_dir_on_the_dataset(&node).map(|()| node))
+            .and_then(|node| quarantine_outside_the_dataset(&node).map(|()| node))
             .and_then(|node| tls_settings_fit_together(&node).map(|()| node))
             .map_err(|why| format!("{}: {why}", section.whole()))?;
         nodes.push(node);
@@ -349,6 +366,25 @@ fn data_dir_on_the_dataset(node: &Node) -> Result<(), String> {
         )),
         _ => Ok(()),
     }
+}
+
+/// The rollback that follows keeping a former primary's writes would destroy a
+/// quarantine inside the dataset, and the PostgreSQL user can write there.
+fn quarantine_outside_the_dataset(node: &Node) -> Result<(), String> {
+    for (key, inside) in [
+        ("data_dir", Some(&node.data_dir)),
+        ("mountpoint", node.mountpoint.as_ref()),
+    ] {
+        if let Some(inside) = inside.filter(|dir| node.quarantine_dir.starts_with(dir)) {
+            return Err(format!(
+                "quarantine_dir {:?} is inside {key} {:?}; it must be outside the replicated dataset \
+                 (a rollback would destroy what it keeps, and the PostgreSQL user can write there)",
+                node.quarantine_dir.display().to_string(),
+                inside.display().to_string()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A verifying sslmode needs a CA to verify against, and a client certificate its key.

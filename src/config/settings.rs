@@ -195,8 +195,8 @@ node_settings! {
     pg_bin: String, path => PathBuf, or(|_| PathBuf::from("/usr/local/bin")) => PathBuf;
     pg_os_user: String, word => String, or(|_| "postgres".to_string()) => String;
     pg_port: i64, port => u16, or(|_| 5432) => u16;
-    pg_user: String, word => String, or(|_| "replicator".to_string()) => String;
-    pg_database: String, word => String, or(|_| "postgres".to_string()) => String;
+    pg_user: String, identifier => String, or(|_| "replicator".to_string()) => String;
+    pg_database: String, identifier => String, or(|_| "postgres".to_string()) => String;
     pg_passfile: String, home_path => PathBuf, optional => Option<PathBuf>;
     /// TLS to this node's PostgreSQL, with libpq's sslmode names (see `Node::pg_tls`).
     pg_sslmode: String, |v: String, _: &Reading| SslMode::parse(&v) => SslMode,

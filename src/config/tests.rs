@@ -1099,3 +1099,68 @@ fn bad_tls_settings_are_refused_naming_the_key() {
     let message = refusal(&minimal_with_default_lines("pg_sslmode = \"ssl\""));
     assert!(message.contains("defaults.pg_sslmode"), "{message}");
 }
+
+#[test]
+fn a_quarantine_inside_the_replicated_dataset_is_refused_naming_the_key() {
+    let inside_data = refusal(&minimal_with_node_lines(
+        "quarantine_dir = \"/var/db/postgres/data15/quarantine\"",
+    ));
+    assert!(inside_data.contains("quarantine_dir"), "{inside_data}");
+    assert!(inside_data.contains("data_dir"), "{inside_data}");
+    let inside_mount = refusal(&minimal_with_node_lines(
+        "mountpoint = \"/var/db/postgres\"\nquarantine_dir = \"/var/db/postgres/kept\"",
+    ));
+    assert!(inside_mount.contains("quarantine_dir"), "{inside_mount}");
+    assert!(inside_mount.contains("mountpoint"), "{inside_mount}");
+    let outside = parse(&minimal_with_node_lines(
+        "mountpoint = \"/var/db/postgres\"\nquarantine_dir = \"/var/db/pgzfs/kept\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        outside.nodes[0].quarantine_dir,
+        PathBuf::from("/var/db/pgzfs/kept")
+    );
+}
+
+#[test]
+fn an_events_command_with_an_unbalanced_quote_is_refused_at_load_not_when_it_fires() {
+    let text = format!(
+        "{}\n[events]\ncommand = \"/usr/local/libexec/hook '%e\"\n",
+        minimal_with_node_lines("")
+    );
+    let why = refusal(&text);
+    assert!(
+        why.contains("events.command") && why.contains("quote"),
+        "{why}"
+    );
+}
+
+#[test]
+fn the_hook_timeout_is_read_and_must_be_positive() {
+    let with = |t: &str| {
+        format!(
+            "{}\n[events]\ncommand = \"/bin/true\"\ntimeout = \"{t}\"\n",
+            minimal_with_node_lines("")
+        )
+    };
+    assert_eq!(
+        parse(&with("30s")).unwrap().events.timeout,
+        Some(Duration::from_secs(30))
+    );
+    assert!(refusal(&with("0s")).contains("events.timeout"));
+    assert!(refusal(&with("36501d")).contains("events.timeout"));
+}
+
+#[test]
+fn names_postgresql_would_cut_to_63_bytes_are_refused_at_load() {
+    let long = "n".repeat(64);
+    let why = refusal(&MINIMAL.replace("name = \"db1\"", &format!("name = \"{long}\"")));
+    assert!(why.contains("name") && why.contains("63"), "{why}");
+    assert!(
+        parse(&MINIMAL.replace("name = \"db1\"", &format!("name = \"{}\"", &long[..63]))).is_ok()
+    );
+    for key in ["pg_user", "pg_database"] {
+        let why = refusal(&minimal_with_node_lines(&format!("{key} = \"{long}\"")));
+        assert!(why.contains(key) && why.contains("63"), "{why}");
+    }
+}

@@ -35,6 +35,11 @@ pub(super) fn word(value: String, _: &Reading) -> Result<String, String> {
     plain_word(&value)
 }
 
+/// A role or database name: a plain word PostgreSQL will not cut short.
+pub(super) fn identifier(value: String, _: &Reading) -> Result<String, String> {
+    plain_word(&value).and_then(|v| pg_identifier(&v).map(|()| v))
+}
+
 // Ports and counts are read as i64 so that out-of-range values get our message, which
 // names the key and the range, instead of a bare "invalid value".
 pub(super) fn port(value: i64, _: &Reading) -> Result<u16, String> {
@@ -223,7 +228,22 @@ pub(super) fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
 
 pub(super) fn node_name(value: &str) -> Result<(), String> {
     // Node names appear on command lines (--node) and in lock file paths, like user names.
-    plain_word(value).map(drop)
+    plain_word(value)?;
+    // And as application_name and (by default) slot name, which PostgreSQL cuts to 63
+    // bytes: the standby would then never be recognised as streaming.
+    pg_identifier(value)
+}
+
+/// PostgreSQL cuts identifiers (and application_name) longer than 63 bytes, so a longer
+/// name would silently become another one.
+pub(super) fn pg_identifier(value: &str) -> Result<(), String> {
+    if value.len() > MAX_SLOT_NAME_LEN {
+        return Err(format!(
+            "{value:?} is {} bytes long; PostgreSQL cuts names to {MAX_SLOT_NAME_LEN} bytes",
+            value.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A host for ssh and libpq: a name, an IPv4 address, or an IPv6 address (with an

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::safe_dir::Dir;
 
 /// `DBState` from pg_control. The numbering has been stable since PostgreSQL 9.0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,33 +106,46 @@ pub fn parse_control(bytes: &[u8]) -> Result<ControlData> {
     })
 }
 
-/// None when the directory holds no cluster.
+/// The data directory's handle, or None when there is no directory at all.
+fn open_data_dir(data_dir: &Path) -> Result<Option<Dir>> {
+    match std::fs::symlink_metadata(data_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        _ => Dir::open(data_dir).map(Some),
+    }
+}
+
+/// None when the directory holds no cluster. Read without following links: `global` and
+/// `pg_control` must be the directory's own.
 pub fn read_control(data_dir: &Path) -> Result<Option<ControlData>> {
     let path = data_dir.join("global/pg_control");
-    match std::fs::read(&path) {
-        Ok(bytes) => parse_control(&bytes)
+    let Some(dir) = open_data_dir(data_dir)? else {
+        return Ok(None);
+    };
+    let Some(global) = dir.subdir("global")? else {
+        return Ok(None);
+    };
+    match global.read_trusted("pg_control")? {
+        Some(bytes) => parse_control(&bytes)
             .map(Some)
             .map_err(|e| e.context(path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::failed(format!(
-            "cannot read {}: {e}",
-            path.display()
-        ))),
+        None => Ok(None),
     }
 }
 
 /// The major version in PG_VERSION ("15", or "9.6" for old clusters).
 pub fn read_major(data_dir: &Path) -> Result<Option<u32>> {
     let path = data_dir.join("PG_VERSION");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => parse_major(text.trim()).map(Some).ok_or_else(|| {
-            Error::failed(format!("{}: odd version {:?}", path.display(), text.trim()))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::failed(format!(
-            "cannot read {}: {e}",
-            path.display()
-        ))),
+    let Some(dir) = open_data_dir(data_dir)? else {
+        return Ok(None);
+    };
+    match dir.read_trusted("PG_VERSION")? {
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            parse_major(text.trim()).map(Some).ok_or_else(|| {
+                Error::failed(format!("{}: odd version {:?}", path.display(), text.trim()))
+            })
+        }
+        None => Ok(None),
     }
 }
 
@@ -150,7 +164,10 @@ pub fn parse_major(version: &str) -> Option<u32> {
 /// a stranger. So the PID must be alive, be a postgres process, and the file must name
 /// this directory.
 pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    // Not through a link: a planted postmaster.pid must not make root read elsewhere.
+    let dir = Dir::open(data_dir).ok()?;
+    let bytes = dir.read_trusted("postmaster.pid").ok()??;
+    let text = String::from_utf8_lossy(&bytes);
     let (pid, dir) = parse_pid_file(&text)?;
     if !same_dir(Path::new(&dir), data_dir) {
         return None;
@@ -273,6 +290,30 @@ mod tests {
             "alive, right directory, but not postgres"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_linked_pg_version_or_global_dir_is_refused_not_read_through() {
+        let root = std::env::temp_dir().join(format!("pgzfs-control-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("data");
+        let elsewhere = root.join("elsewhere");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("PG_VERSION"), "15\n").unwrap();
+        std::fs::write(elsewhere.join("pg_control"), control(1, 6)).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("PG_VERSION"), dir.join("PG_VERSION")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("global")).unwrap();
+        let err = read_major(&dir).unwrap_err();
+        assert!(err.to_string().contains("PG_VERSION"), "{err}");
+        let err = read_control(&dir).unwrap_err();
+        assert!(err.to_string().contains("global"), "{err}");
+        // The real thing still reads.
+        std::fs::remove_file(dir.join("PG_VERSION")).unwrap();
+        std::fs::write(dir.join("PG_VERSION"), "15\n").unwrap();
+        assert_eq!(read_major(&dir).unwrap(), Some(15));
+        assert_eq!(read_major(&root.join("missing")).unwrap(), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -150,26 +150,29 @@ impl PgCtl {
     }
 
     /// pg_ctl opens its log as the PostgreSQL user, who often may not create files where
-    /// operators keep logs; create it for them, owned by that user.
+    /// operators keep logs; create it for them, owned by that user. Anything already at
+    /// that name (a link too) is left as it is: pg_ctl opens it with that user's rights,
+    /// not root's. A new file is created with O_EXCL|O_NOFOLLOW in a directory reached
+    /// without following links another user planted, and chowned through its handle.
     fn prepare_log_file(&self) -> Result<()> {
-        if self.log_file.exists() {
+        let (dir, name) = crate::safe_dir::parent_of(&self.log_file, None)
+            .map_err(|e| e.context("the PostgreSQL log file's directory"))?;
+        if dir.exists(&name) {
             return Ok(());
         }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_file)
-            .map_err(|e| {
-                Error::failed(format!(
-                    "cannot create the PostgreSQL log {}: {e}",
-                    self.log_file.display()
-                ))
-            })?;
+        let file = match dir.create_new(&name, 0o600) {
+            Ok(file) => file,
+            // Created meanwhile by someone else: theirs to open, as above.
+            Err(_) if dir.exists(&name) => return Ok(()),
+            Err(e) => return Err(e.context("creating the PostgreSQL log")),
+        };
         if let Some(user) = &self.run_as {
-            nix::unistd::chown(&self.log_file, Some(user.uid.into()), Some(user.gid.into()))
-                .map_err(|e| {
-                    Error::failed(format!("cannot chown {}: {e}", self.log_file.display()))
-                })?;
+            nix::unistd::fchown(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                Some(user.uid.into()),
+                Some(user.gid.into()),
+            )
+            .map_err(|e| Error::failed(format!("cannot chown {}: {e}", self.log_file.display())))?;
         }
         Ok(())
     }

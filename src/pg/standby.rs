@@ -3,11 +3,11 @@
 //! and the standby configuration for the server's major version.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pg::tls::PgTls;
+use crate::safe_dir::{Dir, Found};
 
 /// Everything written into the standby's configuration.
 #[derive(Debug, Clone)]
@@ -148,84 +148,83 @@ pub fn recovery_conf(setup: &StandbySetup) -> String {
     out
 }
 
-/// Writes files owned like the data directory itself (PostgreSQL refuses foreign files).
+/// Writes files into the data directory through its handle (see [`crate::safe_dir`]),
+/// owned like the directory itself (PostgreSQL refuses foreign files), mode 0600.
 struct Writer {
-    uid: u32,
-    gid: u32,
+    dir: Dir,
+    owner: (u32, u32),
 }
 
 impl Writer {
-    fn write(&self, path: &Path, text: &str) -> Result<()> {
-        std::fs::write(path, text)
-            .map_err(|e| Error::failed(format!("cannot write {}: {e}", path.display())))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::failed(format!("cannot chmod {}: {e}", path.display())))?;
-        nix::unistd::chown(path, Some(self.uid.into()), Some(self.gid.into()))
-            .map_err(|e| Error::failed(format!("cannot chown {}: {e}", path.display())))
+    fn open(data_dir: &Path) -> Result<Writer> {
+        let dir = Dir::open(data_dir)?;
+        let owner = dir.owner()?;
+        Ok(Writer { dir, owner })
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<()> {
+        self.dir
+            .write(name, text.as_bytes(), 0o600, Some(self.owner))
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        self.dir.remove(name).map(drop)
+    }
+
+    /// postgresql.auto.conf as it is now. Anything but a regular file (a symbolic link the
+    /// PostgreSQL user planted, say to a root-only file) is not read: it is replaced by a
+    /// regular file holding only pgzfs's settings.
+    fn auto_conf(&self) -> Result<String> {
+        match self.dir.read(AUTO_CONF)? {
+            Found::Missing => Ok(String::new()),
+            Found::File(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Found::Other(what) => {
+                tracing::warn!(
+                    "{} is {what}, not a regular file: not followed; it is replaced by a regular file with pgzfs's settings only",
+                    self.dir.path().join(AUTO_CONF).display()
+                );
+                Ok(String::new())
+            }
+        }
     }
 }
 
-fn remove_if_present(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::failed(format!(
-            "cannot remove {}: {e}",
-            path.display()
-        ))),
-    }
-}
+const AUTO_CONF: &str = "postgresql.auto.conf";
 
 /// Set one setting in postgresql.auto.conf (replacing any earlier value), keeping the
 /// file's owner. For fencing a primary read-only without a superuser connection.
 pub fn set_auto_conf(data_dir: &Path, key: &str, value: &str, why: &str) -> Result<()> {
-    let meta = std::fs::metadata(data_dir)
-        .map_err(|e| Error::failed(format!("cannot read {}: {e}", data_dir.display())))?;
-    let writer = Writer {
-        uid: meta.uid(),
-        gid: meta.gid(),
-    };
-    let auto_conf = data_dir.join("postgresql.auto.conf");
-    let existing = std::fs::read_to_string(&auto_conf).unwrap_or_default();
+    let writer = Writer::open(data_dir)?;
+    let existing = writer.auto_conf()?;
     let mut text: String = existing
         .lines()
         .filter(|line| setting_key(line).as_deref() != Some(key))
         .map(|line| format!("{line}\n"))
         .collect();
     text.push_str(&format!("{key} = {} # pgzfs: {why}\n", guc_quote(value)));
-    writer.write(&auto_conf, &text)
+    writer.write(AUTO_CONF, &text)
 }
 
 /// Point an existing standby at a (new) primary: rewrite only its standby configuration.
 pub fn repoint_standby(data_dir: &Path, setup: &StandbySetup) -> Result<()> {
-    let meta = std::fs::metadata(data_dir)
-        .map_err(|e| Error::failed(format!("cannot read {}: {e}", data_dir.display())))?;
-    let writer = Writer {
-        uid: meta.uid(),
-        gid: meta.gid(),
-    };
-    let auto_conf = data_dir.join("postgresql.auto.conf");
-    let existing = std::fs::read_to_string(&auto_conf).unwrap_or_default();
-    writer.write(&auto_conf, &rewrite_auto_conf(&existing, setup))?;
+    let writer = Writer::open(data_dir)?;
+    let existing = writer.auto_conf()?;
+    writer.write(AUTO_CONF, &rewrite_auto_conf(&existing, setup))?;
     if setup.major >= 12 {
-        writer.write(&data_dir.join("standby.signal"), "")
+        writer.write("standby.signal", "")
     } else {
-        writer.write(&data_dir.join("recovery.conf"), &recovery_conf(setup))
+        writer.write("recovery.conf", &recovery_conf(setup))
     }
 }
 
 /// Prepare a received data directory to start as a standby.
 pub fn make_standby(data_dir: &Path, setup: &StandbySetup) -> Result<()> {
-    let meta = std::fs::metadata(data_dir).map_err(|e| {
-        Error::failed(format!(
-            "data directory {} is missing after the receive: {e}",
+    let writer = Writer::open(data_dir).map_err(|e| {
+        e.context(format!(
+            "data directory {} after the receive",
             data_dir.display()
         ))
     })?;
-    let writer = Writer {
-        uid: meta.uid(),
-        gid: meta.gid(),
-    };
 
     // The primary was running when the snapshot was taken: its lock and options files
     // would make our start refuse or behave like the primary.
@@ -237,40 +236,31 @@ pub fn make_standby(data_dir: &Path, setup: &StandbySetup) -> Result<()> {
         "standby.signal",
         "recovery.conf",
     ] {
-        remove_if_present(&data_dir.join(leftover))?;
+        writer.remove(leftover)?;
     }
     // The primary's slots (including the one for this very node) are meaningless here
-    // and would pin WAL on the standby forever.
-    let slots = data_dir.join("pg_replslot");
-    if let Ok(entries) = std::fs::read_dir(&slots) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let removed = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            removed.map_err(|e| Error::failed(format!("cannot remove {}: {e}", path.display())))?;
-        }
+    // and would pin WAL on the standby forever. A linked pg_replslot is refused: the
+    // slots to remove would be somewhere else.
+    if let Some(slots) = writer.dir.subdir("pg_replslot")? {
+        slots.clear()?;
     }
 
-    writer.write(&data_dir.join("backup_label"), &setup.labelfile)?;
+    writer.write("backup_label", &setup.labelfile)?;
     if setup.spcmapfile.is_empty() {
-        remove_if_present(&data_dir.join("tablespace_map"))?;
+        writer.remove("tablespace_map")?;
     } else {
-        writer.write(&data_dir.join("tablespace_map"), &setup.spcmapfile)?;
+        writer.write("tablespace_map", &setup.spcmapfile)?;
     }
 
-    let auto_conf = data_dir.join("postgresql.auto.conf");
-    let existing = std::fs::read_to_string(&auto_conf).unwrap_or_default();
-    writer.write(&auto_conf, &rewrite_auto_conf(&existing, setup))?;
+    let existing = writer.auto_conf()?;
+    writer.write(AUTO_CONF, &rewrite_auto_conf(&existing, setup))?;
     if setup.major >= 12 {
-        writer.write(&data_dir.join("standby.signal"), "")?;
+        writer.write("standby.signal", "")?;
     } else {
-        writer.write(&data_dir.join("recovery.conf"), &recovery_conf(setup))?;
+        writer.write("recovery.conf", &recovery_conf(setup))?;
     }
     // Last: from here on the directory is a standby's.
-    remove_if_present(&data_dir.join(RECEIVED_NOT_CONFIGURED))
+    writer.remove(RECEIVED_NOT_CONFIGURED)
 }
 
 #[cfg(test)]
@@ -397,5 +387,112 @@ mod tests {
         assert!(dir.join("standby.signal").exists());
         assert!(!dir.join("tablespace_map").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A root-only file outside the data directory, and the files a postgres user could
+    /// plant as links to it in a received copy of the primary.
+    fn planted(test: &str) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let root =
+            std::env::temp_dir().join(format!("pgzfs-standby-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("data");
+        std::fs::create_dir_all(dir.join("pg_replslot")).unwrap();
+        let victim = root.join("master.passwd");
+        std::fs::write(&victim, "root:secret\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for name in [
+            "postgresql.auto.conf",
+            "backup_label",
+            "tablespace_map",
+            "standby.signal",
+            "postmaster.pid",
+            RECEIVED_NOT_CONFIGURED,
+        ] {
+            symlink(&victim, dir.join(name)).unwrap();
+        }
+        symlink(&victim, dir.join("pg_replslot/db2")).unwrap();
+        (root, dir)
+    }
+
+    fn assert_root_file_untouched(root: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let victim = root.join("master.passwd");
+        let meta = std::fs::symlink_metadata(&victim).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:secret\n");
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "still root's");
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn links_planted_by_postgres_are_replaced_and_their_root_owned_target_left_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let (root, dir) = planted("links");
+        // The data directory belongs to the PostgreSQL user (uid/gid 4321 here).
+        nix::unistd::chown(&dir, Some(4321.into()), Some(4321.into())).unwrap();
+        make_standby(&dir, &setup(15)).unwrap();
+        assert_root_file_untouched(&root);
+        for name in ["postgresql.auto.conf", "backup_label", "standby.signal"] {
+            let meta = std::fs::symlink_metadata(dir.join(name)).unwrap();
+            assert!(meta.file_type().is_file(), "{name} is a regular file now");
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (4321, 4321),
+                "{name} is postgres's"
+            );
+            assert_eq!(meta.mode() & 0o7777, 0o600);
+        }
+        let auto_conf = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+        assert!(
+            !auto_conf.contains("secret"),
+            "the link's target was not read: {auto_conf}"
+        );
+        assert!(auto_conf.contains("primary_conninfo"), "{auto_conf}");
+        for gone in ["tablespace_map", "postmaster.pid", RECEIVED_NOT_CONFIGURED] {
+            assert!(
+                std::fs::symlink_metadata(dir.join(gone)).is_err(),
+                "{gone} removed"
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.join("pg_replslot")).unwrap().count(),
+            0
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn fencing_and_repointing_write_no_further_than_the_data_directory() {
+        let (root, dir) = planted("fence");
+        set_auto_conf(&dir, "default_transaction_read_only", "on", "fenced").unwrap();
+        assert_root_file_untouched(&root);
+        std::fs::remove_file(dir.join("postgresql.auto.conf")).unwrap();
+        std::os::unix::fs::symlink(root.join("master.passwd"), dir.join("postgresql.auto.conf"))
+            .unwrap();
+        repoint_standby(&dir, &setup(15)).unwrap();
+        assert_root_file_untouched(&root);
+        let text = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+        assert!(!text.contains("secret"), "{text}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_linked_pg_replslot_is_refused_and_nothing_is_removed_through_it() {
+        let (root, dir) = planted("replslot");
+        let elsewhere = root.join("slots-elsewhere");
+        std::fs::create_dir_all(elsewhere.join("db9")).unwrap();
+        std::fs::remove_dir_all(dir.join("pg_replslot")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("pg_replslot")).unwrap();
+        let err = make_standby(&dir, &setup(15)).unwrap_err();
+        assert!(
+            err.to_string().contains("pg_replslot"),
+            "names the path: {err}"
+        );
+        assert!(
+            elsewhere.join("db9").is_dir(),
+            "nothing removed through the link"
+        );
+        assert_root_file_untouched(&root);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -16,6 +16,7 @@ use crate::pg::ctl::PgCtl;
 use crate::pg::standby::{make_standby, RECEIVED_NOT_CONFIGURED};
 use crate::pg::{Pg, RESEED_LOCK};
 use crate::progress::{human_bytes, Progress};
+use crate::safe_dir::Dir;
 use crate::steps::{round, Steps};
 use crate::transfer::{self, Interrupt};
 use crate::zfs::features::{ResumeToken, SendOptions};
@@ -517,7 +518,7 @@ impl Reseed<'_> {
                 }
             }
         } else if let Some(c) = control {
-            let unfinished_reseed = local.data_dir.join(RECEIVED_NOT_CONFIGURED).exists();
+            let unfinished_reseed = received_marker_present(&local.data_dir);
             if unfinished_reseed {
                 tracing::info!(
                     "{} holds a received copy that an interrupted run did not finish configuring",
@@ -694,21 +695,6 @@ impl Reseed<'_> {
             local_zfs.set_mountpoint(dataset, &wanted)?;
         }
         local_zfs.mount(dataset)?;
-        // The copied lock file names the primary's postmaster; nothing may act on it here.
-        for leftover in ["postmaster.pid", "postmaster.opts"] {
-            let _ = std::fs::remove_file(local.data_dir.join(leftover));
-        }
-        // Until make_standby is done, this copy of a primary must not count as one.
-        std::fs::write(
-            local.data_dir.join(RECEIVED_NOT_CONFIGURED),
-            "received by pgzfs reset-secondary, not yet a standby\n",
-        )
-        .map_err(|e| {
-            Error::failed(format!(
-                "cannot mark {} as received: {e}",
-                local.data_dir.display()
-            ))
-        })?;
         if !local.data_dir.starts_with(&wanted) {
             return Err(Error::usage(format!(
                 "data_dir {} is not below the dataset's mountpoint {}",
@@ -716,6 +702,22 @@ impl Reseed<'_> {
                 wanted.display()
             )));
         }
+        // The copied lock file names the primary's postmaster; nothing may act on it here.
+        // Through the directory's handle: every name in it came from the primary, where
+        // the PostgreSQL user could have made it a link.
+        let data_dir = Dir::open(&local.data_dir)?;
+        for leftover in ["postmaster.pid", "postmaster.opts"] {
+            data_dir.remove(leftover)?;
+        }
+        // Until make_standby is done, this copy of a primary must not count as one.
+        data_dir
+            .write(
+                RECEIVED_NOT_CONFIGURED,
+                b"received by pgzfs reset-secondary, not yet a standby\n",
+                0o600,
+                None,
+            )
+            .map_err(|e| e.context(format!("marking {} as received", local.data_dir.display())))?;
         Ok(transferred)
     }
 
@@ -857,6 +859,22 @@ impl Reseed<'_> {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+/// Whether an interrupted run of ours left its "received, not yet configured" marker.
+/// Only a regular file that root (pgzfs) wrote counts: the PostgreSQL user cannot make
+/// one, so it cannot plant the marker on a primary to get that primary's writes
+/// overwritten as an "unfinished re-seed".
+fn received_marker_present(data_dir: &Path) -> bool {
+    let Ok(dir) = Dir::open(data_dir) else {
+        return false;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    matches!(
+        dir.lstat(RECEIVED_NOT_CONFIGURED),
+        Ok(Some(stat)) if stat.st_mode & libc::S_IFMT == libc::S_IFREG
+            && (stat.st_uid == 0 || stat.st_uid == me)
+    )
 }
 
 fn primary_unlock(primary: &mut Pg) -> Result<()> {

@@ -174,7 +174,12 @@ pub fn parse_resume_token_contents(text: &str) -> Result<ResumeTokenInfo> {
     let mut fromguid = None;
     let mut flags = BTreeSet::new();
     // The block is `nvlist version: 0` then tab-indented `name = value` lines; it ends at
-    // the first line that is not indented (the dry-run size lines).
+    // the first line that is not indented (the dry-run size lines). Only the top level
+    // (exactly one tab) counts: zfs send -t reads toname and toguid from there, and a
+    // token is data the other side wrote, so a decoy `toname` in an embedded nvlist (two
+    // tabs) must not pass for the real one. A name seen twice at the top level (a token
+    // packed without unique names, or a string value with a newline in it) is refused.
+    let mut seen = BTreeSet::new();
     for line in text[start..].lines().skip(1) {
         if line.starts_with("nvlist version") {
             continue;
@@ -182,9 +187,17 @@ pub fn parse_resume_token_contents(text: &str) -> Result<ResumeTokenInfo> {
         let Some(entry) = line.strip_prefix('\t') else {
             break;
         };
+        if entry.starts_with(|c: char| c.is_whitespace()) {
+            continue; // inside an embedded nvlist
+        }
         let Some((name, value)) = entry.split_once(" = ") else {
             continue;
         };
+        if !seen.insert(name.to_string()) {
+            return Err(Error::failed(format!(
+                "resume token: {name} appears twice; refusing a token that is not a plain nvlist"
+            )));
+        }
         let number = |v: &str| -> Result<u64> {
             let parsed = match v.strip_prefix("0x") {
                 Some(hex) => u64::from_str_radix(hex, 16),
@@ -442,6 +455,28 @@ mod tests {
         assert_eq!(info.fromguid, Some(0x61b7e2f9a0c4d3e1));
         assert!(info.raw);
         assert!(!info.large_blocks);
+    }
+
+    #[test]
+    fn a_decoy_toname_in_a_nested_nvlist_does_not_pass_for_the_real_one() {
+        // A forged token whose top level names another dataset's snapshot, with our
+        // snapshot's name and GUID hidden in an embedded nvlist.
+        let text = "resume token contents:\nnvlist version: 0\n\tobject = 0x1\n\tdecoy = (embedded nvlist)\n\tnvlist version: 0\n\t\ttoname = tank/pgdata@pgzfs-20261122T003000Z\n\t\ttoguid = 0x9f3b2c1d4e5a6b7c\n\t(end decoy)\n\ttoguid = 0x1111\n\ttoname = tank/secret@s\n";
+        let info = parse_resume_token_contents(text).unwrap();
+        assert_eq!(info.toname, "tank/secret@s");
+        assert_eq!(info.toguid, 0x1111);
+        // Only nested: there is no top-level toname at all.
+        let nested_only = "resume token contents:\nnvlist version: 0\n\tdecoy = (embedded nvlist)\n\t\ttoname = tank/pgdata@pgzfs-20261122T003000Z\n\t\ttoguid = 0x9f3b2c1d4e5a6b7c\n\t(end decoy)\n";
+        assert!(parse_resume_token_contents(nested_only).is_err());
+    }
+
+    #[test]
+    fn a_token_naming_its_snapshot_twice_is_refused() {
+        let text = "resume token contents:\nnvlist version: 0\n\ttoname = tank/secret@s\n\ttoguid = 0x1111\n\ttoname = tank/pgdata@pgzfs-20261122T003000Z\n";
+        let err = parse_resume_token_contents(text).unwrap_err();
+        assert!(err.to_string().contains("toname appears twice"), "{err}");
+        let guid_twice = "resume token contents:\nnvlist version: 0\n\ttoname = tank/pgdata@pgzfs-20261122T003000Z\n\ttoguid = 0x1111\n\ttoguid = 0x9f3b2c1d4e5a6b7c\n";
+        assert!(parse_resume_token_contents(guid_twice).is_err());
     }
 
     #[test]
