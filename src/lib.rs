@@ -30,6 +30,7 @@ pub mod progress;
 pub mod ratelimit;
 pub mod replicate;
 pub mod retention;
+pub mod setup;
 pub mod shell;
 pub mod size;
 pub mod ssh;
