@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::commands::reset_secondary::ResetSecondary;
 use crate::commands::serve::Serve;
@@ -68,6 +68,14 @@ pub enum Command {
     /// ssh_compress; not for operators)
     #[command(hide = true)]
     CompressedSend(crate::commands::compressed_send::CompressedSend),
+    /// Print a shell completion script on stdout (installed by the package; see pgzfs(8))
+    #[command(hide = true)]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell (sh has no programmable
+        /// completion)
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Cli {
@@ -88,6 +96,16 @@ impl Cli {
             Command::Status(cmd) => cmd.run(&invocation),
             Command::Daemon(cmd) => cmd.run(&invocation),
             Command::CompressedSend(cmd) => cmd.run(),
+            Command::Completions { shell } => {
+                // Written from the clap definitions above, so it cannot miss a command.
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "pgzfs",
+                    &mut std::io::stdout(),
+                );
+                Ok(0)
+            }
         }
     }
 }

@@ -210,7 +210,7 @@ fn run_hook(config: &Config, cmd: &Cmd, event: &Event) -> Result<()> {
         command.env("PGZFS_OTHER_NODE", other);
     }
     tracing::debug!("event hook: {}", cmd.display());
-    let timeout = config.events.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT);
+    let timeout = config.events.timeout;
     run_with_timeout(command, cmd, timeout)
 }
 
@@ -280,13 +280,23 @@ fn notify_primary(config: &Config, json: &str) -> Result<()> {
 /// `[events]`: `command` is a template with repmgr-compatible placeholders (%n node,
 /// %e event, %s success 1/0, %t timestamp, %d details, %p the other node); `only`
 /// limits which events run it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Events {
     pub command: Option<String>,
     pub only: Vec<String>,
-    /// `events.timeout`: how long a hook may run before it is killed (None: the default,
-    /// [`DEFAULT_HOOK_TIMEOUT`]). A hung hook must not hold up a promote or the daemon.
-    pub timeout: Option<Duration>,
+    /// `events.timeout`: how long a hook may run before it is killed. A hung hook must
+    /// not hold up a promote or the daemon.
+    pub timeout: Duration,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            command: None,
+            only: Vec::new(),
+            timeout: DEFAULT_HOOK_TIMEOUT,
+        }
+    }
 }
 
 /// How long an event hook may run when `events.timeout` is not set.

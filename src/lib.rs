@@ -31,6 +31,7 @@ pub mod ratelimit;
 pub mod replicate;
 pub mod retention;
 pub mod safe_dir;
+pub mod setup;
 pub mod shell;
 pub mod size;
 pub mod ssh;

@@ -118,6 +118,35 @@ impl SshDataPath {
     }
 }
 
+/// Whether `known_hosts` already has a key for `host` on `port` (hashed entries
+/// included), asked of ssh-keygen(1) without contacting the host or trusting anything.
+pub fn known_host_present(known_hosts: &std::path::Path, host: &str, port: u16) -> Result<bool> {
+    if !known_hosts.exists() {
+        return Ok(false);
+    }
+    let name = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    let cmd = Cmd::new("ssh-keygen")
+        .arg("-F")
+        .arg(name)
+        .arg("-f")
+        .arg(known_hosts.display().to_string());
+    // Exit 0 with the entry when found, 1 when not; anything else is a real failure.
+    let out = exec::output(&cmd, None)?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(crate::error::Error::failed(format!(
+            "{} failed: {}",
+            cmd.display(),
+            exec::describe_status(out.status)
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

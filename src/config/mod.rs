@@ -234,9 +234,9 @@ fn check_events(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
             if timeout.is_zero() {
                 return Err("events.timeout: must be more than 0s".to_string());
             }
-            Some(timeout)
+            timeout
         }
-        None => None,
+        None => crate::events::DEFAULT_HOOK_TIMEOUT,
     };
     let only = raw.only.unwrap_or_default();
     if let Some(unknown) = only.iter().find(|e| !EVENT_NAMES.contains(&e.as_str())) {

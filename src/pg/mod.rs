@@ -560,3 +560,53 @@ impl Pg {
         Ok((row.get(0), row.get(1)))
     }
 }
+
+/// What the connected role may do, for `pgzfs check --setup`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnGrants {
+    pub role: String,
+    pub superuser: bool,
+    pub replication: bool,
+    pub pg_monitor: bool,
+    /// The backup start and stop functions of this major, and whether the role may
+    /// execute each.
+    pub backup_functions: Vec<(String, bool)>,
+}
+
+impl Pg {
+    /// A server setting as `SHOW` prints it.
+    pub fn setting(&mut self, name: &str) -> Result<String> {
+        Ok(self
+            .query_one("SELECT current_setting($1)", &[&name])?
+            .get(0))
+    }
+
+    /// The connected role's attributes and the grants a re-seed needs of it.
+    pub fn own_grants(&mut self) -> Result<OwnGrants> {
+        let (start, stop) = if self.version_num >= 150000 {
+            ("pg_backup_start(text, boolean)", "pg_backup_stop(boolean)")
+        } else {
+            (
+                "pg_start_backup(text, boolean, boolean)",
+                "pg_stop_backup(boolean, boolean)",
+            )
+        };
+        let row = self.query_one(
+            "SELECT current_user::text, r.rolsuper, r.rolreplication, \
+             pg_has_role(current_user, 'pg_monitor', 'MEMBER'), \
+             has_function_privilege($1, 'EXECUTE'), has_function_privilege($2, 'EXECUTE') \
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[&start, &stop],
+        )?;
+        Ok(OwnGrants {
+            role: row.get(0),
+            superuser: row.get(1),
+            replication: row.get(2),
+            pg_monitor: row.get(3),
+            backup_functions: vec![
+                (start.to_string(), row.get(4)),
+                (stop.to_string(), row.get(5)),
+            ],
+        })
+    }
+}
