@@ -491,52 +491,36 @@ impl Reseed<'_> {
             control::read_control(&local.data_dir)?
         };
         let running = pgctl.is_running();
-        if running {
-            let target = pg_target(local);
-            let asked = Pg::connect(&target)
+        let server = if running {
+            let asked = Pg::connect(&pg_target(local))
                 .and_then(|mut pg| Ok((pg.is_in_recovery()?, pg.is_writable()?)));
-            match asked.map(|(in_recovery, writable)| in_recovery || (!writable && self.request.caller == Caller::Rejoin)) {
-                // (A primary fenced read-only may be rejoined: its diverged writes are kept.)
-                Ok(false) => {
-                    return Err(Error::refused(format!(
-                        "PostgreSQL on this node ({}) is running as a primary (not in recovery); refusing to reset it. \
-                         Run reset-secondary on a standby, or demote this node first",
-                        local.name
-                    )))
-                }
-                Ok(true) => {}
+            match asked {
+                Ok((in_recovery, writable)) => LocalServer::Answered {
+                    in_recovery,
+                    writable,
+                },
                 Err(e) => {
-                    // Cannot ask the server; its control file still tells a primary apart.
-                    if control.is_none_or(|c| c.state.was_primary()) {
-                        return Err(Error::refused(format!(
-                            "PostgreSQL on this node ({}) is running and could not be asked whether it is a standby ({e}); \
-                             its control file does not say it is in recovery, so it may be a primary: refusing",
-                            local.name
-                        )));
+                    tracing::warn!("cannot ask the local PostgreSQL whether it is a standby: {e}");
+                    LocalServer::Unanswered {
+                        last_state_was_primary: control.map(|c| c.state.was_primary()),
                     }
-                    tracing::warn!("cannot connect to the local standby ({e}); its control file says it is in recovery");
                 }
             }
-        } else if let Some(c) = control {
-            let unfinished_reseed = received_marker_present(&local.data_dir);
+        } else {
+            let unfinished_reseed = control.is_some() && received_marker_present(&local.data_dir);
             if unfinished_reseed {
                 tracing::info!(
                     "{} holds a received copy that an interrupted run did not finish configuring",
                     local.data_dir.display()
                 );
             }
-            if c.state.was_primary()
-                && !unfinished_reseed
-                && !self.request.full
-                && self.request.caller != Caller::Rejoin
-            {
-                return Err(Error::refused(format!(
-                    "the data directory {} was last used by a primary (state {:?}); re-seeding it would discard writes \
-                     that may exist nowhere else. Use `pgzfs rejoin` to keep them, or --full to rename the dataset aside",
-                    local.data_dir.display(),
-                    c.state
-                )));
+            LocalServer::Stopped {
+                last_state_was_primary: control.map(|c| c.state.was_primary()),
+                unfinished_reseed,
             }
+        };
+        if let Some(refusal) = refusal(&server, self.request.full, self.request.caller) {
+            return Err(Error::refused(refusal.explain(local, control)));
         }
         Ok(LocalState {
             dataset_exists,
@@ -861,6 +845,82 @@ impl Reseed<'_> {
     }
 }
 
+/// This node's PostgreSQL as the preflight found it, as plain values: what the safety
+/// decision rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalServer {
+    /// Not running. `last_state_was_primary`: what its control file says (None: no data
+    /// directory); `unfinished_reseed`: our own "received, not configured" marker is there.
+    Stopped {
+        last_state_was_primary: Option<bool>,
+        unfinished_reseed: bool,
+    },
+    /// Running, and it answered.
+    Answered { in_recovery: bool, writable: bool },
+    /// Running, but it could not be asked.
+    Unanswered {
+        last_state_was_primary: Option<bool>,
+    },
+}
+
+/// Why a re-seed must not touch this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    RunningPrimary,
+    RunningAndUnknown,
+    DataOfAFormerPrimary,
+}
+
+/// The preflight's safety decision. A running server is re-seeded only when it says it
+/// is a standby (or, for rejoin, a primary fenced read-only, whose diverged writes rejoin
+/// has kept); one that cannot be asked only when its control file says it was in
+/// recovery. Stopped data last used by a primary is overwritten only by rejoin (which
+/// kept its writes), with --full (which renames it aside), or when it is our own copy
+/// that an interrupted run left unconfigured.
+fn refusal(server: &LocalServer, full: bool, caller: Caller) -> Option<Refusal> {
+    match *server {
+        LocalServer::Answered {
+            in_recovery: true, ..
+        } => None,
+        LocalServer::Answered {
+            writable: false, ..
+        } if caller == Caller::Rejoin => None,
+        LocalServer::Answered { .. } => Some(Refusal::RunningPrimary),
+        LocalServer::Unanswered {
+            last_state_was_primary: Some(false),
+        } => None,
+        LocalServer::Unanswered { .. } => Some(Refusal::RunningAndUnknown),
+        LocalServer::Stopped {
+            last_state_was_primary: Some(true),
+            unfinished_reseed: false,
+        } if !full && caller != Caller::Rejoin => Some(Refusal::DataOfAFormerPrimary),
+        LocalServer::Stopped { .. } => None,
+    }
+}
+
+impl Refusal {
+    fn explain(self, local: &Node, control: Option<ControlData>) -> String {
+        match self {
+            Refusal::RunningPrimary => format!(
+                "PostgreSQL on this node ({}) is running as a primary (not in recovery); refusing to reset it. \
+                 Run reset-secondary on a standby, or demote this node first",
+                local.name
+            ),
+            Refusal::RunningAndUnknown => format!(
+                "PostgreSQL on this node ({}) is running and could not be asked whether it is a standby; \
+                 its control file does not say it is in recovery, so it may be a primary: refusing",
+                local.name
+            ),
+            Refusal::DataOfAFormerPrimary => format!(
+                "the data directory {} was last used by a primary (state {:?}); re-seeding it would discard writes \
+                 that may exist nowhere else. Use `pgzfs rejoin` to keep them, or --full to rename the dataset aside",
+                local.data_dir.display(),
+                control.map(|c| c.state)
+            ),
+        }
+    }
+}
+
 /// Whether an interrupted run of ours left its "received, not yet configured" marker.
 /// Only a regular file that root (pgzfs) wrote counts: the PostgreSQL user cannot make
 /// one, so it cannot plant the marker on a primary to get that primary's writes
@@ -966,6 +1026,92 @@ fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_preflight_refuses_every_node_that_is_or_may_be_a_primary() {
+        use Caller::{Rejoin, ResetSecondary as Reseed};
+        use LocalServer::*;
+        let answered = |in_recovery, writable| Answered {
+            in_recovery,
+            writable,
+        };
+        let stopped = |was_primary, unfinished_reseed| Stopped {
+            last_state_was_primary: was_primary,
+            unfinished_reseed,
+        };
+        let unanswered = |was_primary| Unanswered {
+            last_state_was_primary: was_primary,
+        };
+        // (what the preflight found, --full, who asks) => the verdict
+        let rows = [
+            (answered(true, false), false, Reseed, None),
+            (
+                answered(false, true),
+                false,
+                Reseed,
+                Some(Refusal::RunningPrimary),
+            ),
+            (
+                answered(false, true),
+                true,
+                Reseed,
+                Some(Refusal::RunningPrimary),
+            ),
+            (
+                answered(false, true),
+                false,
+                Rejoin,
+                Some(Refusal::RunningPrimary),
+            ),
+            // A primary fenced read-only: only rejoin, which kept its writes.
+            (
+                answered(false, false),
+                false,
+                Reseed,
+                Some(Refusal::RunningPrimary),
+            ),
+            (answered(false, false), false, Rejoin, None),
+            // Unknown is not "no": a server that does not answer is a standby only if its
+            // control file says so.
+            (unanswered(Some(false)), false, Reseed, None),
+            (
+                unanswered(Some(true)),
+                false,
+                Reseed,
+                Some(Refusal::RunningAndUnknown),
+            ),
+            (
+                unanswered(Some(true)),
+                true,
+                Rejoin,
+                Some(Refusal::RunningAndUnknown),
+            ),
+            (
+                unanswered(None),
+                false,
+                Reseed,
+                Some(Refusal::RunningAndUnknown),
+            ),
+            (stopped(None, false), false, Reseed, None),
+            (stopped(Some(false), false), false, Reseed, None),
+            (
+                stopped(Some(true), false),
+                false,
+                Reseed,
+                Some(Refusal::DataOfAFormerPrimary),
+            ),
+            (stopped(Some(true), false), true, Reseed, None),
+            (stopped(Some(true), false), false, Rejoin, None),
+            (stopped(Some(true), true), false, Reseed, None),
+        ];
+        for (server, full, caller, verdict) in rows {
+            assert_eq!(
+                refusal(&server, full, caller),
+                verdict,
+                "{server:?}, full {full}, {caller:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_new_copy_is_mounted_so_that_pgdata_sits_where_the_source_keeps_it() {
