@@ -510,6 +510,11 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Every lab on the machine shares one zfs-fuse daemon: when a test fails, say
+            // whether it was still answering, which pools it had and what it logged.
+            eprintln!("{}", zfs_fuse_status());
+        }
         if self.keep {
             eprintln!("PGZFS_KEEP_LAB: leaving the lab in {}", self.dir.display());
             return;
@@ -518,6 +523,27 @@ impl Drop for Lab {
             .arg("down")
             .arg(&self.dir)
             .status();
+    }
+}
+
+/// `scripts/lab zfs-fuse-status`: the daemon's process, pools, whatever is stuck on it and
+/// the last lines of its log, for a failing test's output.
+pub fn zfs_fuse_status() -> String {
+    match Command::new(repo().join("scripts/lab"))
+        .arg("zfs-fuse-status")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => format!(
+            "zfs-fuse when this test failed ({}):\n{}",
+            if out.status.success() {
+                "answering"
+            } else {
+                "NOT answering"
+            },
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("could not run scripts/lab zfs-fuse-status: {e}"),
     }
 }
 
