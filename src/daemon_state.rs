@@ -21,6 +21,10 @@ pub struct DaemonState {
     /// Since this daemon started, like the metrics.
     pub reseeds_total: u64,
     pub reseed_failures_total: u64,
+    /// Automatic re-seeds that failed since the last one that succeeded: while they fail,
+    /// this standby's slot on the primary keeps all WAL since its last success.
+    #[serde(default)]
+    pub reseed_failures_in_a_row: u32,
     pub last_reseed_seconds: Option<f64>,
     pub last_reseed_bytes: Option<u64>,
 }

@@ -216,6 +216,7 @@ pub fn backoff(failures: u32) -> Duration {
 pub struct Metrics {
     pub reseeds_total: u64,
     pub reseed_failures_total: u64,
+    pub reseed_failures_in_a_row: u32,
     pub last_reseed_seconds: Option<f64>,
     pub last_reseed_bytes: Option<u64>,
     pub snapshots: Option<usize>,
@@ -689,6 +690,8 @@ impl Runner {
         match outcome {
             Ok(summary) => {
                 self.watch.reseed_succeeded();
+                self.record.reseed_failures_in_a_row = 0;
+                self.shared.metrics().reseed_failures_in_a_row = 0;
                 self.record.reseeds_total += 1;
                 self.record.last_reseed_seconds = Some(summary.seconds);
                 self.record.last_reseed_bytes = Some(summary.bytes);
@@ -724,6 +727,16 @@ impl Runner {
                     return;
                 }
                 self.watch.reseed_failed(now);
+                self.record.reseed_failures_in_a_row = self.watch.failures;
+                self.shared.metrics().reseed_failures_in_a_row = self.watch.failures;
+                if self.watch.failures >= self.ctx.local.reseed_failures_warn {
+                    tracing::error!(
+                        "{} automatic re-seeds in a row failed: this standby's replication slot on the primary \
+                         keeps every WAL segment since the last success, and the primary's disk fills until one \
+                         succeeds. Fix the cause, or cap the slot with max_slot_wal_keep_size (docs/operations.md)",
+                        self.watch.failures
+                    );
+                }
                 let wait = backoff(self.watch.failures);
                 tracing::error!(
                     "automatic re-seed failed ({} in a row); next attempt in {}: {e}",
@@ -1015,6 +1028,12 @@ pub fn metrics_text(
         "Automatic re-seeds that failed since the daemon started.",
         one(Some(metrics.reseed_failures_total.to_string())),
     );
+    family(
+        "pgzfs_reseed_failures_in_a_row",
+        "gauge",
+        "Automatic re-seeds that failed since the last success; while above 0 this standby's slot keeps WAL on the primary.",
+        one(Some(metrics.reseed_failures_in_a_row.to_string())),
+    );
     out
 }
 
@@ -1197,6 +1216,7 @@ mod tests {
         let metrics = Metrics {
             reseeds_total: 2,
             reseed_failures_total: 1,
+            reseed_failures_in_a_row: 0,
             last_reseed_seconds: Some(12.5),
             last_reseed_bytes: Some(4096),
             snapshots: Some(3),
@@ -1214,6 +1234,7 @@ mod tests {
             "pgzfs_last_reseed_bytes{cluster=\"pg\",node=\"db2\"} 4096",
             "pgzfs_reseeds_total{cluster=\"pg\",node=\"db2\"} 2",
             "pgzfs_reseed_failures_total{cluster=\"pg\",node=\"db2\"} 1",
+            "pgzfs_reseed_failures_in_a_row{cluster=\"pg\",node=\"db2\"} 0",
             "# TYPE pgzfs_reseeds_total counter",
         ] {
             assert!(

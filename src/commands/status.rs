@@ -138,6 +138,8 @@ pub struct Probe {
     pub epoch: Option<u64>,
     pub zfs_error: Option<String>,
     pub last_event: Option<serde_json::Value>,
+    /// From the node's daemon: automatic re-seeds that failed since its last success.
+    pub reseed_failures_in_a_row: Option<u32>,
 }
 
 pub struct PgProbe {
@@ -204,16 +206,24 @@ fn probe(local: &Node, node: &Node) -> Probe {
         }
         Err(e) => probe.zfs_error = Some(e.to_string()),
     }
-    probe.last_event = if is_local {
-        crate::daemon_state::read_state(node).and_then(|s| s.last_event)
+    let daemon_state = if is_local {
+        crate::daemon_state::read_state(node).and_then(|s| serde_json::to_value(s).ok())
     } else {
-        remote_last_event(node)
+        remote_daemon_state(node)
     };
+    probe.last_event = daemon_state
+        .as_ref()
+        .and_then(|state| state.get("last_event").cloned())
+        .filter(|event| !event.is_null());
+    probe.reseed_failures_in_a_row = daemon_state
+        .as_ref()
+        .and_then(|state| state.get("reseed_failures_in_a_row")?.as_u64())
+        .and_then(|n| u32::try_from(n).ok());
     probe
 }
 
-/// The last event of another node's daemon, from its `/state` endpoint.
-fn remote_last_event(node: &Node) -> Option<serde_json::Value> {
+/// Another node's daemon state, from its `/state` endpoint.
+fn remote_daemon_state(node: &Node) -> Option<serde_json::Value> {
     let listen = node.http_listen?;
     // A daemon listening on every address is reached at the node's own.
     let host = if listen.ip().is_unspecified() {
@@ -223,10 +233,7 @@ fn remote_last_event(node: &Node) -> Option<serde_json::Value> {
     };
     let timeout = node.connect_timeout.min(Duration::from_secs(3));
     match crate::http::get(&host, listen.port(), "/state", timeout) {
-        Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|state| state.get("last_event").cloned())
-            .filter(|event| !event.is_null()),
+        Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).ok(),
         Ok((status, _)) => {
             tracing::debug!("{}: /state answered {status}", node.name);
             None
@@ -360,6 +367,22 @@ pub fn assemble(config: &Config, local: &Node, probes: &[Probe], now: SystemTime
                         .map(|t| now.duration_since(t).unwrap_or_default().as_secs());
                 }
             }
+        }
+        if let Some(failed) = probe
+            .reseed_failures_in_a_row
+            .filter(|failed| *failed >= node.reseed_failures_warn)
+        {
+            warnings.push(Warning {
+                code: "reseed_failing",
+                node: Some(node.name.clone()),
+                message: format!(
+                    "{}'s automatic re-seed failed {failed} times in a row: its replication slot on the primary \
+                     keeps every WAL segment since its last success. Fix the cause (see its log), or cap the \
+                     slot with max_slot_wal_keep_size",
+                    node.name
+                ),
+                degraded: true,
+            });
         }
         match status.role {
             "stopped" => warnings.push(Warning {
@@ -747,6 +770,46 @@ mod tests {
         let slot = &status.slots[1];
         assert!(slot.retains_wal_inactive && !status.slots[0].retains_wal_inactive);
         assert_eq!(slot.retained_bytes, Some(33_554_528));
+    }
+
+    #[test]
+    fn a_standby_whose_reseeds_keep_failing_is_flagged_for_the_wal_its_slot_keeps() {
+        let config = config();
+        let failing = |in_a_row| Probe {
+            reseed_failures_in_a_row: Some(in_a_row),
+            ..standby("stopping")
+        };
+        let now = at("20261122T020000Z");
+        // reseed_failures_warn defaults to 3.
+        let twice = assemble(
+            &config,
+            &config.nodes[1],
+            &[primary(true, Some(1)), failing(2), stopped_remote()],
+            now,
+        );
+        assert!(
+            !codes(&twice).contains(&"reseed_failing"),
+            "{:?}",
+            codes(&twice)
+        );
+        let thrice = assemble(
+            &config,
+            &config.nodes[1],
+            &[primary(true, Some(1)), failing(3), stopped_remote()],
+            now,
+        );
+        let warning = thrice
+            .warnings
+            .iter()
+            .find(|w| w.code == "reseed_failing")
+            .expect("flagged after three failures in a row");
+        assert_eq!(warning.node.as_deref(), Some("db2"));
+        assert!(
+            warning.message.contains("max_slot_wal_keep_size"),
+            "{}",
+            warning.message
+        );
+        assert!(warning.degraded && !thrice.healthy);
     }
 
     #[test]

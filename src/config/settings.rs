@@ -247,6 +247,9 @@ node_settings! {
         or(|_| Duration::from_secs(3600)) => Duration;
     /// daemon: how long streaming may stay broken before this standby is re-seeded.
     reseed_after: String, duration => Duration, or(|_| Duration::from_secs(300)) => Duration;
+    /// daemon and status: after this many automatic re-seeds in a row have failed, warn
+    /// that this standby's slot keeps WAL on the primary.
+    reseed_failures_warn: i64, failure_count => u32, or(|_| 3) => u32;
     /// daemon: where to serve health checks and metrics; None: no HTTP at all.
     http_listen: String, listen_address => SocketAddr, optional => Option<SocketAddr>;
     /// promote: how many times, and how far apart, to ask every other node (on a fresh

@@ -93,6 +93,13 @@ pub(super) fn check_attempts(value: i64, _: &Reading) -> Result<u32, String> {
     }
 }
 
+pub(super) fn failure_count(value: i64, _: &Reading) -> Result<u32, String> {
+    match u32::try_from(value) {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{value} is not a number of failures (1 or more)")),
+    }
+}
+
 pub(super) fn byte_count(value: i64, _: &Reading) -> Result<u64, String> {
     u64::try_from(value).map_err(|_| format!("{value} must not be negative"))
 }
