@@ -1,6 +1,7 @@
 //! `pgzfs carp-event MASTER|BACKUP|INIT`: the one hook for every CARP driver (ifstated,
-//! devd, ucarp, keepalived). Calls are serialized by the node's lock, every decision is
-//! logged with its reason, and each state is handled idempotently: the same event twice
+//! devd, ucarp, keepalived). MASTER, and the rejoin after BACKUP, are serialized by the
+//! node's lock; fencing on BACKUP never waits for it. Every decision is logged with its
+//! reason, and each state is handled idempotently: the same event twice
 //! does nothing the second time, because each action first checks whether it is needed.
 
 use std::time::{Duration, Instant};
@@ -80,9 +81,13 @@ impl CarpEvent {
             self.state,
             ctx.local.name
         );
-        let _lock = LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "carp-event")?;
         let decision = match self.state {
-            CarpState::Master => on_master(&ctx),
+            CarpState::Master => {
+                LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "carp-event")
+                    .and_then(|_lock| on_master(&ctx))
+            }
+            // Fencing never waits for the lock: a re-seed, a switchover or a snapshot
+            // holding it for minutes must not keep a demoted primary taking writes.
             CarpState::Backup => on_backup(&ctx, ctx.local.on_backup),
             CarpState::Init => on_backup(&ctx, OnBackup::Fence),
         };
@@ -149,19 +154,36 @@ fn on_master(ctx: &Context) -> Result<String> {
     }
 }
 
+/// What CARP BACKUP (or INIT) calls for, given this node's role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BackupAction {
+    /// A standby: nothing to fence and nothing to rejoin.
+    Nothing(&'static str),
+    /// A writable primary: fence it now, without waiting for anything.
+    Fence,
+    /// Takes no writes already; it may still rejoin.
+    AlreadyFenced(&'static str),
+}
+
+fn backup_action(role: Role) -> BackupAction {
+    match role {
+        Role::Standby => BackupAction::Nothing("is a standby"),
+        Role::Stopped { was_primary: false } => BackupAction::Nothing("is a stopped standby"),
+        Role::Primary => BackupAction::Fence,
+        Role::FencedPrimary => BackupAction::AlreadyFenced("is a primary fenced read-only already"),
+        Role::Stopped { was_primary: true } => {
+            BackupAction::AlreadyFenced("is a fenced former primary")
+        }
+    }
+}
+
 fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
     let local = &ctx.local;
     let pgctl = PgCtl::for_node(local)?;
     let mut said = Vec::new();
-    match role(ctx, &pgctl)? {
-        Role::Standby => return Ok(format!("{} is a standby; nothing to do", local.name)),
-        Role::Stopped { was_primary: false } => {
-            return Ok(format!(
-                "{} is a stopped standby; nothing to do",
-                local.name
-            ))
-        }
-        Role::Primary => {
+    match backup_action(role(ctx, &pgctl)?) {
+        BackupAction::Nothing(what) => return Ok(format!("{} {what}; nothing to do", local.name)),
+        BackupAction::Fence => {
             // Another node holds the address now: stop taking writes at once.
             let how = fence(ctx, &pgctl)?;
             said.push(format!("fenced {} ({how})", local.name));
@@ -176,15 +198,11 @@ fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
                 ),
             );
         }
-        Role::FencedPrimary => said.push(format!(
-            "{} is a primary fenced read-only already",
-            local.name
-        )),
-        Role::Stopped { was_primary: true } => {
-            said.push(format!("{} is a fenced former primary", local.name))
-        }
+        BackupAction::AlreadyFenced(what) => said.push(format!("{} {what}", local.name)),
     }
     if then == OnBackup::Rejoin {
+        // Rejoining changes the data directory: that does wait for the lock.
+        let _lock = LocalLock::acquire(&local.lock_file, local.lock_timeout, "carp-event rejoin")?;
         let new_primary = wait_for_new_primary(ctx, local.promote_timeout)?;
         let args = ResetSecondary {
             from: Some(new_primary.clone()),
@@ -257,5 +275,33 @@ fn wait_for_new_primary(ctx: &Context, timeout: Duration) -> Result<String> {
             Err(e) => tracing::debug!("no new primary yet: {e}"),
         }
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_fences_exactly_the_nodes_that_take_writes() {
+        let cases = [
+            (Role::Primary, BackupAction::Fence),
+            (Role::Standby, BackupAction::Nothing("is a standby")),
+            (
+                Role::Stopped { was_primary: false },
+                BackupAction::Nothing("is a stopped standby"),
+            ),
+            (
+                Role::FencedPrimary,
+                BackupAction::AlreadyFenced("is a primary fenced read-only already"),
+            ),
+            (
+                Role::Stopped { was_primary: true },
+                BackupAction::AlreadyFenced("is a fenced former primary"),
+            ),
+        ];
+        for (role, want) in cases {
+            assert_eq!(backup_action(role), want, "{role:?}");
+        }
     }
 }

@@ -23,7 +23,8 @@ use crate::zfs::{prop, Zfs};
 
 #[derive(Debug, Args)]
 pub struct Promote {
-    /// Promote even if another node answers as a writable primary or replay lags
+    /// Promote without asking the other nodes whether one is still a primary (reachable
+    /// or not) and even if replay lags: the operator vouches that the old primary is gone
     #[arg(long)]
     pub force: bool,
     /// Print the result as JSON
@@ -73,27 +74,98 @@ impl Promote {
     }
 }
 
-/// The other nodes that answer as writable primaries right now, each asked on a fresh
-/// connection (a pooled one could be the very connection that hides a comeback).
-pub fn writable_primaries(config: &Config, local: &Node) -> Vec<String> {
+/// What one other node answered to "are you a writable primary?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAnswer {
+    /// It answered and accepts writes.
+    Writable,
+    /// It answered and is in recovery, or a primary fenced read-only: positive evidence
+    /// that it takes no writes.
+    NotPrimary,
+    /// It could not be asked, and why. Unknown is not "no": a partitioned primary looks
+    /// exactly like a dead one from here.
+    Unknown(String),
+}
+
+/// Every other data node's answer, each asked on a fresh connection (a pooled one could
+/// be the very connection that hides a comeback).
+pub fn ask_peers(config: &Config, local: &Node) -> Vec<(String, PeerAnswer)> {
     // All nodes at once: a dead host costs one connect timeout per round, not one each.
     std::thread::scope(|scope| {
         let asks: Vec<_> = config
             .other_nodes(local)
             .map(|node| {
                 let asked = scope.spawn(move || {
-                    Pg::connect(&pg_target(node))
-                        .and_then(|mut pg| pg.is_writable())
-                        .unwrap_or(false)
+                    match Pg::connect(&pg_target(node)).and_then(|mut pg| pg.is_writable()) {
+                        Ok(true) => PeerAnswer::Writable,
+                        Ok(false) => PeerAnswer::NotPrimary,
+                        Err(e) => PeerAnswer::Unknown(e.to_string()),
+                    }
                 });
                 (node, asked)
             })
             .collect();
         asks.into_iter()
-            // A check that panicked counts as "writable": never promote blindly.
-            .filter_map(|(node, asked)| asked.join().unwrap_or(true).then(|| node.name.clone()))
+            .map(|(node, asked)| {
+                // A check that panicked is not an answer.
+                let answer = asked
+                    .join()
+                    .unwrap_or_else(|_| PeerAnswer::Unknown("the check panicked".into()));
+                (node.name.clone(), answer)
+            })
             .collect()
     })
+}
+
+/// What one round of answers means for a promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerVerdict {
+    /// Every other node answered, and none takes writes.
+    Clear,
+    /// These nodes answered as writable primaries: promoting would make two.
+    Writable(Vec<String>),
+    /// Nobody answered as writable, but these could not be asked (name, why). They may
+    /// be primaries still; only other evidence (the quorum's lease, the operator's
+    /// --force) can settle that.
+    Unknown(Vec<(String, String)>),
+}
+
+/// Judge one round of answers. Only positive evidence counts as "not a primary".
+pub fn judge(answers: &[(String, PeerAnswer)]) -> PeerVerdict {
+    let writable: Vec<String> = answers
+        .iter()
+        .filter(|(_, a)| *a == PeerAnswer::Writable)
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !writable.is_empty() {
+        return PeerVerdict::Writable(writable);
+    }
+    let unknown: Vec<(String, String)> = answers
+        .iter()
+        .filter_map(|(n, a)| match a {
+            PeerAnswer::Unknown(why) => Some((n.clone(), why.clone())),
+            _ => None,
+        })
+        .collect();
+    if unknown.is_empty() {
+        PeerVerdict::Clear
+    } else {
+        PeerVerdict::Unknown(unknown)
+    }
+}
+
+/// The refusal for nodes nobody could ask, naming what the operator can do.
+pub fn unknown_refusal(unknown: &[(String, String)], local: &str, why_not_settled: &str) -> Error {
+    let names: Vec<String> = unknown
+        .iter()
+        .map(|(n, why)| format!("{n} ({why})"))
+        .collect();
+    Error::refused(format!(
+        "cannot tell whether {} is still a primary: it does not answer, and an unreachable node \
+         is not thereby \"not a primary\" (a partitioned primary keeps taking writes). {why_not_settled}. \
+         Not promoting {local}. Make sure it is down or fenced, then use --force",
+        names.join(", ")
+    ))
 }
 
 /// Promote this node. The caller holds the node's lock.
@@ -153,23 +225,37 @@ fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promote
         local.promote_check_attempts
     };
     for attempt in 1..=attempts {
-        let others = writable_primaries(&ctx.config, local);
-        if !others.is_empty() {
-            return Err(Error::refused(format!(
-                "{} answers as a writable primary (check {attempt} of {}); promoting {} would make two. \
-                 Fence it first, or use --force if you are sure it is gone",
-                others.join(", "),
-                local.promote_check_attempts,
-                local.name
-            )));
+        match judge(&ask_peers(&ctx.config, local)) {
+            PeerVerdict::Writable(others) => {
+                return Err(Error::refused(format!(
+                    "{} answers as a writable primary (check {attempt} of {}); promoting {} would make two. \
+                     Fence it first, or use --force if you are sure it is gone",
+                    others.join(", "),
+                    local.promote_check_attempts,
+                    local.name
+                )))
+            }
+            PeerVerdict::Unknown(unknown) => {
+                return Err(unknown_refusal(
+                    &unknown,
+                    &local.name,
+                    "Nothing else proves it stopped taking writes",
+                ))
+            }
+            PeerVerdict::Clear => {}
         }
         tracing::info!(
-            "check {attempt}/{}: no other writable primary",
+            "check {attempt}/{}: every other node answers, none is a writable primary",
             local.promote_check_attempts
         );
         if attempt < local.promote_check_attempts {
             std::thread::sleep(local.promote_check_interval);
         }
+    }
+    if force {
+        tracing::warn!(
+            "--force: not asking the other nodes whether one of them is still a primary"
+        );
     }
 
     let lag_bytes = pg.replay_lag_bytes()?;
@@ -284,4 +370,71 @@ pub fn local_epoch(local: &Node) -> Result<u64> {
     Ok(ZfsCli::new(Local)
         .get_number(local.dataset.as_str(), prop::EPOCH)?
         .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answers(list: &[(&str, PeerAnswer)]) -> Vec<(String, PeerAnswer)> {
+        list.iter()
+            .map(|(n, a)| (n.to_string(), a.clone()))
+            .collect()
+    }
+
+    fn unknown(why: &str) -> PeerAnswer {
+        PeerAnswer::Unknown(why.into())
+    }
+
+    #[test]
+    fn only_an_answer_proves_a_node_is_not_a_primary() {
+        use PeerAnswer::*;
+        let cases = [
+            // Everyone answers, nobody writable: the only clear case.
+            (
+                vec![("db1", NotPrimary), ("db3", NotPrimary)],
+                PeerVerdict::Clear,
+            ),
+            (vec![], PeerVerdict::Clear),
+            // The partitioned primary: no answer is not "no" (issue 16).
+            (
+                vec![("db1", unknown("timeout")), ("db3", NotPrimary)],
+                PeerVerdict::Unknown(vec![("db1".into(), "timeout".into())]),
+            ),
+            // A writable answer wins over any unknown: there is a primary for sure.
+            (
+                vec![("db1", unknown("refused")), ("db3", Writable)],
+                PeerVerdict::Writable(vec!["db3".into()]),
+            ),
+            (
+                vec![("db1", Writable), ("db3", Writable)],
+                PeerVerdict::Writable(vec!["db1".into(), "db3".into()]),
+            ),
+        ];
+        for (list, want) in cases {
+            assert_eq!(judge(&answers(&list)), want, "{list:?}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_for_an_unreachable_node_names_it_and_the_way_out() {
+        let e = unknown_refusal(
+            &[("db1".into(), "connect timeout".into())],
+            "db2",
+            "no majority agrees it is gone",
+        );
+        assert_eq!(e.exit_code(), 3);
+        for part in [
+            "db1 (connect timeout)",
+            "not promoting db2",
+            "--force",
+            "no majority",
+        ] {
+            assert!(
+                e.message().to_lowercase().contains(&part.to_lowercase()),
+                "{part:?} in {}",
+                e.message()
+            );
+        }
+    }
 }

@@ -370,6 +370,10 @@ impl Reseed<'_> {
         // 2. Locks: one operation per node, one re-seed per primary.
         let _local_lock = steps.run("lock", || {
             let lock = LocalLock::acquire(&local.lock_file, local.lock_timeout, "reset-secondary")?;
+            // The preflight ran before the lock (and before the prompt): a promotion that
+            // finished in between would make this re-seed stop a new primary and receive
+            // over it. Ask both ends again, now that nothing else can run here.
+            self.recheck_under_lock(&local, &pgctl, &mut primary, &source.name)?;
             wait_for_advisory_lock(&mut primary, local.lock_timeout, &self.interrupt)?;
             Ok(lock)
         })?;
@@ -656,6 +660,33 @@ impl Reseed<'_> {
             partial,
             partial_full,
         })
+    }
+
+    /// The role checks of the preflight, asked again under the lock.
+    fn recheck_under_lock(
+        &self,
+        local: &Node,
+        pgctl: &PgCtl,
+        primary: &mut Pg,
+        source: &str,
+    ) -> Result<()> {
+        let local_answer = if pgctl.is_running() {
+            Some(
+                Pg::connect(&pg_target(local))
+                    .and_then(|mut pg| Ok((pg.is_in_recovery()?, pg.is_writable()?)))
+                    .map_err(|e| e.to_string()),
+            )
+        } else {
+            None
+        };
+        let source_in_recovery = primary.is_in_recovery().map_err(|e| e.to_string());
+        still_safe_to_reseed(
+            &local_answer,
+            &source_in_recovery,
+            self.caller,
+            &local.name,
+            source,
+        )
     }
 
     fn check_compatible(
@@ -993,6 +1024,42 @@ impl Reseed<'_> {
     }
 }
 
+/// Whether a re-seed may go on, from what the local PostgreSQL (None: not running;
+/// Some((in_recovery, writable)) or why it could not be asked) and the source (in
+/// recovery or not) answer once the lock is held. Only positive evidence lets it go on.
+pub fn still_safe_to_reseed(
+    local: &Option<std::result::Result<(bool, bool), String>>,
+    source_in_recovery: &std::result::Result<bool, String>,
+    caller: Caller,
+    local_name: &str,
+    source: &str,
+) -> Result<()> {
+    match local {
+        None | Some(Ok((true, _))) => {}
+        // A primary fenced read-only may be rejoined: its diverged writes are kept.
+        Some(Ok((false, false))) if caller == Caller::Rejoin => {}
+        Some(Ok((false, _))) => {
+            return Err(Error::refused(format!(
+                "PostgreSQL on this node ({local_name}) became a primary while this re-seed waited \
+                 (it was a standby at the preflight); nothing was changed"
+            )))
+        }
+        Some(Err(why)) => return Err(Error::refused(format!(
+            "PostgreSQL on this node ({local_name}) no longer answers ({why}); it may have become \
+                 a primary while this re-seed waited, so nothing was changed"
+        ))),
+    }
+    match source_in_recovery {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(Error::refused(format!(
+            "the source {source} is in recovery now, no longer a primary; nothing was changed"
+        ))),
+        Err(why) => Err(Error::refused(format!(
+            "the source {source} no longer answers ({why}); nothing was changed"
+        ))),
+    }
+}
+
 fn primary_unlock(primary: &mut Pg) -> Result<()> {
     // Closing the session would release it too; unlocking explicitly keeps the log honest.
     primary.advisory_unlock(RESEED_LOCK)
@@ -1195,6 +1262,71 @@ mod tests {
             mountpoint_for(&p("/x"), &p("/elsewhere"), &p("/lab/db1")),
             None
         );
+    }
+
+    #[test]
+    fn a_promotion_during_the_wait_for_the_lock_stops_the_reseed() {
+        let ok: std::result::Result<bool, String> = Ok(false);
+        let cases: Vec<(
+            Option<std::result::Result<(bool, bool), String>>,
+            std::result::Result<bool, String>,
+            Caller,
+            bool,
+        )> = vec![
+            (
+                Some(Ok((true, false))),
+                ok.clone(),
+                Caller::ResetSecondary,
+                true,
+            ),
+            (None, ok.clone(), Caller::ResetSecondary, true),
+            // Promoted between the preflight and the lock.
+            (
+                Some(Ok((false, true))),
+                ok.clone(),
+                Caller::ResetSecondary,
+                false,
+            ),
+            (Some(Ok((false, true))), ok.clone(), Caller::Rejoin, false),
+            (
+                Some(Ok((false, false))),
+                ok.clone(),
+                Caller::ResetSecondary,
+                false,
+            ),
+            (Some(Ok((false, false))), ok.clone(), Caller::Rejoin, true),
+            // Unknown is not "still a standby".
+            (
+                Some(Err("timeout".into())),
+                ok.clone(),
+                Caller::ResetSecondary,
+                false,
+            ),
+            // The source was demoted meanwhile, or is gone.
+            (
+                Some(Ok((true, false))),
+                Ok(true),
+                Caller::ResetSecondary,
+                false,
+            ),
+            (
+                Some(Ok((true, false))),
+                Err("reset".into()),
+                Caller::ResetSecondary,
+                false,
+            ),
+        ];
+        for (local, source, caller, go_on) in cases {
+            let decided = still_safe_to_reseed(&local, &source, caller, "db2", "db1");
+            assert_eq!(
+                decided.is_ok(),
+                go_on,
+                "{local:?} {source:?} {caller:?}: {decided:?}"
+            );
+            if let Err(e) = decided {
+                assert_eq!(e.exit_code(), 3);
+            }
+        }
     }
 
     #[test]
