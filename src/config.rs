@@ -12,6 +12,10 @@
 //! name = "db2"
 //! host = "10.0.0.2"
 //! pg_port = 5433        # per-node override
+//! [[nodes]]
+//! name = "w1"
+//! host = "10.0.0.9"
+//! role = "witness"      # runs only `pgzfs daemon`: votes, holds no data
 //! ```
 //!
 //! Everything is checked at load time, before any command runs: a typo found during a
@@ -56,6 +60,7 @@ const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(3600);
 const DEFAULT_RESEED_AFTER: Duration = Duration::from_secs(300);
+const DEFAULT_ISOLATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// PostgreSQL's NAMEDATALEN - 1: the longest replication slot name.
 const MAX_SLOT_NAME_LEN: usize = 63;
 
@@ -67,9 +72,45 @@ pub struct Config {
     pub path: PathBuf,
     pub cluster: String,
     pub log_file: PathBuf,
+    /// The data nodes (PostgreSQL and a dataset), in config order.
     pub nodes: Vec<Node>,
+    /// `role = "witness"` entries: they run only `pgzfs daemon`, vote in the quorum and
+    /// hold no data. Kept apart from `nodes` so that nothing looks for PostgreSQL there.
+    pub witnesses: Vec<Witness>,
     /// `[retention]`: which scheduled snapshots the primary keeps.
     pub retention: Retention,
+    /// `isolation_timeout`, one value for the whole cluster (the lease arithmetic needs
+    /// every node to agree on it): a primary that has not reached a strict majority of
+    /// the voters for this long fences itself, and a standby is promoted automatically
+    /// only after a majority has not seen the primary for this long plus
+    /// [`crate::quorum::LEASE_MARGIN`].
+    pub isolation_timeout: Duration,
+    /// `two_node_failover = true`: with exactly two voters (two data nodes, no witness)
+    /// a standby may be promoted automatically on its own vote. A partition then gives
+    /// TWO WRITABLE PRIMARIES: each side sees the other as gone. Off by default.
+    pub two_node_failover: bool,
+}
+
+/// A witness: a voter without PostgreSQL or a dataset.
+#[derive(Debug, Clone)]
+pub struct Witness {
+    pub name: String,
+    pub host: String,
+    /// Where its daemon answers the other voters (required for a witness).
+    pub http_listen: SocketAddr,
+    pub connect_timeout: Duration,
+    /// Its runtime directory's files (state file) go next to this path.
+    pub lock_file: PathBuf,
+}
+
+/// A node that votes in the quorum: every data node and every witness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub name: String,
+    pub host: String,
+    /// The port its daemon serves /quorum on; None when it has no `http_listen` (it
+    /// then cannot be asked, and counts as not agreeing to anything).
+    pub http_port: Option<u16>,
 }
 
 /// How many snapshots to keep per grandfather-father-son class: the newest snapshot of
@@ -233,18 +274,27 @@ impl Config {
             toml::from_str(text).map_err(|e| in_file(e.to_string().trim_end().to_string()))?;
         let events = check_events(raw.events.take()).map_err(in_file)?;
         let retention = check_retention(raw.retention.take()).map_err(in_file)?;
-        let (cluster, log_file, nodes) = resolve(raw, home).map_err(in_file)?;
+        let resolved = resolve(raw, home).map_err(in_file)?;
         Ok(Config {
             path: path.to_path_buf(),
             events,
-            cluster,
-            log_file,
-            nodes,
+            cluster: resolved.cluster,
+            log_file: resolved.log_file,
+            nodes: resolved.nodes,
+            witnesses: resolved.witnesses,
             retention,
+            isolation_timeout: resolved.isolation_timeout,
+            two_node_failover: resolved.two_node_failover,
         })
     }
 
     pub fn node(&self, name: &str) -> Result<&Node> {
+        if self.witnesses.iter().any(|w| w.name == name) {
+            return Err(Error::usage(format!(
+                "{name} is a witness (role = \"witness\" in {}): it holds no data and runs only `pgzfs daemon`",
+                self.path.display()
+            )));
+        }
         self.nodes
             .iter()
             .find(|node| node.name == name)
@@ -306,7 +356,51 @@ impl Config {
         }
     }
 
-    /// Every node except `local`, in config order.
+    /// The witness this host is, if it is one: `--node`, else `$PGZFS_NODE`, else the
+    /// hostname (full, then short), as for data nodes.
+    pub fn local_witness(&self, explicit: Option<&str>) -> Option<&Witness> {
+        let from_env = std::env::var("PGZFS_NODE").ok().filter(|n| !n.is_empty());
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok());
+        let wanted: Vec<String> = match (explicit, from_env) {
+            (Some(name), _) => vec![name.to_string()],
+            (None, Some(name)) => vec![name],
+            (None, None) => hostname
+                .map(|h| {
+                    let short = h.split('.').next().unwrap_or_default().to_string();
+                    vec![h, short]
+                })
+                .unwrap_or_default(),
+        };
+        wanted
+            .iter()
+            .find_map(|name| self.witnesses.iter().find(|w| &w.name == name))
+    }
+
+    /// Every voter: the data nodes, then the witnesses, in config order.
+    pub fn voters(&self) -> Vec<Voter> {
+        // A daemon listening on every address is reached at the node's own.
+        let voter = |name: &str, host: &str, listen: Option<SocketAddr>| Voter {
+            name: name.to_string(),
+            host: match listen {
+                Some(a) if !a.ip().is_unspecified() => a.ip().to_string(),
+                _ => host.to_string(),
+            },
+            http_port: listen.map(|a| a.port()),
+        };
+        let data = self
+            .nodes
+            .iter()
+            .map(|n| voter(&n.name, &n.host, n.http_listen));
+        let witnesses = self
+            .witnesses
+            .iter()
+            .map(|w| voter(&w.name, &w.host, Some(w.http_listen)));
+        data.chain(witnesses).collect()
+    }
+
+    /// Every data node except `local`, in config order (witnesses are never included).
     pub fn other_nodes<'a>(&'a self, local: &'a Node) -> impl Iterator<Item = &'a Node> {
         self.nodes
             .iter()
@@ -486,6 +580,8 @@ impl std::fmt::Display for ZstdLevel {
 struct RawConfig {
     cluster: Option<String>,
     log_file: Option<String>,
+    isolation_timeout: Option<String>,
+    two_node_failover: Option<bool>,
     #[serde(default)]
     defaults: RawSettings,
     #[serde(default)]
@@ -530,12 +626,13 @@ macro_rules! per_node_settings {
         struct RawNode {
             name: Option<String>,
             host: Option<String>,
+            role: Option<String>,
             $($key: Option<$type>,)*
         }
 
         impl RawNode {
-            fn split(self) -> (Option<String>, Option<String>, RawSettings) {
-                (self.name, self.host, RawSettings { $($key: self.$key,)* })
+            fn split(self) -> (Option<String>, Option<String>, Option<String>, RawSettings) {
+                (self.name, self.host, self.role, RawSettings { $($key: self.$key,)* })
             }
         }
     };
@@ -956,7 +1053,14 @@ fn check_retention(raw: Option<RawRetention>) -> std::result::Result<Retention, 
 // ---------------------------------------------------------------------------------------
 // Merged and complete.
 
-type Resolved = (String, PathBuf, Vec<Node>);
+struct Resolved {
+    cluster: String,
+    log_file: PathBuf,
+    nodes: Vec<Node>,
+    witnesses: Vec<Witness>,
+    isolation_timeout: Duration,
+    two_node_failover: bool,
+}
 
 fn resolve(raw: RawConfig, home: Option<&Path>) -> std::result::Result<Resolved, String> {
     let cluster = match raw.cluster {
@@ -978,6 +1082,20 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> std::result::Result<Resolved,
         Some(value) => absolute_path(&value).map_err(|why| format!("log_file: {why}"))?,
         None => PathBuf::from(DEFAULT_LOG_FILE),
     };
+    let isolation_timeout = match raw.isolation_timeout {
+        Some(value) => {
+            let d = parse_duration(&value).map_err(|why| format!("isolation_timeout: {why}"))?;
+            if d < Duration::from_secs(2) {
+                // The daemons look at each other once a second: less than two looks
+                // would fence a primary for one lost answer.
+                return Err(format!(
+                    "isolation_timeout: {value:?} is too short; use at least 2s"
+                ));
+            }
+            d
+        }
+        None => DEFAULT_ISOLATION_TIMEOUT,
+    };
 
     let defaults_section = Section {
         label: "defaults".to_string(),
@@ -992,16 +1110,19 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> std::result::Result<Resolved,
         );
     }
     let mut nodes: Vec<Node> = Vec::with_capacity(raw.nodes.len());
+    let mut witnesses: Vec<Witness> = Vec::new();
     for (index, raw_node) in raw.nodes.into_iter().enumerate() {
         let mut section = Section {
             label: format!("nodes[{}]", index + 1),
             node_name: None,
         };
-        let (name, host, raw_settings) = raw_node.split();
+        let (name, host, role, raw_settings) = raw_node.split();
 
         let name = name.ok_or_else(|| format!("{}: name is not set", section.whole()))?;
         node_name(&name).map_err(|why| format!("{}: {why}", section.key("name")))?;
-        if nodes.iter().any(|earlier| earlier.name == name) {
+        if nodes.iter().any(|earlier| earlier.name == name)
+            || witnesses.iter().any(|earlier| earlier.name == name)
+        {
             return Err(format!(
                 "{}: node name {name:?} is used more than once",
                 section.key("name")
@@ -1012,9 +1133,40 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> std::result::Result<Resolved,
         host_name(&host).map_err(|why| format!("{}: {why}", section.key("host")))?;
 
         let settings = check_settings(raw_settings, &section, home)?.over(&defaults);
+        match role.as_deref() {
+            None | Some("data") => {}
+            Some("witness") => {
+                // Data settings inherited from [defaults] are simply not used here.
+                let http_listen = settings.http_listen.ok_or_else(|| {
+                    format!(
+                        "{}: a witness answers the other voters over HTTP; set http_listen",
+                        section.whole()
+                    )
+                })?;
+                witnesses.push(Witness {
+                    lock_file: settings
+                        .lock_file
+                        .unwrap_or_else(|| PathBuf::from(format!("/var/run/pgzfs-{name}.lock"))),
+                    connect_timeout: settings.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                    name,
+                    host,
+                    http_listen,
+                });
+                continue;
+            }
+            Some(other) => {
+                return Err(format!(
+                    "{}: {other:?} must be \"data\" (the default) or \"witness\"",
+                    section.key("role")
+                ))
+            }
+        }
         let node = complete_node(name, host, settings, home)
             .map_err(|why| format!("{}: {why}", section.whole()))?;
         nodes.push(node);
+    }
+    if nodes.is_empty() {
+        return Err("only witnesses are configured; add the data nodes".to_string());
     }
 
     // Two standbys sharing one slot on the primary would each see the other's progress
@@ -1029,7 +1181,14 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> std::result::Result<Resolved,
         }
     }
 
-    Ok((cluster, log_file, nodes))
+    Ok(Resolved {
+        cluster,
+        log_file,
+        nodes,
+        witnesses,
+        isolation_timeout,
+        two_node_failover: raw.two_node_failover.unwrap_or(false),
+    })
 }
 
 /// Fill in the built-in defaults and check what can only be checked once the node's
@@ -1407,6 +1566,62 @@ host = "db1.example.net"
     /// MINIMAL with extra lines in `[defaults]`.
     fn minimal_with_default_lines(lines: &str) -> String {
         MINIMAL.replace("[defaults]\n", &format!("[defaults]\n{lines}\n"))
+    }
+
+    #[test]
+    fn the_quorum_settings_default_to_safety_and_a_witness_votes_without_data() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.isolation_timeout, Duration::from_secs(10));
+        assert!(
+            !config.two_node_failover,
+            "two primaries are never the default"
+        );
+        assert!(config.witnesses.is_empty());
+
+        let text = MINIMAL.replace(
+            "cluster = \"pg\"\n",
+            "cluster = \"pg\"\nisolation_timeout = \"4s\"\ntwo_node_failover = true\n",
+        ) + "http_listen = \"0.0.0.0:8008\"\n[[nodes]]\nname = \"db2\"\nhost = \"db2.example.net\"\n\
+              [[nodes]]\nname = \"w1\"\nhost = \"w1.example.net\"\nrole = \"witness\"\nhttp_listen = \"0.0.0.0:8009\"\n";
+        let config = parse(&text).unwrap();
+        assert_eq!(config.isolation_timeout, Duration::from_secs(4));
+        assert!(config.two_node_failover);
+        let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["db1", "db2"], "a witness is no data node");
+        assert_eq!(config.witnesses[0].name, "w1");
+        let voters: Vec<(String, Option<u16>)> = config
+            .voters()
+            .into_iter()
+            .map(|v| (v.name, v.http_port))
+            .collect();
+        assert_eq!(
+            voters,
+            [
+                ("db1".to_string(), Some(8008)),
+                ("db2".to_string(), None),
+                ("w1".to_string(), Some(8009))
+            ]
+        );
+        let err = config.node("w1").unwrap_err();
+        assert!(err.message().contains("witness"), "{}", err.message());
+
+        for (text, key) in [
+            (
+                MINIMAL.replace(
+                    "cluster = \"pg\"\n",
+                    "cluster = \"pg\"\nisolation_timeout = \"1s\"\n",
+                ),
+                "isolation_timeout",
+            ),
+            (minimal_with_node_lines("role = \"arbiter\""), "role"),
+            (
+                format!("{MINIMAL}[[nodes]]\nname = \"w1\"\nhost = \"w1\"\nrole = \"witness\"\n"),
+                "http_listen",
+            ),
+        ] {
+            let message = refusal(&text);
+            assert!(message.contains(key), "{key}: {message}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! pgzfs keeps PostgreSQL standbys in sync with ZFS snapshots.
 //!
 //! Layers, top to bottom (a module only uses what sits below it):
-//! `cli` → `commands` → domain logic (`replicate`, `transfer`, `ratelimit`, `compress`) → narrow
+//! `cli` → `commands` → domain logic (`replicate`, `transfer`, `ratelimit`, `compress`, `quorum`) → narrow
 //! interfaces to the outside world (`zfs`, `ssh`, `pg`, `exec`, `clock`) → `config`,
 //! `error`.
 
@@ -22,6 +22,7 @@ pub mod log;
 pub mod pg;
 pub mod pgpass;
 pub mod progress;
+pub mod quorum;
 pub mod ratelimit;
 pub mod replicate;
 pub mod retention;

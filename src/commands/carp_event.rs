@@ -48,7 +48,7 @@ pub struct CarpEvent {
 
 /// What this node's PostgreSQL is right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub enum Role {
     Primary,
     /// Running, not in recovery, but refusing writes: fenced read-only earlier.
     FencedPrimary,
@@ -102,7 +102,9 @@ impl CarpEvent {
     }
 }
 
-fn role(ctx: &Context, pgctl: &PgCtl) -> Result<Role> {
+/// What this node's PostgreSQL is now; a server that runs but does not answer counts
+/// as what its control file says, erring towards "primary".
+pub fn role(ctx: &Context, pgctl: &PgCtl) -> Result<Role> {
     if !pgctl.is_running() {
         let was_primary =
             control::read_control(&ctx.local.data_dir)?.is_some_and(|c| c.state.was_primary());
@@ -185,7 +187,7 @@ fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
         BackupAction::Nothing(what) => return Ok(format!("{} {what}; nothing to do", local.name)),
         BackupAction::Fence => {
             // Another node holds the address now: stop taking writes at once.
-            let how = fence(ctx, &pgctl)?;
+            let how = fence(ctx, &pgctl, "fenced read-only by carp-event")?;
             said.push(format!("fenced {} ({how})", local.name));
             events::emit(
                 &ctx.config,
@@ -219,8 +221,9 @@ fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
     Ok(said.join("; "))
 }
 
-/// Make this primary stop taking writes, the way `fence_mode` says.
-fn fence(ctx: &Context, pgctl: &PgCtl) -> Result<String> {
+/// Make this primary stop taking writes, the way `fence_mode` says; `why` is written
+/// next to the read-only setting.
+pub fn fence(ctx: &Context, pgctl: &PgCtl, why: &str) -> Result<String> {
     let local = &ctx.local;
     match local.fence_mode {
         FenceMode::Stop => Ok(format!(
@@ -231,12 +234,7 @@ fn fence(ctx: &Context, pgctl: &PgCtl) -> Result<String> {
             // New transactions start read-only after the reload; sessions that began
             // earlier are ended so none keeps writing. (A session could still SET
             // transaction_read_only = off: "stop" is the hard fence.)
-            set_auto_conf(
-                &local.data_dir,
-                "default_transaction_read_only",
-                "on",
-                "fenced read-only by carp-event",
-            )?;
+            set_auto_conf(&local.data_dir, "default_transaction_read_only", "on", why)?;
             pgctl.reload()?;
             let mut pg = Pg::connect(&pg_target(local))?;
             let pids = pg.client_backend_pids()?;

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{Context, Global};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::pg_target;
+use crate::commands::isolation::{fence_if_primary, run_witness, spawn_watch, Fencer, QuorumState};
 use crate::commands::reset_secondary::{reseed_with, Caller, Outcome, ResetSecondary};
 use crate::config::{config_path, Config, Node};
 use crate::error::{Error, Result};
@@ -41,6 +42,7 @@ use crate::http::{Request, Response};
 use crate::lock::LocalLock;
 use crate::pg::ctl::PgCtl;
 use crate::pg::{Pg, RESEED_LOCK};
+use crate::quorum::View;
 use crate::retention::{prune_dataset, taken_at, Protection};
 use crate::steps::Steps;
 use crate::timestamp::utc_rfc3339;
@@ -67,6 +69,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Daemon {
     pub fn run(&self, global: &Global) -> Result<i32> {
+        // A witness runs only the quorum part: no PostgreSQL, no dataset.
+        let config = Config::load(&config_path(global.config.as_deref()))?;
+        if let Some(witness) = config.local_witness(global.node.as_deref()).cloned() {
+            install_panic_hook();
+            return run_witness(global, config, witness);
+        }
         let ctx = global.load()?;
         install_panic_hook();
         let interrupt = Interrupt::install()?;
@@ -74,11 +82,25 @@ impl Daemon {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
             .map_err(|e| Error::failed(format!("cannot install the SIGHUP handler: {e}")))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let mut quorum = QuorumState::new(&ctx.local.name, "data", &ctx.config);
+        let (pg_bin, data_dir, log, user) = (
+            ctx.local.pg_bin.clone(),
+            ctx.local.data_dir.clone(),
+            ctx.local.pg_log_file.clone(),
+            ctx.local.pg_os_user.clone(),
+        );
+        quorum.postmaster = Some(Box::new(move || {
+            // Unknown counts as running: only a positive "stopped" is evidence.
+            PgCtl::new(&pg_bin, &data_dir, &log, &user).map_or(true, |ctl| ctl.is_running())
+        }));
+        let quorum = Arc::new(quorum);
         let shared = Arc::new(Shared {
             node: Mutex::new(ctx.local.clone()),
+            config: Mutex::new(ctx.config.clone()),
             cluster: ctx.config.cluster.clone(),
             metrics: Mutex::new(Metrics::default()),
             clock: Arc::clone(&clock),
+            quorum: Arc::clone(&quorum),
         });
         let handler_shared = Arc::clone(&shared);
         let handler: Arc<crate::http::Handler> =
@@ -87,6 +109,25 @@ impl Daemon {
             Some(address) => Some(crate::http::spawn(address, Arc::clone(&handler))?),
             None => None,
         };
+        // The isolation watch runs on a thread of its own: a snapshot or a re-seed in
+        // the main loop must never delay the fence of an isolated primary.
+        let fencing = Arc::clone(&shared);
+        let fencer: Box<Fencer> = Box::new(move |view: &View| {
+            let ctx = Context {
+                config: fencing
+                    .config
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                local: fencing
+                    .node
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            };
+            fence_if_primary(&ctx, view)
+        });
+        spawn_watch(quorum, Some(fencer), interrupt.clone())?;
         tracing::info!(
             "pgzfs daemon {} started on {} (pid {}): snapshot_interval {}, reseed_after {}",
             env!("CARGO_PKG_VERSION"),
@@ -230,6 +271,10 @@ pub struct DaemonState {
     pub reseed_failures_total: u64,
     pub last_reseed_seconds: Option<f64>,
     pub last_reseed_bytes: Option<u64>,
+    /// This node's view of the quorum (live in `/state`, as of the last write in the
+    /// file).
+    #[serde(default)]
+    pub quorum: Option<View>,
 }
 
 /// Next to the node's lock file: both are per-node runtime files, and the lock file's
@@ -273,9 +318,11 @@ pub struct Metrics {
 /// What the HTTP thread shares with the main loop.
 pub struct Shared {
     node: Mutex<Node>,
+    config: Mutex<Config>,
     cluster: String,
     metrics: Mutex<Metrics>,
     clock: Arc<dyn Clock>,
+    quorum: Arc<QuorumState>,
 }
 
 impl Shared {
@@ -397,6 +444,8 @@ impl Runner {
                     self.move_http(local.http_listen);
                 }
                 *self.shared.node.lock().unwrap_or_else(|p| p.into_inner()) = local.clone();
+                *self.shared.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+                self.shared.quorum.reconfigure(&config);
                 self.ctx = Context { config, local };
                 self.next_snapshot_check = None;
                 tracing::info!("SIGHUP: reloaded the config from {}", path.display());
@@ -510,6 +559,11 @@ impl Runner {
                 }
             }
             Observed::Standby { link } => {
+                // Rejoined: the isolation fence has done its work.
+                self.shared
+                    .quorum
+                    .fenced_isolated
+                    .store(false, Ordering::SeqCst);
                 let verdict = self.watch.observe(&link, now, reseed_after);
                 let why = match &link {
                     Link::Streaming(_) => "streaming from the primary".to_string(),
@@ -593,6 +647,7 @@ impl Runner {
 
     fn save(&mut self) {
         self.record.updated = Some(utc_rfc3339(self.clock.now()));
+        self.record.quorum = Some(self.shared.quorum.view(Instant::now()));
         self.record.pid = std::process::id();
         write_state(&self.ctx.local, &self.record);
         self.shared.metrics().state = self.record.clone();
@@ -921,13 +976,16 @@ fn respond(shared: &Shared, request: &Request) -> Response {
         .clone();
     match request.path.as_str() {
         "/liveness" => Response::new(200, "text/plain", "alive\n"),
+        "/quorum" => shared.quorum.respond(request),
         "/state" => {
-            let state = shared.metrics().state.clone();
+            let mut state = shared.metrics().state.clone();
+            state.quorum = Some(shared.quorum.view(Instant::now()));
             Response::json(200, &serde_json::to_value(state).expect("state serializes"))
         }
         "/metrics" => {
             let probe = probe_local(&node);
-            let metrics = shared.metrics().clone();
+            let mut metrics = shared.metrics().clone();
+            metrics.state.quorum = Some(shared.quorum.view(Instant::now()));
             Response::new(
                 200,
                 "text/plain; version=0.0.4",
@@ -1063,6 +1121,43 @@ pub fn metrics_text(
         "counter",
         "Automatic re-seeds that failed since the daemon started.",
         one(Some(metrics.reseed_failures_total.to_string())),
+    );
+    let view = metrics.state.quorum.as_ref();
+    family(
+        "pgzfs_quorum_voters",
+        "gauge",
+        "Voters in the cluster (data nodes and witnesses).",
+        one(view.map(|v| v.voters.to_string())),
+    );
+    family(
+        "pgzfs_quorum_reachable_voters",
+        "gauge",
+        "Voters this node is in contact with within isolation_timeout, itself included.",
+        one(view.map(|v| v.reachable_voters.len().to_string())),
+    );
+    family(
+        "pgzfs_quorum_has_majority",
+        "gauge",
+        "1 while this node is in contact with a strict majority of the voters.",
+        one(view.map(|v| u8::from(v.has_majority).to_string())),
+    );
+    family(
+        "pgzfs_fenced_isolated",
+        "gauge",
+        "1 when this node's primary fenced itself because it lost the majority.",
+        one(view.map(|v| u8::from(v.fenced_isolated).to_string())),
+    );
+    family(
+        "pgzfs_quorum_unseen_seconds",
+        "gauge",
+        "Seconds since this node was last in contact with each other voter.",
+        view.map(|v| {
+            v.unseen_seconds
+                .iter()
+                .map(|(peer, s)| (format!(",peer=\"{peer}\""), s.to_string()))
+                .collect()
+        })
+        .unwrap_or_default(),
     );
     out
 }
@@ -1272,6 +1367,36 @@ mod tests {
         }
         // No lag_seconds sample: the probe did not know it.
         assert!(!text.contains("pgzfs_lag_seconds{"), "{text}");
+        // Without a quorum view (no daemon answering yet) the quorum gauges are left out.
+        assert!(!text.contains("pgzfs_quorum_voters{"), "{text}");
+    }
+
+    #[test]
+    fn metrics_show_this_nodes_view_of_the_quorum() {
+        let mut metrics = Metrics::default();
+        metrics.state.quorum = Some(View {
+            node: "db1".into(),
+            role: "data".into(),
+            unseen_seconds: [("db2".to_string(), 0.4), ("w1".to_string(), 12.0)].into(),
+            reachable_voters: vec!["db1".into(), "db2".into()],
+            voters: 3,
+            has_majority: true,
+            fenced_isolated: false,
+            postgres: Some("running".into()),
+        });
+        let text = metrics_text("pg", "db1", &LocalProbe::default(), &metrics, t(0));
+        for line in [
+            "pgzfs_quorum_voters{cluster=\"pg\",node=\"db1\"} 3",
+            "pgzfs_quorum_reachable_voters{cluster=\"pg\",node=\"db1\"} 2",
+            "pgzfs_quorum_has_majority{cluster=\"pg\",node=\"db1\"} 1",
+            "pgzfs_fenced_isolated{cluster=\"pg\",node=\"db1\"} 0",
+            "pgzfs_quorum_unseen_seconds{cluster=\"pg\",node=\"db1\",peer=\"w1\"} 12",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -6,6 +6,7 @@ pub mod check;
 pub mod compressed_send;
 pub mod daemon;
 pub mod follow;
+pub mod isolation;
 pub mod promote;
 pub mod prune;
 pub mod rejoin;

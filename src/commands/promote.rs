@@ -16,6 +16,7 @@ use crate::exec::Local;
 use crate::lock::LocalLock;
 use crate::pg::ctl::PgCtl;
 use crate::pg::Pg;
+use crate::quorum::{LeaseVerdict, PeerQuorum, Quorum};
 use crate::ssh::SshHost;
 use crate::zfs::cli::ZfsCli;
 use crate::zfs::names::SnapName;
@@ -96,11 +97,20 @@ pub fn ask_peers(config: &Config, local: &Node) -> Vec<(String, PeerAnswer)> {
             .other_nodes(local)
             .map(|node| {
                 let asked = scope.spawn(move || {
-                    match Pg::connect(&pg_target(node)).and_then(|mut pg| pg.is_writable()) {
-                        Ok(true) => PeerAnswer::Writable,
-                        Ok(false) => PeerAnswer::NotPrimary,
-                        Err(e) => PeerAnswer::Unknown(e.to_string()),
-                    }
+                    // The node's daemon is asked alongside, so that an unreachable node
+                    // costs one timeout, not two.
+                    std::thread::scope(|inner| {
+                        let daemon = inner.spawn(|| stopped_says_its_daemon(config, node));
+                        match Pg::connect(&pg_target(node)).and_then(|mut pg| pg.is_writable()) {
+                            Ok(true) => PeerAnswer::Writable,
+                            Ok(false) => PeerAnswer::NotPrimary,
+                            Err(e) => daemon
+                                .join()
+                                .ok()
+                                .flatten()
+                                .unwrap_or_else(|| PeerAnswer::Unknown(e.to_string())),
+                        }
+                    })
                 });
                 (node, asked)
             })
@@ -114,6 +124,20 @@ pub fn ask_peers(config: &Config, local: &Node) -> Vec<(String, PeerAnswer)> {
                 (node.name.clone(), answer)
             })
             .collect()
+    })
+}
+
+/// PostgreSQL does not answer, but the node's daemon may: when it says no postmaster runs
+/// there, that is positive evidence (the daemon never starts a primary by itself).
+fn stopped_says_its_daemon(config: &Config, node: &Node) -> Option<PeerAnswer> {
+    let voter = config.voters().into_iter().find(|v| v.name == node.name)?;
+    let view = crate::quorum::ask(&voter, None).ok()?;
+    (view.postgres.as_deref() == Some("stopped")).then(|| {
+        tracing::info!(
+            "{}: PostgreSQL does not answer, and its daemon says it is not running",
+            node.name
+        );
+        PeerAnswer::NotPrimary
     })
 }
 
@@ -168,11 +192,93 @@ pub fn unknown_refusal(unknown: &[(String, String)], local: &str, why_not_settle
     ))
 }
 
+/// Wait until the quorum's lease on every node in `unknown` has expired, for at most
+/// the lease plus a few looks (a primary that really is gone is missed by then); refuse
+/// when a majority does not agree by then.
+fn wait_for_leases(
+    ctx: &Context,
+    unknown: &[(String, String)],
+    quorum: &(dyn Quorum + Sync),
+) -> Result<()> {
+    let lease = crate::quorum::lease(ctx.config.isolation_timeout);
+    let deadline = Instant::now() + lease + Duration::from_secs(5);
+    let names: Vec<&str> = unknown.iter().map(|(n, _)| n.as_str()).collect();
+    tracing::info!(
+        "{} do not answer; waiting for a majority of the voters to agree they have been out of contact \
+         for longer than the lease ({:.0}s: isolation_timeout {:.0}s plus {:.0}s)",
+        names.join(", "),
+        lease.as_secs_f64(),
+        ctx.config.isolation_timeout.as_secs_f64(),
+        crate::quorum::LEASE_MARGIN.as_secs_f64()
+    );
+    loop {
+        // Ask again each time: a node that answers as a writable primary ends the wait
+        // at once, and one that answers as no primary needs no lease.
+        // The voters are asked at the same time, so that one round costs one timeout.
+        let (answers, leases) = std::thread::scope(|scope| {
+            let leases = scope.spawn(|| {
+                names
+                    .iter()
+                    .map(|n| (*n, quorum.primary_lease(n)))
+                    .collect::<Vec<(&str, LeaseVerdict)>>()
+            });
+            let answers = ask_peers(&ctx.config, &ctx.local);
+            (answers, leases.join().unwrap_or_default())
+        });
+        let still_unknown: Vec<&str> = match judge(&answers) {
+            PeerVerdict::Writable(others) => {
+                return Err(Error::refused(format!(
+                    "{} answers as a writable primary again; promoting {} would make two",
+                    others.join(", "),
+                    ctx.local.name
+                )))
+            }
+            PeerVerdict::Clear => Vec::new(),
+            PeerVerdict::Unknown(now) => names
+                .iter()
+                .copied()
+                .filter(|n| now.iter().any(|(u, _)| u == n))
+                .collect(),
+        };
+        let verdicts: Vec<(&str, LeaseVerdict)> = leases
+            .into_iter()
+            .filter(|(n, _)| still_unknown.contains(n))
+            .collect();
+        if verdicts.iter().all(|(_, v)| v.expired) {
+            for (node, verdict) in &verdicts {
+                tracing::info!("lease on {node} expired: {}", verdict.describe(node));
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let why: Vec<String> = verdicts
+                .iter()
+                .filter(|(_, v)| !v.expired)
+                .map(|(n, v)| v.describe(n))
+                .collect();
+            return Err(unknown_refusal(
+                unknown,
+                &ctx.local.name,
+                &format!(
+                    "No majority of the voters agrees it is gone: {}",
+                    why.join("; ")
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Promote this node. The caller holds the node's lock.
 pub fn promote(ctx: &Context, force: bool) -> Result<Promoted> {
+    promote_with(ctx, force, &PeerQuorum::new(&ctx.config))
+}
+
+/// `promote` with the quorum source given.
+pub fn promote_with(ctx: &Context, force: bool, quorum: &(dyn Quorum + Sync)) -> Result<Promoted> {
     let started = Instant::now();
     let local = &ctx.local;
-    let result = promote_inner(ctx, force, started);
+    let result = promote_inner(ctx, force, started, quorum);
     match &result {
         Ok(done) if done.promoted => events::emit(
             &ctx.config,
@@ -194,7 +300,12 @@ pub fn promote(ctx: &Context, force: bool) -> Result<Promoted> {
     result
 }
 
-fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promoted> {
+fn promote_inner(
+    ctx: &Context,
+    force: bool,
+    started: Instant,
+    quorum: &(dyn Quorum + Sync),
+) -> Result<Promoted> {
     let local = &ctx.local;
     let pgctl = PgCtl::for_node(local)?;
     if !pgctl.is_running() {
@@ -224,6 +335,10 @@ fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promote
     } else {
         local.promote_check_attempts
     };
+    // Nodes that do not answer are settled only by the quorum's lease: a majority of
+    // the voters has missed them for longer than isolation_timeout plus the margin, so
+    // that, had one of them been a primary, it has fenced itself by now.
+    let mut settled: Vec<String> = Vec::new();
     for attempt in 1..=attempts {
         match judge(&ask_peers(&ctx.config, local)) {
             PeerVerdict::Writable(others) => {
@@ -236,17 +351,28 @@ fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promote
                 )))
             }
             PeerVerdict::Unknown(unknown) => {
-                return Err(unknown_refusal(
-                    &unknown,
-                    &local.name,
-                    "Nothing else proves it stopped taking writes",
-                ))
+                let unsettled: Vec<(String, String)> = unknown
+                    .into_iter()
+                    .filter(|(n, _)| !settled.contains(n))
+                    .collect();
+                if !unsettled.is_empty() {
+                    wait_for_leases(ctx, &unsettled, quorum)?;
+                    settled.extend(unsettled.into_iter().map(|(n, _)| n));
+                }
             }
             PeerVerdict::Clear => {}
         }
         tracing::info!(
-            "check {attempt}/{}: every other node answers, none is a writable primary",
-            local.promote_check_attempts
+            "check {attempt}/{}: no other node is a writable primary{}",
+            local.promote_check_attempts,
+            if settled.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} unreachable, and the majority's lease on it expired)",
+                    settled.join(", ")
+                )
+            }
         );
         if attempt < local.promote_check_attempts {
             std::thread::sleep(local.promote_check_interval);

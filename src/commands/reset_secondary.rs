@@ -1044,10 +1044,12 @@ pub fn still_safe_to_reseed(
                  (it was a standby at the preflight); nothing was changed"
             )))
         }
-        Some(Err(why)) => return Err(Error::refused(format!(
+        Some(Err(why)) => {
+            return Err(Error::refused(format!(
             "PostgreSQL on this node ({local_name}) no longer answers ({why}); it may have become \
                  a primary while this re-seed waited, so nothing was changed"
-        ))),
+        )))
+        }
     }
     match source_in_recovery {
         Ok(false) => Ok(()),
@@ -1267,12 +1269,8 @@ mod tests {
     #[test]
     fn a_promotion_during_the_wait_for_the_lock_stops_the_reseed() {
         let ok: std::result::Result<bool, String> = Ok(false);
-        let cases: Vec<(
-            Option<std::result::Result<(bool, bool), String>>,
-            std::result::Result<bool, String>,
-            Caller,
-            bool,
-        )> = vec![
+        type Answer = Option<std::result::Result<(bool, bool), String>>;
+        let cases: Vec<(Answer, std::result::Result<bool, String>, Caller, bool)> = vec![
             (
                 Some(Ok((true, false))),
                 ok.clone(),
