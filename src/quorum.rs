@@ -208,6 +208,26 @@ pub fn lease_verdict(
     }
 }
 
+/// Whether the built-in quorum can work: every voter's daemon must be reachable over
+/// HTTP (`http_listen`). Until then nobody fences itself for isolation (a primary could
+/// never see the voters that have no endpoint, and would fence itself for nothing), and
+/// no lease expires, so a node that does not answer stays unknown.
+pub fn not_configured(voters: &[Voter]) -> Option<String> {
+    let missing: Vec<&str> = voters
+        .iter()
+        .filter(|v| v.http_port.is_none())
+        .map(|v| v.name.as_str())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the quorum is off: {} {} no http_listen, so {} daemon cannot vote",
+            missing.join(", "),
+            if missing.len() == 1 { "has" } else { "have" },
+            if missing.len() == 1 { "its" } else { "their" }
+        )
+    })
+}
+
 /// The narrow interface every quorum source implements.
 pub trait Quorum {
     /// Who can see whom: each voter's view, or why it could not be asked.
@@ -300,6 +320,14 @@ impl Quorum for PeerQuorum {
     }
 
     fn primary_lease(&self, primary: &str) -> LeaseVerdict {
+        if let Some(why) = not_configured(&self.voters) {
+            return LeaseVerdict {
+                expired: false,
+                agreeing: Vec::new(),
+                needed: majority(self.voters.len()),
+                unanswered: vec![("quorum".to_string(), why)],
+            };
+        }
         lease_verdict(
             &self.names(),
             primary,
@@ -444,6 +472,29 @@ mod tests {
                 "{voters:?} {views:?}: {verdict:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_quorum_is_off_until_every_voter_has_an_endpoint() {
+        let voter = |name: &str, port: Option<u16>| Voter {
+            name: name.into(),
+            host: "10.0.0.1".into(),
+            http_port: port,
+        };
+        assert_eq!(
+            not_configured(&[voter("db1", Some(8008)), voter("w1", Some(8008))]),
+            None
+        );
+        let why = not_configured(&[voter("db1", Some(8008)), voter("db2", None)]).unwrap();
+        assert!(why.contains("db2 has no http_listen"), "{why}");
+        let quorum = PeerQuorum {
+            voters: vec![voter("db1", None), voter("db2", None), voter("db3", None)],
+            isolation_timeout: S * 10,
+            two_node_failover: false,
+        };
+        let verdict = quorum.primary_lease("db1");
+        assert!(!verdict.expired, "{verdict:?}");
+        assert!(verdict.describe("db1").contains("quorum is off"));
     }
 
     #[test]

@@ -127,6 +127,9 @@ impl Daemon {
             };
             fence_if_primary(&ctx, view)
         });
+        if let Some(why) = crate::quorum::not_configured(&ctx.config.voters()) {
+            tracing::warn!("{why}; a partitioned primary does not fence itself");
+        }
         spawn_watch(quorum, Some(fencer), interrupt.clone())?;
         tracing::info!(
             "pgzfs daemon {} started on {} (pid {}): snapshot_interval {}, reseed_after {}",

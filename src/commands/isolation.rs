@@ -127,6 +127,9 @@ impl QuorumState {
     /// Whether a primary here must fence itself now.
     fn isolated(&self) -> bool {
         let (voters, timeout) = self.settings();
+        if crate::quorum::not_configured(&voters).is_some() {
+            return false;
+        }
         let names: Vec<String> = voters.iter().map(|v| v.name.clone()).collect();
         let unseen = self.contacts.unseen(&names, &self.me, Instant::now());
         must_fence(&names, &self.me, &unseen, timeout)
@@ -257,6 +260,9 @@ pub fn run_witness(global: &Global, config: Config, witness: Witness) -> Result<
             _ => Response::new(404, "text/plain", "Not Found\n"),
         });
     let server = crate::http::spawn(witness.http_listen, handler)?;
+    if let Some(why) = crate::quorum::not_configured(&config.voters()) {
+        tracing::warn!("{why}");
+    }
     tracing::info!(
         "pgzfs daemon {} started on witness {} (pid {}): voting among {} voters",
         env!("CARGO_PKG_VERSION"),
@@ -264,7 +270,28 @@ pub fn run_witness(global: &Global, config: Config, witness: Witness) -> Result<
         std::process::id(),
         config.voters().len()
     );
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
+        .map_err(|e| Error::failed(format!("cannot install the SIGHUP handler: {e}")))?;
     let watch = spawn_watch(Arc::clone(&state), None, interrupt.clone())?;
+    let path = crate::config::config_path(global.config.as_deref());
+    while !interrupt.is_set() {
+        if hangup.swap(false, Ordering::SeqCst) {
+            // The voters and isolation_timeout may change; the address does not (restart
+            // the witness for that).
+            match Config::load(&path) {
+                Ok(config) => {
+                    state.reconfigure(&config);
+                    tracing::info!("SIGHUP: reloaded the config from {}", path.display());
+                }
+                Err(e) => tracing::error!(
+                    "SIGHUP: the config at {} is invalid, keeping the old one: {e}",
+                    path.display()
+                ),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = watch.join();
     server.stop();
     tracing::info!("pgzfs daemon on witness {} stopping", witness.name);
