@@ -648,3 +648,35 @@ fn a_primary_cut_off_from_its_standby_but_reaching_the_witness_keeps_taking_writ
         (cluster.now() - cut).as_secs_f64()
     );
 }
+
+#[test]
+fn a_flapping_primary_link_never_gives_two_writable_primaries() {
+    let cluster = Cluster::up("partitionflap", 3, false);
+    let started = cluster.now();
+    // Down and up every few seconds for a minute: each outage is shorter or longer than
+    // isolation_timeout (4 s) but always shorter than the lease (8 s), the hardest case
+    // for the timing.
+    let pattern = [3u64, 2, 5, 3, 6, 2, 4, 3, 5, 2, 3, 4];
+    let mut flaps = 0;
+    for (i, seconds) in pattern.iter().cycle().enumerate() {
+        if cluster.now() - started > Duration::from_secs(60) {
+            break;
+        }
+        let down = i % 2 == 0;
+        cluster
+            .lab
+            .script(if down { "link-down" } else { "link-up" }, &["db1"]);
+        flaps += usize::from(down);
+        std::thread::sleep(Duration::from_secs(*seconds));
+    }
+    cluster.lab.script("link-up", &["db1"]);
+    std::thread::sleep(Duration::from_secs(10));
+    let rounds = cluster.assert_never_two_writable("flapping primary link");
+    let last = cluster.rounds().last().unwrap().clone();
+    eprintln!(
+        "PARTITION flapping primary link: {flaps} outages in {:.0}s, {rounds} rounds, never two writable; at the end writable: {:?}",
+        (cluster.now() - started).as_secs_f64(),
+        last.writable
+    );
+    assert!(last.writable.len() <= 1, "{last:?}");
+}
