@@ -537,3 +537,36 @@ fn a_primary_fenced_read_only_keeps_serving_reads_and_then_rejoins() {
         "streaming"
     );
 }
+
+#[test]
+fn carp_backup_fences_at_once_while_another_run_holds_the_nodes_lock() {
+    let lab = ha_lab("backupnolock");
+    // A long operation (a re-seed from this node, a switchover) holds db1's lock, as
+    // flock(1) on the same file does here. The lab's lock_timeout is 20 s.
+    let lock_file = lab.dir.join("db1.lock");
+    let mut holder = Command::new("flock")
+        .arg(&lock_file)
+        .args(["sleep", "120"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(holder.try_wait().unwrap().is_none(), "flock holds the lock");
+    let started = std::time::Instant::now();
+    let out = lab.pgzfs("db1", &["carp-event", "BACKUP"]);
+    let took = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "the fence waited for the lock: {took:?}"
+    );
+    assert!(
+        lab.try_sql("db1", "SELECT 1").is_err(),
+        "db1 no longer serves"
+    );
+    eprintln!(
+        "carp-event BACKUP fenced db1 in {:.1}s while the lock was held",
+        took.as_secs_f64()
+    );
+}
