@@ -92,7 +92,30 @@ impl Contacts {
         }
     }
 
-    /// How long each of `voters` (but `me`) has not been in contact, at `now`.
+    /// The voters (but `me`) actually in contact within `timeout` of `now`: unlike
+    /// [`Contacts::unseen`], a voter never seen since the start is not among them.
+    pub fn in_contact(
+        &self,
+        voters: &[String],
+        me: &str,
+        now: Instant,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        voters
+            .iter()
+            .filter(|v| v.as_str() != me)
+            .filter(|v| {
+                last.get(*v)
+                    .is_some_and(|at| now.saturating_duration_since(*at) < timeout)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// How long each of `voters` (but `me`) has not been in contact, at `now`. A voter
+    /// never seen counts from the start: that gives a starting daemon `timeout` to make
+    /// contact before it takes itself for isolated.
     pub fn unseen(&self, voters: &[String], me: &str, now: Instant) -> BTreeMap<String, Duration> {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         voters

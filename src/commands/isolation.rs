@@ -14,7 +14,7 @@ use crate::events::{self, Event};
 use crate::exec::Cmd;
 use crate::http::{Request, Response};
 use crate::pg::ctl::PgCtl;
-use crate::quorum::{ask_all, majority, must_fence, reachable, Contacts, View};
+use crate::quorum::{ask_all, majority, must_fence, Contacts, View};
 use crate::transfer::Interrupt;
 
 /// How long the fence of an isolated primary waits for a fast shutdown before it stops
@@ -66,7 +66,13 @@ impl QuorumState {
         let (voters, timeout) = self.settings();
         let names: Vec<String> = voters.iter().map(|v| v.name.clone()).collect();
         let unseen = self.contacts.unseen(&names, &self.me, now);
-        let reachable_voters = reachable(&names, &self.me, &unseen, timeout);
+        // What is shown is actual contact; the start's grace only delays the fence.
+        let seen = self.contacts.in_contact(&names, &self.me, now, timeout);
+        let reachable_voters: Vec<String> = names
+            .iter()
+            .filter(|n| **n == self.me || seen.contains(n))
+            .cloned()
+            .collect();
         View {
             node: self.me.clone(),
             role: self.role.to_string(),
@@ -296,4 +302,61 @@ pub fn run_witness(global: &Global, config: Config, witness: Witness) -> Result<
     server.stop();
     tracing::info!("pgzfs daemon on witness {} stopping", witness.name);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "cluster = \"pg\"\nisolation_timeout = \"4s\"\n[defaults]\ndataset = \"tank/pg\"\n\
+             data_dir = \"/var/db/pg\"\nhttp_listen = \"0.0.0.0:8008\"\nssh_key = \"/k\"\nknown_hosts = \"/kh\"\n\
+             [[nodes]]\nname = \"db1\"\nhost = \"10.0.0.1\"\n[[nodes]]\nname = \"db2\"\nhost = \"10.0.0.2\"\n\
+             [[nodes]]\nname = \"w1\"\nhost = \"10.0.0.9\"\nrole = \"witness\"\n",
+            std::path::Path::new("/etc/pgzfs.toml"),
+        )
+        .unwrap()
+    }
+
+    fn get(query: &[(&str, &str)]) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/quorum".into(),
+            query: query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_question_from_another_voter_counts_as_contact_and_strangers_are_refused() {
+        let state = QuorumState::new("db1", "data", &config());
+        let before = state.view(Instant::now());
+        assert_eq!(before.reachable_voters, vec!["db1".to_string()]);
+        assert_eq!(before.voters, 3);
+        assert!(!before.has_majority);
+
+        assert_eq!(state.respond(&get(&[("from", "w1")])).status, 200);
+        let after = state.view(Instant::now());
+        assert_eq!(
+            after.reachable_voters,
+            vec!["db1".to_string(), "w1".to_string()]
+        );
+        assert!(after.has_majority, "db1 and the witness are two of three");
+
+        for from in ["db9", "db1", "w1;rm"] {
+            assert_eq!(
+                state.respond(&get(&[("from", from)])).status,
+                400,
+                "from={from}"
+            );
+        }
+        // Asking without from= records nothing and answers the view.
+        let answer = state.respond(&get(&[]));
+        let view: View = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(view.node, "db1");
+        assert_eq!(view.role, "data");
+    }
 }
