@@ -25,6 +25,10 @@ pub struct DaemonState {
     /// this standby's slot on the primary keeps all WAL since its last success.
     #[serde(default)]
     pub reseed_failures_in_a_row: u32,
+    /// This node's view of the quorum (live in `/state`, as of the last write in the
+    /// file).
+    #[serde(default)]
+    pub quorum: Option<crate::quorum::View>,
     pub last_reseed_seconds: Option<f64>,
     pub last_reseed_bytes: Option<u64>,
 }

@@ -3,7 +3,7 @@
 //! Layers, top to bottom; a module only uses what sits below it (docs/architecture.md):
 //! `main` → `cli` → `context` (the composition root) → `commands` (one file per
 //! subcommand, never importing each other) → domain logic (`replicate`, `cut`,
-//! `retention`, `events`, `failover`, `cluster`, `daemon_state`, `transfer`, `ratelimit`,
+//! `retention`, `events`, `failover`, `quorum`, `isolation`, `cluster`, `daemon_state`, `transfer`, `ratelimit`,
 //! `compress`) → narrow interfaces to the outside world (`zfs`, `pg`, `ssh`,
 //! `ssh_openssh`, `exec`, `clock`, `lock`, `http`) → `config`, `error`.
 
@@ -22,11 +22,13 @@ pub mod events;
 pub mod exec;
 pub mod failover;
 pub mod http;
+pub mod isolation;
 pub mod lock;
 pub mod log;
 pub mod pg;
 pub mod pgpass;
 pub mod progress;
+pub mod quorum;
 pub mod ratelimit;
 pub mod replicate;
 pub mod retention;

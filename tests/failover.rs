@@ -9,13 +9,52 @@ use std::time::{Duration, Instant};
 use common::{file_text, stderr_of, Lab};
 
 /// Settings for a quick failover in the lab: short connect timeouts (the dead host drops
-/// packets), a few fast checks, and fenced primaries that rejoin on their own.
-fn tune(lab: &Lab, check_attempts: u32, extra: &str) {
+/// packets), a few fast checks, fenced primaries that rejoin on their own, and daemons
+/// that answer the quorum on port 8008. These labs have two data nodes and no witness:
+/// automatic failover there needs `two_node_failover` (see docs/ha.md), which `top`
+/// sets where a test wants it.
+fn tune(lab: &Lab, check_attempts: u32, top: &str, extra: &str) {
     let settings = format!(
-        "[defaults]\nconnect_timeout = \"1s\"\npromote_check_attempts = {check_attempts}\npromote_check_interval = \"500ms\"\nquarantine_dir = \"{}/quarantine\"\n{extra}",
+        "{top}isolation_timeout = \"4s\"\n\n[defaults]\nconnect_timeout = \"1s\"\npromote_check_attempts = {check_attempts}\npromote_check_interval = \"500ms\"\n\
+         http_listen = \"0.0.0.0:8008\"\nquarantine_dir = \"{}/quarantine\"\n{extra}",
         lab.dir.display()
     );
     lab.write_config(&file_text(&lab.config()).replacen("[defaults]\n", &settings, 1));
+}
+
+/// `pgzfs daemon` on a node, as rc.d runs it; stopped (SIGTERM) when dropped.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(lab: &Lab, node: &str) -> Daemon {
+        Daemon(
+            lab.pgzfs_in_command(node, &["daemon"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start pgzfs daemon"),
+        )
+    }
+
+    /// As a dying host would take it: no goodbye.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+    }
 }
 
 fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -61,9 +100,17 @@ fn carp_log(lab: &Lab, node: &str) -> String {
 #[test]
 fn the_primary_dies_the_standby_takes_over_and_the_old_primary_rejoins_when_it_returns() {
     let lab = Lab::up_hosts("failover", 2, true, false);
-    tune(&lab, 3, "on_backup = \"rejoin\"\n");
+    // Two data nodes, no witness: automatic failover only by explicit choice.
+    tune(
+        &lab,
+        3,
+        "two_node_failover = true\n",
+        "on_backup = \"rejoin\"\n",
+    );
     let out = lab.pgzfs_in("db2", &["reset-secondary", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let mut db1_daemon = Daemon::start(&lab, "db1");
+    let _db2_daemon = Daemon::start(&lab, "db2");
     lab.sql_on(
         "db1",
         "CREATE TABLE probe (id serial PRIMARY KEY, note text); ALTER TABLE probe OWNER TO app",
@@ -82,8 +129,10 @@ fn the_primary_dies_the_standby_takes_over_and_the_old_primary_rejoins_when_it_r
         },
     );
 
-    // The primary host dies: its CARP advertisements stop and PostgreSQL is gone.
+    // The primary host dies: its CARP advertisements stop, PostgreSQL and the daemon
+    // are gone.
     let killed = Instant::now();
+    db1_daemon.kill();
     lab.script("carp-stop", &["db1"]);
     let out = lab.as_postgres(&format!(
         "{}/pg_ctl -D {} -m immediate stop",
@@ -207,7 +256,7 @@ fn the_primary_dies_the_standby_takes_over_and_the_old_primary_rejoins_when_it_r
 fn a_primary_that_comes_back_during_the_checks_prevents_the_promotion() {
     let lab = Lab::up_hosts("cameback", 2, true, false);
     // Enough checks to span the blip (the dead host costs a 1 s connect timeout each).
-    tune(&lab, 10, "");
+    tune(&lab, 10, "", "");
     let out = lab.pgzfs_in("db2", &["reset-secondary", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
 
@@ -310,6 +359,7 @@ fn a_switchover_round_trip_through_pgbouncer_loses_no_committed_transaction_and_
     tune(
         &lab,
         3,
+        "",
         &format!("pgzfs_bin = \"{}\"\n", common::pgzfs_bin().display()),
     );
     lab.write_config(&format!(

@@ -117,6 +117,26 @@ fn failover_then_the_old_primary_rejoins_keeping_its_diverged_writes() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // db1's daemon runs (as rc.d runs it) and answers on a port of its own: when its
+    // PostgreSQL is gone but the host is up, the daemon's "not running" is the positive
+    // evidence that lets db2 promote. A node that does not answer at all would be
+    // unknown, and unknown is not "not a primary".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    lab.write_config(&file_text(&lab.config()).replacen(
+        "name = \"db1\"\n",
+        &format!("name = \"db1\"\nhttp_listen = \"127.0.0.1:{port}\"\n"),
+        1,
+    ));
+    let mut db1_daemon = lab
+        .pgzfs_command("db1", &["daemon"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     stop_immediately(&lab, "db1");
 
     // CARP makes db2 MASTER: it is promoted, writable, with an undo snapshot and epoch 1.
@@ -124,6 +144,11 @@ fn failover_then_the_old_primary_rejoins_keeping_its_diverged_writes() {
         "db2",
         &["carp-event", "MASTER", "--iface", "veth0", "--vhid", "1"],
     );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(db1_daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = db1_daemon.wait();
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert_eq!(lab.sql("db2", "SELECT pg_is_in_recovery()"), "f");
     lab.sql("db2", "CREATE TABLE after_failover (x int)");
@@ -510,5 +535,38 @@ fn a_primary_fenced_read_only_keeps_serving_reads_and_then_rejoins() {
             "SELECT state FROM pg_stat_replication WHERE application_name = 'db1'"
         ),
         "streaming"
+    );
+}
+
+#[test]
+fn carp_backup_fences_at_once_while_another_run_holds_the_nodes_lock() {
+    let lab = ha_lab("backupnolock");
+    // A long operation (a re-seed from this node, a switchover) holds db1's lock, as
+    // flock(1) on the same file does here. The lab's lock_timeout is 20 s.
+    let lock_file = lab.dir.join("db1.lock");
+    let mut holder = Command::new("flock")
+        .arg(&lock_file)
+        .args(["sleep", "120"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(holder.try_wait().unwrap().is_none(), "flock holds the lock");
+    let started = std::time::Instant::now();
+    let out = lab.pgzfs("db1", &["carp-event", "BACKUP"]);
+    let took = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "the fence waited for the lock: {took:?}"
+    );
+    assert!(
+        lab.try_sql("db1", "SELECT 1").is_err(),
+        "db1 no longer serves"
+    );
+    eprintln!(
+        "carp-event BACKUP fenced db1 in {:.1}s while the lock was held",
+        took.as_secs_f64()
     );
 }

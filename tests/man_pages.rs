@@ -314,6 +314,8 @@ fn config_with(table: &str, key: &str, value: &str) -> String {
     match table {
         "" => format!("{BASE}{key} = {value}\n{DEFAULTS}{NODES}"),
         "defaults" => format!("{BASE}{DEFAULTS}{key} = {value}\n{NODES}"),
+        // A key only a [[nodes]] entry may set goes into the entry itself.
+        "nodes" => format!("{BASE}{DEFAULTS}{NODES}{key} = {value}\n"),
         other => format!("{BASE}{DEFAULTS}{NODES}[{other}]\n{key} = {value}\n"),
     }
 }
@@ -410,8 +412,10 @@ fn every_node_key_is_in_pgzfs_toml_5_with_type_default_and_scope() {
             }
             continue;
         }
-        wrong.extend(check_key(documented_in, "defaults", key));
-        if !in_defaults.iter().any(|k| k == key) {
+        let only_in_nodes = !in_defaults.iter().any(|k| k == key);
+        let table = if only_in_nodes { "nodes" } else { "defaults" };
+        wrong.extend(check_key(documented_in, table, key));
+        if only_in_nodes {
             // Only a [[nodes]] entry has it: its entry must say so.
             let says = entry(documented_in, key).is_some_and(|e| {
                 e.body

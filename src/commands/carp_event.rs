@@ -1,24 +1,22 @@
 //! `pgzfs carp-event MASTER|BACKUP|INIT`: the one hook for every CARP driver (ifstated,
-//! devd, ucarp, keepalived). Calls are serialized by the node's lock, every decision is
-//! logged with its reason, and each state is handled idempotently: the same event twice
+//! devd, ucarp, keepalived). MASTER, and the rejoin after BACKUP, are serialized by the
+//! node's lock; fencing on BACKUP never waits for it. Every decision is logged with its
+//! reason, and each state is handled idempotently: the same event twice
 //! does nothing the second time, because each action first checks whether it is needed.
 
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 
-use crate::cluster::{find_primary, pg_target};
+use crate::cluster::find_primary;
 use crate::commands::promote::{local_epoch, promote};
 use crate::commands::rejoin::rejoin;
 use crate::context::{Context, Invocation};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
-use crate::failover::{FenceMode, OnBackup};
+use crate::failover::{fence, role, OnBackup, Role};
 use crate::lock::LocalLock;
-use crate::pg::control;
 use crate::pg::ctl::PgCtl;
-use crate::pg::standby::set_auto_conf;
-use crate::pg::Pg;
 use crate::replicate::{self, report, ReseedRequest};
 use crate::transfer::Interrupt;
 
@@ -46,19 +44,6 @@ pub struct CarpEvent {
     pub subsystem: Option<String>,
 }
 
-/// What this node's PostgreSQL is right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Primary,
-    /// Running, not in recovery, but refusing writes: fenced read-only earlier.
-    FencedPrimary,
-    Standby,
-    /// Not running; `was_primary` from its control file.
-    Stopped {
-        was_primary: bool,
-    },
-}
-
 impl CarpEvent {
     pub fn run(&self, invocation: &Invocation) -> Result<i32> {
         let ctx = invocation.load()?;
@@ -81,9 +66,13 @@ impl CarpEvent {
             self.state,
             ctx.local.name
         );
-        let _lock = LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "carp-event")?;
         let decision = match self.state {
-            CarpState::Master => on_master(&ctx),
+            CarpState::Master => {
+                LocalLock::acquire(&ctx.local.lock_file, ctx.local.lock_timeout, "carp-event")
+                    .and_then(|_lock| on_master(&ctx))
+            }
+            // Fencing never waits for the lock: a re-seed, a switchover or a snapshot
+            // holding it for minutes must not keep a demoted primary taking writes.
             CarpState::Backup => on_backup(&ctx, ctx.local.on_backup),
             CarpState::Init => on_backup(&ctx, OnBackup::Fence),
         };
@@ -94,36 +83,6 @@ impl CarpEvent {
                 Ok(0)
             }
             Err(e) => Err(e.context(format!("carp-event {:?}", self.state))),
-        }
-    }
-}
-
-fn role(ctx: &Context, pgctl: &PgCtl) -> Result<Role> {
-    if !pgctl.is_running() {
-        let was_primary =
-            control::read_control(&ctx.local.data_dir)?.is_some_and(|c| c.state.was_primary());
-        return Ok(Role::Stopped { was_primary });
-    }
-    let asked = Pg::connect(&pg_target(&ctx.local))
-        .and_then(|mut pg| Ok((pg.is_in_recovery()?, pg.is_writable()?)));
-    match asked {
-        Ok((true, _)) => Ok(Role::Standby),
-        Ok((false, true)) => Ok(Role::Primary),
-        Ok((false, false)) => Ok(Role::FencedPrimary),
-        // Running but not answering: its control file decides, erring towards "primary"
-        // so that BACKUP fences it.
-        Err(e) => {
-            let in_recovery =
-                control::read_control(&ctx.local.data_dir)?.is_some_and(|c| !c.state.was_primary());
-            tracing::warn!(
-                "cannot ask the local PostgreSQL its role ({e}); control file says {}",
-                if in_recovery { "standby" } else { "primary" }
-            );
-            Ok(if in_recovery {
-                Role::Standby
-            } else {
-                Role::Primary
-            })
         }
     }
 }
@@ -150,21 +109,38 @@ fn on_master(ctx: &Context) -> Result<String> {
     }
 }
 
+/// What CARP BACKUP (or INIT) calls for, given this node's role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BackupAction {
+    /// A standby: nothing to fence and nothing to rejoin.
+    Nothing(&'static str),
+    /// A writable primary: fence it now, without waiting for anything.
+    Fence,
+    /// Takes no writes already; it may still rejoin.
+    AlreadyFenced(&'static str),
+}
+
+fn backup_action(role: Role) -> BackupAction {
+    match role {
+        Role::Standby => BackupAction::Nothing("is a standby"),
+        Role::Stopped { was_primary: false } => BackupAction::Nothing("is a stopped standby"),
+        Role::Primary => BackupAction::Fence,
+        Role::FencedPrimary => BackupAction::AlreadyFenced("is a primary fenced read-only already"),
+        Role::Stopped { was_primary: true } => {
+            BackupAction::AlreadyFenced("is a fenced former primary")
+        }
+    }
+}
+
 fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
     let local = &ctx.local;
     let pgctl = PgCtl::for_node(local)?;
     let mut said = Vec::new();
-    match role(ctx, &pgctl)? {
-        Role::Standby => return Ok(format!("{} is a standby; nothing to do", local.name)),
-        Role::Stopped { was_primary: false } => {
-            return Ok(format!(
-                "{} is a stopped standby; nothing to do",
-                local.name
-            ))
-        }
-        Role::Primary => {
+    match backup_action(role(ctx, &pgctl)?) {
+        BackupAction::Nothing(what) => return Ok(format!("{} {what}; nothing to do", local.name)),
+        BackupAction::Fence => {
             // Another node holds the address now: stop taking writes at once.
-            let how = fence(ctx, &pgctl)?;
+            let how = fence(ctx, &pgctl, "fenced read-only by carp-event")?;
             said.push(format!("fenced {} ({how})", local.name));
             events::emit(
                 &ctx.config,
@@ -177,15 +153,11 @@ fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
                 ),
             );
         }
-        Role::FencedPrimary => said.push(format!(
-            "{} is a primary fenced read-only already",
-            local.name
-        )),
-        Role::Stopped { was_primary: true } => {
-            said.push(format!("{} is a fenced former primary", local.name))
-        }
+        BackupAction::AlreadyFenced(what) => said.push(format!("{} {what}", local.name)),
     }
     if then == OnBackup::Rejoin {
+        // Rejoining changes the data directory: that does wait for the lock.
+        let _lock = LocalLock::acquire(&local.lock_file, local.lock_timeout, "carp-event rejoin")?;
         let new_primary = wait_for_new_primary(ctx, local.promote_timeout)?;
         let request = ReseedRequest::rejoin(&new_primary, false);
         let outcome = rejoin(ctx, &new_primary, false, false)
@@ -204,56 +176,6 @@ fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
     Ok(said.join("; "))
 }
 
-/// Make this primary stop taking writes, the way `fence_mode` says.
-fn fence(ctx: &Context, pgctl: &PgCtl) -> Result<String> {
-    let local = &ctx.local;
-    match local.fence_mode {
-        FenceMode::Stop => Ok(format!(
-            "PostgreSQL stopped, {}",
-            pgctl.stop(local.stop_timeout)?
-        )),
-        FenceMode::ReadOnly => {
-            // New transactions start read-only after the reload; sessions that began
-            // earlier are ended so none keeps writing. (A session could still SET
-            // transaction_read_only = off: "stop" is the hard fence.)
-            set_auto_conf(
-                &local.data_dir,
-                "default_transaction_read_only",
-                "on",
-                "fenced read-only by carp-event",
-            )?;
-            pgctl.reload()?;
-            // The server ends the sessions itself: a PID read from a connection is never
-            // signalled by root. If they cannot be ended, writes could go on: stop instead.
-            let ended =
-                Pg::connect(&pg_target(local)).and_then(|mut pg| pg.terminate_client_sessions());
-            let (found, ended) = match ended {
-                Ok(counts) => counts,
-                Err(e) => {
-                    pgctl.stop(local.stop_timeout)?;
-                    return Ok(format!(
-                        "could not end the client sessions ({e}); PostgreSQL stopped instead"
-                    ));
-                }
-            };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Pg::connect(&pg_target(local))
-                .and_then(|mut pg| pg.is_writable())
-                .unwrap_or(true)
-            {
-                if Instant::now() >= deadline {
-                    pgctl.stop(local.stop_timeout)?;
-                    return Ok("read-only did not take effect; PostgreSQL stopped instead".into());
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Ok(format!(
-                "read-only, {ended} of {found} client sessions ended"
-            ))
-        }
-    }
-}
-
 /// The one other node that is a writable primary, once it is reachable.
 fn wait_for_new_primary(ctx: &Context, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
@@ -266,5 +188,33 @@ fn wait_for_new_primary(ctx: &Context, timeout: Duration) -> Result<String> {
             Err(e) => tracing::debug!("no new primary yet: {e}"),
         }
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_fences_exactly_the_nodes_that_take_writes() {
+        let cases = [
+            (Role::Primary, BackupAction::Fence),
+            (Role::Standby, BackupAction::Nothing("is a standby")),
+            (
+                Role::Stopped { was_primary: false },
+                BackupAction::Nothing("is a stopped standby"),
+            ),
+            (
+                Role::FencedPrimary,
+                BackupAction::AlreadyFenced("is a primary fenced read-only already"),
+            ),
+            (
+                Role::Stopped { was_primary: true },
+                BackupAction::AlreadyFenced("is a fenced former primary"),
+            ),
+        ];
+        for (role, want) in cases {
+            assert_eq!(backup_action(role), want, "{role:?}");
+        }
     }
 }

@@ -35,6 +35,18 @@ impl Check {
     pub fn run(&self, invocation: &Invocation) -> Result<i32> {
         let path = config_path(invocation.config.as_deref());
         let config = Config::load(&path)?;
+        if let Some(witness) = config.local_witness(invocation.node.as_deref()) {
+            // A witness has no dataset and no PostgreSQL: the config is all there is.
+            println!(
+                "{}: valid; cluster {}, {} voters; this node is the witness {} (answers on {})",
+                path.display(),
+                config.cluster,
+                config.voters().len(),
+                witness.name,
+                witness.http_listen
+            );
+            return Ok(0);
+        }
         let local = config.local_node(invocation.node.as_deref())?;
         let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
         let valid = format!(

@@ -35,9 +35,11 @@ use crate::daemon_state::{read_state, write_state, DaemonState};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::http::{Request, Response};
+use crate::isolation::{fence_if_primary, run_witness, spawn_watch, Fencer, QuorumState};
 use crate::lock::LocalLock;
 use crate::pg::ctl::PgCtl;
 use crate::pg::{Pg, RESEED_LOCK};
+use crate::quorum::View;
 use crate::replicate::{self, Caller, ReseedRequest};
 use crate::retention::{prune_dataset, taken_at, Protection};
 use crate::steps::Steps;
@@ -64,6 +66,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Daemon {
     pub fn run(&self, invocation: &Invocation) -> Result<i32> {
+        // A witness runs only the quorum part: no PostgreSQL, no dataset.
+        let config = Config::load(&config_path(invocation.config.as_deref()))?;
+        if let Some(witness) = config.local_witness(invocation.node.as_deref()).cloned() {
+            install_panic_hook();
+            return run_witness(invocation, config, witness);
+        }
         let ctx = invocation.load()?;
         install_panic_hook();
         let interrupt = Interrupt::install()?;
@@ -71,11 +79,25 @@ impl Daemon {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
             .map_err(|e| Error::failed(format!("cannot install the SIGHUP handler: {e}")))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let mut quorum = QuorumState::new(&ctx.local.name, "data", &ctx.config);
+        let (pg_bin, data_dir, log, user) = (
+            ctx.local.pg_bin.clone(),
+            ctx.local.data_dir.clone(),
+            ctx.local.pg_log_file.clone(),
+            ctx.local.pg_os_user.clone(),
+        );
+        quorum.postmaster = Some(Box::new(move || {
+            // Unknown counts as running: only a positive "stopped" is evidence.
+            PgCtl::new(&pg_bin, &data_dir, &log, &user).map_or(true, |ctl| ctl.is_running())
+        }));
+        let quorum = Arc::new(quorum);
         let shared = Arc::new(Shared {
             node: Mutex::new(ctx.local.clone()),
+            config: Mutex::new(ctx.config.clone()),
             cluster: ctx.config.cluster.clone(),
             metrics: Mutex::new(Metrics::default()),
             clock: Arc::clone(&clock),
+            quorum: Arc::clone(&quorum),
         });
         let handler_shared = Arc::clone(&shared);
         let handler: Arc<crate::http::Handler> =
@@ -84,6 +106,28 @@ impl Daemon {
             Some(address) => Some(crate::http::spawn(address, Arc::clone(&handler))?),
             None => None,
         };
+        // The isolation watch runs on a thread of its own: a snapshot or a re-seed in
+        // the main loop must never delay the fence of an isolated primary.
+        let fencing = Arc::clone(&shared);
+        let fencer: Box<Fencer> = Box::new(move |view: &View| {
+            let ctx = Context {
+                config: fencing
+                    .config
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                local: fencing
+                    .node
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            };
+            fence_if_primary(&ctx, view)
+        });
+        if let Some(why) = crate::quorum::not_configured(&ctx.config.voters()) {
+            tracing::warn!("{why}; a partitioned primary does not fence itself");
+        }
+        spawn_watch(quorum, Some(fencer), interrupt.clone())?;
         tracing::info!(
             "pgzfs daemon {} started on {} (pid {}): snapshot_interval {}, reseed_after {}",
             env!("CARGO_PKG_VERSION"),
@@ -229,9 +273,11 @@ pub struct Metrics {
 /// What the HTTP thread shares with the main loop.
 pub struct Shared {
     node: Mutex<Node>,
+    config: Mutex<Config>,
     cluster: String,
     metrics: Mutex<Metrics>,
     clock: Arc<dyn Clock>,
+    quorum: Arc<QuorumState>,
 }
 
 impl Shared {
@@ -353,6 +399,8 @@ impl Runner {
                     self.move_http(local.http_listen);
                 }
                 *self.shared.node.lock().unwrap_or_else(|p| p.into_inner()) = local.clone();
+                *self.shared.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+                self.shared.quorum.reconfigure(&config);
                 self.ctx = Context { config, local };
                 self.next_snapshot_check = None;
                 tracing::info!("SIGHUP: reloaded the config from {}", path.display());
@@ -466,6 +514,11 @@ impl Runner {
                 }
             }
             Observed::Standby { link } => {
+                // Rejoined: the isolation fence has done its work.
+                self.shared
+                    .quorum
+                    .fenced_isolated
+                    .store(false, Ordering::SeqCst);
                 let verdict = self.watch.observe(&link, now, reseed_after);
                 let why = match &link {
                     Link::Streaming(_) => "streaming from the primary".to_string(),
@@ -549,6 +602,7 @@ impl Runner {
 
     fn save(&mut self) {
         self.record.updated = Some(utc_rfc3339(self.clock.now()));
+        self.record.quorum = Some(self.shared.quorum.view(Instant::now()));
         self.record.pid = std::process::id();
         write_state(&self.ctx.local, &self.record);
         self.shared.metrics().state = self.record.clone();
@@ -885,13 +939,16 @@ fn respond(shared: &Shared, request: &Request) -> Response {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     match request.path.as_str() {
+        "/quorum" => shared.quorum.respond(request),
         "/state" => {
-            let state = shared.metrics().state.clone();
+            let mut state = shared.metrics().state.clone();
+            state.quorum = Some(shared.quorum.view(Instant::now()));
             Response::json(200, &serde_json::to_value(state).expect("state serializes"))
         }
         "/metrics" => {
             let probe = probe_local(&node);
-            let metrics = shared.metrics().clone();
+            let mut metrics = shared.metrics().clone();
+            metrics.state.quorum = Some(shared.quorum.view(Instant::now()));
             Response::new(
                 200,
                 "text/plain; version=0.0.4",
@@ -1033,6 +1090,43 @@ pub fn metrics_text(
         "gauge",
         "Automatic re-seeds that failed since the last success; while above 0 this standby's slot keeps WAL on the primary.",
         one(Some(metrics.reseed_failures_in_a_row.to_string())),
+    );
+    let view = metrics.state.quorum.as_ref();
+    family(
+        "pgzfs_quorum_voters",
+        "gauge",
+        "Voters in the cluster (data nodes and witnesses).",
+        one(view.map(|v| v.voters.to_string())),
+    );
+    family(
+        "pgzfs_quorum_reachable_voters",
+        "gauge",
+        "Voters this node is in contact with within isolation_timeout, itself included.",
+        one(view.map(|v| v.reachable_voters.len().to_string())),
+    );
+    family(
+        "pgzfs_quorum_has_majority",
+        "gauge",
+        "1 while this node is in contact with a strict majority of the voters.",
+        one(view.map(|v| u8::from(v.has_majority).to_string())),
+    );
+    family(
+        "pgzfs_fenced_isolated",
+        "gauge",
+        "1 when this node's primary fenced itself because it lost the majority.",
+        one(view.map(|v| u8::from(v.fenced_isolated).to_string())),
+    );
+    family(
+        "pgzfs_quorum_unseen_seconds",
+        "gauge",
+        "Seconds since this node was last in contact with each other voter.",
+        view.map(|v| {
+            v.unseen_seconds
+                .iter()
+                .map(|(peer, s)| (format!(",peer=\"{peer}\""), s.to_string()))
+                .collect()
+        })
+        .unwrap_or_default(),
     );
     out
 }
@@ -1244,6 +1338,36 @@ mod tests {
         }
         // No lag_seconds sample: the probe did not know it.
         assert!(!text.contains("pgzfs_lag_seconds{"), "{text}");
+        // Without a quorum view (no daemon answering yet) the quorum gauges are left out.
+        assert!(!text.contains("pgzfs_quorum_voters{"), "{text}");
+    }
+
+    #[test]
+    fn metrics_show_this_nodes_view_of_the_quorum() {
+        let mut metrics = Metrics::default();
+        metrics.state.quorum = Some(View {
+            node: "db1".into(),
+            role: "data".into(),
+            unseen_seconds: [("db2".to_string(), 0.4), ("w1".to_string(), 12.0)].into(),
+            reachable_voters: vec!["db1".into(), "db2".into()],
+            voters: 3,
+            has_majority: true,
+            fenced_isolated: false,
+            postgres: Some("running".into()),
+        });
+        let text = metrics_text("pg", "db1", &LocalProbe::default(), &metrics, t(0));
+        for line in [
+            "pgzfs_quorum_voters{cluster=\"pg\",node=\"db1\"} 3",
+            "pgzfs_quorum_reachable_voters{cluster=\"pg\",node=\"db1\"} 2",
+            "pgzfs_quorum_has_majority{cluster=\"pg\",node=\"db1\"} 1",
+            "pgzfs_fenced_isolated{cluster=\"pg\",node=\"db1\"} 0",
+            "pgzfs_quorum_unseen_seconds{cluster=\"pg\",node=\"db1\",peer=\"w1\"} 12",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -15,6 +15,7 @@ use crate::events::{self, Event};
 use crate::lock::LocalLock;
 use crate::pg::ctl::PgCtl;
 use crate::pg::Pg;
+use crate::quorum::{LeaseVerdict, PeerQuorum, Quorum};
 use crate::ssh::SshHost;
 use crate::zfs::cli::ZfsCli;
 use crate::zfs::names::SnapName;
@@ -22,7 +23,8 @@ use crate::zfs::{prop, Zfs};
 
 #[derive(Debug, Args)]
 pub struct Promote {
-    /// Promote even if another node answers as a writable primary or replay lags
+    /// Promote without asking the other nodes whether one is still a primary (reachable
+    /// or not) and even if replay lags: the operator vouches that the old primary is gone
     #[arg(long)]
     pub force: bool,
     /// Print the result as JSON
@@ -72,34 +74,210 @@ impl Promote {
     }
 }
 
-/// The other nodes that answer as writable primaries right now, each asked on a fresh
-/// connection (a pooled one could be the very connection that hides a comeback).
-pub fn writable_primaries(config: &Config, local: &Node) -> Vec<String> {
+/// What one other node answered to "are you a writable primary?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAnswer {
+    /// It answered and accepts writes.
+    Writable,
+    /// It answered and is in recovery, or a primary fenced read-only: positive evidence
+    /// that it takes no writes.
+    NotPrimary,
+    /// It could not be asked, and why. Unknown is not "no": a partitioned primary looks
+    /// exactly like a dead one from here.
+    Unknown(String),
+}
+
+/// Every other data node's answer, each asked on a fresh connection (a pooled one could
+/// be the very connection that hides a comeback).
+pub fn ask_peers(config: &Config, local: &Node) -> Vec<(String, PeerAnswer)> {
     // All nodes at once: a dead host costs one connect timeout per round, not one each.
     std::thread::scope(|scope| {
         let asks: Vec<_> = config
             .other_nodes(local)
             .map(|node| {
                 let asked = scope.spawn(move || {
-                    Pg::connect(&pg_target(node))
-                        .and_then(|mut pg| pg.is_writable())
-                        .unwrap_or(false)
+                    // The node's daemon is asked alongside, so that an unreachable node
+                    // costs one timeout, not two.
+                    std::thread::scope(|inner| {
+                        let daemon = inner.spawn(|| stopped_says_its_daemon(config, node));
+                        match Pg::connect(&pg_target(node)).and_then(|mut pg| pg.is_writable()) {
+                            Ok(true) => PeerAnswer::Writable,
+                            Ok(false) => PeerAnswer::NotPrimary,
+                            Err(e) => daemon
+                                .join()
+                                .ok()
+                                .flatten()
+                                .unwrap_or_else(|| PeerAnswer::Unknown(e.to_string())),
+                        }
+                    })
                 });
                 (node, asked)
             })
             .collect();
         asks.into_iter()
-            // A check that panicked counts as "writable": never promote blindly.
-            .filter_map(|(node, asked)| asked.join().unwrap_or(true).then(|| node.name.clone()))
+            .map(|(node, asked)| {
+                // A check that panicked is not an answer.
+                let answer = asked
+                    .join()
+                    .unwrap_or_else(|_| PeerAnswer::Unknown("the check panicked".into()));
+                (node.name.clone(), answer)
+            })
             .collect()
     })
 }
 
+/// PostgreSQL does not answer, but the node's daemon may: when it says no postmaster runs
+/// there, that is positive evidence (the daemon never starts a primary by itself).
+fn stopped_says_its_daemon(config: &Config, node: &Node) -> Option<PeerAnswer> {
+    let voter = config.voters().into_iter().find(|v| v.name == node.name)?;
+    let view = crate::quorum::ask(&voter, None).ok()?;
+    (view.postgres.as_deref() == Some("stopped")).then(|| {
+        tracing::info!(
+            "{}: PostgreSQL does not answer, and its daemon says it is not running",
+            node.name
+        );
+        PeerAnswer::NotPrimary
+    })
+}
+
+/// What one round of answers means for a promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerVerdict {
+    /// Every other node answered, and none takes writes.
+    Clear,
+    /// These nodes answered as writable primaries: promoting would make two.
+    Writable(Vec<String>),
+    /// Nobody answered as writable, but these could not be asked (name, why). They may
+    /// be primaries still; only other evidence (the quorum's lease, the operator's
+    /// --force) can settle that.
+    Unknown(Vec<(String, String)>),
+}
+
+/// Judge one round of answers. Only positive evidence counts as "not a primary".
+pub fn judge(answers: &[(String, PeerAnswer)]) -> PeerVerdict {
+    let writable: Vec<String> = answers
+        .iter()
+        .filter(|(_, a)| *a == PeerAnswer::Writable)
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !writable.is_empty() {
+        return PeerVerdict::Writable(writable);
+    }
+    let unknown: Vec<(String, String)> = answers
+        .iter()
+        .filter_map(|(n, a)| match a {
+            PeerAnswer::Unknown(why) => Some((n.clone(), why.clone())),
+            _ => None,
+        })
+        .collect();
+    if unknown.is_empty() {
+        PeerVerdict::Clear
+    } else {
+        PeerVerdict::Unknown(unknown)
+    }
+}
+
+/// The refusal for nodes nobody could ask, naming what the operator can do.
+pub fn unknown_refusal(unknown: &[(String, String)], local: &str, why_not_settled: &str) -> Error {
+    let names: Vec<String> = unknown
+        .iter()
+        .map(|(n, why)| format!("{n} ({why})"))
+        .collect();
+    Error::refused(format!(
+        "cannot tell whether {} is still a primary: it does not answer, and an unreachable node \
+         is not thereby \"not a primary\" (a partitioned primary keeps taking writes). {why_not_settled}. \
+         Not promoting {local}. Make sure it is down or fenced, then use --force",
+        names.join(", ")
+    ))
+}
+
+/// Wait until the quorum's lease on every node in `unknown` has expired, for at most
+/// the lease plus a few looks (a primary that really is gone is missed by then); refuse
+/// when a majority does not agree by then.
+fn wait_for_leases(
+    ctx: &Context,
+    unknown: &[(String, String)],
+    quorum: &(dyn Quorum + Sync),
+) -> Result<()> {
+    let lease = crate::quorum::lease(ctx.config.isolation_timeout);
+    let deadline = Instant::now() + lease + Duration::from_secs(5);
+    let names: Vec<&str> = unknown.iter().map(|(n, _)| n.as_str()).collect();
+    tracing::info!(
+        "{} do not answer; waiting for a majority of the voters to agree they have been out of contact \
+         for longer than the lease ({:.0}s: isolation_timeout {:.0}s plus {:.0}s)",
+        names.join(", "),
+        lease.as_secs_f64(),
+        ctx.config.isolation_timeout.as_secs_f64(),
+        crate::quorum::LEASE_MARGIN.as_secs_f64()
+    );
+    loop {
+        // Ask again each time: a node that answers as a writable primary ends the wait
+        // at once, and one that answers as no primary needs no lease.
+        // The voters are asked at the same time, so that one round costs one timeout.
+        let (answers, leases) = std::thread::scope(|scope| {
+            let leases = scope.spawn(|| {
+                names
+                    .iter()
+                    .map(|n| (*n, quorum.primary_lease(n)))
+                    .collect::<Vec<(&str, LeaseVerdict)>>()
+            });
+            let answers = ask_peers(&ctx.config, &ctx.local);
+            (answers, leases.join().unwrap_or_default())
+        });
+        let still_unknown: Vec<&str> = match judge(&answers) {
+            PeerVerdict::Writable(others) => {
+                return Err(Error::refused(format!(
+                    "{} answers as a writable primary again; promoting {} would make two",
+                    others.join(", "),
+                    ctx.local.name
+                )))
+            }
+            PeerVerdict::Clear => Vec::new(),
+            PeerVerdict::Unknown(now) => names
+                .iter()
+                .copied()
+                .filter(|n| now.iter().any(|(u, _)| u == n))
+                .collect(),
+        };
+        let verdicts: Vec<(&str, LeaseVerdict)> = leases
+            .into_iter()
+            .filter(|(n, _)| still_unknown.contains(n))
+            .collect();
+        if verdicts.iter().all(|(_, v)| v.expired) {
+            for (node, verdict) in &verdicts {
+                tracing::info!("lease on {node} expired: {}", verdict.describe(node));
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let why: Vec<String> = verdicts
+                .iter()
+                .filter(|(_, v)| !v.expired)
+                .map(|(n, v)| v.describe(n))
+                .collect();
+            return Err(unknown_refusal(
+                unknown,
+                &ctx.local.name,
+                &format!(
+                    "No majority of the voters agrees it is gone: {}",
+                    why.join("; ")
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Promote this node. The caller holds the node's lock.
 pub fn promote(ctx: &Context, force: bool) -> Result<Promoted> {
+    promote_with(ctx, force, &PeerQuorum::new(&ctx.config))
+}
+
+/// `promote` with the quorum source given.
+pub fn promote_with(ctx: &Context, force: bool, quorum: &(dyn Quorum + Sync)) -> Result<Promoted> {
     let started = Instant::now();
     let local = &ctx.local;
-    let result = promote_inner(ctx, force, started);
+    let result = promote_inner(ctx, force, started, quorum);
     match &result {
         Ok(done) if done.promoted => events::emit(
             &ctx.config,
@@ -121,7 +299,12 @@ pub fn promote(ctx: &Context, force: bool) -> Result<Promoted> {
     result
 }
 
-fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promoted> {
+fn promote_inner(
+    ctx: &Context,
+    force: bool,
+    started: Instant,
+    quorum: &(dyn Quorum + Sync),
+) -> Result<Promoted> {
     let local = &ctx.local;
     let pgctl = PgCtl::for_node(local)?;
     if !pgctl.is_running() {
@@ -151,24 +334,53 @@ fn promote_inner(ctx: &Context, force: bool, started: Instant) -> Result<Promote
     } else {
         local.promote_check_attempts
     };
+    // Nodes that do not answer are settled only by the quorum's lease: a majority of
+    // the voters has missed them for longer than isolation_timeout plus the margin, so
+    // that, had one of them been a primary, it has fenced itself by now.
+    let mut settled: Vec<String> = Vec::new();
     for attempt in 1..=attempts {
-        let others = writable_primaries(&ctx.config, local);
-        if !others.is_empty() {
-            return Err(Error::refused(format!(
-                "{} answers as a writable primary (check {attempt} of {}); promoting {} would make two. \
-                 Fence it first, or use --force if you are sure it is gone",
-                others.join(", "),
-                local.promote_check_attempts,
-                local.name
-            )));
+        match judge(&ask_peers(&ctx.config, local)) {
+            PeerVerdict::Writable(others) => {
+                return Err(Error::refused(format!(
+                    "{} answers as a writable primary (check {attempt} of {}); promoting {} would make two. \
+                     Fence it first, or use --force if you are sure it is gone",
+                    others.join(", "),
+                    local.promote_check_attempts,
+                    local.name
+                )))
+            }
+            PeerVerdict::Unknown(unknown) => {
+                let unsettled: Vec<(String, String)> = unknown
+                    .into_iter()
+                    .filter(|(n, _)| !settled.contains(n))
+                    .collect();
+                if !unsettled.is_empty() {
+                    wait_for_leases(ctx, &unsettled, quorum)?;
+                    settled.extend(unsettled.into_iter().map(|(n, _)| n));
+                }
+            }
+            PeerVerdict::Clear => {}
         }
         tracing::info!(
-            "check {attempt}/{}: no other writable primary",
-            local.promote_check_attempts
+            "check {attempt}/{}: no other node is a writable primary{}",
+            local.promote_check_attempts,
+            if settled.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} unreachable, and the majority's lease on it expired)",
+                    settled.join(", ")
+                )
+            }
         );
         if attempt < local.promote_check_attempts {
             std::thread::sleep(local.promote_check_interval);
         }
+    }
+    if force {
+        tracing::warn!(
+            "--force: not asking the other nodes whether one of them is still a primary"
+        );
     }
 
     let lag_bytes = pg.replay_lag_bytes()?;
@@ -285,4 +497,71 @@ pub fn local_epoch(local: &Node) -> Result<u64> {
     Ok(crate::zfs::local_backend(local)?
         .get_number(local.dataset.as_str(), prop::EPOCH)?
         .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answers(list: &[(&str, PeerAnswer)]) -> Vec<(String, PeerAnswer)> {
+        list.iter()
+            .map(|(n, a)| (n.to_string(), a.clone()))
+            .collect()
+    }
+
+    fn unknown(why: &str) -> PeerAnswer {
+        PeerAnswer::Unknown(why.into())
+    }
+
+    #[test]
+    fn only_an_answer_proves_a_node_is_not_a_primary() {
+        use PeerAnswer::*;
+        let cases = [
+            // Everyone answers, nobody writable: the only clear case.
+            (
+                vec![("db1", NotPrimary), ("db3", NotPrimary)],
+                PeerVerdict::Clear,
+            ),
+            (vec![], PeerVerdict::Clear),
+            // The partitioned primary: no answer is not "no" (issue 16).
+            (
+                vec![("db1", unknown("timeout")), ("db3", NotPrimary)],
+                PeerVerdict::Unknown(vec![("db1".into(), "timeout".into())]),
+            ),
+            // A writable answer wins over any unknown: there is a primary for sure.
+            (
+                vec![("db1", unknown("refused")), ("db3", Writable)],
+                PeerVerdict::Writable(vec!["db3".into()]),
+            ),
+            (
+                vec![("db1", Writable), ("db3", Writable)],
+                PeerVerdict::Writable(vec!["db1".into(), "db3".into()]),
+            ),
+        ];
+        for (list, want) in cases {
+            assert_eq!(judge(&answers(&list)), want, "{list:?}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_for_an_unreachable_node_names_it_and_the_way_out() {
+        let e = unknown_refusal(
+            &[("db1".into(), "connect timeout".into())],
+            "db2",
+            "no majority agrees it is gone",
+        );
+        assert_eq!(e.exit_code(), 3);
+        for part in [
+            "db1 (connect timeout)",
+            "not promoting db2",
+            "--force",
+            "no majority",
+        ] {
+            assert!(
+                e.message().to_lowercase().contains(&part.to_lowercase()),
+                "{part:?} in {}",
+                e.message()
+            );
+        }
+    }
 }

@@ -49,6 +49,18 @@ pub struct ClusterStatus {
     /// The primary's replication slots.
     pub slots: Vec<SlotStatus>,
     pub warnings: Vec<Warning>,
+    /// Each voter's view of the quorum, from its daemon's `/quorum` (the data nodes, then
+    /// the witnesses).
+    pub quorum: Vec<QuorumStatus>,
+}
+
+/// One voter as its daemon sees the cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuorumStatus {
+    pub name: String,
+    /// Its daemon's view; null when it could not be asked.
+    pub view: Option<crate::quorum::View>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -258,7 +270,23 @@ pub fn cluster_status(config: &Config, local: &Node, now: SystemTime) -> Cluster
             .map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    assemble(config, local, &probes, now)
+    let mut status = assemble(config, local, &probes, now);
+    status.quorum = crate::quorum::ask_all(&config.voters(), None)
+        .into_iter()
+        .map(|(name, answer)| match answer {
+            Ok(view) => QuorumStatus {
+                name,
+                view: Some(view),
+                error: None,
+            },
+            Err(why) => QuorumStatus {
+                name,
+                view: None,
+                error: Some(why),
+            },
+        })
+        .collect();
+    status
 }
 
 /// Compare what the nodes said. A pure function of the probes, so that every verdict
@@ -493,6 +521,7 @@ pub fn assemble(config: &Config, local: &Node, probes: &[Probe], now: SystemTime
         nodes,
         slots,
         warnings,
+        quorum: Vec::new(),
     }
 }
 
@@ -592,6 +621,40 @@ pub fn text(status: &ClusterStatus) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    if !status.quorum.is_empty() {
+        out.push_str("quorum (each voter's view):\n");
+        for voter in &status.quorum {
+            match &voter.view {
+                Some(view) => out.push_str(&format!(
+                    "  {}{}: reaches {} of {} voters ({}){}{}\n",
+                    voter.name,
+                    if view.role == "witness" {
+                        " (witness)"
+                    } else {
+                        ""
+                    },
+                    view.reachable_voters.len(),
+                    view.voters,
+                    view.reachable_voters.join(", "),
+                    if view.has_majority {
+                        ""
+                    } else {
+                        ", NO MAJORITY"
+                    },
+                    if view.fenced_isolated {
+                        ", FENCED: isolated"
+                    } else {
+                        ""
+                    }
+                )),
+                None => out.push_str(&format!(
+                    "  {}: no answer ({})\n",
+                    voter.name,
+                    voter.error.as_deref().unwrap_or("?")
+                )),
+            }
+        }
     }
     if !status.slots.is_empty() {
         out.push_str("slots:\n");

@@ -175,22 +175,27 @@ fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
         .run(&promote)
         .and_then(|_| wait_until_writable(&target, local.promote_timeout));
     if let Err(e) = promoted {
-        // Zero primaries is not an outcome: the old one comes back unless the target did
-        // become writable after all.
-        if Pg::connect(&pg_target(&target))
-            .and_then(|mut p| p.is_writable())
-            .unwrap_or(false)
-        {
-            return Err(e.context(format!(
-                "{to} is writable nevertheless; {} stays stopped",
-                local.name
-            )));
-        }
-        restart_as_primary(&pgctl, local);
-        return Err(e.context(format!(
-            "promoting {to} failed; {} restarted as the primary",
-            local.name
-        )));
+        // Restart the old primary only on proof that the target is still a standby: a
+        // channel that broke after the remote promote succeeded looks just like a
+        // promote that failed, and restarting then would make two primaries.
+        let seen = match Pg::connect(&pg_target(&target)).and_then(|mut p| p.is_in_recovery()) {
+            Ok(true) => TargetSeen::InRecovery,
+            Ok(false) => TargetSeen::NotInRecovery,
+            Err(why) => TargetSeen::Unknown(why.to_string()),
+        };
+        return match after_failed_promote(&seen, &local.name, to) {
+            AfterFailedPromote::RestartOldPrimary => {
+                restart_as_primary(&pgctl, local);
+                Err(e.context(format!(
+                    "promoting {to} failed and {to} is still in recovery; {} restarted as the primary",
+                    local.name
+                )))
+            }
+            AfterFailedPromote::StayStopped(what_to_do) => {
+                tracing::error!("{what_to_do}");
+                Err(Error::failed(format!("{e}; {what_to_do}")))
+            }
+        };
     }
     let write_unavailable = unavailable_from.elapsed();
     tracing::info!(
@@ -256,6 +261,39 @@ fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
     })
 }
 
+/// What the old primary learned about the target after its promotion seemed to fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSeen {
+    InRecovery,
+    /// Answers and is not in recovery: it was promoted.
+    NotInRecovery,
+    /// Does not answer (why).
+    Unknown(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterFailedPromote {
+    RestartOldPrimary,
+    /// Stay stopped; the text says why and what the operator does next.
+    StayStopped(String),
+}
+
+/// Only proof that the target is still in recovery brings the old primary back.
+pub fn after_failed_promote(seen: &TargetSeen, old: &str, target: &str) -> AfterFailedPromote {
+    match seen {
+        TargetSeen::InRecovery => AfterFailedPromote::RestartOldPrimary,
+        TargetSeen::NotInRecovery => AfterFailedPromote::StayStopped(format!(
+            "{target} was promoted after all; {old} stays stopped. Make {old} a standby of {target} \
+             with `pgzfs rejoin --to {target}` on {old}"
+        )),
+        TargetSeen::Unknown(why) => AfterFailedPromote::StayStopped(format!(
+            "cannot tell whether {target} was promoted ({why}); {old} stays stopped so that there \
+             are never two primaries. Look at {target}: if it is a primary, run `pgzfs rejoin --to {target}` \
+             on {old}; if it is still a standby, start PostgreSQL on {old} again (it is the primary)"
+        )),
+    }
+}
+
 fn restart_as_primary(pgctl: &PgCtl, local: &Node) {
     if let Err(e) = pgctl.start(local.streaming_timeout) {
         tracing::error!("could not restart {} as the primary: {e}", local.name);
@@ -295,4 +333,31 @@ fn follow_remotely(ctx: &Context, local: &Node, node: &Node, new_primary: &str) 
         new_primary,
     ]);
     ssh.run(&cmd).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_old_primary_restarts_only_when_the_target_is_proven_still_in_recovery() {
+        let cases = [
+            (TargetSeen::InRecovery, true),
+            (TargetSeen::NotInRecovery, false),
+            // The channel broke after the remote promote: unknown is not "not promoted".
+            (TargetSeen::Unknown("connection refused".into()), false),
+        ];
+        for (seen, restart) in cases {
+            let decided = after_failed_promote(&seen, "db1", "db2");
+            assert_eq!(
+                decided == AfterFailedPromote::RestartOldPrimary,
+                restart,
+                "{seen:?}: {decided:?}"
+            );
+            if let AfterFailedPromote::StayStopped(text) = decided {
+                assert!(text.contains("db1 stays stopped"), "{text}");
+                assert!(text.contains("pgzfs rejoin --to db2"), "{text}");
+            }
+        }
+    }
 }

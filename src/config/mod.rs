@@ -28,7 +28,9 @@ mod values;
 
 use std::collections::HashSet;
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -50,9 +52,45 @@ pub struct Config {
     pub path: PathBuf,
     pub cluster: String,
     pub log_file: PathBuf,
+    /// The data nodes (PostgreSQL and a dataset), in config order.
     pub nodes: Vec<Node>,
+    /// `role = "witness"` entries: they run only `pgzfs daemon`, vote in the quorum and
+    /// hold no data. Kept apart from `nodes` so that nothing looks for PostgreSQL there.
+    pub witnesses: Vec<Witness>,
+    /// `isolation_timeout`, one value for the whole cluster (the lease arithmetic needs
+    /// every node to agree on it): a primary that has not reached a strict majority of
+    /// the voters for this long fences itself, and a standby is promoted automatically
+    /// only after a majority has not seen the primary for this long plus
+    /// [`crate::quorum::LEASE_MARGIN`].
+    pub isolation_timeout: Duration,
+    /// `two_node_failover = true`: with exactly two voters (two data nodes, no witness)
+    /// a standby may be promoted automatically on its own vote. A partition then gives
+    /// TWO WRITABLE PRIMARIES: each side sees the other as gone. Off by default.
+    pub two_node_failover: bool,
     /// `[retention]`: which scheduled snapshots the primary keeps.
     pub retention: Retention,
+}
+
+/// A witness: a voter without PostgreSQL or a dataset.
+#[derive(Debug, Clone)]
+pub struct Witness {
+    pub name: String,
+    pub host: String,
+    /// Where its daemon answers the other voters (required for a witness).
+    pub http_listen: SocketAddr,
+    pub connect_timeout: Duration,
+    /// Its runtime directory's files (state file) go next to this path.
+    pub lock_file: PathBuf,
+}
+
+/// A node that votes in the quorum: every data node and every witness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub name: String,
+    pub host: String,
+    /// The port its daemon serves /quorum on; None when it has no `http_listen` (it
+    /// then cannot be asked, and counts as not agreeing to anything).
+    pub http_port: Option<u16>,
 }
 
 impl Config {
@@ -77,18 +115,27 @@ impl Config {
             toml::from_str(text).map_err(|e| in_file(e.to_string().trim_end().to_string()))?;
         let events = check_events(raw.events.take()).map_err(in_file)?;
         let retention = check_retention(raw.retention.take()).map_err(in_file)?;
-        let (cluster, log_file, nodes) = resolve(raw, home).map_err(in_file)?;
+        let resolved = resolve(raw, home).map_err(in_file)?;
         Ok(Config {
             path: path.to_path_buf(),
             events,
-            cluster,
-            log_file,
-            nodes,
+            cluster: resolved.cluster,
+            log_file: resolved.log_file,
+            nodes: resolved.nodes,
+            witnesses: resolved.witnesses,
+            isolation_timeout: resolved.isolation_timeout,
+            two_node_failover: resolved.two_node_failover,
             retention,
         })
     }
 
     pub fn node(&self, name: &str) -> Result<&Node> {
+        if self.witnesses.iter().any(|w| w.name == name) {
+            return Err(Error::usage(format!(
+                "{name} is a witness (role = \"witness\" in {}): it holds no data and runs only `pgzfs daemon`",
+                self.path.display()
+            )));
+        }
         self.nodes
             .iter()
             .find(|node| node.name == name)
@@ -150,7 +197,51 @@ impl Config {
         }
     }
 
-    /// Every node except `local`, in config order.
+    /// The witness this host is, if it is one: `--node`, else `$PGZFS_NODE`, else the
+    /// hostname (full, then short), as for data nodes.
+    pub fn local_witness(&self, explicit: Option<&str>) -> Option<&Witness> {
+        let from_env = std::env::var("PGZFS_NODE").ok().filter(|n| !n.is_empty());
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok());
+        let wanted: Vec<String> = match (explicit, from_env) {
+            (Some(name), _) => vec![name.to_string()],
+            (None, Some(name)) => vec![name],
+            (None, None) => hostname
+                .map(|h| {
+                    let short = h.split('.').next().unwrap_or_default().to_string();
+                    vec![h, short]
+                })
+                .unwrap_or_default(),
+        };
+        wanted
+            .iter()
+            .find_map(|name| self.witnesses.iter().find(|w| &w.name == name))
+    }
+
+    /// Every voter: the data nodes, then the witnesses, in config order.
+    pub fn voters(&self) -> Vec<Voter> {
+        // A daemon listening on every address is reached at the node's own.
+        let voter = |name: &str, host: &str, listen: Option<SocketAddr>| Voter {
+            name: name.to_string(),
+            host: match listen {
+                Some(a) if !a.ip().is_unspecified() => a.ip().to_string(),
+                _ => host.to_string(),
+            },
+            http_port: listen.map(|a| a.port()),
+        };
+        let data = self
+            .nodes
+            .iter()
+            .map(|n| voter(&n.name, &n.host, n.http_listen));
+        let witnesses = self
+            .witnesses
+            .iter()
+            .map(|w| voter(&w.name, &w.host, Some(w.http_listen)));
+        data.chain(witnesses).collect()
+    }
+
+    /// Every data node except `local`, in config order (witnesses are never included).
     pub fn other_nodes<'a>(&'a self, local: &'a Node) -> impl Iterator<Item = &'a Node> {
         self.nodes
             .iter()
@@ -188,6 +279,8 @@ fn choose_config_path(explicit: Option<&Path>, from_env: Option<OsString>) -> Pa
 struct RawConfig {
     cluster: Option<String>,
     log_file: Option<String>,
+    isolation_timeout: Option<String>,
+    two_node_failover: Option<bool>,
     #[serde(default)]
     defaults: RawSettings,
     #[serde(default)]
@@ -274,7 +367,16 @@ fn check_retention(raw: Option<RawRetention>) -> std::result::Result<Retention, 
 // ---------------------------------------------------------------------------------------
 // Merged and complete.
 
-type Resolved = (String, PathBuf, Vec<Node>);
+struct Resolved {
+    cluster: String,
+    log_file: PathBuf,
+    nodes: Vec<Node>,
+    witnesses: Vec<Witness>,
+    isolation_timeout: Duration,
+    two_node_failover: bool,
+}
+
+const DEFAULT_ISOLATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
     let cluster = match raw.cluster {
@@ -297,6 +399,22 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
         None => PathBuf::from(DEFAULT_LOG_FILE),
     };
 
+    let isolation_timeout = match raw.isolation_timeout {
+        Some(value) => {
+            let d = crate::duration::parse_duration(&value)
+                .map_err(|why| format!("isolation_timeout: {why}"))?;
+            if d < Duration::from_secs(2) {
+                // The daemons look at each other once a second: less than two looks
+                // would fence a primary for one lost answer.
+                return Err(format!(
+                    "isolation_timeout: {value:?} is too short; use at least 2s"
+                ));
+            }
+            d
+        }
+        None => DEFAULT_ISOLATION_TIMEOUT,
+    };
+
     let defaults_section = Section {
         label: "defaults".to_string(),
         node_name: None,
@@ -310,16 +428,19 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
         );
     }
     let mut nodes: Vec<Node> = Vec::with_capacity(raw.nodes.len());
+    let mut witnesses: Vec<Witness> = Vec::new();
     for (index, raw_node) in raw.nodes.into_iter().enumerate() {
         let mut section = Section {
             label: format!("nodes[{}]", index + 1),
             node_name: None,
         };
-        let (name, host, raw_settings) = raw_node.split();
+        let (name, host, role, raw_settings) = raw_node.split();
 
         let name = name.ok_or_else(|| format!("{}: name is not set", section.whole()))?;
         node_name(&name).map_err(|why| format!("{}: {why}", section.key("name")))?;
-        if nodes.iter().any(|earlier| earlier.name == name) {
+        if nodes.iter().any(|earlier| earlier.name == name)
+            || witnesses.iter().any(|earlier| earlier.name == name)
+        {
             return Err(format!(
                 "{}: node name {name:?} is used more than once",
                 section.key("name")
@@ -329,8 +450,22 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
         let host = host.ok_or_else(|| format!("{}: host is not set", section.whole()))?;
         host_name(&host).map_err(|why| format!("{}: {why}", section.key("host")))?;
 
-        let node = Settings::check(raw_settings, &section, home)?
-            .over(&defaults)
+        let settings = Settings::check(raw_settings, &section, home)?.over(&defaults);
+        match role.as_deref() {
+            None | Some("data") => {}
+            Some("witness") => {
+                // Data settings inherited from [defaults] are simply not used here.
+                witnesses.push(settings.witness(name, host, &section)?);
+                continue;
+            }
+            Some(other) => {
+                return Err(format!(
+                    "{}: {other:?} must be \"data\" (the default) or \"witness\"",
+                    section.key("role")
+                ))
+            }
+        }
+        let node = settings
             .complete(name, host, home)
             .and_then(|node| data_dir_on_the_dataset(&node).map(|()| node))
             .and_then(|node| quarantine_outside_the_dataset(&node).map(|()| node))
@@ -351,7 +486,17 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
         }
     }
 
-    Ok((cluster, log_file, nodes))
+    if nodes.is_empty() {
+        return Err("only witnesses are configured; add the data nodes".to_string());
+    }
+    Ok(Resolved {
+        cluster,
+        log_file,
+        nodes,
+        witnesses,
+        isolation_timeout,
+        two_node_failover: raw.two_node_failover.unwrap_or(false),
+    })
 }
 
 /// The data directory must live on the replicated dataset, or a re-seed would copy

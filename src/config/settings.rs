@@ -58,17 +58,19 @@ macro_rules! node_settings {
         pub(super) struct RawNode {
             name: Option<String>,
             host: Option<String>,
+            /// "data" (the default) or "witness".
+            role: Option<String>,
             pg_settings: Option<BTreeMap<String, toml::Value>>,
             $($key: Option<$raw>,)*
         }
 
         impl RawNode {
-            pub(super) fn split(self) -> (Option<String>, Option<String>, RawSettings) {
+            pub(super) fn split(self) -> (Option<String>, Option<String>, Option<String>, RawSettings) {
                 let settings = RawSettings {
                     pg_settings: self.pg_settings,
                     $($key: self.$key,)*
                 };
-                (self.name, self.host, settings)
+                (self.name, self.host, self.role, settings)
             }
         }
 
@@ -131,8 +133,9 @@ macro_rules! node_settings {
             }
         }
 
-        /// Every key a `[[nodes]]` entry or `[defaults]` may set.
-        pub const NODE_KEYS: &[&str] = &["name", "host", "pg_settings", $(stringify!($key),)*];
+        /// Every key a `[[nodes]]` entry or `[defaults]` may set (`name`, `host` and
+        /// `role` in `[[nodes]]` only).
+        pub const NODE_KEYS: &[&str] = &["name", "host", "role", "pg_settings", $(stringify!($key),)*];
     };
 }
 
@@ -146,6 +149,32 @@ impl Node {
             cert: self.pg_sslcert.clone(),
             key: self.pg_sslkey.clone(),
         }
+    }
+}
+
+impl Settings {
+    /// A witness from its entry over `[defaults]`: only what a voter without data needs.
+    pub(super) fn witness(
+        self,
+        name: String,
+        host: String,
+        section: &Section,
+    ) -> Result<super::Witness, String> {
+        let http_listen = self.http_listen.ok_or_else(|| {
+            format!(
+                "{}: a witness answers the other voters over HTTP; set http_listen",
+                section.whole()
+            )
+        })?;
+        Ok(super::Witness {
+            lock_file: self
+                .lock_file
+                .unwrap_or_else(|| PathBuf::from(format!("/var/run/pgzfs-{name}.lock"))),
+            connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(5)),
+            name,
+            host,
+            http_listen,
+        })
     }
 }
 

@@ -1164,3 +1164,59 @@ fn names_postgresql_would_cut_to_63_bytes_are_refused_at_load() {
         assert!(why.contains(key) && why.contains("63"), "{why}");
     }
 }
+
+#[test]
+fn the_quorum_settings_default_to_safety_and_a_witness_votes_without_data() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.isolation_timeout, Duration::from_secs(10));
+    assert!(
+        !config.two_node_failover,
+        "two primaries are never the default"
+    );
+    assert!(config.witnesses.is_empty());
+
+    let text = MINIMAL.replace(
+        "cluster = \"pg\"\n",
+        "cluster = \"pg\"\nisolation_timeout = \"4s\"\ntwo_node_failover = true\n",
+    ) + "http_listen = \"0.0.0.0:8008\"\n[[nodes]]\nname = \"db2\"\nhost = \"db2.example.net\"\n\
+          [[nodes]]\nname = \"w1\"\nhost = \"w1.example.net\"\nrole = \"witness\"\nhttp_listen = \"0.0.0.0:8009\"\n";
+    let config = parse(&text).unwrap();
+    assert_eq!(config.isolation_timeout, Duration::from_secs(4));
+    assert!(config.two_node_failover);
+    let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["db1", "db2"], "a witness is no data node");
+    assert_eq!(config.witnesses[0].name, "w1");
+    let voters: Vec<(String, Option<u16>)> = config
+        .voters()
+        .into_iter()
+        .map(|v| (v.name, v.http_port))
+        .collect();
+    assert_eq!(
+        voters,
+        [
+            ("db1".to_string(), Some(8008)),
+            ("db2".to_string(), None),
+            ("w1".to_string(), Some(8009))
+        ]
+    );
+    let err = config.node("w1").unwrap_err();
+    assert!(err.message().contains("witness"), "{}", err.message());
+
+    for (text, key) in [
+        (
+            MINIMAL.replace(
+                "cluster = \"pg\"\n",
+                "cluster = \"pg\"\nisolation_timeout = \"1s\"\n",
+            ),
+            "isolation_timeout",
+        ),
+        (minimal_with_node_lines("role = \"arbiter\""), "role"),
+        (
+            format!("{MINIMAL}[[nodes]]\nname = \"w1\"\nhost = \"w1\"\nrole = \"witness\"\n"),
+            "http_listen",
+        ),
+    ] {
+        let message = refusal(&text);
+        assert!(message.contains(key), "{key}: {message}");
+    }
+}

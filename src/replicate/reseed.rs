@@ -270,6 +270,9 @@ impl Reseed<'_> {
                     if now.running { "started" } else { "stopped" }
                 )));
             }
+            // And the other end: a source demoted (or gone) meanwhile is no primary to
+            // copy from.
+            source_still_primary(primary.is_in_recovery().map_err(|e| e.to_string()), &source.name)?;
             Ok(lock)
         })?;
         if let Some(why) = &discard {
@@ -937,6 +940,23 @@ fn received_marker_present(data_dir: &Path) -> bool {
     )
 }
 
+/// Whether the source still answers as a primary once the lock is held: only a positive
+/// answer lets the re-seed go on.
+fn source_still_primary(
+    in_recovery: std::result::Result<bool, String>,
+    source: &str,
+) -> Result<()> {
+    match in_recovery {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(Error::refused(format!(
+            "the source {source} is in recovery now, no longer a primary; nothing was changed"
+        ))),
+        Err(why) => Err(Error::refused(format!(
+            "the source {source} no longer answers ({why}); nothing was changed"
+        ))),
+    }
+}
+
 fn primary_unlock(primary: &mut Pg) -> Result<()> {
     // Closing the session would release it too; unlocking explicitly keeps the log honest.
     primary.advisory_unlock(RESEED_LOCK)
@@ -1026,6 +1046,16 @@ fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_demoted_or_gone_while_the_reseed_waited_stops_it() {
+        assert!(source_still_primary(Ok(false), "db1").is_ok());
+        for answer in [Ok(true), Err("connection reset".to_string())] {
+            let e = source_still_primary(answer, "db1").unwrap_err();
+            assert_eq!(e.exit_code(), 3, "{e}");
+            assert!(e.to_string().contains("db1"), "{e}");
+        }
+    }
 
     #[test]
     fn the_preflight_refuses_every_node_that_is_or_may_be_a_primary() {
