@@ -4,8 +4,9 @@
 //! `main` → `cli` → `context` (the composition root) → `commands` (one file per
 //! subcommand, never importing each other) → domain logic (`replicate`, `cut`,
 //! `retention`, `events`, `failover`, `cluster`, `daemon_state`, `transfer`, `ratelimit`,
-//! `compress`) → narrow interfaces to the outside world (`zfs`, `pg`, `ssh`,
-//! `ssh_openssh`, `exec`, `clock`, `lock`, `http`) → `config`, `error`.
+//! `compress`, `throwaway`, `verify`) → narrow interfaces to the outside world (`zfs`,
+//! `pg`, `ssh`, `ssh_openssh`, `exec`, `clock`, `lock`, `http`, `nofollow`) → `config`,
+//! `error`.
 
 pub mod cli;
 pub mod clock;
@@ -24,6 +25,7 @@ pub mod failover;
 pub mod http;
 pub mod lock;
 pub mod log;
+pub mod nofollow;
 pub mod pg;
 pub mod pgpass;
 pub mod progress;
@@ -35,6 +37,8 @@ pub mod size;
 pub mod ssh;
 pub mod ssh_openssh;
 pub mod steps;
+pub mod throwaway;
 pub mod timestamp;
 pub mod transfer;
+pub mod verify;
 pub mod zfs;

@@ -15,3 +15,4 @@ pub mod snapshot;
 pub mod snapshots;
 pub mod status;
 pub mod switchover;
+pub mod verify;
