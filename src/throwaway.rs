@@ -568,10 +568,9 @@ pub fn drop_clone(zfs: &dyn Zfs, node: &crate::config::Node, name: &str) -> Resu
     let private_dir = mountpoint
         .parent()
         .filter(|p| {
-            p.parent() == Some(std::env::temp_dir().as_path())
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("pgzfs-clone-{name}-")))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("pgzfs-clone-{name}-")))
                 && data_dir.starts_with(&mountpoint)
         })
         .ok_or_else(|| {

@@ -29,8 +29,43 @@ fn verify_clones(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// Processes whose command line mentions a verify clone's private directory.
-fn verify_servers() -> Vec<String> {
+/// Where this lab's verify runs make their private directories: TMPDIR is set per lab,
+/// so that tests running in parallel never see each other's throwaway servers.
+fn tmp_dir(lab: &Lab) -> PathBuf {
+    let dir = lab.dir.join("tmp");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// pgzfs on `node` as an operator runs it, with this lab's TMPDIR.
+fn pgzfs(lab: &Lab, node: &str, args: &[&str]) -> std::process::Output {
+    let out = lab
+        .pgzfs_command(node, args)
+        .env("TMPDIR", tmp_dir(lab))
+        .output()
+        .expect("run pgzfs");
+    eprintln!(
+        "$ pgzfs --node {node} {}\n-- exit {:?}\n-- stdout:\n{}\n-- stderr:\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// What verify runs left in this lab's TMPDIR (their private directories).
+fn leftovers(lab: &Lab) -> Vec<PathBuf> {
+    std::fs::read_dir(tmp_dir(lab))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Processes whose command line mentions a verify clone's private directory of this lab.
+fn verify_servers(lab: &Lab) -> Vec<String> {
+    let needle = format!("{}/pgzfs-verify-", tmp_dir(lab).display());
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if entry.file_name().to_string_lossy().parse::<i32>().is_err() {
@@ -40,7 +75,7 @@ fn verify_servers() -> Vec<String> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("postgres") && cmdline.contains("/pgzfs-verify-") {
+        if cmdline.contains("postgres") && cmdline.contains(&needle) {
             found.push(cmdline);
         }
     }
@@ -68,7 +103,7 @@ fn a_good_snapshot_verifies_on_the_primary_and_on_a_streaming_standby() {
 
     // On the primary, the newest pgzfs snapshot is checked by default.
     let snapshot = take_snapshot(&lab);
-    let out = lab.pgzfs("db1", &["verify", "--json"]);
+    let out = pgzfs(&lab, "db1", &["verify", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let report = json_of(&out);
     assert_eq!(report["verdict"], "pass", "{report}");
@@ -113,10 +148,15 @@ fn a_good_snapshot_verifies_on_the_primary_and_on_a_streaming_standby() {
         "pgzfs:verified = {recorded:?}"
     );
     assert!(verify_clones(&lab).is_empty(), "the clone is destroyed");
-    assert!(verify_servers().is_empty(), "the server is stopped");
+    assert!(verify_servers(&lab).is_empty(), "the server is stopped");
+    assert_eq!(
+        leftovers(&lab),
+        Vec::<PathBuf>::new(),
+        "no private directory left"
+    );
 
     // On the standby: its copy of the seed snapshot, without disturbing its streaming.
-    let out = lab.pgzfs("db2", &["verify", "--json"]);
+    let out = pgzfs(&lab, "db2", &["verify", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let report = json_of(&out);
     assert_eq!(report["verdict"], "pass", "{report}");
@@ -139,10 +179,11 @@ fn a_good_snapshot_verifies_on_the_primary_and_on_a_streaming_standby() {
     );
     lab.assert_same_contents("db1", "db2");
     assert!(verify_clones(&lab).is_empty());
-    assert!(verify_servers().is_empty());
+    assert!(verify_servers(&lab).is_empty());
+    assert_eq!(leftovers(&lab), Vec::<PathBuf>::new());
 
     // The text summary an operator reads names the verdict.
-    let out = lab.pgzfs("db1", &["verify"]);
+    let out = pgzfs(&lab, "db1", &["verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(": PASS"), "{text}");
@@ -187,7 +228,7 @@ fn a_snapshot_that_lacks_a_table_file_or_has_a_damaged_index_fails_and_leaves_no
     let missing = broken_node(&lab, "db3", &snapshot, |data| {
         std::fs::remove_file(data.join(&table_file)).unwrap();
     });
-    let out = lab.pgzfs("db3", &["verify", "--json"]);
+    let out = pgzfs(&lab, "db3", &["verify", "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let report = json_of(&out);
     assert_eq!(report["verdict"], "fail", "{report}");
@@ -198,7 +239,12 @@ fn a_snapshot_that_lacks_a_table_file_or_has_a_damaged_index_fails_and_leaves_no
     );
     assert!(verified_prop(&lab, &missing).ends_with("/fail"));
     assert!(verify_clones(&lab).is_empty(), "the clone is destroyed");
-    assert!(verify_servers().is_empty(), "the server is stopped");
+    assert!(verify_servers(&lab).is_empty(), "the server is stopped");
+    assert_eq!(
+        leftovers(&lab),
+        Vec::<PathBuf>::new(),
+        "no private directory left"
+    );
 
     // An index page overwritten with zeros: the server starts, amcheck finds it.
     let damaged = broken_node(&lab, "db4", &snapshot, |data| {
@@ -210,7 +256,8 @@ fn a_snapshot_that_lacks_a_table_file_or_has_a_damaged_index_fails_and_leaves_no
         file.seek(SeekFrom::Start(8192)).unwrap();
         file.write_all(&[0u8; 8192]).unwrap();
     });
-    let out = lab.pgzfs(
+    let out = pgzfs(
+        &lab,
         "db4",
         &["verify", damaged.split('@').nth(1).unwrap(), "--json"],
     );
@@ -224,7 +271,8 @@ fn a_snapshot_that_lacks_a_table_file_or_has_a_damaged_index_fails_and_leaves_no
     );
     assert!(verified_prop(&lab, &damaged).ends_with("/fail"));
     assert!(verify_clones(&lab).is_empty());
-    assert!(verify_servers().is_empty());
+    assert!(verify_servers(&lab).is_empty());
+    assert_eq!(leftovers(&lab), Vec::<PathBuf>::new());
     // db1 itself was never touched.
     assert_eq!(
         lab.sql("db1", "SELECT count(*) > 0 FROM pgbench_accounts"),
@@ -245,6 +293,7 @@ fn a_verify_interrupted_by_sigterm_leaves_no_clone_and_no_server() {
     take_snapshot(&lab);
     let mut child = lab
         .pgzfs_command("db1", &["verify", "--json"])
+        .env("TMPDIR", tmp_dir(&lab))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -253,7 +302,7 @@ fn a_verify_interrupted_by_sigterm_leaves_no_clone_and_no_server() {
     // init system would.
     let deadline = Instant::now() + Duration::from_secs(120);
     let socket = loop {
-        if let Some(socket) = verify_socket() {
+        if let Some(socket) = verify_socket(&tmp_dir(&lab)) {
             break socket;
         }
         assert!(
@@ -276,16 +325,17 @@ fn a_verify_interrupted_by_sigterm_leaves_no_clone_and_no_server() {
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "an interrupted verify fails");
     assert!(verify_clones(&lab).is_empty(), "no clone is left");
-    assert!(verify_servers().is_empty(), "no server is left");
+    assert!(verify_servers(&lab).is_empty(), "no server is left");
     assert!(!socket.exists(), "the private directory is gone");
+    assert_eq!(leftovers(&lab), Vec::<PathBuf>::new());
     // Interrupted is no verdict: nothing recorded on the newest snapshot.
     let newest = lab.snapshots(&lab.dataset("db1")).last().unwrap().0.clone();
     assert_eq!(verified_prop(&lab, &newest), "-");
 }
 
-/// The socket of a running verify server: /tmp/pgzfs-verify-*/sock/.s.PGSQL.*
-fn verify_socket() -> Option<PathBuf> {
-    for entry in std::fs::read_dir(std::env::temp_dir()).ok()?.flatten() {
+/// The socket of a running verify server: TMPDIR/pgzfs-verify-*/sock/.s.PGSQL.*
+fn verify_socket(tmp: &Path) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(tmp).ok()?.flatten() {
         if !entry
             .file_name()
             .to_string_lossy()
