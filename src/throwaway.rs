@@ -42,6 +42,14 @@ impl Purpose {
         }
     }
 
+    /// The start of its private directory's name (then random characters).
+    fn dir_prefix(&self) -> String {
+        match self {
+            Purpose::Verify { .. } => "pgzfs-verify-".to_string(),
+            Purpose::Clone { name } => format!("pgzfs-clone-{name}-"),
+        }
+    }
+
     pub fn marker(&self) -> String {
         match self {
             Purpose::Verify { stamp } => format!("verify:{stamp}"),
@@ -213,10 +221,10 @@ impl<'z> Throwaway<'z> {
             live: live_root.clone(),
             clone: mnt.clone(),
         }];
-        zfs.clone_snapshot(&spec.snapshot, &clone_root, &mnt)
+        let marker = [(prop::THROWAWAY, spec.purpose.marker())];
+        zfs.clone_snapshot(&spec.snapshot, &clone_root, &mnt, &marker)
             .map_err(|e| e.context(format!("cloning {}", spec.snapshot)))?;
         this.cloned = true;
-        zfs.set_dataset_props(&clone_root, &[(prop::THROWAWAY, spec.purpose.marker())])?;
         for (i, child) in zfs.children(dataset)?.into_iter().enumerate() {
             let relative = child
                 .as_str()
@@ -232,7 +240,7 @@ impl<'z> Throwaway<'z> {
                 None => this.private_dir.join(format!("tree{i}")),
             };
             let child_snapshot = child.snapshot(spec.snapshot.snap());
-            zfs.clone_snapshot(&child_snapshot, &clone_child, &clone_mp)
+            zfs.clone_snapshot(&child_snapshot, &clone_child, &clone_mp, &[])
                 .map_err(|e| e.context(format!("cloning {child_snapshot} (part of the tree)")))?;
             if let Some(live) = live {
                 mappings.push(Mapping {
@@ -267,6 +275,12 @@ impl<'z> Throwaway<'z> {
             ))
         })?;
         this.data_dir = data.path().to_path_buf();
+        // Recorded on the clone, so that a later run can stop its server (a clone's
+        // --drop, or the removal of a killed verify's leftover).
+        zfs.set_dataset_props(
+            &clone_root,
+            &[(CLONE_DATA_DIR, this.data_dir.display().to_string())],
+        )?;
         this.pgctl = PgCtl::new(
             &node.pg_bin,
             &this.data_dir,
@@ -508,11 +522,7 @@ fn prepare_data_dir(data: &Dir, mappings: &[Mapping], purpose: &Purpose) -> Resu
 }
 
 fn make_private_dir(purpose: &Purpose) -> Result<PathBuf> {
-    let prefix = match purpose {
-        Purpose::Verify { .. } => "pgzfs-verify-".to_string(),
-        Purpose::Clone { name } => format!("pgzfs-clone-{name}-"),
-    };
-    let template = std::env::temp_dir().join(format!("{prefix}XXXXXX"));
+    let template = std::env::temp_dir().join(format!("{}XXXXXX", purpose.dir_prefix()));
     let dir = nix::unistd::mkdtemp(&template)
         .map_err(|e| Error::failed(format!("cannot create {}: {e}", template.display())))?;
     // Others may pass through (the server's user reaches sock/ and mnt/), not list it.
@@ -556,11 +566,45 @@ pub fn drop_clone(zfs: &dyn Zfs, node: &crate::config::Node, name: &str) -> Resu
     if !zfs.exists(&clone)? {
         return Err(Error::failed(format!("there is no clone {name} ({clone})")));
     }
-    ensure_throwaway(zfs, &node.dataset, &clone, &purpose)?;
-    let data_dir = zfs
-        .get_text(clone.as_str(), CLONE_DATA_DIR)?
-        .map(PathBuf::from)
-        .ok_or_else(|| Error::failed(format!("{clone} has no {CLONE_DATA_DIR}")))?;
+    if let Some(origin) = remove_existing(zfs, node, &purpose)? {
+        zfs.release(&hold_tag(name)?, &origin)?;
+    }
+    Ok(())
+}
+
+/// Verify clones of this node's dataset left by a run that was killed (SIGKILL, a
+/// crash) before it could clean up: stop their servers and destroy them. The caller
+/// holds the node's lock, which every verify holds, so none of them is in use.
+pub fn remove_leftover_verify_clones(zfs: &dyn Zfs, node: &crate::config::Node) -> Result<()> {
+    let Some(parent) = node.dataset.parent() else {
+        return Ok(());
+    };
+    let prefix = format!("{}-pgzfs-verify-", node.dataset);
+    for sibling in zfs.children(&parent)? {
+        let Some(stamp) = sibling.as_str().strip_prefix(&prefix) else {
+            continue;
+        };
+        if stamp.contains('/') {
+            continue;
+        }
+        let purpose = Purpose::Verify {
+            stamp: stamp.to_string(),
+        };
+        tracing::warn!("removing {sibling}, left behind by a verify that did not finish");
+        remove_existing(zfs, node, &purpose)?;
+    }
+    Ok(())
+}
+
+/// Stop the server of an existing throwaway and destroy it, after checking it is one;
+/// returns its origin snapshot.
+fn remove_existing(
+    zfs: &dyn Zfs,
+    node: &crate::config::Node,
+    purpose: &Purpose,
+) -> Result<Option<SnapshotName>> {
+    let clone = purpose.clone_name(&node.dataset)?;
+    ensure_throwaway(zfs, &node.dataset, &clone, purpose)?;
     let mountpoint = zfs
         .mountpoint(&clone)?
         .ok_or_else(|| Error::failed(format!("{clone} has no mountpoint")))?;
@@ -570,8 +614,7 @@ pub fn drop_clone(zfs: &dyn Zfs, node: &crate::config::Node, name: &str) -> Resu
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("pgzfs-clone-{name}-")))
-                && data_dir.starts_with(&mountpoint)
+                .is_some_and(|n| n.starts_with(&purpose.dir_prefix()))
         })
         .ok_or_else(|| {
             Error::refused(format!(
@@ -580,6 +623,12 @@ pub fn drop_clone(zfs: &dyn Zfs, node: &crate::config::Node, name: &str) -> Resu
             ))
         })?
         .to_path_buf();
+    // Without a recorded data directory (killed before it was known) no server ran.
+    let data_dir = zfs
+        .get_text(clone.as_str(), CLONE_DATA_DIR)?
+        .map(PathBuf::from)
+        .filter(|d| d.starts_with(&private_dir))
+        .unwrap_or_else(|| private_dir.clone());
     let origin = zfs
         .get_text(clone.as_str(), "origin")?
         .map(|o| SnapshotName::parse(&o))
@@ -594,15 +643,12 @@ pub fn drop_clone(zfs: &dyn Zfs, node: &crate::config::Node, name: &str) -> Resu
         zfs,
         &node.dataset,
         &clone,
-        &purpose,
+        purpose,
         true,
         &pgctl,
         &private_dir,
     )?;
-    if let Some(origin) = origin {
-        zfs.release(&hold_tag(name)?, &origin)?;
-    }
-    Ok(())
+    Ok(origin)
 }
 
 /// One `pgzfs clone` of this node's dataset.

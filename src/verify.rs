@@ -119,6 +119,8 @@ pub fn verify_due(snapshots: &[Snapshot], every: Duration, now: SystemTime) -> O
 /// Verify `snapshot` of `node`'s dataset. Err only when the verification itself could
 /// not be done (no clone, interrupted); a snapshot that does not restore is an Ok report
 /// with the verdict "fail".
+/// The caller holds the node's lock (so that a clone left by a killed run can be told
+/// from one in use, and removed first).
 pub fn verify(
     zfs: &dyn Zfs,
     node: &Node,
@@ -126,6 +128,7 @@ pub fn verify(
     interrupt: &Interrupt,
 ) -> Result<Report> {
     let mut steps = Steps::default();
+    crate::throwaway::remove_leftover_verify_clones(zfs, node)?;
     let started_at = SystemTime::now();
     let stamp = format!(
         "{}-{}",

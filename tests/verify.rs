@@ -281,7 +281,7 @@ fn a_snapshot_that_lacks_a_table_file_or_has_a_damaged_index_fails_and_leaves_no
 }
 
 #[test]
-fn a_verify_interrupted_by_sigterm_leaves_no_clone_and_no_server() {
+fn a_verify_stopped_by_sigterm_leaves_nothing_and_a_killed_ones_leftovers_go_with_the_next_run() {
     let lab = Lab::up("verifyterm");
     take_snapshot(&lab);
     // Enough rows that the checks take a moment after the server is up.
@@ -291,30 +291,7 @@ fn a_verify_interrupted_by_sigterm_leaves_no_clone_and_no_server() {
          CREATE INDEX big_v ON big (v)",
     );
     take_snapshot(&lab);
-    let mut child = lab
-        .pgzfs_command("db1", &["verify", "--json"])
-        .env("TMPDIR", tmp_dir(&lab))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start pgzfs verify");
-    // Wait until the throwaway server runs (its socket exists), then stop pgzfs as an
-    // init system would.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let socket = loop {
-        if let Some(socket) = verify_socket(&tmp_dir(&lab)) {
-            break socket;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the throwaway server never started"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "verify ended before it could be interrupted"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (child, socket) = start_verify(&lab);
     eprintln!("throwaway server up at {}", socket.display());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -331,6 +308,59 @@ fn a_verify_interrupted_by_sigterm_leaves_no_clone_and_no_server() {
     // Interrupted is no verdict: nothing recorded on the newest snapshot.
     let newest = lab.snapshots(&lab.dataset("db1")).last().unwrap().0.clone();
     assert_eq!(verified_prop(&lab, &newest), "-");
+
+    // SIGKILL gives no chance to clean up: the clone and its server stay behind...
+    let (mut child, socket) = start_verify(&lab);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        verify_clones(&lab).len(),
+        1,
+        "the killed run's clone is still there"
+    );
+    assert!(socket.exists());
+    // ... until the next verify, which removes them first and then does its work.
+    let out = pgzfs(&lab, "db1", &["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(
+        common::file_text(&lab.dir.join("pgzfs.log"))
+            .contains("left behind by a verify that did not finish"),
+        "the removal is logged"
+    );
+    assert_eq!(json_of(&out)["verdict"], "pass");
+    assert!(verify_clones(&lab).is_empty());
+    assert!(verify_servers(&lab).is_empty());
+    assert_eq!(leftovers(&lab), Vec::<PathBuf>::new());
+}
+
+/// Start `pgzfs verify` on db1 and wait until its throwaway server runs (its socket
+/// exists): the moment to interrupt it.
+fn start_verify(lab: &Lab) -> (std::process::Child, PathBuf) {
+    let mut child = lab
+        .pgzfs_command("db1", &["verify", "--json"])
+        .env("TMPDIR", tmp_dir(lab))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pgzfs verify");
+    // Wait until the throwaway server runs (its socket exists), then stop pgzfs as an
+    // init system would.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let socket = loop {
+        if let Some(socket) = verify_socket(&tmp_dir(lab)) {
+            break socket;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the throwaway server never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "verify ended before it could be interrupted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (child, socket)
 }
 
 /// The socket of a running verify server: TMPDIR/pgzfs-verify-*/sock/.s.PGSQL.*

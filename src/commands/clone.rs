@@ -15,7 +15,7 @@ use crate::context::Invocation;
 use crate::error::{Error, Result};
 use crate::lock::LocalLock;
 use crate::throwaway::{
-    check_clone_name, drop_clone, hold_tag, Purpose, Spec, Throwaway, CLONE_DATA_DIR, CLONE_PORT,
+    check_clone_name, drop_clone, hold_tag, Purpose, Spec, Throwaway, CLONE_PORT,
 };
 use crate::zfs::names::{SnapName, SnapshotName};
 
@@ -103,13 +103,7 @@ impl Clone {
                 port,
             },
         )?;
-        zfs.set_dataset_props(
-            &throwaway.dataset,
-            &[
-                (CLONE_DATA_DIR, throwaway.data_dir.display().to_string()),
-                (CLONE_PORT, port.to_string()),
-            ],
-        )?;
+        zfs.set_dataset_props(&throwaway.dataset, &[(CLONE_PORT, port.to_string())])?;
         let tag = hold_tag(&name)?;
         zfs.hold(&tag, &snapshot)?;
         if let Err(e) = throwaway.start(

@@ -508,18 +508,20 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         snapshot: &SnapshotName,
         clone: &DatasetName,
         mountpoint: &Path,
+        props: &[(&str, String)],
     ) -> Result<()> {
         let mountpoint = mountpoint_arg(mountpoint)?;
+        let mut cmd = self
+            .cmd()
+            .arg("clone")
+            .arg("-o")
+            .arg(format!("mountpoint={mountpoint}"));
+        for (name, value) in props {
+            validate_user_prop(name, value)?;
+            cmd = cmd.arg("-o").arg(format!("{name}={value}"));
+        }
         self.runner
-            .run(
-                &self
-                    .cmd()
-                    .arg("clone")
-                    .arg("-o")
-                    .arg(format!("mountpoint={mountpoint}"))
-                    .arg(snapshot.to_string())
-                    .arg(clone.as_str()),
-            )
+            .run(&cmd.arg(snapshot.to_string()).arg(clone.as_str()))
             .map(drop)
     }
 

@@ -521,8 +521,9 @@ impl Zfs for LzcZfs {
         snapshot: &SnapshotName,
         clone: &DatasetName,
         mountpoint: &Path,
+        props: &[(&str, String)],
     ) -> Result<()> {
-        self.cli.clone_snapshot(snapshot, clone, mountpoint)
+        self.cli.clone_snapshot(snapshot, clone, mountpoint, props)
     }
     fn destroy_dataset_recursive(&self, dataset: &DatasetName) -> Result<()> {
         self.cli.destroy_dataset_recursive(dataset)

@@ -140,13 +140,15 @@ pub trait Zfs {
         Ok(None)
     }
     fn destroy_snapshot(&self, snapshot: &SnapshotName) -> Result<()>;
-    /// `zfs clone -o mountpoint=PATH`: a writable dataset sharing the snapshot's blocks.
-    /// The snapshot cannot be destroyed while the clone exists.
+    /// `zfs clone -o mountpoint=PATH -o NAME=VALUE...`: a writable dataset sharing the
+    /// snapshot's blocks, with the user properties `props` set in the same call (so the
+    /// clone never exists unmarked). The snapshot cannot be destroyed while it exists.
     fn clone_snapshot(
         &self,
         snapshot: &SnapshotName,
         clone: &DatasetName,
         mountpoint: &std::path::Path,
+        props: &[(&str, String)],
     ) -> Result<()>;
     /// `zfs destroy -r`: a dataset with its descendants and snapshots. Only for datasets
     /// pgzfs created itself (throwaway clones); callers check the name first.
