@@ -62,6 +62,10 @@ pub enum Command {
     Check(crate::commands::check::Check),
     /// Show every node of the cluster: role, lag, common snapshot, slots, warnings
     Status(crate::commands::status::Status),
+    /// Prove a snapshot restores: start a throwaway server on a clone of it and check it
+    Verify(crate::commands::verify::Verify),
+    /// A writable throwaway PostgreSQL on a clone of a snapshot (or --drop one)
+    Clone(crate::commands::clone::Clone),
     /// Run as a service: scheduled snapshots on the primary, automatic re-seed on a standby
     Daemon(crate::commands::daemon::Daemon),
     /// Run `zfs send` here and write its stream zstd-compressed (asked by a standby with
@@ -95,6 +99,8 @@ impl Cli {
             Command::Check(cmd) => cmd.run(&invocation),
             Command::Status(cmd) => cmd.run(&invocation),
             Command::Daemon(cmd) => cmd.run(&invocation),
+            Command::Verify(cmd) => cmd.run(&invocation),
+            Command::Clone(cmd) => cmd.run(&invocation),
             Command::CompressedSend(cmd) => cmd.run(),
             Command::Completions { shell } => {
                 // Written from the clap definitions above, so it cannot miss a command.

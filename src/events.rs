@@ -303,8 +303,9 @@ impl Default for Events {
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The events pgzfs emits. `daemon`: a state change the daemon saw or caused (streaming
-/// broken or back, PostgreSQL restarted, a re-seed started).
-pub const EVENT_NAMES: [&str; 8] = [
+/// broken or back, PostgreSQL restarted, a re-seed started). `verify`: a scheduled
+/// `pgzfs verify` (verify_every) ended, with its verdict.
+pub const EVENT_NAMES: [&str; 9] = [
     "promote",
     "fence",
     "rejoin",
@@ -313,6 +314,7 @@ pub const EVENT_NAMES: [&str; 8] = [
     "reset_secondary",
     "failure",
     "daemon",
+    "verify",
 ];
 
 #[cfg(test)]

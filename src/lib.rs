@@ -3,9 +3,10 @@
 //! Layers, top to bottom; a module only uses what sits below it (docs/architecture.md):
 //! `main` → `cli` → `context` (the composition root) → `commands` (one file per
 //! subcommand, never importing each other) → domain logic (`replicate`, `cut`,
-//! `retention`, `events`, `failover`, `quorum`, `isolation`, `cluster`, `daemon_state`, `transfer`, `ratelimit`,
-//! `compress`) → narrow interfaces to the outside world (`zfs`, `pg`, `ssh`,
-//! `ssh_openssh`, `exec`, `clock`, `lock`, `http`) → `config`, `error`.
+//! `retention`, `events`, `failover`, `quorum`, `isolation`, `cluster`, `daemon_state`,
+//! `transfer`, `ratelimit`, `compress`, `throwaway`, `verify`) → narrow interfaces to the
+//! outside world (`zfs`, `pg`, `ssh`, `ssh_openssh`, `exec`, `clock`, `lock`, `http`,
+//! `safe_dir`, `nofollow`) → `config`, `error`.
 
 pub mod cli;
 pub mod clock;
@@ -25,6 +26,7 @@ pub mod http;
 pub mod isolation;
 pub mod lock;
 pub mod log;
+pub mod nofollow;
 pub mod pg;
 pub mod pgpass;
 pub mod progress;
@@ -39,6 +41,8 @@ pub mod size;
 pub mod ssh;
 pub mod ssh_openssh;
 pub mod steps;
+pub mod throwaway;
 pub mod timestamp;
 pub mod transfer;
+pub mod verify;
 pub mod zfs;

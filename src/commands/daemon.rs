@@ -148,6 +148,7 @@ impl Daemon {
             watch: Watch::default(),
             state: None,
             next_snapshot_check: None,
+            next_verify_check: None,
             record: DaemonState::default(),
         };
         // The last event survives a restart: it is often the reason for the restart.
@@ -266,6 +267,8 @@ pub struct Metrics {
     pub snapshots: Option<usize>,
     /// When the newest pgzfs snapshot on this node was taken.
     pub newest_snapshot: Option<SystemTime>,
+    /// When the newest snapshot that passed `pgzfs verify` was taken.
+    pub newest_verified: Option<SystemTime>,
     /// The state file's content, served as `/state`.
     pub state: DaemonState,
 }
@@ -347,6 +350,8 @@ struct Runner {
     watch: Watch,
     state: Option<NodeState>,
     next_snapshot_check: Option<SystemTime>,
+    /// `verify_every`: when to look at the snapshots' verdicts again.
+    next_verify_check: Option<SystemTime>,
     record: DaemonState,
 }
 
@@ -575,7 +580,50 @@ impl Runner {
             }
             Observed::Unanswered(why) => self.set_state(NodeState::Unknown, why),
         }
+        if matches!(
+            self.state,
+            Some(NodeState::Primary | NodeState::ReadOnlyPrimary | NodeState::Streaming)
+        ) {
+            self.scheduled_verify(now);
+        }
         Ok(())
+    }
+
+    /// `verify_every`: prove the newest snapshot restores when the last proof is that
+    /// old (on a standby too: the clone leaves its streaming alone).
+    fn scheduled_verify(&mut self, now: SystemTime) {
+        let Some(every) = self.ctx.local.verify_every else {
+            return;
+        };
+        if self.next_verify_check.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_verify_check = Some(now + Duration::from_secs(60));
+        let node = self.ctx.local.clone();
+        let outcome = self.ctx.local_zfs().and_then(|zfs| {
+            let snapshots = zfs.snapshots(&node.dataset)?;
+            let Some(due) = crate::verify::verify_due(&snapshots, every, now) else {
+                return Ok(None);
+            };
+            let _lock = LocalLock::acquire(&node.lock_file, LOCK_WAIT, "daemon verify")?;
+            crate::verify::verify(&*zfs, &node, &due.name, &self.interrupt).map(Some)
+        });
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(report)) => {
+                let details = if report.passed() {
+                    format!("{} restores ({:.0}s)", report.snapshot, report.seconds)
+                } else {
+                    format!("{} FAILED: {}", report.snapshot, report.problems.join("; "))
+                };
+                self.emit("verify", report.passed(), details);
+                self.next_snapshot_check = None; // refresh the metrics
+            }
+            Err(e) if e.exit_code() == 1 && !self.interrupt.is_set() => {
+                self.emit("verify", false, format!("scheduled verify: {e}"));
+            }
+            Err(e) => tracing::warn!("scheduled verify: {e}"),
+        }
     }
 
     fn set_state(&mut self, state: NodeState, why: String) {
@@ -626,6 +674,8 @@ impl Runner {
                     .iter()
                     .filter_map(|s| taken_at(s.name.snap()))
                     .max();
+                metrics.newest_verified =
+                    crate::verify::newest_verified(&snapshots).map(|(_, taken)| taken);
             }
             Err(e) => tracing::debug!("cannot list snapshots: {e}"),
         }
@@ -655,6 +705,8 @@ impl Runner {
                 let mut metrics = self.shared.metrics();
                 metrics.snapshots = Some(snapshots.len());
                 metrics.newest_snapshot = newest;
+                metrics.newest_verified =
+                    crate::verify::newest_verified(&snapshots).map(|(_, taken)| taken);
                 newest
             }
             Err(e) => {
@@ -1056,6 +1108,17 @@ pub fn metrics_text(
         })),
     );
     family(
+        "pgzfs_last_verified_snapshot_age_seconds",
+        "gauge",
+        "Age of the newest snapshot that passed pgzfs verify (proven to restore).",
+        one(metrics.newest_verified.map(|t| {
+            now.duration_since(t)
+                .unwrap_or_default()
+                .as_secs()
+                .to_string()
+        })),
+    );
+    family(
         "pgzfs_snapshots",
         "gauge",
         "Snapshots of this node's dataset.",
@@ -1315,6 +1378,7 @@ mod tests {
             last_reseed_bytes: Some(4096),
             snapshots: Some(3),
             newest_snapshot: Some(t(0)),
+            newest_verified: Some(t(30)),
             state: DaemonState::default(),
         };
         let text = metrics_text("pg", "db2", &standby(true, 8192), &metrics, t(90));
@@ -1324,6 +1388,7 @@ mod tests {
             "pgzfs_lag_bytes{cluster=\"pg\",node=\"db2\"} 8192",
             "pgzfs_last_snapshot_age_seconds{cluster=\"pg\",node=\"db2\"} 90",
             "pgzfs_snapshots{cluster=\"pg\",node=\"db2\"} 3",
+            "pgzfs_last_verified_snapshot_age_seconds{cluster=\"pg\",node=\"db2\"} 60",
             "pgzfs_last_reseed_duration_seconds{cluster=\"pg\",node=\"db2\"} 12.5",
             "pgzfs_last_reseed_bytes{cluster=\"pg\",node=\"db2\"} 4096",
             "pgzfs_reseeds_total{cluster=\"pg\",node=\"db2\"} 2",

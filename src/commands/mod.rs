@@ -3,6 +3,7 @@
 
 pub mod carp_event;
 pub mod check;
+pub mod clone;
 pub mod compressed_send;
 pub mod daemon;
 pub mod follow;
@@ -15,3 +16,4 @@ pub mod snapshot;
 pub mod snapshots;
 pub mod status;
 pub mod switchover;
+pub mod verify;

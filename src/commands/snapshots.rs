@@ -27,6 +27,8 @@ pub struct Listing {
     pub dataset: String,
     /// Oldest first.
     pub snapshots: Vec<Entry>,
+    /// `pgzfs clone` instances of this dataset, each held on its origin snapshot.
+    pub clones: Vec<crate::throwaway::CloneInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +54,8 @@ pub struct Entry {
     /// The nodes whose common base this is (their hold tag is on it); null when the
     /// tags cannot be read.
     pub common_base_of: Option<Vec<String>>,
+    /// `pgzfs:verified`: when `pgzfs verify` last checked it and its verdict.
+    pub verified: Option<String>,
 }
 
 impl ListSnapshots {
@@ -104,12 +108,14 @@ pub fn list(
             held: snapshot.is_held(),
             hold_tags: holds.tags(),
             common_base_of: holds.common_base_of(),
+            verified: owned(prop::VERIFIED),
         });
     }
     Ok(Listing {
         node: node.to_string(),
         dataset: dataset.to_string(),
         snapshots,
+        clones: crate::throwaway::list_clones(zfs, dataset)?,
     })
 }
 
@@ -169,6 +175,21 @@ fn text(listing: &Listing) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    for entry in listing.snapshots.iter().filter(|e| e.verified.is_some()) {
+        let verified = entry.verified.as_deref().unwrap_or_default();
+        let (at, verdict) = verified.rsplit_once('/').unwrap_or((verified, "?"));
+        out.push_str(&format!("verified {}: {verdict} at {at}\n", entry.snapshot));
+    }
+    for clone in &listing.clones {
+        out.push_str(&format!(
+            "clone {} of {} on localhost:{} ({}); drop with: pgzfs clone --drop {}\n",
+            clone.name,
+            clone.origin.as_deref().unwrap_or("?"),
+            clone.port.as_deref().unwrap_or("?"),
+            clone.dataset,
+            clone.name
+        ));
+    }
     out
 }
 
@@ -198,6 +219,7 @@ mod tests {
             held,
             hold_tags: strings(tags),
             common_base_of: strings(common),
+            verified: None,
         }
     }
 
@@ -221,6 +243,7 @@ mod tests {
                 ),
                 entry("tank/pg@pgzfs-20261122T023000Z", true, None, None),
             ],
+            clones: vec![],
         };
         let text = text(&listing);
         let lines: Vec<&str> = text.lines().collect();

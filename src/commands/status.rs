@@ -89,6 +89,9 @@ pub struct NodeStatus {
     pub last_common_snapshot: Option<String>,
     pub last_common_snapshot_age_seconds: Option<u64>,
     pub snapshots: Option<usize>,
+    /// The newest snapshot that passed `pgzfs verify` (proven to restore), and its age.
+    pub last_verified_snapshot: Option<String>,
+    pub last_verified_snapshot_age_seconds: Option<u64>,
     /// `pgzfs:epoch` of the node's dataset; null when unset or unreadable.
     pub epoch: Option<u64>,
     /// The last event the node's daemon recorded; null without a daemon.
@@ -324,6 +327,8 @@ pub fn assemble(config: &Config, local: &Node, probes: &[Probe], now: SystemTime
             last_common_snapshot: None,
             last_common_snapshot_age_seconds: None,
             snapshots: probe.snapshots.as_ref().map(Vec::len),
+            last_verified_snapshot: None,
+            last_verified_snapshot_age_seconds: None,
             epoch: probe.epoch,
             last_event: probe.last_event.clone(),
             errors: probe
@@ -333,6 +338,15 @@ pub fn assemble(config: &Config, local: &Node, probes: &[Probe], now: SystemTime
                 .cloned()
                 .collect(),
         };
+        if let Some((verified, taken)) = probe
+            .snapshots
+            .as_deref()
+            .and_then(crate::verify::newest_verified)
+        {
+            status.last_verified_snapshot = Some(verified.name.snap().to_string());
+            status.last_verified_snapshot_age_seconds =
+                Some(now.duration_since(taken).unwrap_or_default().as_secs());
+        }
         match &probe.pg {
             Some(pg) => {
                 status.role = if pg.state.in_recovery {
@@ -543,6 +557,7 @@ pub fn text(status: &ClusterStatus) -> String {
         "REPLICATION",
         "COMMON SNAPSHOT",
         "SNAPS",
+        "VERIFIED",
         "EPOCH",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
@@ -593,6 +608,13 @@ pub fn text(status: &ClusterStatus) -> String {
             replication,
             common,
             or_dash(&node.snapshots),
+            match node.last_verified_snapshot_age_seconds {
+                Some(age) => format!(
+                    "{} old",
+                    crate::duration::format_duration(Duration::from_secs(age))
+                ),
+                None => "never".to_string(),
+            },
             or_dash(&node.epoch),
         ]);
     }
@@ -873,6 +895,36 @@ mod tests {
             warning.message
         );
         assert!(warning.degraded && !thrice.healthy);
+    }
+
+    #[test]
+    fn the_newest_snapshot_proven_to_restore_is_shown_with_its_age() {
+        let config = config();
+        let mut db1 = primary(true, Some(1));
+        if let Some(snapshots) = db1.snapshots.as_mut() {
+            snapshots[0].props.insert(
+                crate::zfs::prop::VERIFIED.into(),
+                "2026-11-22T00:10:00Z/pass".into(),
+            );
+            snapshots[1].props.insert(
+                crate::zfs::prop::VERIFIED.into(),
+                "2026-11-22T01:10:00Z/fail".into(),
+            );
+        }
+        let probes = [db1, standby("streaming"), stopped_remote()];
+        let status = assemble(&config, &config.nodes[0], &probes, at("20261122T020000Z"));
+        let db1 = &status.nodes[0];
+        assert_eq!(
+            db1.last_verified_snapshot.as_deref(),
+            Some("pgzfs-20261122T000000Z"),
+            "the failed newer one does not count"
+        );
+        assert_eq!(db1.last_verified_snapshot_age_seconds, Some(7200));
+        assert_eq!(status.nodes[1].last_verified_snapshot, None);
+        let table = text(&status);
+        assert!(table.contains("VERIFIED"), "{table}");
+        assert!(table.contains("2h old"), "{table}");
+        assert!(table.contains("never"), "{table}");
     }
 
     #[test]

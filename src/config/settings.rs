@@ -274,6 +274,9 @@ node_settings! {
     /// daemon: how often to take a backup-safe snapshot on the primary.
     snapshot_interval: String, snapshot_interval => Duration,
         or(|_| Duration::from_secs(3600)) => Duration;
+    /// daemon: verify the newest snapshot (`pgzfs verify`) when the last verification is
+    /// this old; None: never (the default).
+    verify_every: String, positive_duration => Duration, optional => Option<Duration>;
     /// daemon: how long streaming may stay broken before this standby is re-seeded.
     reseed_after: String, duration => Duration, or(|_| Duration::from_secs(300)) => Duration;
     /// daemon and status: after this many automatic re-seeds in a row have failed, warn

@@ -810,6 +810,17 @@ fn the_daemon_settings_can_be_given_in_defaults_and_per_node() {
 }
 
 #[test]
+fn scheduled_verification_is_off_unless_verify_every_is_set() {
+    assert_eq!(parse(MINIMAL).unwrap().nodes[0].verify_every, None);
+    let node = &parse(&minimal_with_default_lines("verify_every = \"1d\""))
+        .unwrap()
+        .nodes[0];
+    assert_eq!(node.verify_every, Some(Duration::from_secs(86400)));
+    let message = refusal(&minimal_with_node_lines("verify_every = \"0\""));
+    assert!(message.contains("nodes[1].verify_every"), "{message}");
+}
+
+#[test]
 fn a_listen_address_must_be_an_ip_and_a_port() {
     for bad in [
         "localhost:8008",

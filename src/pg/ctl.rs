@@ -72,14 +72,24 @@ impl PgCtl {
     }
 
     pub fn start(&self, timeout: Duration) -> Result<()> {
+        self.start_with(timeout, &[])
+    }
+
+    /// Start with `settings` given on the server's command line (`pg_ctl -o "-c k=v"`),
+    /// where they override every configuration file in the data directory. pg_ctl hands
+    /// `-o` to /bin/sh, so only plain values are accepted (see [`server_options`]).
+    pub fn start_with(&self, timeout: Duration, settings: &[(&str, String)]) -> Result<()> {
         self.prepare_log_file()?;
-        let cmd = self
+        let mut cmd = self
             .pg_ctl()?
             .args(["-w", "-t"])
             .arg(timeout.as_secs().max(1).to_string())
             .arg("-l")
-            .arg(self.log_file.display().to_string())
-            .arg("start");
+            .arg(self.log_file.display().to_string());
+        if !settings.is_empty() {
+            cmd = cmd.arg("-o").arg(server_options(settings)?);
+        }
+        let cmd = cmd.arg("start");
         exec::run(&cmd, self.run_as.as_ref())
             .map(drop)
             .map_err(|e| {
@@ -132,7 +142,54 @@ impl PgCtl {
     }
 }
 
+/// `-c key=value ...` for the server's command line. pg_ctl runs the server through
+/// /bin/sh, so keys and values are limited to characters no shell interprets; an empty
+/// value clears a setting.
+pub fn server_options(settings: &[(&str, String)]) -> Result<String> {
+    let plain = |s: &str, extra: &[u8]| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    };
+    let mut words = Vec::new();
+    for (key, value) in settings {
+        if key.is_empty() || !plain(key, b"_.") || !plain(value, b"/_.:,-") {
+            return Err(Error::failed(format!(
+                "refusing to pass the server setting {key}={value:?}: only letters, digits and / _ . : , - are passed to pg_ctl -o"
+            )));
+        }
+        words.push(format!("-c {key}={value}"));
+    }
+    Ok(words.join(" "))
+}
+
 impl PgCtl {
+    /// The PostgreSQL OS user the server runs as (None: we are that user).
+    pub fn run_as(&self) -> Option<&RunAs> {
+        self.run_as.as_ref()
+    }
+
+    /// A program from the same `pg_bin` (pg_checksums, ...), None when it is not there.
+    pub fn tool(&self, name: &str) -> Option<String> {
+        self.program(name).ok()
+    }
+
+    /// `pg_checksums --check` on this (stopped) data directory: Ok(Ok(())) when every
+    /// block's checksum is right, Ok(Err(what it said)) when not.
+    pub fn check_checksums(&self) -> Result<std::result::Result<(), String>> {
+        let cmd = Cmd::new(self.program("pg_checksums")?)
+            .arg("--check")
+            .arg("-D")
+            .arg(self.data_dir.display().to_string());
+        let out = exec::output(&cmd, self.run_as.as_ref())?;
+        if out.success() {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!("{} {}", out.stdout.trim(), out.stderr.trim())
+                .trim()
+                .to_string()))
+        }
+    }
+
     /// `pg_ctl promote -w`: how PostgreSQL 11 and older are promoted, and the fallback when
     /// the replication role may not call pg_promote().
     pub fn promote(&self, timeout: Duration) -> Result<()> {
@@ -179,5 +236,34 @@ impl PgCtl {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_options_pass_plain_values_and_refuse_anything_a_shell_would_read() {
+        let ok = server_options(&[
+            ("port", "54321".to_string()),
+            ("listen_addresses", String::new()),
+            (
+                "unix_socket_directories",
+                "/tmp/pgzfs-verify-x/sock".to_string(),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            ok,
+            "-c port=54321 -c listen_addresses= -c unix_socket_directories=/tmp/pgzfs-verify-x/sock"
+        );
+        for bad in ["a b", "$(id)", "x;y", "'", "a\nb"] {
+            assert!(
+                server_options(&[("port", bad.to_string())]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(server_options(&[("a=b", "1".to_string())]).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! primary or a standby (`Pg`), the local server's files (`control`), pg_ctl (`ctl`) and
 //! the standby configuration (`standby`).
 
+pub mod checks;
 pub mod control;
 pub mod ctl;
 pub mod standby;

@@ -97,6 +97,18 @@ impl<R: Runner> ZfsCli<R> {
     }
 }
 
+/// A mountpoint as a `zfs` argument: absolute, without spaces.
+fn mountpoint_arg(path: &Path) -> Result<&str> {
+    path.to_str()
+        .filter(|p| p.starts_with('/') && !p.contains(char::is_whitespace))
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "mountpoint {} must be an absolute path without spaces",
+                path.display()
+            ))
+        })
+}
+
 fn failure(cmd: &Cmd, location: &str, out: &Output) -> Error {
     Error::failed(format!(
         "`{}` on {location} failed ({}): {}",
@@ -491,6 +503,33 @@ impl<R: Runner> Zfs for ZfsCli<R> {
             .map(drop)
     }
 
+    fn clone_snapshot(
+        &self,
+        snapshot: &SnapshotName,
+        clone: &DatasetName,
+        mountpoint: &Path,
+        props: &[(&str, String)],
+    ) -> Result<()> {
+        let mountpoint = mountpoint_arg(mountpoint)?;
+        let mut cmd = self
+            .cmd()
+            .arg("clone")
+            .arg("-o")
+            .arg(format!("mountpoint={mountpoint}"));
+        for (name, value) in props {
+            validate_user_prop(name, value)?;
+            cmd = cmd.arg("-o").arg(format!("{name}={value}"));
+        }
+        self.runner
+            .run(&cmd.arg(snapshot.to_string()).arg(clone.as_str()))
+            .map(drop)
+    }
+
+    fn destroy_dataset_recursive(&self, dataset: &DatasetName) -> Result<()> {
+        self.run_retrying_busy(&self.cmd().args(["destroy", "-r"]).arg(dataset.as_str()))
+            .map(drop)
+    }
+
     fn rename(&self, from: &DatasetName, to: &DatasetName) -> Result<()> {
         self.run_retrying_busy(&self.cmd().arg("rename").arg(from.as_str()).arg(to.as_str()))
             .map(drop)
@@ -529,15 +568,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
     }
 
     fn set_mountpoint(&self, dataset: &DatasetName, path: &Path) -> Result<()> {
-        let text = path
-            .to_str()
-            .filter(|p| p.starts_with('/') && !p.contains(char::is_whitespace))
-            .ok_or_else(|| {
-                Error::usage(format!(
-                    "mountpoint {} must be an absolute path without spaces",
-                    path.display()
-                ))
-            })?;
+        let text = mountpoint_arg(path)?;
         self.runner
             .run(
                 &self

@@ -516,6 +516,18 @@ impl Zfs for LzcZfs {
     fn rename(&self, from: &DatasetName, to: &DatasetName) -> Result<()> {
         self.cli.rename(from, to)
     }
+    fn clone_snapshot(
+        &self,
+        snapshot: &SnapshotName,
+        clone: &DatasetName,
+        mountpoint: &Path,
+        props: &[(&str, String)],
+    ) -> Result<()> {
+        self.cli.clone_snapshot(snapshot, clone, mountpoint, props)
+    }
+    fn destroy_dataset_recursive(&self, dataset: &DatasetName) -> Result<()> {
+        self.cli.destroy_dataset_recursive(dataset)
+    }
     fn is_mounted(&self, dataset: &DatasetName) -> Result<bool> {
         self.cli.is_mounted(dataset)
     }

@@ -36,12 +36,19 @@ pub mod prop {
     /// On a dataset: the cluster epoch, raised by every promotion. A node whose epoch is
     /// older than another's lost a failover and must not act as primary again.
     pub const EPOCH: &str = "pgzfs:epoch";
+    /// On a snapshot: when `pgzfs verify` last checked it and what it found, as
+    /// `2026-12-01T19:30:00Z/pass` (or `/fail`).
+    pub const VERIFIED: &str = "pgzfs:verified";
+    /// On a throwaway clone: what it is for (`verify` or `clone:NAME`), so that a
+    /// leftover of a killed run is recognisable.
+    pub const THROWAWAY: &str = "pgzfs:throwaway";
+
     /// On a dataset: the WAL position at which this node was promoted (the fork point a
     /// former primary's writes diverge from) and the timeline it promoted from.
     pub const FORK_LSN: &str = "pgzfs:fork_lsn";
     pub const FORK_TIMELINE: &str = "pgzfs:fork_timeline";
 
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         LSN,
         STOP_LSN,
         TIMELINE,
@@ -50,6 +57,7 @@ pub mod prop {
         BACKUP_LABEL,
         TABLESPACE_MAP,
         SOURCE_NODE,
+        VERIFIED,
     ];
 }
 
@@ -132,6 +140,19 @@ pub trait Zfs {
         Ok(None)
     }
     fn destroy_snapshot(&self, snapshot: &SnapshotName) -> Result<()>;
+    /// `zfs clone -o mountpoint=PATH -o NAME=VALUE...`: a writable dataset sharing the
+    /// snapshot's blocks, with the user properties `props` set in the same call (so the
+    /// clone never exists unmarked). The snapshot cannot be destroyed while it exists.
+    fn clone_snapshot(
+        &self,
+        snapshot: &SnapshotName,
+        clone: &DatasetName,
+        mountpoint: &std::path::Path,
+        props: &[(&str, String)],
+    ) -> Result<()>;
+    /// `zfs destroy -r`: a dataset with its descendants and snapshots. Only for datasets
+    /// pgzfs created itself (throwaway clones); callers check the name first.
+    fn destroy_dataset_recursive(&self, dataset: &DatasetName) -> Result<()>;
     fn rename(&self, from: &DatasetName, to: &DatasetName) -> Result<()>;
     fn is_mounted(&self, dataset: &DatasetName) -> Result<bool>;
     fn mount(&self, dataset: &DatasetName) -> Result<()>;
