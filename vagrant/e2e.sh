@@ -80,8 +80,8 @@ step "6. libzfs_core backend and OpenZFS feature detection on kernel ZFS"
 on db3 "zfs create -p tank/lzctest"
 on db3 "cd /vagrant && CARGO_TARGET_DIR=/var/tmp/pgzfs-target PGZFS_LZC_TEST_DATASET=tank/lzctest cargo test -q --lib --features libzfs-core"
 on db3 "zfs destroy -r tank/lzctest"
-# Record what this OpenZFS prints, to replace the hand-written fixtures in
-# tests/fixtures/openzfs-2.1 (see tests/fixtures/README.md).
+# Record what FreeBSD's OpenZFS prints, to compare with the fixtures in
+# tests/fixtures/openzfs-2.1 (recorded on Linux; see tests/fixtures/README.md).
 mkdir -p .lab/recorded
 on db1 "zfs send 2>&1; true" >.lab/recorded/send-usage.txt
 on db1 "zpool get -H -o value feature@bookmarks tank" >.lab/recorded/zpool-get-feature-bookmarks.txt

@@ -132,6 +132,24 @@ pub fn parse_get_rows(text: &str) -> Vec<(String, String, String)> {
 }
 
 /// Turn `zfs get` rows of one dataset's snapshots into [`Snapshot`]s, oldest first.
+/// The descendant datasets in `zfs get -r type` rows: filesystems and volumes. OpenZFS
+/// lists snapshots (`@`) and bookmarks (`#`) there too; neither is a dataset.
+pub fn children_from_rows(
+    dataset: &DatasetName,
+    rows: &[(String, String, String)],
+) -> Result<Vec<DatasetName>> {
+    rows.iter()
+        .filter(|(name, _, value)| {
+            value != "snapshot"
+                && value != "bookmark"
+                && name != dataset.as_str()
+                && !name.contains('@')
+                && !name.contains('#')
+        })
+        .map(|(name, _, _)| DatasetName::parse(name))
+        .collect()
+}
+
 pub fn snapshots_from_rows(
     dataset: &DatasetName,
     rows: &[(String, String, String)],
@@ -376,12 +394,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         let rows = self
             .get_rows(&["-r"], &["type"], dataset.as_str())?
             .unwrap_or_default();
-        rows.iter()
-            .filter(|(name, _, value)| {
-                value != "snapshot" && name != dataset.as_str() && !name.contains('@')
-            })
-            .map(|(name, _, _)| DatasetName::parse(name))
-            .collect()
+        children_from_rows(dataset, &rows)
     }
 
     fn snapshot_recursive(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()> {
@@ -738,6 +751,18 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
             .map(|t| t.to_string())
             .collect();
         assert_eq!(tags, ["pgzfs-db2", "pgzfs-db3"]);
+        // Recorded on OpenZFS 2.1.11 (the QEMU guest).
+        let recorded = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/openzfs-2.1/holds-H.txt"
+        ));
+        let snap = SnapshotName::parse("tank/pgdata@pgzfs-20261122T003000Z").unwrap();
+        let tags: Vec<String> = parse_holds(&snap, recorded)
+            .unwrap()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(tags, ["pgzfs-db2"]);
         assert_eq!(parse_holds(&snap, ""), Some(vec![]), "no holds at all");
         // zfs-fuse prints an error instead; anything of another shape is not a list.
         assert_eq!(
@@ -805,6 +830,27 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
         zfs.features_for(&DatasetName::parse("other/pg").unwrap())
             .unwrap();
         assert_eq!(zfs.runner().0.borrow().len(), probes + 2);
+    }
+
+    #[test]
+    fn children_leave_out_snapshots_and_bookmarks() {
+        // Recorded on OpenZFS 2.1.11 (the QEMU guest of scripts/openzfs-vm) after a
+        // bookmark was made: `zfs get -H -p -r -o name,property,value type tank/pgdata`.
+        let mut rows = parse_get_rows(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/openzfs-2.1/get-r-type-with-bookmark.txt"
+        )));
+        rows.push((
+            "tank/pgdata/wal".to_string(),
+            "type".to_string(),
+            "filesystem".to_string(),
+        ));
+        let children =
+            children_from_rows(&DatasetName::parse("tank/pgdata").unwrap(), &rows).unwrap();
+        assert_eq!(
+            children.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            ["tank/pgdata/wal"]
+        );
     }
 
     #[test]

@@ -393,10 +393,19 @@ mod tests {
     }
 
     #[test]
+    fn openzfs_knows_the_written_property() {
+        assert!(property_known(
+            true,
+            fixture!("openzfs-2.1/get-written.txt"),
+            ""
+        ));
+    }
+
+    #[test]
     fn a_set_token_on_openzfs_is_read_and_checked() {
         let out = fixture!("openzfs-2.1/get-receive_resume_token.txt");
         let token = parse_resume_token_value(true, out, "").unwrap().unwrap();
-        assert!(token.as_str().starts_with("1-e604ea4bf-e0-"));
+        assert!(token.as_str().starts_with("1-1103df68a8-108-"));
         assert!(parse_resume_token_value(true, "1-abc-; reboot\n", "").is_err());
     }
 
@@ -426,6 +435,8 @@ mod tests {
         assert_eq!(PoolFeature::parse(false, "", fuse), PoolFeature::Unknown);
         let openzfs = fixture!("openzfs-2.1/zpool-get-feature-bookmarks.txt");
         assert_eq!(PoolFeature::parse(true, openzfs, ""), PoolFeature::Active);
+        let fresh = fixture!("openzfs-2.1/zpool-get-feature-bookmarks-enabled.txt");
+        assert!(PoolFeature::parse(true, fresh, "").usable());
         assert!(PoolFeature::parse(true, "enabled\n", "").usable());
         assert!(!PoolFeature::parse(true, "disabled\n", "").usable());
         assert!(!PoolFeature::parse(true, "something new\n", "").usable());
@@ -442,9 +453,10 @@ mod tests {
     fn a_full_stream_token_is_decoded() {
         let info = parse_resume_token_contents(fixture!("openzfs-2.1/send-nvt-full.txt")).unwrap();
         assert_eq!(info.toname, "tank/pgdata@pgzfs-20261122T003000Z");
-        assert_eq!(info.toguid, 0x9f3b2c1d4e5a6b7c);
+        assert_eq!(info.toguid, 0xcbacbe33cd2cad0f);
         assert_eq!(info.fromguid, None);
-        assert!(info.compressed && info.embedded && info.large_blocks && !info.raw);
+        // Sent with -L -e -c; a dataset without large blocks gets no largeblockok.
+        assert!(info.compressed && info.embedded && !info.large_blocks && !info.raw);
     }
 
     #[test]
@@ -452,8 +464,10 @@ mod tests {
         let info =
             parse_resume_token_contents(fixture!("openzfs-2.1/send-nvt-incremental.txt")).unwrap();
         assert_eq!(info.toname, "tank/pgdata@pgzfs-20261122T013000Z");
-        assert_eq!(info.fromguid, Some(0x61b7e2f9a0c4d3e1));
-        assert!(info.raw);
+        assert_eq!(info.toguid, 0x44f414f9b09512f4);
+        assert_eq!(info.fromguid, Some(0xcbacbe33cd2cad0f));
+        // Sent with -w: an unencrypted dataset's raw stream carries no rawok.
+        assert!(!info.raw);
         assert!(!info.large_blocks);
     }
 
@@ -496,7 +510,7 @@ mod tests {
         let info = parse_resume_token_contents(fixture!("openzfs-2.1/send-nvt-full.txt")).unwrap();
         let (snap, guid, base) = planned(
             "tank/pgdata@pgzfs-20261122T003000Z",
-            0x9f3b2c1d4e5a6b7c,
+            0xcbacbe33cd2cad0f,
             None,
         );
         let plan = PlannedTransfer {
@@ -515,7 +529,7 @@ mod tests {
         info.toguid = 0x1111;
         let (snap, guid, _) = planned(
             "tank/pgdata@pgzfs-20261122T003000Z",
-            0x9f3b2c1d4e5a6b7c,
+            0xcbacbe33cd2cad0f,
             None,
         );
         let plan = PlannedTransfer {
@@ -535,7 +549,7 @@ mod tests {
         let (snap, guid, base) = planned(
             "tank/pgdata@pgzfs-20261122T020000Z",
             5,
-            Some(0x61b7e2f9a0c4d3e1),
+            Some(0xcbacbe33cd2cad0f),
         );
         let plan = PlannedTransfer {
             snapshot: &snap,
@@ -546,7 +560,7 @@ mod tests {
         // Same snapshot, but the plan is a full stream now (e.g. --full).
         let (snap, guid, _) = planned(
             "tank/pgdata@pgzfs-20261122T013000Z",
-            0x1c2d3e4f5a6b7c8d,
+            0x44f414f9b09512f4,
             None,
         );
         let plan = PlannedTransfer {

@@ -490,6 +490,15 @@ impl Zfs for LzcZfs {
         let mut errors = ErrList::new();
         // SAFETY: live lists.
         let rc = unsafe { sys::lzc_release(holds.ptr, &mut errors.0) };
+        // OpenZFS puts a tag that is not held on the errlist as `snap#tag` = ENOENT but
+        // still returns 0 (seen on 2.1.11): that released nothing.
+        if rc == 0
+            && errors
+                .first_failure()
+                .is_some_and(|(_, e)| e == libc::ENOENT)
+        {
+            return Ok(false);
+        }
         match lzc_result("release", &snapshot.to_string(), rc, &errors) {
             Ok(()) => Ok(true),
             Err(_) if errors.first_failure().map(|(_, e)| e).unwrap_or(rc) == libc::ESRCH => {
