@@ -1,7 +1,7 @@
 //! The man pages are written by hand, but they cannot drift from the program: these
 //! tests walk the command line as clap knows it and the config file as the parser knows
 //! it, and fail when a command, a flag, a possible value, an exit code or a config key is
-//! missing from man/pgzfs.8 or man/pgzfs.toml.5, when a page names a flag or a key that no
+//! missing from docs/man/pgzfs.8 or docs/man/pgzfs.toml.5, when a page names a flag or a key that no
 //! longer exists, or when a documented default is not the built-in one. mandoc checks
 //! that both pages are well-formed mdoc.
 
@@ -14,7 +14,7 @@ use pgzfs::config::{Config, NODE_KEYS};
 use pgzfs::error::Error;
 
 fn page(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/man").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -469,7 +469,7 @@ fn the_check_of_documented_defaults_catches_a_wrong_one() {
 #[test]
 fn mandoc_finds_no_warnings_in_either_page() {
     for name in ["pgzfs.8", "pgzfs.toml.5"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/man").join(name);
         // -Wwarning: real mistakes, not style hints such as long source lines or
         // cross-references to FreeBSD pages this Linux machine does not have.
         let out = Command::new("mandoc")

@@ -29,7 +29,7 @@ fn rc_raw(rc: &str, variable: &str) -> String {
 
 #[test]
 fn newsyslog_rotates_the_default_log_file_and_signals_the_daemon_itself_with_sighup() {
-    let sample = repo_file("packaging/freebsd/files/newsyslog-pgzfs.conf.sample");
+    let sample = repo_file("contrib/freebsd-port/files/newsyslog-pgzfs.conf.sample");
     let entries: Vec<Vec<&str>> = sample
         .lines()
         .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
@@ -92,9 +92,9 @@ fn check_port(port_dir: Option<&Path>) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// A copy of packaging/freebsd with `change` applied to one of its files.
+/// A copy of contrib/freebsd-port with `change` applied to one of its files.
 fn port_copy(name: &str, file: &str, change: impl Fn(String) -> String) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/freebsd");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/freebsd-port");
     let copy = std::env::temp_dir().join(format!("pgzfs-port-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&copy);
     std::fs::create_dir_all(copy.join("files")).unwrap();
