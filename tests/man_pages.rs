@@ -14,7 +14,9 @@ use pgzfs::config::{Config, NODE_KEYS};
 use pgzfs::error::Error;
 
 fn page(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/man").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/man")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -469,7 +471,9 @@ fn the_check_of_documented_defaults_catches_a_wrong_one() {
 #[test]
 fn mandoc_finds_no_warnings_in_either_page() {
     for name in ["pgzfs.8", "pgzfs.toml.5"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/man").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docs/man")
+            .join(name);
         // -Wwarning: real mistakes, not style hints such as long source lines or
         // cross-references to FreeBSD pages this Linux machine does not have.
         let out = Command::new("mandoc")

@@ -224,7 +224,7 @@ fn wait_for_leases(
             let answers = ask_peers(&ctx.config, &ctx.local);
             (answers, leases.join().unwrap_or_default())
         });
-        let still_unknown: Vec<&str> = match judge(&answers) {
+        let still_unknown: Vec<String> = match judge(&answers) {
             PeerVerdict::Writable(others) => {
                 return Err(Error::refused(format!(
                     "{} answers as a writable primary again; promoting {} would make two",
@@ -233,38 +233,55 @@ fn wait_for_leases(
                 )))
             }
             PeerVerdict::Clear => Vec::new(),
-            PeerVerdict::Unknown(now) => names
-                .iter()
-                .copied()
-                .filter(|n| now.iter().any(|(u, _)| u == n))
-                .collect(),
+            // Every node that cannot be asked now, including one that answered before.
+            PeerVerdict::Unknown(now) => now.into_iter().map(|(n, _)| n).collect(),
         };
-        let verdicts: Vec<(&str, LeaseVerdict)> = leases
-            .into_iter()
-            .filter(|(n, _)| still_unknown.contains(n))
-            .collect();
-        if verdicts.iter().all(|(_, v)| v.expired) {
-            for (node, verdict) in &verdicts {
-                tracing::info!("lease on {node} expired: {}", verdict.describe(node));
+        match leases_settle(&still_unknown, &leases) {
+            Ok(()) => {
+                for (node, verdict) in leases
+                    .iter()
+                    .filter(|(n, _)| still_unknown.iter().any(|u| u == n))
+                {
+                    tracing::info!("lease on {node} expired: {}", verdict.describe(node));
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            let why: Vec<String> = verdicts
-                .iter()
-                .filter(|(_, v)| !v.expired)
-                .map(|(n, v)| v.describe(n))
-                .collect();
-            return Err(unknown_refusal(
-                unknown,
-                &ctx.local.name,
-                &format!(
-                    "No majority of the voters agrees it is gone: {}",
-                    why.join("; ")
-                ),
-            ));
+            Err(why) if Instant::now() >= deadline => {
+                return Err(unknown_refusal(
+                    unknown,
+                    &ctx.local.name,
+                    &format!(
+                        "No majority of the voters agrees it is gone: {}",
+                        why.join("; ")
+                    ),
+                ));
+            }
+            Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Whether every node that cannot be asked now has a lease the majority says expired.
+/// A node without a verdict (its lease could not be judged, or it stopped answering only
+/// after the verdicts were asked for) is not settled: unknown is not "gone". Err lists
+/// what is missing.
+fn leases_settle(
+    still_unknown: &[String],
+    leases: &[(&str, LeaseVerdict)],
+) -> std::result::Result<(), Vec<String>> {
+    let missing: Vec<String> = still_unknown
+        .iter()
+        .filter_map(|node| match leases.iter().find(|(n, _)| n == node) {
+            Some((_, verdict)) if verdict.expired => None,
+            Some((_, verdict)) => Some(verdict.describe(node)),
+            None => Some(format!("no verdict on the lease of {node}")),
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing)
     }
 }
 
@@ -501,6 +518,28 @@ pub fn local_epoch(local: &Node) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_promotion_waits_until_every_unknown_node_has_an_expired_lease() {
+        let verdict = |expired| LeaseVerdict {
+            expired,
+            agreeing: vec![],
+            needed: 2,
+            unanswered: vec![],
+        };
+        let unknown = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(
+            leases_settle(&unknown(&[]), &[]).is_ok(),
+            "everyone answered"
+        );
+        assert!(leases_settle(&unknown(&["db1"]), &[("db1", verdict(true))]).is_ok());
+        assert!(leases_settle(&unknown(&["db1"]), &[("db1", verdict(false))]).is_err());
+        // The verdicts could not be had (their thread died): nothing is settled.
+        assert!(leases_settle(&unknown(&["db1"]), &[]).is_err());
+        // db3 answered before and stops answering now: it has no verdict yet.
+        let why = leases_settle(&unknown(&["db1", "db3"]), &[("db1", verdict(true))]).unwrap_err();
+        assert_eq!(why, ["no verdict on the lease of db3"]);
+    }
+
     use super::*;
 
     fn answers(list: &[(&str, PeerAnswer)]) -> Vec<(String, PeerAnswer)> {
