@@ -140,11 +140,14 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
     ));
 
     for peer in config.other_nodes(local) {
-        let present =
-            crate::ssh_openssh::known_host_present(&local.known_hosts, &peer.host, peer.ssh_port)?;
+        let present = crate::ssh_openssh::known_host_present(
+            &local.known_hosts,
+            peer.replication_host(),
+            peer.ssh_port,
+        )?;
         findings.push(setup::known_host(
             &peer.name,
-            &peer.host,
+            peer.replication_host(),
             peer.ssh_port,
             &local.known_hosts,
             present,
