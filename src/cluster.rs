@@ -8,11 +8,12 @@ use crate::pg::standby::StandbySetup;
 use crate::pg::{Pg, PgTarget};
 use crate::ssh::SshTarget;
 
-/// How to reach a node's PostgreSQL as the configured replication role.
+/// How to reach a node's PostgreSQL as the configured replication role (over the
+/// replication network: `replication_host`).
 pub fn pg_target(node: &Node) -> PgTarget {
     PgTarget {
         node: node.name.clone(),
-        host: node.host.clone(),
+        host: node.replication_host().to_string(),
         port: node.pg_port,
         user: node.pg_user.clone(),
         database: node.pg_database.clone(),
@@ -23,9 +24,10 @@ pub fn pg_target(node: &Node) -> PgTarget {
 }
 
 pub fn ssh_target(local: &Node, source: &Node) -> SshTarget {
-    // SSH credentials are those of the node we log in *from*; the port is the target's.
+    // SSH credentials are those of the node we log in *from*; the port and the address
+    // (on the replication network) are the target's.
     SshTarget {
-        host: source.host.clone(),
+        host: source.replication_host().to_string(),
         port: source.ssh_port,
         user: local.ssh_user.clone(),
         key: local.ssh_key.clone(),
@@ -86,7 +88,7 @@ pub fn standby_setup(config: &Config, local: &Node, primary: &Node, major: u32) 
     StandbySetup {
         major,
         node_name: local.name.clone(),
-        primary_host: primary.host.clone(),
+        primary_host: primary.replication_host().to_string(),
         primary_port: primary.pg_port,
         user: local.pg_user.clone(),
         passfile: crate::pgpass::passfile_path(local.pg_passfile.as_deref()),

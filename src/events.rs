@@ -180,7 +180,7 @@ pub fn emit_failure(
 
 fn run_hook(config: &Config, cmd: &Cmd, event: &Event) -> Result<()> {
     // A clean environment (nothing of what started pgzfs, e.g. PGPASSWORD), plus the
-    // event as variables with the addresses of the nodes involved, so that hooks like
+    // event as variables with the client addresses of the nodes involved, so that hooks like
     // contrib/pgbouncer-repoint need no config parsing.
     let mut command = std::process::Command::new(cmd.program());
     command
@@ -202,7 +202,7 @@ fn run_hook(config: &Config, cmd: &Cmd, event: &Event) -> Result<()> {
     ] {
         if let Some(node) = name.and_then(|n| config.node(n).ok()) {
             command
-                .env(format!("{prefix}_HOST"), &node.host)
+                .env(format!("{prefix}_HOST"), node.client_host())
                 .env(format!("{prefix}_PORT"), node.pg_port.to_string());
         }
     }

@@ -14,6 +14,11 @@ pub enum Verdict {
     Ok,
     Wrong,
     Advice,
+    /// Could not be found out here (a peer that does not answer, a zfs that cannot
+    /// show delegations): never counted as right.
+    Unknown,
+    /// Does not apply on this system (rc.d variables where there is no rc.conf).
+    Skipped,
 }
 
 /// One step of the setup as found on this node.
@@ -43,6 +48,24 @@ impl Finding {
             verdict: Verdict::Wrong,
             detail: detail.into(),
             fix: Some(fix.into()),
+        }
+    }
+
+    fn unknown(check: &str, detail: impl Into<String>) -> Finding {
+        Finding {
+            check: check.to_string(),
+            verdict: Verdict::Unknown,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn skipped(check: &str, detail: impl Into<String>) -> Finding {
+        Finding {
+            check: check.to_string(),
+            verdict: Verdict::Skipped,
+            detail: detail.into(),
+            fix: None,
         }
     }
 
@@ -362,6 +385,336 @@ pub fn unreachable(target: &str, why: &str, pg_user: &str, passfile: Option<&Pat
     )
 }
 
+/// A node about to become a standby has no dataset and no data directory yet: the first
+/// `pgzfs reset-secondary` creates the dataset by a full receive, below its parent.
+pub fn new_standby_dataset(dataset: &str, parent: Option<&str>, parent_exists: bool) -> Finding {
+    match parent {
+        Some(parent) if !parent_exists => Finding::wrong(
+            "dataset",
+            format!("neither {dataset} nor its parent {parent} exists, so nothing can be received"),
+            format!("zfs create -p {parent}"),
+        ),
+        _ => Finding::ok(
+            "dataset",
+            format!(
+                "{dataset} does not exist yet and there is no data directory: a new standby, \
+                 whose first `pgzfs reset-secondary` creates it by a full receive"
+            ),
+        ),
+    }
+}
+
+/// No PostgreSQL on a new standby yet: its settings and grants come with the re-seed.
+pub fn no_server_yet() -> Finding {
+    Finding::skipped(
+        "postgres",
+        "no data directory on this node yet: its settings, pg_hba and grants come with the \
+         first re-seed from the primary (run check --setup there too)",
+    )
+}
+
+/// The permissions `zfs allow` must give the SSH user on a node's dataset so that the
+/// other nodes can re-seed from it (the README's set for the sending side; `bookmark`
+/// only where the pool can hold bookmarks).
+pub fn sending_permissions(bookmarks: bool) -> Vec<&'static str> {
+    let mut permissions = vec!["snapshot", "mount", "send", "hold", "release", "userprop"];
+    if bookmarks {
+        permissions.push("bookmark");
+    }
+    permissions
+}
+
+/// What `zfs allow DATASET` shows for `user`: the permissions given to the user by name
+/// or to everyone, and whether any group has some (which this check cannot resolve).
+fn delegated(output: &str, user: &str) -> (Vec<String>, bool) {
+    let mut permissions = Vec::new();
+    let mut groups = false;
+    for line in output.lines() {
+        // "Create time permissions:" lists what a creator gets, not what anyone has.
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let granted = match words.as_slice() {
+            ["user", name, perms] if *name == user => Some(*perms),
+            ["everyone", perms] => Some(*perms),
+            ["group", _, _] => {
+                groups = true;
+                None
+            }
+            _ => None,
+        };
+        if let Some(perms) = granted {
+            permissions.extend(perms.split(',').map(str::to_string));
+        }
+    }
+    (permissions, groups)
+}
+
+/// The SSH user may do on `node`'s dataset what a re-seed from it needs. `output` is what
+/// `zfs allow DATASET` printed there, or why it could not be asked.
+pub fn zfs_allow(
+    node: &str,
+    dataset: &str,
+    ssh_user: &str,
+    needed: &[&str],
+    output: std::result::Result<&str, &str>,
+) -> Finding {
+    let check = format!("zfs_allow.{node}");
+    if ssh_user == "root" {
+        return Finding::ok(&check, "ssh_user is root, which needs no delegation");
+    }
+    let output = match output {
+        Ok(output) => output,
+        Err(why) => {
+            return Finding::unknown(
+                &check,
+                format!("cannot tell what {ssh_user} may do on {dataset} ({node}): {why}"),
+            )
+        }
+    };
+    let (granted, groups) = delegated(output, ssh_user);
+    let missing: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|p| !granted.iter().any(|g| g == p))
+        .collect();
+    if missing.is_empty() {
+        return Finding::ok(
+            &check,
+            format!("{ssh_user} may {} on {dataset}", needed.join(",")),
+        );
+    }
+    let detail = format!(
+        "{ssh_user} lacks {} on {dataset} ({node}): the other nodes cannot re-seed from it",
+        missing.join(",")
+    );
+    if groups {
+        return Finding::unknown(
+            &check,
+            format!("{detail}, unless a group it is in has them (zfs allow shows groups; check by hand)"),
+        );
+    }
+    Finding::wrong(
+        &check,
+        detail,
+        format!(
+            "on {node}: zfs allow -u {ssh_user} {} {dataset}",
+            needed.join(",")
+        ),
+    )
+}
+
+/// Logging in to a peer as pgzfs does (its key, strict host key checking).
+pub fn ssh_login(peer: &str, who: &str, result: std::result::Result<(), &str>) -> Finding {
+    let check = format!("ssh.{peer}");
+    match result {
+        Ok(()) => Finding::ok(&check, format!("logged in as {who}")),
+        Err(why) => Finding::wrong(
+            &check,
+            format!("cannot log in as {who}: {why}"),
+            format!(
+                "append this node's ssh_key .pub to the ssh_user's ~/.ssh/authorized_keys on {peer}, \
+                 and check that its sshd listens on the replication_host"
+            ),
+        ),
+    }
+}
+
+/// The peer could not be reached over SSH, so what only it can show stays unknown.
+pub fn unreachable_peer(check: &str, peer: &str) -> Finding {
+    Finding::unknown(
+        check,
+        format!("{peer} cannot be reached over SSH (see ssh.{peer})"),
+    )
+}
+
+/// What running `pgzfs_bin --version` on a peer gave.
+pub enum RemoteRun<'a> {
+    Ran {
+        success: bool,
+        stdout: &'a str,
+        stderr: &'a str,
+    },
+    Failed(&'a str),
+}
+
+/// `pgzfs_bin` runs on the peer (switchover, `ssh_compress` and `backup_via = "ssh"`
+/// start it there). A key bound to `pgzfs serve` only lets serve's own commands through,
+/// so a refusal from serve leaves it unknown rather than wrong.
+pub fn pgzfs_bin(peer: &str, path: &Path, run: RemoteRun) -> Finding {
+    let check = format!("pgzfs_bin.{peer}");
+    let shown = path.display();
+    match run {
+        RemoteRun::Ran { success: true, stdout, .. } if stdout.starts_with("pgzfs ") => {
+            Finding::ok(&check, format!("{shown} on {peer} is {}", stdout.trim()))
+        }
+        RemoteRun::Ran { stderr, .. } if stderr.contains("serve: refused") => Finding::unknown(
+            &check,
+            format!("{peer}'s key runs the forced command `pgzfs serve`, which does not run {shown} --version"),
+        ),
+        RemoteRun::Ran { stdout, stderr, .. } => Finding::wrong(
+            &check,
+            format!(
+                "{shown} does not run on {peer}: {}",
+                if stderr.trim().is_empty() { stdout.trim() } else { stderr.trim() }
+            ),
+            format!("on {peer}: pkg install pgzfs (or set pgzfs_bin to where pgzfs is installed there)"),
+        ),
+        RemoteRun::Failed(why) => Finding::unknown(&check, format!("could not run {shown} on {peer}: {why}")),
+    }
+}
+
+/// What a peer's PostgreSQL said to a replication connection from this node.
+pub enum HbaAnswer {
+    /// It asked for a password (or let us in): a pg_hba line matches.
+    Accepted,
+    /// "no pg_hba.conf entry for replication connection ...", or "rejects".
+    NoEntry(String),
+    /// It did not answer, or answered something else.
+    Unknown(String),
+}
+
+/// The peer's pg_hba.conf lets this node's WAL receiver in as the replication role from
+/// this node's `replication_host`.
+pub fn pg_hba(
+    peer: &str,
+    peer_data_dir: &Path,
+    role: &str,
+    from: &str,
+    answer: HbaAnswer,
+) -> Finding {
+    let check = format!("pg_hba.{peer}");
+    match answer {
+        HbaAnswer::Accepted => Finding::ok(
+            &check,
+            format!("{peer} accepts replication connections as {role} from {from}"),
+        ),
+        HbaAnswer::NoEntry(message) => {
+            let address = match from.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(_)) => format!("{from}/32"),
+                Ok(std::net::IpAddr::V6(_)) => format!("{from}/128"),
+                Err(_) => from.to_string(),
+            };
+            Finding::wrong(
+                &check,
+                format!("{peer} refuses replication as {role} from {from}: {message}"),
+                format!(
+                    "on {peer}: echo 'host replication {role} {address} scram-sha-256' >> {}/pg_hba.conf \
+                     && psql -U postgres -c 'SELECT pg_reload_conf()' (pg_hba.conf travels with \
+                     re-seeds: add every node's replication address)",
+                    peer_data_dir.display()
+                ),
+            )
+        }
+        HbaAnswer::Unknown(why) => Finding::unknown(
+            &check,
+            format!("cannot tell whether {peer} accepts replication from {from}: {why}"),
+        ),
+    }
+}
+
+/// rc.conf-style assignments (`name="value"`, `name='value'`, `name=value`), the last
+/// one winning as when /bin/sh reads them; comments and anything else are skipped.
+pub fn rc_assignments(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut values = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((name, rest)) = line.split_once('=') else {
+            continue;
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let value = match rest.chars().next() {
+            Some(quote @ ('"' | '\'')) => match rest[1..].find(quote) {
+                Some(end) => rest[1..1 + end].to_string(),
+                None => continue,
+            },
+            _ => rest.split('#').next().unwrap_or("").trim().to_string(),
+        };
+        values.insert(name.to_string(), value);
+    }
+    values
+}
+
+/// The rc.d variables that start the daemon at boot with this config and this node.
+/// `files`: the rc.conf files that exist, in the order rc.subr reads them.
+pub fn rc_d(
+    files: &[(PathBuf, String)],
+    config: &Path,
+    default_config: &Path,
+    node: &str,
+) -> Vec<Finding> {
+    if files.is_empty() {
+        return vec![Finding::skipped(
+            "rc.d",
+            "no /etc/rc.conf: not FreeBSD, so the rc.d variables are not checked",
+        )];
+    }
+    let mut values = std::collections::BTreeMap::new();
+    for (_, text) in files {
+        values.extend(rc_assignments(text));
+    }
+    let read: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+    let read = read.join(", ");
+    let mut findings = Vec::new();
+    let enable = values.get("pgzfs_enable").map(String::as_str).unwrap_or("");
+    findings.push(
+        if matches!(
+            enable.to_ascii_lowercase().as_str(),
+            "yes" | "true" | "on" | "1"
+        ) {
+            Finding::ok("rc.pgzfs_enable", format!("pgzfs_enable={enable}"))
+        } else {
+            Finding::wrong(
+                "rc.pgzfs_enable",
+                format!(
+                    "pgzfs_enable is {:?} in {read}: the daemon does not start at boot",
+                    enable
+                ),
+                "sysrc pgzfs_enable=YES",
+            )
+        },
+    );
+    let configured = values
+        .get("pgzfs_config")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default_config.to_path_buf());
+    findings.push(if configured == config {
+        Finding::ok(
+            "rc.pgzfs_config",
+            format!("the daemon reads {}", config.display()),
+        )
+    } else {
+        Finding::wrong(
+            "rc.pgzfs_config",
+            format!(
+                "the daemon would read {}, not {} which this check read",
+                configured.display(),
+                config.display()
+            ),
+            format!("sysrc pgzfs_config={}", config.display()),
+        )
+    });
+    let flags = values.get("pgzfs_flags").map(String::as_str).unwrap_or("");
+    let words: Vec<&str> = flags.split_whitespace().collect();
+    let named = words
+        .windows(2)
+        .find(|w| w[0] == "--node")
+        .map(|w| w[1])
+        .or_else(|| words.iter().find_map(|w| w.strip_prefix("--node=")));
+    findings.push(match named {
+        Some(other) if other != node => Finding::wrong(
+            "rc.pgzfs_flags",
+            format!("pgzfs_flags names --node {other}, but this node is {node}"),
+            format!("sysrc pgzfs_flags=\"--node {node}\""),
+        ),
+        _ => Finding::ok("rc.pgzfs_flags", format!("pgzfs_flags={flags:?}")),
+    });
+    findings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,5 +866,175 @@ mod tests {
                  pg_backup_start(text, boolean) TO replicator;\""
             )
         );
+    }
+
+    #[test]
+    fn a_missing_delegation_gets_the_readme_set_and_an_unreadable_one_is_unknown() {
+        let shown = "---- Permissions on tank/pgdata ----\nLocal+Descendent permissions:\n\
+                     \tuser zfssync hold,release,send,snapshot\n";
+        let finding = zfs_allow(
+            "db1",
+            "tank/pgdata",
+            "zfssync",
+            &sending_permissions(true),
+            Ok(shown),
+        );
+        assert_eq!(finding.verdict, Verdict::Wrong);
+        assert!(
+            finding.detail.contains("lacks mount,userprop,bookmark"),
+            "{}",
+            finding.detail
+        );
+        assert_eq!(
+            finding.fix.as_deref(),
+            Some("on db1: zfs allow -u zfssync snapshot,mount,send,hold,release,userprop,bookmark tank/pgdata")
+        );
+        let all = "Local+Descendent permissions:\n\teveryone bookmark,mount,userprop\n\
+                   \tuser zfssync hold,release,send,snapshot\n";
+        assert_eq!(
+            zfs_allow(
+                "db1",
+                "tank/pgdata",
+                "zfssync",
+                &sending_permissions(true),
+                Ok(all)
+            )
+            .verdict,
+            Verdict::Ok
+        );
+        assert_eq!(
+            zfs_allow(
+                "db1",
+                "tank/pgdata",
+                "zfssync",
+                &sending_permissions(true),
+                Err("unsupported")
+            )
+            .verdict,
+            Verdict::Unknown
+        );
+        let by_group = "Local+Descendent permissions:\n\tgroup wheel send\n";
+        assert_eq!(
+            zfs_allow(
+                "db1",
+                "tank/pgdata",
+                "zfssync",
+                &sending_permissions(true),
+                Ok(by_group)
+            )
+            .verdict,
+            Verdict::Unknown,
+            "permissions through a group are not judged"
+        );
+        assert_eq!(
+            zfs_allow("db1", "tank/pgdata", "root", &[], Err("x")).verdict,
+            Verdict::Ok
+        );
+    }
+
+    #[test]
+    fn rc_conf_is_read_like_sh_reads_it_and_each_wrong_variable_gets_sysrc() {
+        let values = rc_assignments(
+            "# pgzfs\npgzfs_enable=\"YES\"\nhostname='db1.example.net'\npgzfs_flags=--node\\ db1 # x\n\
+             not an assignment\npgzfs_enable=\"NO\"\n",
+        );
+        assert_eq!(values["pgzfs_enable"], "NO", "the last one wins");
+        assert_eq!(values["hostname"], "db1.example.net");
+
+        let config = Path::new("/usr/local/etc/pgzfs.toml");
+        let files = vec![
+            (
+                PathBuf::from("/etc/rc.conf"),
+                "pgzfs_enable=\"YES\"\n".to_string(),
+            ),
+            (
+                PathBuf::from("/etc/rc.conf.d/pgzfs"),
+                "pgzfs_config=\"/etc/other.toml\"\npgzfs_flags=\"--node db2\"\n".to_string(),
+            ),
+        ];
+        let findings = rc_d(&files, config, config, "db1");
+        assert_eq!(
+            wrong_checks(&findings),
+            ["rc.pgzfs_config", "rc.pgzfs_flags"]
+        );
+        assert_eq!(
+            findings[1].fix.as_deref(),
+            Some("sysrc pgzfs_config=/usr/local/etc/pgzfs.toml")
+        );
+        assert_eq!(
+            findings[2].fix.as_deref(),
+            Some("sysrc pgzfs_flags=\"--node db1\"")
+        );
+
+        let off = vec![(
+            PathBuf::from("/etc/rc.conf"),
+            "sshd_enable=YES\n".to_string(),
+        )];
+        let findings = rc_d(&off, config, config, "db1");
+        assert_eq!(wrong_checks(&findings), ["rc.pgzfs_enable"]);
+        assert_eq!(findings[0].fix.as_deref(), Some("sysrc pgzfs_enable=YES"));
+
+        let linux = rc_d(&[], config, config, "db1");
+        assert_eq!(linux.len(), 1);
+        assert_eq!(linux[0].verdict, Verdict::Skipped, "no rc.conf, no verdict");
+    }
+
+    #[test]
+    fn a_peer_without_a_replication_line_gets_one_for_this_nodes_address() {
+        let finding = pg_hba(
+            "db2",
+            Path::new("/var/db/postgres/data17"),
+            "replicator",
+            "10.1.0.1",
+            HbaAnswer::NoEntry("no pg_hba.conf entry for replication connection".into()),
+        );
+        assert_eq!(finding.verdict, Verdict::Wrong);
+        assert!(finding
+            .fix
+            .unwrap()
+            .starts_with("on db2: echo 'host replication replicator 10.1.0.1/32 scram-sha-256' >> /var/db/postgres/data17/pg_hba.conf"));
+        let unknown = pg_hba(
+            "db2",
+            Path::new("/d"),
+            "replicator",
+            "10.1.0.1",
+            HbaAnswer::Unknown("connection refused".into()),
+        );
+        assert_eq!(unknown.verdict, Verdict::Unknown);
+    }
+
+    #[test]
+    fn pgzfs_bin_behind_a_forced_command_is_unknown_and_a_missing_one_wrong() {
+        let path = Path::new("/usr/local/bin/pgzfs");
+        let ok = pgzfs_bin(
+            "db2",
+            path,
+            RemoteRun::Ran {
+                success: true,
+                stdout: "pgzfs 0.1.0\n",
+                stderr: "",
+            },
+        );
+        assert_eq!(ok.verdict, Verdict::Ok);
+        let missing = pgzfs_bin(
+            "db2",
+            path,
+            RemoteRun::Ran {
+                success: false,
+                stdout: "",
+                stderr: "sh: /usr/local/bin/pgzfs: not found",
+            },
+        );
+        assert_eq!(missing.verdict, Verdict::Wrong);
+        let serve = pgzfs_bin(
+            "db2",
+            path,
+            RemoteRun::Ran {
+                success: false,
+                stdout: "",
+                stderr: "pgzfs: serve: refused pgzfs --version from 10.0.0.1: ...",
+            },
+        );
+        assert_eq!(serve.verdict, Verdict::Unknown);
     }
 }

@@ -98,7 +98,7 @@ fn port_copy(name: &str, file: &str, change: impl Fn(String) -> String) -> PathB
     let copy = std::env::temp_dir().join(format!("pgzfs-port-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&copy);
     std::fs::create_dir_all(copy.join("files")).unwrap();
-    for entry in ["Makefile", "pkg-descr", "pkg-plist"] {
+    for entry in ["Makefile", "Makefile.crates", "pkg-descr", "pkg-plist"] {
         std::fs::copy(root.join(entry), copy.join(entry)).unwrap();
     }
     for entry in std::fs::read_dir(root.join("files")).unwrap() {
@@ -176,4 +176,23 @@ fn check_port_catches_a_version_other_than_cargo_toml() {
     std::fs::remove_dir_all(&copy).unwrap();
     assert!(!ok, "{out}");
     assert!(out.contains("DISTVERSION=0.0.0.9"), "{out}");
+}
+
+#[test]
+fn check_port_catches_a_crate_list_out_of_step_with_cargo_lock() {
+    // As after a `cargo update` without scripts/port-crates: one crate's version in the
+    // port is not the one Cargo.lock builds with.
+    let copy = port_copy("crates", "Makefile.crates", |crates| {
+        let first = crates.lines().next().unwrap().to_string();
+        let (name_version, rest) = first.split_once(' ').unwrap();
+        crates.replacen(&first, &format!("{name_version}9 {rest}"), 1)
+    });
+    let (ok, out) = check_port(Some(&copy));
+    std::fs::remove_dir_all(&copy).unwrap();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("Makefile.crates is out of step with Cargo.lock"),
+        "{out}"
+    );
+    assert!(out.contains("scripts/port-crates"), "names the fix: {out}");
 }

@@ -97,27 +97,47 @@ impl Check {
     }
 }
 
-/// `--setup`: gather the facts of each install step on this node and judge them.
+/// `--setup`: gather the facts of each install step on this node, then on each peer
+/// (over SSH as pgzfs logs in, and its PostgreSQL over the replication network), and
+/// judge them.
 fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
     let mut findings = Vec::new();
 
     let zfs = crate::zfs::local_backend(local)?;
     let dataset = local.dataset.as_str();
-    let facts = if zfs.exists(&local.dataset)? {
-        Some(setup::DatasetFacts {
-            mountpoint: zfs.mountpoint(&local.dataset)?,
-            canmount: zfs.get_text(dataset, "canmount")?,
-            recordsize: zfs.get_number(dataset, "recordsize")?,
-        })
+    let exists = zfs.exists(&local.dataset)?;
+    // A node about to join as a standby has neither yet; reset-secondary makes both.
+    let new_standby = !exists && !local.data_dir.join("PG_VERSION").exists();
+    if new_standby {
+        let parent = dataset.rsplit_once('/').map(|(parent, _)| parent);
+        let parent_exists = match parent {
+            Some(parent) => crate::zfs::names::DatasetName::parse(parent)
+                .map(|name| zfs.exists(&name))
+                .unwrap_or(Ok(false))?,
+            None => true,
+        };
+        findings.push(setup::new_standby_dataset(dataset, parent, parent_exists));
     } else {
-        None
-    };
-    findings.extend(setup::dataset(
-        dataset,
-        &local.data_dir,
-        local.mountpoint.as_deref(),
-        facts.as_ref(),
-    ));
+        let facts = if exists {
+            Some(setup::DatasetFacts {
+                mountpoint: zfs.mountpoint(&local.dataset)?,
+                canmount: zfs.get_text(dataset, "canmount")?,
+                recordsize: zfs.get_number(dataset, "recordsize")?,
+            })
+        } else {
+            None
+        };
+        findings.extend(setup::dataset(
+            dataset,
+            &local.data_dir,
+            local.mountpoint.as_deref(),
+            facts.as_ref(),
+        ));
+    }
+    if exists {
+        // The other nodes log in here as ssh_user to re-seed from this dataset.
+        findings.push(delegation_finding(&*zfs, &local.name, local));
+    }
 
     let passfile = crate::pgpass::passfile_path(local.pg_passfile.as_deref());
     let file_facts = passfile.as_deref().and_then(|path| {
@@ -140,11 +160,14 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
     ));
 
     for peer in config.other_nodes(local) {
-        let present =
-            crate::ssh_openssh::known_host_present(&local.known_hosts, &peer.host, peer.ssh_port)?;
+        let present = crate::ssh_openssh::known_host_present(
+            &local.known_hosts,
+            peer.replication_host(),
+            peer.ssh_port,
+        )?;
         findings.push(setup::known_host(
             &peer.name,
-            &peer.host,
+            peer.replication_host(),
             peer.ssh_port,
             &local.known_hosts,
             present,
@@ -152,35 +175,50 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
     }
 
     let target = pg_target(local);
-    match Pg::connect(&target) {
-        Err(e) => findings.push(setup::unreachable(
-            &target.describe(),
-            &e.to_string(),
-            &local.pg_user,
-            passfile.as_deref(),
-        )),
-        Ok(mut pg) => {
-            let number = |pg: &mut Pg, name: &str| -> Result<u32> {
-                let text = pg.setting(name)?;
-                text.parse()
-                    .map_err(|_| Error::failed(format!("{name} = {text:?} is not a number")))
-            };
-            let server = setup::ServerFacts {
-                wal_level: pg.setting("wal_level")?,
-                max_wal_senders: number(&mut pg, "max_wal_senders")?,
-                max_replication_slots: number(&mut pg, "max_replication_slots")?,
-            };
-            let standbys = config.other_nodes(local).count() as u32;
-            findings.extend(setup::server(&server, standbys, local.use_slots));
-            let grants = pg.own_grants()?;
-            findings.push(setup::role(&setup::RoleFacts {
-                role: grants.role,
-                superuser: grants.superuser,
-                replication: grants.replication,
-                pg_monitor: grants.pg_monitor,
-                functions: grants.backup_functions,
-            }));
+    if new_standby {
+        findings.push(setup::no_server_yet());
+    } else {
+        match Pg::connect(&target) {
+            Err(e) => findings.push(setup::unreachable(
+                &target.describe(),
+                &e.to_string(),
+                &local.pg_user,
+                passfile.as_deref(),
+            )),
+            Ok(mut pg) => {
+                let number = |pg: &mut Pg, name: &str| -> Result<u32> {
+                    let text = pg.setting(name)?;
+                    text.parse()
+                        .map_err(|_| Error::failed(format!("{name} = {text:?} is not a number")))
+                };
+                let server = setup::ServerFacts {
+                    wal_level: pg.setting("wal_level")?,
+                    max_wal_senders: number(&mut pg, "max_wal_senders")?,
+                    max_replication_slots: number(&mut pg, "max_replication_slots")?,
+                };
+                let standbys = config.other_nodes(local).count() as u32;
+                findings.extend(setup::server(&server, standbys, local.use_slots));
+                let grants = pg.own_grants()?;
+                findings.push(setup::role(&setup::RoleFacts {
+                    role: grants.role,
+                    superuser: grants.superuser,
+                    replication: grants.replication,
+                    pg_monitor: grants.pg_monitor,
+                    functions: grants.backup_functions,
+                }));
+            }
         }
+    }
+
+    findings.extend(setup::rc_d(
+        &rc_conf_files(),
+        &config.path,
+        std::path::Path::new(crate::config::DEFAULT_CONFIG_PATH),
+        &local.name,
+    ));
+
+    for peer in config.other_nodes(local) {
+        findings.extend(peer_findings(local, peer));
     }
 
     let first_wrong = findings
@@ -188,10 +226,16 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
         .find(|f| f.verdict == setup::Verdict::Wrong)
         .cloned();
     if json {
+        let unknown: Vec<&str> = findings
+            .iter()
+            .filter(|f| f.verdict == setup::Verdict::Unknown)
+            .map(|f| f.check.as_str())
+            .collect();
         let report = serde_json::json!({
             "node": local.name,
             "ok": first_wrong.is_none(),
             "first_wrong": first_wrong.as_ref().map(|f| f.check.clone()),
+            "unknown": unknown,
             "findings": findings,
         });
         println!("{report}");
@@ -201,6 +245,8 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
                 setup::Verdict::Ok => "ok    ",
                 setup::Verdict::Wrong => "WRONG ",
                 setup::Verdict::Advice => "advice",
+                setup::Verdict::Unknown => "?     ",
+                setup::Verdict::Skipped => "skip  ",
             };
             println!("{label} {}: {}", finding.check, finding.detail);
             if let Some(fix) = &finding.fix {
@@ -218,4 +264,149 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
         }
     }
     Ok(if first_wrong.is_some() { 1 } else { 0 })
+}
+
+/// What ssh_user may do on `node`'s dataset, as `zfs` there shows it.
+fn delegation_finding(zfs: &dyn crate::zfs::Zfs, node: &str, local: &Node) -> setup::Finding {
+    let bookmarks = zfs
+        .features_for(&local.dataset)
+        .map(|f| f.bookmarks)
+        .unwrap_or(true);
+    let needed = setup::sending_permissions(bookmarks);
+    let shown = zfs.delegations(&local.dataset).map_err(|e| e.to_string());
+    setup::zfs_allow(
+        node,
+        local.dataset.as_str(),
+        &local.ssh_user,
+        &needed,
+        shown.as_deref().map_err(String::as_str),
+    )
+}
+
+/// A peer as this node uses it: logging in over SSH, ssh_user's delegation on its
+/// dataset, pgzfs_bin there, and its pg_hba for this node's WAL receiver.
+fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
+    let mut findings = Vec::new();
+    let target = crate::cluster::ssh_target(local, peer);
+    match crate::ssh::SshHost::connect(&target) {
+        Err(e) => {
+            findings.push(setup::ssh_login(
+                &peer.name,
+                &target.describe(),
+                Err(&e.to_string()),
+            ));
+            for check in ["zfs_allow", "pgzfs_bin"] {
+                findings.push(setup::unreachable_peer(
+                    &format!("{check}.{}", peer.name),
+                    &peer.name,
+                ));
+            }
+        }
+        Ok(session) => {
+            findings.push(setup::ssh_login(&peer.name, &target.describe(), Ok(())));
+            let remote = crate::zfs::cli::ZfsCli::new(&session);
+            match crate::zfs::Zfs::exists(&remote, &peer.dataset) {
+                Ok(true) => {
+                    let bookmarks = crate::zfs::Zfs::features_for(&remote, &peer.dataset)
+                        .map(|f| f.bookmarks)
+                        .unwrap_or(true);
+                    let needed = setup::sending_permissions(bookmarks);
+                    let shown = crate::zfs::Zfs::delegations(&remote, &peer.dataset)
+                        .map_err(|e| e.to_string());
+                    findings.push(setup::zfs_allow(
+                        &peer.name,
+                        peer.dataset.as_str(),
+                        &local.ssh_user,
+                        &needed,
+                        shown.as_deref().map_err(String::as_str),
+                    ));
+                }
+                Ok(false) => findings.push(setup::Finding {
+                    check: format!("zfs_allow.{}", peer.name),
+                    verdict: setup::Verdict::Skipped,
+                    detail: format!(
+                        "{} has no dataset {} yet (a standby still to be seeded)",
+                        peer.name, peer.dataset
+                    ),
+                    fix: None,
+                }),
+                Err(e) => findings.push(setup::zfs_allow(
+                    &peer.name,
+                    peer.dataset.as_str(),
+                    &local.ssh_user,
+                    &[],
+                    Err(&e.to_string()),
+                )),
+            }
+            let version =
+                crate::exec::Cmd::new(local.pgzfs_bin.display().to_string()).arg("--version");
+            let run = crate::exec::Runner::output(&session, &version);
+            findings.push(match &run {
+                Ok(out) => setup::pgzfs_bin(
+                    &peer.name,
+                    &local.pgzfs_bin,
+                    setup::RemoteRun::Ran {
+                        success: out.success(),
+                        stdout: &out.stdout,
+                        stderr: &out.stderr,
+                    },
+                ),
+                Err(e) => setup::pgzfs_bin(
+                    &peer.name,
+                    &local.pgzfs_bin,
+                    setup::RemoteRun::Failed(&e.to_string()),
+                ),
+            });
+        }
+    }
+
+    let requires_tls = matches!(
+        local.pg_sslmode,
+        crate::pg::tls::SslMode::Require
+            | crate::pg::tls::SslMode::VerifyCa
+            | crate::pg::tls::SslMode::VerifyFull
+    );
+    let answer = match crate::pg::hba::probe_replication(
+        peer.replication_host(),
+        peer.pg_port,
+        &local.pg_user,
+        local.connect_timeout,
+    ) {
+        Ok(crate::pg::hba::ReplicationAnswer::Accepted) => setup::HbaAnswer::Accepted,
+        Ok(crate::pg::hba::ReplicationAnswer::Refused(message))
+            if requires_tls && message.contains("no encryption") =>
+        {
+            setup::HbaAnswer::Unknown(format!(
+                "{message} (asked without TLS; pg_sslmode requires it, so only a hostssl line matters)"
+            ))
+        }
+        Ok(crate::pg::hba::ReplicationAnswer::Refused(message)) => setup::HbaAnswer::NoEntry(message),
+        Ok(crate::pg::hba::ReplicationAnswer::Other(message)) => setup::HbaAnswer::Unknown(message),
+        Err(why) => setup::HbaAnswer::Unknown(why),
+    };
+    findings.push(setup::pg_hba(
+        &peer.name,
+        &peer.data_dir,
+        &local.pg_user,
+        local.replication_host(),
+        answer,
+    ));
+    findings
+}
+
+/// The rc.conf files that exist here, in the order rc.subr reads them for pgzfs.
+fn rc_conf_files() -> Vec<(std::path::PathBuf, String)> {
+    [
+        "/etc/rc.conf",
+        "/etc/rc.conf.local",
+        "/etc/rc.conf.d/pgzfs",
+        "/usr/local/etc/rc.conf.d/pgzfs",
+    ]
+    .iter()
+    .filter_map(|path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|text| (std::path::PathBuf::from(path), text))
+    })
+    .collect()
 }

@@ -140,6 +140,18 @@ macro_rules! node_settings {
 }
 
 impl Node {
+    /// The address the other nodes use for this node's SSH transfers, its WAL stream
+    /// (`primary_conninfo`) and pgzfs's PostgreSQL sessions: `replication_host`, else `host`.
+    pub fn replication_host(&self) -> &str {
+        self.replication_host.as_deref().unwrap_or(&self.host)
+    }
+
+    /// The address clients use for this node (given to event hooks, e.g. the PgBouncer
+    /// repoint): `client_host`, else `host`.
+    pub fn client_host(&self) -> &str {
+        self.client_host.as_deref().unwrap_or(&self.host)
+    }
+
     /// TLS to this node's PostgreSQL (`pg_sslmode`, `pg_sslrootcert`, `pg_sslcert`,
     /// `pg_sslkey`); like `pg_user`, a standby's own values go into its `primary_conninfo`.
     pub fn pg_tls(&self) -> PgTls {
@@ -238,6 +250,12 @@ node_settings! {
     /// Where `pg_ctl start` writes the server log.
     pg_log_file: String, path => PathBuf,
         or(|node| node.data_dir.join("postmaster.log")) => PathBuf;
+    /// Where the other nodes reach this one for SSH transfers, `primary_conninfo` and
+    /// pgzfs's own PostgreSQL sessions (see `Node::replication_host`). None: `host`.
+    replication_host: String, host_address => String, optional => Option<String>;
+    /// This node's address for clients: event hooks and the PgBouncer repoint (see
+    /// `Node::client_host`). None: `host`.
+    client_host: String, host_address => String, optional => Option<String>;
     ssh_user: String, word => String, or(|_| "zfssync".to_string()) => String;
     ssh_port: i64, port => u16, or(|_| 22) => u16;
     ssh_key: String, home_path => PathBuf, or_below_home("~/.ssh/id_ed25519") => PathBuf;

@@ -1231,3 +1231,25 @@ fn the_quorum_settings_default_to_safety_and_a_witness_votes_without_data() {
         assert!(message.contains(key), "{key}: {message}");
     }
 }
+
+#[test]
+fn a_node_on_two_networks_replicates_on_one_and_serves_clients_on_the_other() {
+    let config = parse(&minimal_with_node_lines(
+        "replication_host = \"10.1.0.1\"\nclient_host = \"db1.clients.example.net\"",
+    ))
+    .unwrap();
+    let node = &config.nodes[0];
+    assert_eq!(node.replication_host(), "10.1.0.1");
+    assert_eq!(node.client_host(), "db1.clients.example.net");
+    assert_eq!(crate::cluster::pg_target(node).host, "10.1.0.1");
+
+    let single = parse(MINIMAL).unwrap();
+    let node = &single.nodes[0];
+    assert_eq!(node.replication_host(), "db1.example.net", "default: host");
+    assert_eq!(node.client_host(), "db1.example.net", "default: host");
+
+    let why = refusal(&minimal_with_node_lines(
+        "replication_host = \"-oProxyCommand=x\"",
+    ));
+    assert!(why.contains("nodes[1].replication_host"), "{why}");
+}

@@ -31,6 +31,10 @@ pub(super) fn home_path(value: String, reading: &Reading) -> Result<PathBuf, Str
     expand_home(&value, reading.home)
 }
 
+pub(super) fn host_address(value: String, _: &Reading) -> Result<String, String> {
+    host_name(&value).map(|()| value)
+}
+
 pub(super) fn word(value: String, _: &Reading) -> Result<String, String> {
     plain_word(&value)
 }

@@ -5,6 +5,7 @@
 pub mod checks;
 pub mod control;
 pub mod ctl;
+pub mod hba;
 pub mod standby;
 pub mod tls;
 

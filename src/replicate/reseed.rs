@@ -236,7 +236,7 @@ impl Reseed<'_> {
                  stop local PostgreSQL, {}receive, standby config, start, wait for streaming, hold the new base",
                 local.name,
                 source.name,
-                source.host,
+                source.replication_host(),
                 primary.major(),
                 preview.describe().replace('\n', "\n  ") + &partial_note,
                 estimated_bytes.map(human_bytes).unwrap_or_else(|| "unknown (this ZFS cannot estimate incremental streams)".into()),

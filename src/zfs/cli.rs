@@ -429,6 +429,11 @@ impl<R: Runner> Zfs for ZfsCli<R> {
             .filter(|v| v != "-"))
     }
 
+    fn delegations(&self, dataset: &DatasetName) -> Result<String> {
+        self.runner
+            .run(&self.cmd().arg("allow").arg(dataset.to_string()))
+    }
+
     fn get_number(&self, object: &str, property: &str) -> Result<Option<u64>> {
         let rows = self.get_rows(&[], &[property], object)?;
         Ok(rows.and_then(|rows| rows.first().and_then(|(_, _, v)| v.parse().ok())))

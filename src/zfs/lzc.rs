@@ -398,6 +398,9 @@ impl Zfs for LzcZfs {
     fn snapshots(&self, dataset: &DatasetName) -> Result<Vec<Snapshot>> {
         self.cli.snapshots(dataset)
     }
+    fn delegations(&self, dataset: &DatasetName) -> Result<String> {
+        self.cli.delegations(dataset)
+    }
     fn children(&self, dataset: &DatasetName) -> Result<Vec<DatasetName>> {
         self.cli.children(dataset)
     }

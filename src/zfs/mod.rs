@@ -11,7 +11,7 @@ pub mod names;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::transfer::{Sink, Source};
 use features::{ResumeToken, ResumeTokenInfo, SendOptions};
 use names::{DatasetName, HoldTag, SnapshotName};
@@ -172,6 +172,14 @@ pub trait Zfs {
     /// receive, bookmarks). `dataset` itself need not exist.
     fn features_for(&self, _dataset: &DatasetName) -> Result<Features> {
         self.features()
+    }
+    /// The permissions delegated on the dataset, as `zfs allow DATASET` shows them (for
+    /// `check --setup`); an error when this zfs cannot show them.
+    fn delegations(&self, _dataset: &DatasetName) -> Result<String> {
+        Err(Error::failed(format!(
+            "{} cannot show delegated permissions",
+            self.location()
+        )))
     }
     /// Whether the dataset is encrypted (then a raw send keeps it so).
     fn is_encrypted(&self, _dataset: &DatasetName) -> Result<bool> {

@@ -353,6 +353,19 @@ impl Lab {
     /// ucarp with a virtual IP whose hooks call this build's pgzfs; `pgbouncer` adds
     /// pgbouncer in the client namespace.
     pub fn up_hosts(test: &str, hosts: u32, carp: bool, pgbouncer: bool) -> Lab {
+        let mut flags = Vec::new();
+        if carp {
+            flags.push("--carp");
+        }
+        if pgbouncer {
+            flags.push("--pgbouncer");
+        }
+        Lab::up_hosts_with(test, hosts, &flags)
+    }
+
+    /// A hosts-mode lab with `scripts/lab up --hosts` flags given as they are, e.g.
+    /// `--replication-net` (a second network that each node's `replication_host` is on).
+    pub fn up_hosts_with(test: &str, hosts: u32, flags: &[&str]) -> Lab {
         require_lab_prerequisites();
         let name = lab_name(test);
         let dir = PathBuf::from(format!("/tmp/pgzfs-lab/{name}"));
@@ -367,13 +380,8 @@ impl Lab {
                 &hosts.to_string(),
                 "--pgzfs-bin",
             ])
-            .arg(&bin);
-        if carp {
-            cmd.arg("--carp");
-        }
-        if pgbouncer {
-            cmd.arg("--pgbouncer");
-        }
+            .arg(&bin)
+            .args(flags);
         let out = cmd.output().expect("run scripts/lab");
         assert!(
             out.status.success(),
