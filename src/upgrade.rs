@@ -213,9 +213,13 @@ pub fn upgrade(ctx: &Context, new_bin: &Path) -> Result<Report> {
     });
     let refusal = match checked {
         Ok(Ok(())) => None,
-        Ok(Err(said)) => Some(Error::refused(format!(
-            "pg_upgrade --check with PostgreSQL {new_major} refuses this cluster; nothing was changed:\n{said}"
-        ))),
+        Ok(Err(said)) => {
+            let findings = upgrader.check_findings(&new_dir);
+            Some(Error::refused(format!(
+                "pg_upgrade --check with PostgreSQL {new_major} refuses this cluster; nothing was changed:\n{said}{}",
+                if findings.is_empty() { String::new() } else { format!("\nwhat it found:\n{findings}") }
+            )))
+        }
         Err(e) => Some(e.context("preflight (initdb and pg_upgrade --check); nothing was changed")),
     };
     if let Some(refusal) = refusal {

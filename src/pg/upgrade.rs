@@ -174,17 +174,32 @@ impl Upgrader {
         Ok(())
     }
 
-    /// Remove a directory the upgrade created (the new cluster of a failed attempt), as
-    /// the PostgreSQL user.
+    /// Remove a directory the upgrade created (the new cluster of a failed attempt): its
+    /// contents as the PostgreSQL user, then the emptied directory itself (its parent
+    /// may belong to root), never through a link.
     pub fn remove_dir(&self, dir: &Path) -> Result<()> {
         if std::fs::symlink_metadata(dir).is_err() {
             return Ok(());
         }
-        let cmd = Cmd::new("rm")
-            .arg("-rf")
-            .arg("--")
-            .arg(dir.display().to_string());
-        exec::run(&cmd, self.run_as.as_ref()).map(drop)
+        let cmd =
+            Cmd::new("find")
+                .arg(dir.display().to_string())
+                .args(["-mindepth", "1", "-delete"]);
+        exec::run(&cmd, self.run_as.as_ref())?;
+        std::fs::remove_dir(dir)
+            .map_err(|e| Error::failed(format!("removing {}: {e}", dir.display())))
+    }
+
+    /// The lists pg_upgrade wrote next to a failed check (the problem columns, ...), read
+    /// as the PostgreSQL user: they are removed with the new cluster.
+    pub fn check_findings(&self, new_data: &Path) -> String {
+        let cmd = Cmd::new("find")
+            .arg(new_data.join("pg_upgrade_output.d").display().to_string())
+            .args(["-name", "*.txt", "-type", "f", "-exec", "cat", "{}", "+"]);
+        match exec::output(&cmd, self.run_as.as_ref()) {
+            Ok(out) => tail(&out.stdout, 40),
+            Err(_) => String::new(),
+        }
     }
 
     /// Scripts pg_upgrade left in its working directory for the operator
