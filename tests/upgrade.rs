@@ -135,7 +135,7 @@ fn a_15_primary_and_its_standby_move_to_18_and_the_standby_needs_only_the_change
     // The new primary takes writes.
     lab.sql(
         "db1",
-        "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 100 = 0",
+        "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid <= 100",
     );
 
     // The standby: incremental from the snapshot it shares with the primary, run by the
@@ -231,8 +231,17 @@ fn an_upgrade_that_fails_leaves_the_15_primary_running_with_every_row() {
     let data_dir = lab.data_dir("db1").display().to_string();
     let pid = wait_for_link_run(&data_dir, Duration::from_secs(120))
         .expect("pg_upgrade --link never ran");
-    // Kill it mid-way (it has started the old server by then), as an OOM kill would.
-    std::thread::sleep(Duration::from_millis(700));
+    // Kill it at the worst moment: once it has disabled the old cluster (renamed its
+    // global/pg_control, which --link does before linking the files), as an OOM kill would.
+    let disabled = lab.data_dir("db1").join("global/pg_control.old");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !disabled.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "pg_upgrade never disabled the old cluster"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
