@@ -454,7 +454,11 @@ impl Rollback<'_> {
                 self.new_dir.display()
             ));
         }
-        self.restart_old(Some(snapshot), "the upgrade (after the rollback snapshot)", cause)
+        self.restart_old(
+            Some(snapshot),
+            "the upgrade (after the rollback snapshot)",
+            cause,
+        )
     }
 
     /// Remove the new cluster, start the old major again, and explain.
