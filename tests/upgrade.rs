@@ -222,7 +222,7 @@ fn an_upgrade_that_fails_leaves_the_15_primary_running_with_every_row() {
         "CREATE TABLE ledger AS SELECT g AS id FROM generate_series(1, 777) g",
     );
     let before = lab.contents("db1");
-    let mut child = lab
+    let child = lab
         .pgzfs_command("db1", &["upgrade", "--new-bin", new_bin])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
