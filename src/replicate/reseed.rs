@@ -1098,6 +1098,21 @@ mod tests {
         // (what the preflight found, --full, who asks) => the verdict
         let rows = [
             (answered(true, false), false, Reseed, None),
+            // A standby after its primary's major upgrade is re-seeded like any other;
+            // a primary, or data last used by one, is refused just the same.
+            (answered(true, false), false, Caller::MajorUpgrade, None),
+            (
+                answered(false, true),
+                false,
+                Caller::MajorUpgrade,
+                Some(Refusal::RunningPrimary),
+            ),
+            (
+                stopped(Some(true), false),
+                false,
+                Caller::MajorUpgrade,
+                Some(Refusal::DataOfAFormerPrimary),
+            ),
             (
                 answered(false, true),
                 false,
