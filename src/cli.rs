@@ -66,6 +66,9 @@ pub enum Command {
     Verify(crate::commands::verify::Verify),
     /// A writable throwaway PostgreSQL on a clone of a snapshot (or --drop one)
     Clone(crate::commands::clone::Clone),
+    /// Upgrade this primary to a new PostgreSQL major with pg_upgrade --link, rolling
+    /// back to a snapshot on any failure
+    Upgrade(crate::commands::upgrade::Upgrade),
     /// Run as a service: scheduled snapshots on the primary, automatic re-seed on a standby
     Daemon(crate::commands::daemon::Daemon),
     /// Run `zfs send` here and write its stream zstd-compressed (asked by a standby with
@@ -101,6 +104,7 @@ impl Cli {
             Command::Daemon(cmd) => cmd.run(&invocation),
             Command::Verify(cmd) => cmd.run(&invocation),
             Command::Clone(cmd) => cmd.run(&invocation),
+            Command::Upgrade(cmd) => cmd.run(&invocation),
             Command::CompressedSend(cmd) => cmd.run(),
             Command::Completions { shell } => {
                 // Written from the clap definitions above, so it cannot miss a command.

@@ -238,7 +238,7 @@ impl Cut {
 
 /// Snapshot names carry the time to the second; a second re-seed within the same second
 /// gets a suffix rather than a collision.
-fn unique_snapshot_name(planned: &SnapName, existing: &[Snapshot]) -> Result<SnapName> {
+pub fn unique_snapshot_name(planned: &SnapName, existing: &[Snapshot]) -> Result<SnapName> {
     let taken: BTreeSet<&str> = existing.iter().map(|s| s.name.snap().as_str()).collect();
     if !taken.contains(planned.as_str()) {
         return Ok(planned.clone());

@@ -168,9 +168,22 @@ pub fn describe_status(status: ExitStatus) -> String {
 
 /// Run to completion and capture everything, whatever the exit status.
 pub fn output(cmd: &Cmd, run_as: Option<&RunAs>) -> Result<Output> {
+    output_in(cmd, run_as, None)
+}
+
+/// [`output`] in the working directory `dir` (pg_upgrade writes its scripts and logs
+/// into the directory it runs in).
+pub fn output_in(
+    cmd: &Cmd,
+    run_as: Option<&RunAs>,
+    dir: Option<&std::path::Path>,
+) -> Result<Output> {
     let mut command = cmd.command();
     if let Some(run_as) = run_as {
         run_as.apply(&mut command);
+    }
+    if let Some(dir) = dir {
+        command.current_dir(dir);
     }
     command
         .stdin(Stdio::null())

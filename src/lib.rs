@@ -44,5 +44,6 @@ pub mod steps;
 pub mod throwaway;
 pub mod timestamp;
 pub mod transfer;
+pub mod upgrade;
 pub mod verify;
 pub mod zfs;

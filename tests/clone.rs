@@ -93,6 +93,22 @@ fn a_table_dropped_on_the_primary_is_read_back_from_a_clone_of_last_nights_snaps
     assert_eq!(clone["port"].as_str(), Some(port.to_string().as_str()));
     let text = lab.pgzfs("db1", &["snapshots"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("pgzfs clone --drop restore1"));
+    // status shows it too, under the node it runs on (db2 is not set up in this lab,
+    // so the cluster is degraded: only the listing matters here).
+    let out = lab.pgzfs("db1", &["status", "--json"]);
+    let status = json_of(&out);
+    let db1 = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "db1")
+        .unwrap();
+    assert_eq!(db1["clones"][0]["name"], "restore1", "{status}");
+    assert_eq!(db1["clones"][0]["origin"].as_str(), Some(snapshot.as_str()));
+    let text = lab.pgzfs("db1", &["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&format!(
+        "clone restore1 on db1: of {snapshot} on localhost:{port}"
+    )));
 
     // The same name twice is refused, and so is a port in use.
     let again = lab.pgzfs(

@@ -16,4 +16,5 @@ pub mod snapshot;
 pub mod snapshots;
 pub mod status;
 pub mod switchover;
+pub mod upgrade;
 pub mod verify;

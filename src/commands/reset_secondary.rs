@@ -27,15 +27,27 @@ pub struct ResetSecondary {
     /// Print the summary as one JSON object on stdout
     #[arg(long)]
     pub json: bool,
+    /// After `pgzfs upgrade` on the primary: re-seed this standby's older major
+    /// incrementally and run it with the new major's binaries from DIR (then set
+    /// pg_bin = DIR in the config)
+    #[arg(long, value_name = "DIR")]
+    pub new_bin: Option<std::path::PathBuf>,
 }
 
 impl ResetSecondary {
     pub fn run(&self, invocation: &Invocation) -> Result<i32> {
-        let ctx = invocation.load()?;
+        let mut ctx = invocation.load()?;
+        let caller = match &self.new_bin {
+            Some(dir) => {
+                ctx.local.pg_bin = crate::upgrade::check_new_bin(dir)?;
+                Caller::MajorUpgrade
+            }
+            None => Caller::ResetSecondary,
+        };
         let request = ReseedRequest {
             from: self.from.clone(),
             full: self.full,
-            caller: Caller::ResetSecondary,
+            caller,
         };
         if self.dry_run {
             let plan =

@@ -92,6 +92,8 @@ pub struct NodeStatus {
     /// The newest snapshot that passed `pgzfs verify` (proven to restore), and its age.
     pub last_verified_snapshot: Option<String>,
     pub last_verified_snapshot_age_seconds: Option<u64>,
+    /// `pgzfs clone` instances of the node's dataset (each holds its origin snapshot).
+    pub clones: Vec<crate::throwaway::CloneInfo>,
     /// `pgzfs:epoch` of the node's dataset; null when unset or unreadable.
     pub epoch: Option<u64>,
     /// The last event the node's daemon recorded; null without a daemon.
@@ -155,6 +157,8 @@ pub struct Probe {
     pub last_event: Option<serde_json::Value>,
     /// From the node's daemon: automatic re-seeds that failed since its last success.
     pub reseed_failures_in_a_row: Option<u32>,
+    /// `pgzfs clone` instances next to the node's dataset (empty when unknown).
+    pub clones: Vec<crate::throwaway::CloneInfo>,
 }
 
 pub struct PgProbe {
@@ -187,10 +191,18 @@ fn probe_pg(node: &Node) -> Result<PgProbe> {
     Ok(probe)
 }
 
-fn probe_zfs(zfs: &dyn Zfs, node: &Node) -> Result<(Vec<Snapshot>, Option<u64>)> {
+type ZfsProbe = (Vec<Snapshot>, Option<u64>, Vec<crate::throwaway::CloneInfo>);
+
+fn probe_zfs(zfs: &dyn Zfs, node: &Node) -> Result<ZfsProbe> {
     let snapshots = zfs.snapshots(&node.dataset)?;
     let epoch = zfs.get_number(node.dataset.as_str(), prop::EPOCH)?;
-    Ok((snapshots, epoch))
+    // A node whose `serve` allows only its own dataset cannot list its siblings: the
+    // clones are then left out, not reported as an error.
+    let clones = crate::throwaway::list_clones(zfs, &node.dataset).unwrap_or_else(|e| {
+        tracing::debug!("{}: cannot list clones: {e}", node.name);
+        Vec::new()
+    });
+    Ok((snapshots, epoch, clones))
 }
 
 fn probe(local: &Node, node: &Node) -> Probe {
@@ -215,9 +227,10 @@ fn probe(local: &Node, node: &Node) -> Probe {
             .and_then(|ssh| probe_zfs(&ZfsCli::new(ssh), node))
     };
     match zfs_result {
-        Ok((snapshots, epoch)) => {
+        Ok((snapshots, epoch, clones)) => {
             probe.snapshots = Some(snapshots);
             probe.epoch = epoch;
+            probe.clones = clones;
         }
         Err(e) => probe.zfs_error = Some(e.to_string()),
     }
@@ -329,6 +342,7 @@ pub fn assemble(config: &Config, local: &Node, probes: &[Probe], now: SystemTime
             snapshots: probe.snapshots.as_ref().map(Vec::len),
             last_verified_snapshot: None,
             last_verified_snapshot_age_seconds: None,
+            clones: probe.clones.clone(),
             epoch: probe.epoch,
             last_event: probe.last_event.clone(),
             errors: probe
@@ -644,6 +658,19 @@ pub fn text(status: &ClusterStatus) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    for node in &status.nodes {
+        for clone in &node.clones {
+            out.push_str(&format!(
+                "clone {} on {}: of {} on localhost:{} ({}); drop with: pgzfs clone --drop {}\n",
+                clone.name,
+                node.name,
+                clone.origin.as_deref().unwrap_or("?"),
+                clone.port.as_deref().unwrap_or("?"),
+                clone.dataset,
+                clone.name
+            ));
+        }
+    }
     if !status.quorum.is_empty() {
         out.push_str("quorum (each voter's view):\n");
         for voter in &status.quorum {
@@ -895,6 +922,32 @@ mod tests {
             warning.message
         );
         assert!(warning.degraded && !thrice.healthy);
+    }
+
+    #[test]
+    fn an_operators_clone_is_listed_under_its_node_with_how_to_drop_it() {
+        let config = config();
+        let db1 = Probe {
+            clones: vec![crate::throwaway::CloneInfo {
+                name: "orders".into(),
+                dataset: "tank/pg-pgzfs-clone-orders".into(),
+                origin: Some("tank/pg@pgzfs-20261122T000000Z".into()),
+                port: Some("6543".into()),
+            }],
+            ..primary(true, Some(1))
+        };
+        let probes = [db1, standby("streaming"), stopped_remote()];
+        let status = assemble(&config, &config.nodes[0], &probes, at("20261122T020000Z"));
+        assert_eq!(status.nodes[0].clones.len(), 1);
+        assert!(status.nodes[1].clones.is_empty());
+        let shown = text(&status);
+        assert!(
+            shown.contains(
+                "clone orders on db1: of tank/pg@pgzfs-20261122T000000Z on localhost:6543 \
+                 (tank/pg-pgzfs-clone-orders); drop with: pgzfs clone --drop orders"
+            ),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod ctl;
 pub mod hba;
 pub mod standby;
 pub mod tls;
+pub mod upgrade;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -575,7 +576,36 @@ pub struct OwnGrants {
     pub backup_functions: Vec<(String, bool)>,
 }
 
+/// What a new cluster must share with the old one for pg_upgrade: the bootstrap
+/// superuser, template0's encoding and locale, and whether data checksums are on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub superuser: String,
+    pub encoding: String,
+    pub collate: String,
+    pub ctype: String,
+    pub checksums: bool,
+}
+
 impl Pg {
+    /// [`ClusterIdentity`], from catalogs every role may read.
+    pub fn cluster_identity(&mut self) -> Result<ClusterIdentity> {
+        let row = self.query_one(
+            "SELECT (SELECT rolname::text FROM pg_roles WHERE oid = 10), \
+             pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text, \
+             current_setting('data_checksums') = 'on' \
+             FROM pg_database WHERE datname = 'template0'",
+            &[],
+        )?;
+        Ok(ClusterIdentity {
+            superuser: row.get(0),
+            encoding: row.get(1),
+            collate: row.get(2),
+            ctype: row.get(3),
+            checksums: row.get(4),
+        })
+    }
+
     /// A server setting as `SHOW` prints it.
     pub fn setting(&mut self, name: &str) -> Result<String> {
         Ok(self

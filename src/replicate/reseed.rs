@@ -33,6 +33,10 @@ use super::report::{DryRun, Summary};
 pub enum Caller {
     ResetSecondary,
     Rejoin,
+    /// `reset-secondary --new-bin` after `pgzfs upgrade` on the primary: this standby's
+    /// data is still the old major (with the old cluster's system identifier), and the
+    /// re-seed replaces it incrementally from the common base with the upgraded copy.
+    MajorUpgrade,
 }
 
 /// What a re-seed is asked to do: a plain value each caller builds (the command line,
@@ -218,6 +222,16 @@ impl Reseed<'_> {
                 stamp: &stamp,
             })?,
         };
+        if self.request.caller == Caller::MajorUpgrade
+            && !self.request.full
+            && preview.mode == super::plan::Mode::Full
+        {
+            return Err(Error::refused(format!(
+                "{} shares no snapshot with {} on {}: a re-seed after a major upgrade is incremental from the common base; \
+                 use --full to copy everything (the old dataset is renamed aside)",
+                local.dataset, source.dataset, source.name
+            )));
+        }
         let partial_note = match (&resume, &discard) {
             (Some(resumed), _) => format!(
                 "\n  resume the interrupted transfer of {} (the cut of that run, no new backup)",
@@ -549,8 +563,17 @@ impl Reseed<'_> {
                 local.pg_bin.display()
             )));
         }
+        // After `pgzfs upgrade` the primary runs the new major with a new system
+        // identifier; a standby's older copy of the same lineage is replaced from the
+        // common base (checked with the plan: no common base, no major-upgrade re-seed).
+        let upgrading = self.request.caller == Caller::MajorUpgrade;
         if let Some(data_major) = control::read_major(&local.data_dir)? {
-            if data_major != primary_major && !self.request.full {
+            if upgrading && data_major > primary_major {
+                return Err(Error::refused(format!(
+                    "the local data directory is PostgreSQL {data_major}, newer than the primary's {primary_major}: not a major upgrade"
+                )));
+            }
+            if data_major != primary_major && !self.request.full && !upgrading {
                 return Err(Error::refused(format!(
                     "the local data directory is PostgreSQL {data_major}, the primary {primary_major}; use --full to replace it (the old dataset is kept)"
                 )));
@@ -558,7 +581,7 @@ impl Reseed<'_> {
         }
         if let Some(control) = state.control {
             let primary_id = primary.system_identifier()?;
-            if control.system_identifier != primary_id && !self.request.full {
+            if control.system_identifier != primary_id && !self.request.full && !upgrading {
                 return Err(Error::refused(format!(
                     "the local data directory belongs to another cluster (system identifier {} vs the primary's {primary_id}); \
                      use --full to replace it (the old dataset is renamed aside, not destroyed)",
@@ -1075,6 +1098,21 @@ mod tests {
         // (what the preflight found, --full, who asks) => the verdict
         let rows = [
             (answered(true, false), false, Reseed, None),
+            // A standby after its primary's major upgrade is re-seeded like any other;
+            // a primary, or data last used by one, is refused just the same.
+            (answered(true, false), false, Caller::MajorUpgrade, None),
+            (
+                answered(false, true),
+                false,
+                Caller::MajorUpgrade,
+                Some(Refusal::RunningPrimary),
+            ),
+            (
+                stopped(Some(true), false),
+                false,
+                Caller::MajorUpgrade,
+                Some(Refusal::DataOfAFormerPrimary),
+            ),
             (
                 answered(false, true),
                 false,

@@ -521,6 +521,11 @@ impl<R: Runner> Zfs for ZfsCli<R> {
             .map(drop)
     }
 
+    fn rollback(&self, snapshot: &SnapshotName) -> Result<()> {
+        self.run_retrying_busy(&self.cmd().arg("rollback").arg(snapshot.to_string()))
+            .map(drop)
+    }
+
     fn clone_snapshot(
         &self,
         snapshot: &SnapshotName,

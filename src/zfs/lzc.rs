@@ -528,6 +528,9 @@ impl Zfs for LzcZfs {
     fn rename(&self, from: &DatasetName, to: &DatasetName) -> Result<()> {
         self.cli.rename(from, to)
     }
+    fn rollback(&self, snapshot: &SnapshotName) -> Result<()> {
+        self.cli.rollback(snapshot)
+    }
     fn clone_snapshot(
         &self,
         snapshot: &SnapshotName,

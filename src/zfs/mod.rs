@@ -140,6 +140,13 @@ pub trait Zfs {
         Ok(None)
     }
     fn destroy_snapshot(&self, snapshot: &SnapshotName) -> Result<()>;
+    /// `zfs rollback`: the dataset back to its newest snapshot `snapshot` (never `-r`:
+    /// a newer snapshot makes it fail rather than be destroyed). Unmount first on
+    /// zfs-fuse, whose page cache would otherwise show the old files.
+    fn rollback(&self, snapshot: &SnapshotName) -> Result<()> {
+        let _ = snapshot;
+        Err(unsupported(self, "rollback"))
+    }
     /// `zfs clone -o mountpoint=PATH -o NAME=VALUE...`: a writable dataset sharing the
     /// snapshot's blocks, with the user properties `props` set in the same call (so the
     /// clone never exists unmarked). The snapshot cannot be destroyed while it exists.
