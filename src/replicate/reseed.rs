@@ -20,7 +20,8 @@ use crate::safe_dir::Dir;
 use crate::steps::{round, Steps};
 use crate::transfer::{self, Interrupt};
 use crate::zfs::features::{ResumeToken, SendOptions};
-use crate::zfs::names::{DatasetName, SnapName, SnapshotName};
+use crate::zfs::names::{SnapName, SnapshotName};
+use crate::zfs::replace::{Kept, NotReplaced, Replaced, Replacement};
 use crate::zfs::{Snapshot, Zfs};
 
 use super::plan::{plan, Plan, PlanInput};
@@ -589,83 +590,64 @@ impl Reseed<'_> {
         // transfer keeps what arrived, and the next run continues from the token.
         let resumable = local_zfs.features_for(dataset)?.resumable_receive
             && remote_zfs.features_for(&plan.source_dataset)?.send_resume;
-        let old_mountpoint = if dataset_exists {
-            local_zfs.mountpoint(dataset)?
-        } else {
-            None
+        // -L -e -c (or -w for an encrypted dataset) where both ends have them; plain
+        // sends on zfs-fuse.
+        let options = SendOptions::choose(
+            &remote_zfs.features_for(&plan.source_dataset)?,
+            &local_zfs.features_for(dataset).unwrap_or_default(),
+            remote_zfs.is_encrypted(&plan.source_dataset)?,
+        );
+        if let Some(limit) = local.bwlimit {
+            tracing::info!("receiving at most {}/s (bwlimit)", human_bytes(limit.get()));
+        }
+        let replacement = Replacement {
+            dataset,
+            exists: dataset_exists,
+            rename_aside: plan.rename_aside.as_ref(),
+            newer_than_base: &plan.rolled_back,
+            incremental: plan.is_incremental(),
+            resumable,
+            resume,
         };
-        if dataset_exists {
-            // zfs-fuse serves stale data after receiving into a mounted dataset, and
-            // PostgreSQL must not see files change underneath it anyway.
-            local_zfs.unmount(dataset)?;
-        }
-        if let Some(aside) = &plan.rename_aside {
-            local_zfs.rename(dataset, aside)?;
-            local_zfs.set_canmount_noauto(aside)?;
-            tracing::info!("kept the previous dataset as {aside}");
-        }
-        let result = (|| {
-            // Snapshots newer than the base go with the rollback. Destroying them here,
-            // rather than leaving it to `recv -F`, works the same on every ZFS (zfs-fuse
-            // refuses instead) and names each one in the log.
-            for snap in &plan.rolled_back {
-                local_zfs.destroy_snapshot(&dataset.snapshot(snap))?;
-                tracing::info!("destroyed {dataset}@{snap}, newer than the common base");
-            }
-            // -L -e -c (or -w for an encrypted dataset) where both ends have them; plain
-            // sends on zfs-fuse.
-            let options = SendOptions::choose(
-                &remote_zfs.features_for(&plan.source_dataset)?,
-                &local_zfs.features_for(dataset).unwrap_or_default(),
-                remote_zfs.is_encrypted(&plan.source_dataset)?,
-            );
-            if let Some(limit) = local.bwlimit {
-                tracing::info!("receiving at most {}/s (bwlimit)", human_bytes(limit.get()));
-            }
-            let mut attempt = 1;
-            let mut token = resume.cloned();
-            loop {
-                // The stream alone may take another transport (ssh_data_path).
-                let source = match &token {
-                    // The token carries the send flags of the interrupted transfer.
-                    Some(token) => stream_zfs.send_resume(token)?,
-                    None => stream_zfs.send_with(
-                        &plan.source_snapshot(),
-                        plan.base_snapshot().as_ref(),
-                        &options,
-                    )?,
-                };
-                let sink = if resumable {
-                    local_zfs.receive_resumable(dataset, plan.is_incremental())?
-                } else {
-                    local_zfs.receive(dataset, plan.is_incremental())?
-                };
+        let replaced = local_zfs.receive_replacing(
+            &replacement,
+            &self.interrupt,
+            // The stream alone may take another transport (ssh_data_path); a token
+            // carries the send flags of the interrupted transfer.
+            |token| match token {
+                Some(token) => stream_zfs.send_resume(token),
+                None => stream_zfs.send_with(
+                    &plan.source_snapshot(),
+                    plan.base_snapshot().as_ref(),
+                    &options,
+                ),
+            },
+            |source, sink| {
                 let progress = Progress::new(estimate);
                 let moved = transfer::copy(source, sink, &progress, &self.interrupt, local.bwlimit);
                 progress.finish();
-                match moved {
-                    Err(e)
-                        if attempt < RECEIVE_ATTEMPTS
-                            && e.is_transient()
-                            && !self.interrupt.is_set() =>
-                    {
-                        // The failed receive committed nothing, so sending again is safe; a
-                        // resumable one kept what arrived, so continue from there.
-                        tracing::warn!("attempt {attempt} of the transfer failed ({e}); retrying");
-                        std::thread::sleep(Duration::from_secs(attempt as u64));
-                        attempt += 1;
-                        if resumable {
-                            token = local_zfs.resume_token(dataset)?;
-                        }
-                    }
-                    other => break other,
-                }
-            }
-        })();
-        let transferred = match result {
-            Ok(transferred) => transferred,
-            Err(e) => {
-                return Err(self.after_failed_receive(e, local_zfs, dataset, plan, resumable)?)
+                moved
+            },
+        );
+        let Replaced {
+            transferred,
+            old_mountpoint,
+        } = match replaced {
+            Ok(replaced) => replaced,
+            Err(NotReplaced { error, kept }) => {
+                return Err(match kept {
+                    Kept::Nothing => error,
+                    Kept::PartialFull => error.context(format!(
+                        "the partial full receive into {dataset} is kept{}; run reset-secondary again to resume it",
+                        plan.rename_aside
+                            .as_ref()
+                            .map(|aside| format!(" and the previous dataset stays as {aside}"))
+                            .unwrap_or_default()
+                    )),
+                    Kept::PartialIncremental => error.context(format!(
+                        "the partial receive into {dataset} is kept; run reset-secondary again to resume it"
+                    )),
+                })
             }
         };
         let same_layout_as_source = || {
@@ -678,10 +660,7 @@ impl Reseed<'_> {
             .or(old_mountpoint)
             .or_else(same_layout_as_source)
             .unwrap_or_else(|| local.data_dir.clone());
-        if local_zfs.mountpoint(dataset)?.as_deref() != Some(wanted.as_path()) {
-            local_zfs.set_mountpoint(dataset, &wanted)?;
-        }
-        local_zfs.mount(dataset)?;
+        local_zfs.mount_at(dataset, &wanted)?;
         if !local.data_dir.starts_with(&wanted) {
             return Err(Error::usage(format!(
                 "data_dir {} is not below the dataset's mountpoint {}",
@@ -706,47 +685,6 @@ impl Reseed<'_> {
             )
             .map_err(|e| e.context(format!("marking {} as received", local.data_dir.display())))?;
         Ok(transferred)
-    }
-
-    /// After a failed transfer: back to the last good state, or, where ZFS kept a partial
-    /// receive, leave that for the next run. The error to report, or one met on the way.
-    fn after_failed_receive(
-        &self,
-        e: Error,
-        local_zfs: &dyn Zfs,
-        dataset: &DatasetName,
-        plan: &Plan,
-        resumable: bool,
-    ) -> Result<Error> {
-        let kept = resumable && matches!(local_zfs.resume_token(dataset), Ok(Some(_)));
-        if kept && local_zfs.snapshots(dataset).is_ok_and(|s| s.is_empty()) {
-            // A full receive: nothing to mount yet, and the previous dataset (if any)
-            // stays renamed aside, whole, until the rerun has finished.
-            return Ok(e.context(format!(
-                "the partial full receive into {dataset} is kept{}; run reset-secondary again to resume it",
-                plan.rename_aside
-                    .as_ref()
-                    .map(|aside| format!(" and the previous dataset stays as {aside}"))
-                    .unwrap_or_default()
-            )));
-        }
-        tracing::error!("the transfer failed, restoring the last good state: {e}");
-        if let Some(aside) = &plan.rename_aside {
-            if !local_zfs.exists(dataset).unwrap_or(true) {
-                local_zfs.rename(aside, dataset)?;
-            }
-        }
-        if local_zfs.exists(dataset).unwrap_or(false) {
-            local_zfs.mount(dataset)?;
-        }
-        if kept {
-            // An incremental: the dataset itself is untouched; the partial state waits
-            // beside it (`zfs receive -A` drops it).
-            return Ok(e.context(format!(
-                "the partial receive into {dataset} is kept; run reset-secondary again to resume it"
-            )));
-        }
-        Ok(e)
     }
 
     /// Whether the partial receive `token` left on this node can be continued now: it
@@ -1024,9 +962,6 @@ fn warn_if_walreceiver_cannot_read(passfile: Option<&Path>, os_user: &str) {
         }
     }
 }
-
-/// How often a receive that failed for a passing reason is tried.
-const RECEIVE_ATTEMPTS: u32 = 3;
 
 /// The stream size when the sending side can tell it without sending.
 fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<u64> {
