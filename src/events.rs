@@ -203,7 +203,7 @@ fn run_hook(config: &Config, cmd: &Cmd, event: &Event) -> Result<()> {
         if let Some(node) = name.and_then(|n| config.node(n).ok()) {
             command
                 .env(format!("{prefix}_HOST"), &node.host)
-                .env(format!("{prefix}_PORT"), node.pg_port.to_string());
+                .env(format!("{prefix}_PORT"), node.pg.pg_port.to_string());
         }
     }
     if let Some(other) = &event.other {

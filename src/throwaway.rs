@@ -179,9 +179,11 @@ impl<'z> Throwaway<'z> {
                 "{clone_root} already exists; drop it first (pgzfs clone --drop) or choose another name"
             )));
         }
-        let user = nix::unistd::User::from_name(&node.pg_os_user)
-            .map_err(|e| Error::failed(format!("cannot look up {}: {e}", node.pg_os_user)))?
-            .ok_or_else(|| Error::usage(format!("OS user {:?} does not exist", node.pg_os_user)))?;
+        let user = nix::unistd::User::from_name(&node.pg.pg_os_user)
+            .map_err(|e| Error::failed(format!("cannot look up {}: {e}", node.pg.pg_os_user)))?
+            .ok_or_else(|| {
+                Error::usage(format!("OS user {:?} does not exist", node.pg.pg_os_user))
+            })?;
         let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
 
         // The live tree and where each of its datasets is mounted.
@@ -206,10 +208,10 @@ impl<'z> Throwaway<'z> {
             port: spec.port,
             major: 0,
             pgctl: PgCtl::new(
-                &node.pg_bin,
+                &node.pg.pg_bin,
                 &private_dir,
                 &private_dir.join("server.log"),
-                &node.pg_os_user,
+                &node.pg.pg_os_user,
             )?,
             private_dir,
             cloned: false,
@@ -282,10 +284,10 @@ impl<'z> Throwaway<'z> {
             &[(CLONE_DATA_DIR, this.data_dir.display().to_string())],
         )?;
         this.pgctl = PgCtl::new(
-            &node.pg_bin,
+            &node.pg.pg_bin,
             &this.data_dir,
             &this.log_file,
-            &node.pg_os_user,
+            &node.pg.pg_os_user,
         )?;
         this.major = prepare_data_dir(&data, &mappings, &spec.purpose)?;
         let binary = this.pgctl.binary_major()?;
@@ -293,7 +295,7 @@ impl<'z> Throwaway<'z> {
             return Err(Error::failed(format!(
                 "the snapshot holds a PostgreSQL {} cluster, but pg_bin {} is PostgreSQL {binary}",
                 this.major,
-                node.pg_bin.display()
+                node.pg.pg_bin.display()
             )));
         }
 
@@ -634,10 +636,10 @@ fn remove_existing(
         .map(|o| SnapshotName::parse(&o))
         .transpose()?;
     let pgctl = PgCtl::new(
-        &node.pg_bin,
+        &node.pg.pg_bin,
         &data_dir,
         &private_dir.join("server.log"),
-        &node.pg_os_user,
+        &node.pg.pg_os_user,
     )?;
     teardown_parts(
         zfs,

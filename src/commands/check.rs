@@ -83,15 +83,15 @@ impl Check {
             "primary"
         };
         let tls = if pg.session_encrypted()? {
-            format!("over TLS (pg_sslmode {})", local.pg_tls().mode.as_str())
+            format!("over TLS (pg_sslmode {})", local.pg.tls().mode.as_str())
         } else {
-            format!("without TLS (pg_sslmode {})", local.pg_tls().mode.as_str())
+            format!("without TLS (pg_sslmode {})", local.pg.tls().mode.as_str())
         };
         println!(
             "PostgreSQL {} on port {}: reachable as {} {tls}, {role}",
             pg.major(),
-            local.pg_port,
-            local.pg_user
+            local.pg.pg_port,
+            local.pg.pg_user
         );
         Ok(0)
     }
@@ -119,34 +119,37 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
         facts.as_ref(),
     ));
 
-    let passfile = crate::pgpass::passfile_path(local.pg_passfile.as_deref());
+    let passfile = crate::pgpass::passfile_path(local.pg.pg_passfile.as_deref());
     let file_facts = passfile.as_deref().and_then(|path| {
         std::fs::metadata(path).ok().map(|meta| setup::FileFacts {
             owner_uid: meta.uid(),
             mode: meta.mode(),
         })
     });
-    let os_uid = nix::unistd::User::from_name(&local.pg_os_user)
+    let os_uid = nix::unistd::User::from_name(&local.pg.pg_os_user)
         .ok()
         .flatten()
         .map(|user| user.uid.as_raw());
     findings.extend(setup::pgpass(
         passfile.as_deref(),
         file_facts.as_ref(),
-        &local.pg_os_user,
+        &local.pg.pg_os_user,
         os_uid,
-        local.pg_port,
-        &local.pg_user,
+        local.pg.pg_port,
+        &local.pg.pg_user,
     ));
 
     for peer in config.other_nodes(local) {
-        let present =
-            crate::ssh_openssh::known_host_present(&local.known_hosts, &peer.host, peer.ssh_port)?;
+        let present = crate::ssh_openssh::known_host_present(
+            &local.ssh.known_hosts,
+            &peer.host,
+            peer.ssh.ssh_port,
+        )?;
         findings.push(setup::known_host(
             &peer.name,
             &peer.host,
-            peer.ssh_port,
-            &local.known_hosts,
+            peer.ssh.ssh_port,
+            &local.ssh.known_hosts,
             present,
         ));
     }
@@ -156,7 +159,7 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
         Err(e) => findings.push(setup::unreachable(
             &target.describe(),
             &e.to_string(),
-            &local.pg_user,
+            &local.pg.pg_user,
             passfile.as_deref(),
         )),
         Ok(mut pg) => {
@@ -171,7 +174,7 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
                 max_replication_slots: number(&mut pg, "max_replication_slots")?,
             };
             let standbys = config.other_nodes(local).count() as u32;
-            findings.extend(setup::server(&server, standbys, local.use_slots));
+            findings.extend(setup::server(&server, standbys, local.reseed.use_slots));
             let grants = pg.own_grants()?;
             findings.push(setup::role(&setup::RoleFacts {
                 role: grants.role,

@@ -37,7 +37,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::events::{Events, EVENT_NAMES};
 use crate::retention::Retention;
-pub use settings::{Node, NODE_KEYS};
+pub use settings::{
+    DaemonConfig, FailoverConfig, Node, PgConfig, ReseedConfig, SshConfig, NODE_KEYS,
+};
 use settings::{RawNode, RawSettings, Section, Settings};
 use values::*;
 
@@ -233,7 +235,7 @@ impl Config {
         let data = self
             .nodes
             .iter()
-            .map(|n| voter(&n.name, &n.host, n.http_listen));
+            .map(|n| voter(&n.name, &n.host, n.daemon.http_listen));
         let witnesses = self
             .witnesses
             .iter()
@@ -469,7 +471,7 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
             .complete(name, host, home)
             .and_then(|node| data_dir_on_the_dataset(&node).map(|()| node))
             .and_then(|node| quarantine_outside_the_dataset(&node).map(|()| node))
-            .and_then(|node| tls_settings_fit_together(&node).map(|()| node))
+            .and_then(|node| tls_settings_fit_together(&node.pg).map(|()| node))
             .map_err(|why| format!("{}: {why}", section.whole()))?;
         nodes.push(node);
     }
@@ -477,11 +479,11 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
     // Two standbys sharing one slot on the primary would each see the other's progress
     // as their own, and WAL either one still needs could be removed.
     let mut slots = HashSet::new();
-    for node in nodes.iter().filter(|node| node.use_slots) {
-        if !slots.insert(node.slot_name.as_str()) {
+    for node in nodes.iter().filter(|node| node.reseed.use_slots) {
+        if !slots.insert(node.reseed.slot_name.as_str()) {
             return Err(format!(
                 "node {:?}: slot_name {:?} is also used by another node; set slot_name for one of them",
-                node.name, node.slot_name
+                node.name, node.reseed.slot_name
             ));
         }
     }
@@ -520,11 +522,11 @@ fn quarantine_outside_the_dataset(node: &Node) -> Result<(), String> {
         ("data_dir", Some(&node.data_dir)),
         ("mountpoint", node.mountpoint.as_ref()),
     ] {
-        if let Some(inside) = inside.filter(|dir| node.quarantine_dir.starts_with(dir)) {
+        if let Some(inside) = inside.filter(|dir| node.failover.quarantine_dir.starts_with(dir)) {
             return Err(format!(
                 "quarantine_dir {:?} is inside {key} {:?}; it must be outside the replicated dataset \
                  (a rollback would destroy what it keeps, and the PostgreSQL user can write there)",
-                node.quarantine_dir.display().to_string(),
+                node.failover.quarantine_dir.display().to_string(),
                 inside.display().to_string()
             ));
         }
@@ -533,15 +535,15 @@ fn quarantine_outside_the_dataset(node: &Node) -> Result<(), String> {
 }
 
 /// A verifying sslmode needs a CA to verify against, and a client certificate its key.
-fn tls_settings_fit_together(node: &Node) -> Result<(), String> {
-    if node.pg_sslmode.needs_root_cert() && node.pg_sslrootcert.is_none() {
+fn tls_settings_fit_together(pg: &PgConfig) -> Result<(), String> {
+    if pg.pg_sslmode.needs_root_cert() && pg.pg_sslrootcert.is_none() {
         return Err(format!(
             "pg_sslmode = {:?} checks the server's certificate against a CA: set pg_sslrootcert \
              to the CA certificate that signed the servers' certificates",
-            node.pg_sslmode.as_str()
+            pg.pg_sslmode.as_str()
         ));
     }
-    match (&node.pg_sslcert, &node.pg_sslkey) {
+    match (&pg.pg_sslcert, &pg.pg_sslkey) {
         (Some(_), None) => {
             Err("pg_sslcert is set but pg_sslkey is not; a client certificate needs its key".into())
         }

@@ -241,7 +241,7 @@ impl Reseed<'_> {
                 primary.major(),
                 preview.describe().replace('\n', "\n  ") + &partial_note,
                 estimated_bytes.map(human_bytes).unwrap_or_else(|| "unknown (this ZFS cannot estimate incremental streams)".into()),
-                if local.use_slots { format!(" {}", local.slot_name) } else { " (disabled)".into() },
+                if local.reseed.use_slots { format!(" {}", local.reseed.slot_name) } else { " (disabled)".into() },
                 preview.source_snapshot(),
                 if preview.rename_aside.is_some() { "rename aside, " } else { "" },
             );
@@ -289,8 +289,8 @@ impl Reseed<'_> {
         })?;
 
         // 3. Slot before snapshot: from now on the primary keeps the WAL we will need.
-        if local.use_slots {
-            let slot = local.slot_name.clone();
+        if local.reseed.use_slots {
+            let slot = local.reseed.slot_name.clone();
             let what = steps.run("slot", || primary.ensure_physical_slot(&slot))?;
             tracing::info!("replication slot {slot} on {}: {what}", source.name);
         }
@@ -298,7 +298,7 @@ impl Reseed<'_> {
 
         // 4. The backup-safe cut, all in one session on the primary: held by this
         //    process, or by the source's own pgzfs (backup_via).
-        let cut = match (&resume, local.backup_via) {
+        let cut = match (&resume, local.reseed.backup_via) {
             (Some(resumed), _) => {
                 tracing::info!(
                     "resuming the transfer of {}, cut by the interrupted run",
@@ -318,7 +318,7 @@ impl Reseed<'_> {
             (None, BackupVia::Ssh) => crate::cut::take_on_source(
                 &mut steps,
                 remote_zfs.runner(),
-                &local.pgzfs_bin,
+                &local.ssh.pgzfs_bin,
                 &self.ctx.config.path,
                 &source.name,
                 &source.dataset,
@@ -356,7 +356,7 @@ impl Reseed<'_> {
             // Data the receive rolls back needs no clean shutdown; data renamed aside and
             // kept gets one.
             let stopped = if the_plan.rename_aside.is_some() {
-                pgctl.stop(local.stop_timeout)
+                pgctl.stop(local.pg.stop_timeout)
             } else {
                 pgctl.stop_for_replacement()
             };
@@ -400,7 +400,7 @@ impl Reseed<'_> {
                 if was_running && has_data {
                     // The dataset is back at its last good state: bring the old standby back
                     // too, so a failed re-seed costs nothing but the time it took.
-                    if let Err(start_err) = pgctl.start(local.streaming_timeout) {
+                    if let Err(start_err) = pgctl.start(local.pg.streaming_timeout) {
                         tracing::warn!("could not restart the previous PostgreSQL: {start_err}");
                     }
                 }
@@ -413,12 +413,12 @@ impl Reseed<'_> {
             let mut setup = standby_setup(&self.ctx.config, &local, &source, primary.major());
             setup.labelfile = stop.labelfile.clone();
             setup.spcmapfile = stop.spcmapfile.clone();
-            warn_if_walreceiver_cannot_read(setup.passfile.as_deref(), &local.pg_os_user);
+            warn_if_walreceiver_cannot_read(setup.passfile.as_deref(), &local.pg.pg_os_user);
             make_standby(&local.data_dir, &setup)
         })?;
 
         // 8. Start and verify.
-        steps.run("postgres start", || pgctl.start(local.streaming_timeout))?;
+        steps.run("postgres start", || pgctl.start(local.pg.streaming_timeout))?;
         let replication =
             steps.run("catch-up", || self.wait_for_streaming(&local, &mut primary))?;
 
@@ -460,7 +460,10 @@ impl Reseed<'_> {
             start_lsn,
             stop_lsn: stop.stop_lsn,
             timeline,
-            slot: local.use_slots.then(|| local.slot_name.clone()),
+            slot: local
+                .reseed
+                .use_slots
+                .then(|| local.reseed.slot_name.clone()),
             replication_state: replication.state,
             lag_bytes: replication.replay_lag_bytes,
             step_order: steps.in_order(),
@@ -547,7 +550,7 @@ impl Reseed<'_> {
         if binary_major != primary_major {
             return Err(Error::refused(format!(
                 "the primary runs PostgreSQL {primary_major} but this node's binaries ({}) are {binary_major}",
-                local.pg_bin.display()
+                local.pg.pg_bin.display()
             )));
         }
         if let Some(data_major) = control::read_major(&local.data_dir)? {
@@ -597,7 +600,7 @@ impl Reseed<'_> {
             &local_zfs.features_for(dataset).unwrap_or_default(),
             remote_zfs.is_encrypted(&plan.source_dataset)?,
         );
-        if let Some(limit) = local.bwlimit {
+        if let Some(limit) = local.reseed.bwlimit {
             tracing::info!("receiving at most {}/s (bwlimit)", human_bytes(limit.get()));
         }
         let replacement = Replacement {
@@ -624,7 +627,13 @@ impl Reseed<'_> {
             },
             |source, sink| {
                 let progress = Progress::new(estimate);
-                let moved = transfer::copy(source, sink, &progress, &self.interrupt, local.bwlimit);
+                let moved = transfer::copy(
+                    source,
+                    sink,
+                    &progress,
+                    &self.interrupt,
+                    local.reseed.bwlimit,
+                );
                 progress.finish();
                 moved
             },
@@ -750,7 +759,7 @@ impl Reseed<'_> {
         local: &Node,
         primary: &mut Pg,
     ) -> Result<crate::pg::ReplicationInfo> {
-        let deadline = Instant::now() + local.streaming_timeout;
+        let deadline = Instant::now() + local.pg.streaming_timeout;
         let target = pg_target(local);
         let mut last;
         loop {
@@ -777,8 +786,8 @@ impl Reseed<'_> {
             if Instant::now() >= deadline {
                 return Err(Error::failed(format!(
                     "the standby did not start streaming within {:?} (streaming_timeout): {last}. Check {}",
-                    local.streaming_timeout,
-                    local.pg_log_file.display()
+                    local.pg.streaming_timeout,
+                    local.pg.pg_log_file.display()
                 )));
             }
             std::thread::sleep(Duration::from_millis(250));
