@@ -476,6 +476,38 @@ impl Default for Retention {
     }
 }
 
+/// `[retention]` as written; counts are read as i64 for the same reason as ports.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    hourly: Option<i64>,
+    daily: Option<i64>,
+    weekly: Option<i64>,
+    monthly: Option<i64>,
+    yearly: Option<i64>,
+}
+
+impl Retention {
+    /// `[retention]` with the built-in defaults for the counts it does not mention.
+    pub fn from_config(raw: Option<RawRetention>) -> std::result::Result<Retention, String> {
+        let raw = raw.unwrap_or_default();
+        let defaults = Retention::default();
+        let count = |key: &str, value: Option<i64>, default: usize| match value {
+            None => Ok(default),
+            Some(v) => usize::try_from(v).map_err(|_| {
+                format!("retention.{key}: {v} is not a number of snapshots to keep (0 or more)")
+            }),
+        };
+        Ok(Retention {
+            hourly: count("hourly", raw.hourly, defaults.hourly)?,
+            daily: count("daily", raw.daily, defaults.daily)?,
+            weekly: count("weekly", raw.weekly, defaults.weekly)?,
+            monthly: count("monthly", raw.monthly, defaults.monthly)?,
+            yearly: count("yearly", raw.yearly, defaults.yearly)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

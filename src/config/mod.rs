@@ -35,7 +35,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::events::{Events, EVENT_NAMES};
+use crate::events::Events;
 use crate::retention::Retention;
 pub use settings::{
     DaemonConfig, FailoverConfig, Node, PgConfig, ReseedConfig, SshConfig, NODE_KEYS,
@@ -115,8 +115,8 @@ impl Config {
         let in_file = |message: String| Error::usage(format!("{}: {message}", path.display()));
         let mut raw: RawConfig =
             toml::from_str(text).map_err(|e| in_file(e.to_string().trim_end().to_string()))?;
-        let events = check_events(raw.events.take()).map_err(in_file)?;
-        let retention = check_retention(raw.retention.take()).map_err(in_file)?;
+        let events = Events::from_config(raw.events.take()).map_err(in_file)?;
+        let retention = Retention::from_config(raw.retention.take()).map_err(in_file)?;
         let resolved = resolve(raw, home).map_err(in_file)?;
         Ok(Config {
             path: path.to_path_buf(),
@@ -287,83 +287,8 @@ struct RawConfig {
     defaults: RawSettings,
     #[serde(default)]
     nodes: Vec<RawNode>,
-    retention: Option<RawRetention>,
-    events: Option<RawEvents>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEvents {
-    command: Option<String>,
-    only: Option<Vec<String>>,
-    timeout: Option<String>,
-}
-
-/// `[retention]` as written; counts are read as i64 for the same reason as ports.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetention {
-    hourly: Option<i64>,
-    daily: Option<i64>,
-    weekly: Option<i64>,
-    monthly: Option<i64>,
-    yearly: Option<i64>,
-}
-
-fn check_events(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
-    let Some(raw) = raw else {
-        return Ok(Events::default());
-    };
-    if let Some(command) = &raw.command {
-        if command.trim().is_empty() || command.contains(['\n', '\r', '\0']) {
-            return Err("events.command: must be one non-empty line".to_string());
-        }
-        // Split now, as it will be when an event fires: a broken template must be found
-        // when the configuration is read, not in the middle of a failover.
-        crate::events::split_template(command).map_err(|why| format!("events.command: {why}"))?;
-    }
-    let timeout = match raw.timeout {
-        Some(text) => {
-            let timeout = crate::duration::parse_duration(&text)
-                .map_err(|why| format!("events.timeout: {why}"))?;
-            if timeout.is_zero() {
-                return Err("events.timeout: must be more than 0s".to_string());
-            }
-            timeout
-        }
-        None => crate::events::DEFAULT_HOOK_TIMEOUT,
-    };
-    let only = raw.only.unwrap_or_default();
-    if let Some(unknown) = only.iter().find(|e| !EVENT_NAMES.contains(&e.as_str())) {
-        return Err(format!(
-            "events.only: unknown event {unknown:?}; known: {}",
-            EVENT_NAMES.join(", ")
-        ));
-    }
-    Ok(Events {
-        command: raw.command,
-        only,
-        timeout,
-    })
-}
-
-/// `[retention]` with the built-in defaults for the counts it does not mention.
-fn check_retention(raw: Option<RawRetention>) -> std::result::Result<Retention, String> {
-    let raw = raw.unwrap_or_default();
-    let defaults = Retention::default();
-    let count = |key: &str, value: Option<i64>, default: usize| match value {
-        None => Ok(default),
-        Some(v) => usize::try_from(v).map_err(|_| {
-            format!("retention.{key}: {v} is not a number of snapshots to keep (0 or more)")
-        }),
-    };
-    Ok(Retention {
-        hourly: count("hourly", raw.hourly, defaults.hourly)?,
-        daily: count("daily", raw.daily, defaults.daily)?,
-        weekly: count("weekly", raw.weekly, defaults.weekly)?,
-        monthly: count("monthly", raw.monthly, defaults.monthly)?,
-        yearly: count("yearly", raw.yearly, defaults.yearly)?,
-    })
+    retention: Option<crate::retention::RawRetention>,
+    events: Option<crate::events::RawEvents>,
 }
 
 // ---------------------------------------------------------------------------------------
