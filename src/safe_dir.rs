@@ -402,14 +402,11 @@ impl Dir {
     ) -> Result<()> {
         check_name(name)?;
         let tmp = format!(".{name}.pgzfs-{}.tmp", std::process::id());
-        let mut file = self.create_new(&tmp, mode)?;
-        let written = (|| {
-            self.chown(&file, &tmp, owner)?;
-            file.write_all(bytes)
-                .and_then(|()| file.sync_all())
+        let written = self.create_file(&tmp, bytes, mode, owner).and_then(|file| {
+            file.sync_all()
                 .map_err(|e| Error::failed(format!("cannot write {}: {e}", self.shown(&tmp))))?;
             self.rename(&tmp, name)
-        })();
+        });
         if written.is_err() {
             let _ = self.remove(&tmp);
         }
@@ -425,23 +422,19 @@ impl Dir {
         bytes: &[u8],
         mode: u32,
         owner: Option<(u32, u32)>,
-    ) -> Result<()> {
+    ) -> Result<File> {
         let mut file = self.create_new(name, mode)?;
-        self.chown(&file, name, owner)?;
+        if let Some((uid, gid)) = owner {
+            fchown(
+                file.as_raw_fd(),
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+            )
+            .map_err(|e| Error::failed(format!("cannot chown {}: {e}", self.shown(name))))?;
+        }
         file.write_all(bytes)
-            .map_err(|e| Error::failed(format!("cannot write {}: {e}", self.shown(name))))
-    }
-
-    fn chown(&self, file: &File, name: &str, owner: Option<(u32, u32)>) -> Result<()> {
-        let Some((uid, gid)) = owner else {
-            return Ok(());
-        };
-        fchown(
-            file.as_raw_fd(),
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-        )
-        .map_err(|e| Error::failed(format!("cannot chown {}: {e}", self.shown(name))))
+            .map_err(|e| Error::failed(format!("cannot write {}: {e}", self.shown(name))))?;
+        Ok(file)
     }
 
     /// Create `name`, which must not exist yet (not even as a link), with `mode` exactly
