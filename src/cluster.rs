@@ -14,12 +14,12 @@ pub fn pg_target(node: &Node) -> PgTarget {
     PgTarget {
         node: node.name.clone(),
         host: node.replication_host().to_string(),
-        port: node.pg_port,
-        user: node.pg_user.clone(),
-        database: node.pg_database.clone(),
-        passfile: node.pg_passfile.clone(),
+        port: node.pg.pg_port,
+        user: node.pg.pg_user.clone(),
+        database: node.pg.pg_database.clone(),
+        passfile: node.pg.pg_passfile.clone(),
         connect_timeout: node.connect_timeout,
-        tls: node.pg_tls(),
+        tls: node.pg.tls(),
     }
 }
 
@@ -28,10 +28,10 @@ pub fn ssh_target(local: &Node, source: &Node) -> SshTarget {
     // (on the replication network) are the target's.
     SshTarget {
         host: source.replication_host().to_string(),
-        port: source.ssh_port,
-        user: local.ssh_user.clone(),
-        key: local.ssh_key.clone(),
-        known_hosts: local.known_hosts.clone(),
+        port: source.ssh.ssh_port,
+        user: local.ssh.ssh_user.clone(),
+        key: local.ssh.ssh_key.clone(),
+        known_hosts: local.ssh.known_hosts.clone(),
         connect_timeout: local.connect_timeout,
     }
 }
@@ -89,11 +89,14 @@ pub fn standby_setup(config: &Config, local: &Node, primary: &Node, major: u32) 
         major,
         node_name: local.name.clone(),
         primary_host: primary.replication_host().to_string(),
-        primary_port: primary.pg_port,
-        user: local.pg_user.clone(),
-        passfile: crate::pgpass::passfile_path(local.pg_passfile.as_deref()),
-        tls: local.pg_tls(),
-        slot: local.use_slots.then(|| local.slot_name.clone()),
+        primary_port: primary.pg.pg_port,
+        user: local.pg.pg_user.clone(),
+        passfile: crate::pgpass::passfile_path(local.pg.pg_passfile.as_deref()),
+        tls: local.pg.tls(),
+        slot: local
+            .reseed
+            .use_slots
+            .then(|| local.reseed.slot_name.clone()),
         local_settings: local_settings(local),
         managed_keys: managed_keys(&config.nodes),
         labelfile: String::new(),
@@ -104,7 +107,7 @@ pub fn standby_setup(config: &Config, local: &Node, primary: &Node, major: u32) 
 /// This node's settings that must survive a re-seed: its port plus its `pg_settings`.
 fn local_settings(node: &Node) -> BTreeMap<String, String> {
     let mut settings = node.pg_settings.clone();
-    settings.insert("port".into(), node.pg_port.to_string());
+    settings.insert("port".into(), node.pg.pg_port.to_string());
     settings
 }
 

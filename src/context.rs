@@ -81,18 +81,18 @@ impl Context {
         remote: &'a ZfsCli<SshHost>,
     ) -> Option<Box<dyn Zfs + 'a>> {
         let local = &self.local;
-        let compress = match local.ssh_compress {
+        let compress = match local.ssh.ssh_compress {
             SshCompress::None => None,
             SshCompress::Zstd(level) => {
                 tracing::info!("the stream comes zstd-compressed at level {level} (ssh_compress)");
                 Some((
-                    remote_pgzfs(&local.pgzfs_bin, &self.config.path, &source.name),
+                    remote_pgzfs(&local.ssh.pgzfs_bin, &self.config.path, &source.name),
                     level,
                 ))
             }
         };
         let openssh = || OpenSshHost::new(ssh_target(local, source));
-        match (local.ssh_data_path, compress) {
+        match (local.ssh.ssh_data_path, compress) {
             (SshDataPath::OpenSsh, None) => Some(Box::new(ZfsCli::new(openssh()))),
             (SshDataPath::OpenSsh, Some((pgzfs, level))) => Some(Box::new(ZfsCli::new(
                 Compressing::new(openssh(), pgzfs, level),

@@ -203,7 +203,7 @@ fn run_hook(config: &Config, cmd: &Cmd, event: &Event) -> Result<()> {
         if let Some(node) = name.and_then(|n| config.node(n).ok()) {
             command
                 .env(format!("{prefix}_HOST"), node.client_host())
-                .env(format!("{prefix}_PORT"), node.pg_port.to_string());
+                .env(format!("{prefix}_PORT"), node.pg.pg_port.to_string());
         }
     }
     if let Some(other) = &event.other {
@@ -296,6 +296,55 @@ impl Default for Events {
             only: Vec::new(),
             timeout: DEFAULT_HOOK_TIMEOUT,
         }
+    }
+}
+
+/// `[events]` as written in the config file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    command: Option<String>,
+    only: Option<Vec<String>>,
+    timeout: Option<String>,
+}
+
+impl Events {
+    /// `[events]` checked, with the defaults for what it leaves out; an error names the key.
+    pub fn from_config(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
+        let Some(raw) = raw else {
+            return Ok(Events::default());
+        };
+        if let Some(command) = &raw.command {
+            if command.trim().is_empty() || command.contains(['\n', '\r', '\0']) {
+                return Err("events.command: must be one non-empty line".to_string());
+            }
+            // Split now, as it will be when an event fires: a broken template must be found
+            // when the configuration is read, not in the middle of a failover.
+            split_template(command).map_err(|why| format!("events.command: {why}"))?;
+        }
+        let timeout = match raw.timeout {
+            Some(text) => {
+                let timeout = crate::duration::parse_duration(&text)
+                    .map_err(|why| format!("events.timeout: {why}"))?;
+                if timeout.is_zero() {
+                    return Err("events.timeout: must be more than 0s".to_string());
+                }
+                timeout
+            }
+            None => DEFAULT_HOOK_TIMEOUT,
+        };
+        let only = raw.only.unwrap_or_default();
+        if let Some(unknown) = only.iter().find(|e| !EVENT_NAMES.contains(&e.as_str())) {
+            return Err(format!(
+                "events.only: unknown event {unknown:?}; known: {}",
+                EVENT_NAMES.join(", ")
+            ));
+        }
+        Ok(Events {
+            command: raw.command,
+            only,
+            timeout,
+        })
     }
 }
 

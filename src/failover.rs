@@ -96,10 +96,10 @@ pub fn role(ctx: &Context, pgctl: &PgCtl) -> Result<Role> {
 /// next to the read-only setting.
 pub fn fence(ctx: &Context, pgctl: &PgCtl, why: &str) -> Result<String> {
     let local = &ctx.local;
-    match local.fence_mode {
+    match local.failover.fence_mode {
         FenceMode::Stop => Ok(format!(
             "PostgreSQL stopped, {}",
-            pgctl.stop(local.stop_timeout)?
+            pgctl.stop(local.pg.stop_timeout)?
         )),
         FenceMode::ReadOnly => {
             // New transactions start read-only after the reload; sessions that began
@@ -114,7 +114,7 @@ pub fn fence(ctx: &Context, pgctl: &PgCtl, why: &str) -> Result<String> {
             let (found, ended) = match ended {
                 Ok(counts) => counts,
                 Err(e) => {
-                    pgctl.stop(local.stop_timeout)?;
+                    pgctl.stop(local.pg.stop_timeout)?;
                     return Ok(format!(
                         "could not end the client sessions ({e}); PostgreSQL stopped instead"
                     ));
@@ -126,7 +126,7 @@ pub fn fence(ctx: &Context, pgctl: &PgCtl, why: &str) -> Result<String> {
                 .unwrap_or(true)
             {
                 if Instant::now() >= deadline {
-                    pgctl.stop(local.stop_timeout)?;
+                    pgctl.stop(local.pg.stop_timeout)?;
                     return Ok("read-only did not take effect; PostgreSQL stopped instead".into());
                 }
                 std::thread::sleep(Duration::from_millis(100));

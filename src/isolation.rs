@@ -228,7 +228,7 @@ pub fn fence_if_primary(ctx: &Context, view: &View) -> Option<String> {
         config: ctx.config.clone(),
         local: ctx.local.clone(),
     };
-    ctx.local.stop_timeout = ctx.local.stop_timeout.min(ISOLATED_STOP_TIMEOUT);
+    ctx.local.pg.stop_timeout = ctx.local.pg.stop_timeout.min(ISOLATED_STOP_TIMEOUT);
     let ctx = &ctx;
     let local = &ctx.local;
     let fenced = fence(ctx, &pgctl, "fenced read-only: isolated from the quorum");
@@ -244,7 +244,7 @@ pub fn fence_if_primary(ctx: &Context, view: &View) -> Option<String> {
         // Try again at the next look.
         return None;
     }
-    if let Some(command) = &local.carp_move_command {
+    if let Some(command) = &local.failover.carp_move_command {
         match crate::exec::run(&Cmd::new("/bin/sh").arg("-c").arg(command.clone()), None) {
             Ok(_) => tracing::info!("carp_move_command ran after the fence: {command}"),
             Err(e) => tracing::error!("carp_move_command failed after the fence: {e}"),

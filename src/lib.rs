@@ -6,7 +6,7 @@
 //! `retention`, `events`, `failover`, `quorum`, `isolation`, `cluster`, `daemon_state`,
 //! `transfer`, `ratelimit`, `compress`, `throwaway`, `verify`) → narrow interfaces to the
 //! outside world (`zfs`, `pg`, `ssh`, `ssh_openssh`, `exec`, `clock`, `lock`, `http`,
-//! `safe_dir`, `nofollow`) → `config`, `error`.
+//! `safe_dir`) → `config`, `error`.
 
 pub mod cli;
 pub mod clock;
@@ -26,7 +26,6 @@ pub mod http;
 pub mod isolation;
 pub mod lock;
 pub mod log;
-pub mod nofollow;
 pub mod pg;
 pub mod pgpass;
 pub mod progress;

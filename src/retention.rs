@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::Node;
+use crate::config::{Node, ReseedConfig};
 use crate::error::Result;
 use crate::timestamp::{parse_utc_compact, utc_year_month};
 use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName, PGZFS_SNAPSHOT_PREFIX};
@@ -333,9 +333,10 @@ impl Holds {
     }
 }
 
-/// The hold tag reset-secondary puts on the common base of `node`, on both sides.
-pub fn common_base_tag(node: &Node) -> Result<HoldTag> {
-    HoldTag::parse(&format!("pgzfs-{}", node.slot_name))
+/// The hold tag reset-secondary puts on the common base of a standby (named for its
+/// replication slot), on both sides.
+pub fn common_base_tag(reseed: &ReseedConfig) -> Result<HoldTag> {
+    HoldTag::parse(&format!("pgzfs-{}", reseed.slot_name))
 }
 
 /// Read the holds on a snapshot and name the standbys they stand for.
@@ -355,7 +356,7 @@ pub fn holds_of(zfs: &dyn Zfs, snapshot: &Snapshot, nodes: &[Node]) -> Result<Ho
     for tag in tags {
         let owners = nodes
             .iter()
-            .filter(|node| common_base_tag(node).is_ok_and(|t| t == tag))
+            .filter(|node| common_base_tag(&node.reseed).is_ok_and(|t| t == tag))
             .map(|node| node.name.clone())
             .collect();
         named.push((tag, owners));
@@ -472,6 +473,38 @@ impl Default for Retention {
             monthly: 12,
             yearly: 0,
         }
+    }
+}
+
+/// `[retention]` as written; counts are read as i64 for the same reason as ports.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    hourly: Option<i64>,
+    daily: Option<i64>,
+    weekly: Option<i64>,
+    monthly: Option<i64>,
+    yearly: Option<i64>,
+}
+
+impl Retention {
+    /// `[retention]` with the built-in defaults for the counts it does not mention.
+    pub fn from_config(raw: Option<RawRetention>) -> std::result::Result<Retention, String> {
+        let raw = raw.unwrap_or_default();
+        let defaults = Retention::default();
+        let count = |key: &str, value: Option<i64>, default: usize| match value {
+            None => Ok(default),
+            Some(v) => usize::try_from(v).map_err(|_| {
+                format!("retention.{key}: {v} is not a number of snapshots to keep (0 or more)")
+            }),
+        };
+        Ok(Retention {
+            hourly: count("hourly", raw.hourly, defaults.hourly)?,
+            daily: count("daily", raw.daily, defaults.daily)?,
+            weekly: count("weekly", raw.weekly, defaults.weekly)?,
+            monthly: count("monthly", raw.monthly, defaults.monthly)?,
+            yearly: count("yearly", raw.yearly, defaults.yearly)?,
+        })
     }
 }
 

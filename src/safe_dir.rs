@@ -20,7 +20,9 @@
 //!   at the target is replaced by the regular file, never followed;
 //! - removing: `unlinkat`, which removes a link and never what it points to;
 //! - subdirectories (`pg_replslot`, `global`): opened with `O_DIRECTORY|O_NOFOLLOW`; a
-//!   linked one is refused with a message naming it.
+//!   linked one is refused with a message naming it;
+//! - links pgzfs itself rewrites (`pg_wal`, `pg_tblspc/*` in a throwaway clone): read
+//!   with `readlinkat` and replaced with `unlinkat` + `symlinkat`, the link itself.
 
 use std::collections::VecDeque;
 use std::ffi::{CStr, OsStr, OsString};
@@ -33,7 +35,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, renameat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
-use nix::unistd::{fchown, fsync, unlinkat, Gid, Uid, UnlinkatFlags};
+use nix::unistd::{fchown, fsync, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use crate::error::{Error, Result};
 
@@ -131,6 +133,30 @@ impl Dir {
     /// Like [`Dir::open`], creating missing directories with `mode` (owned by this process).
     pub fn open_or_create(path: &Path, mode: u32) -> Result<Dir> {
         Dir::walk(path, Some(Mode::from_bits_truncate(mode)))
+    }
+
+    /// Open `root` (a directory pgzfs made, such as a clone's mountpoint) as
+    /// [`Dir::open`] does, then walk down `relative` one subdirectory at a time: below
+    /// `root` no link is followed at all.
+    pub fn open_beneath(root: &Path, relative: &Path) -> Result<Dir> {
+        let mut dir = Dir::open(root)?;
+        for component in relative.components() {
+            let name = match component {
+                Component::Normal(name) => name.to_str(),
+                Component::CurDir => continue,
+                _ => None,
+            }
+            .ok_or_else(|| {
+                Error::failed(format!(
+                    "{} is not a plain relative path",
+                    relative.display()
+                ))
+            })?;
+            dir = dir
+                .subdir(name)?
+                .ok_or_else(|| Error::failed(format!("{} does not exist", dir.shown(name))))?;
+        }
+        Ok(dir)
     }
 
     fn walk(path: &Path, create: Option<Mode>) -> Result<Dir> {
@@ -376,26 +402,39 @@ impl Dir {
     ) -> Result<()> {
         check_name(name)?;
         let tmp = format!(".{name}.pgzfs-{}.tmp", std::process::id());
-        let mut file = self.create_new(&tmp, mode)?;
-        let written = (|| {
-            if let Some((uid, gid)) = owner {
-                fchown(
-                    file.as_raw_fd(),
-                    Some(Uid::from_raw(uid)),
-                    Some(Gid::from_raw(gid)),
-                )
-                .map_err(|e| Error::failed(format!("cannot chown {}: {e}", self.shown(&tmp))))?;
-            }
-            file.write_all(bytes)
-                .and_then(|()| file.sync_all())
+        let written = self.create_file(&tmp, bytes, mode, owner).and_then(|file| {
+            file.sync_all()
                 .map_err(|e| Error::failed(format!("cannot write {}: {e}", self.shown(&tmp))))?;
             self.rename(&tmp, name)
-        })();
+        });
         if written.is_err() {
             let _ = self.remove(&tmp);
         }
         written?;
         self.sync()
+    }
+
+    /// Create `name` holding `bytes`, with `mode` and (when given) `owner`; it must not
+    /// exist yet, not even as a link (see [`Dir::create_new`]).
+    pub fn create_file(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> Result<File> {
+        let mut file = self.create_new(name, mode)?;
+        if let Some((uid, gid)) = owner {
+            fchown(
+                file.as_raw_fd(),
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+            )
+            .map_err(|e| Error::failed(format!("cannot chown {}: {e}", self.shown(name))))?;
+        }
+        file.write_all(bytes)
+            .map_err(|e| Error::failed(format!("cannot write {}: {e}", self.shown(name))))?;
+        Ok(file)
     }
 
     /// Create `name`, which must not exist yet (not even as a link), with `mode` exactly
@@ -481,6 +520,29 @@ impl Dir {
                 self.shown(name)
             ))),
         }
+    }
+
+    /// Where the symbolic link `name` points; None when `name` is not a symbolic link.
+    pub fn read_link(&self, name: &str) -> Result<Option<PathBuf>> {
+        match self.lstat(name)? {
+            Some(stat) if is_kind(&stat, SFlag::S_IFLNK) => readlinkat(Some(self.raw()), name)
+                .map(|target| Some(PathBuf::from(target)))
+                .map_err(|e| Error::failed(format!("cannot read {}: {e}", self.shown(name)))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Make `name` a symbolic link to `target`, removing what was there (a link itself,
+    /// never what it points to).
+    pub fn replace_link(&self, name: &str, target: &Path) -> Result<()> {
+        self.remove(name)?;
+        symlinkat(target, Some(self.raw()), name).map_err(|e| {
+            Error::failed(format!(
+                "cannot link {} to {}: {e}",
+                self.shown(name),
+                target.display()
+            ))
+        })
     }
 
     /// Remove `name` and, if it is a real directory, everything in it, all through
@@ -853,5 +915,57 @@ mod tests {
         let meta = std::fs::metadata(&path).unwrap();
         assert!(meta.is_dir());
         assert_eq!(meta.mode() & 0o777, 0o700);
+    }
+
+    /// A scratch directory of its own for the tests below.
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("pgzfs-safe-dir-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn below_a_clones_mountpoint_no_link_is_followed_on_the_way_to_the_data_directory() {
+        let root = scratch("beneath");
+        let elsewhere = scratch("beneath-target");
+        symlink(&elsewhere, root.join("data")).unwrap();
+        let err = Dir::open_beneath(&root, Path::new("data")).err().unwrap();
+        assert!(err.message().contains("symbolic link"), "{err}");
+        std::fs::create_dir_all(root.join("real/data")).unwrap();
+        let data = Dir::open_beneath(&root, Path::new("real/data")).unwrap();
+        assert_eq!(data.path(), root.join("real/data"));
+        assert!(Dir::open_beneath(&root, Path::new("../x")).is_err());
+        assert!(Dir::open_beneath(&root, Path::new("missing")).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_dir_all(&elsewhere).unwrap();
+    }
+
+    #[test]
+    fn a_clones_links_are_read_and_replaced_in_place() {
+        let root = scratch("links");
+        symlink("/srv/live/pg_wal", root.join("pg_wal")).unwrap();
+        std::fs::write(root.join("PG_VERSION"), "15\n").unwrap();
+        let dir = Dir::open(&root).unwrap();
+        assert_eq!(
+            dir.read_link("pg_wal").unwrap(),
+            Some(PathBuf::from("/srv/live/pg_wal"))
+        );
+        dir.replace_link("pg_wal", Path::new("/tmp/clone/pg_wal"))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_link(root.join("pg_wal")).unwrap(),
+            PathBuf::from("/tmp/clone/pg_wal")
+        );
+        assert_eq!(dir.read_link("missing").unwrap(), None);
+        assert_eq!(dir.read_link("PG_VERSION").unwrap(), None, "not a link");
+        dir.create_file("new", b"t", 0o600, None).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("new")).unwrap(), "t");
+        assert!(dir.create_file("new", b"t", 0o600, None).is_err());
+        symlink(root.join("x"), root.join("planted")).unwrap();
+        assert!(dir.create_file("planted", b"t", 0o600, None).is_err());
+        assert!(!root.join("x").exists());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -10,7 +10,7 @@
 //! snapshot is an atomic image, like a power cut) and comes up as a primary of its own.
 //!
 //! The copy's data directory was written by the PostgreSQL OS user: every change pgzfs
-//! makes there goes through [`crate::nofollow`], so a planted symlink is never followed.
+//! makes there goes through [`crate::safe_dir`], so a planted symlink is never followed.
 //! Symlinks that PostgreSQL itself follows (pg_wal, pg_tblspc/*) must point into the
 //! cloned datasets; a link into the live datasets is re-pointed at its clone, and a link
 //! anywhere else is refused, since the throwaway server would write through it.
@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use crate::config::Node;
 use crate::error::{Error, Result};
-use crate::nofollow::{self, Dir};
 use crate::pg::ctl::PgCtl;
+use crate::safe_dir::{parent_of, Dir};
 use crate::zfs::names::{DatasetName, HoldTag, SnapshotName};
 use crate::zfs::{prop, Zfs};
 
@@ -179,9 +179,11 @@ impl<'z> Throwaway<'z> {
                 "{clone_root} already exists; drop it first (pgzfs clone --drop) or choose another name"
             )));
         }
-        let user = nix::unistd::User::from_name(&node.pg_os_user)
-            .map_err(|e| Error::failed(format!("cannot look up {}: {e}", node.pg_os_user)))?
-            .ok_or_else(|| Error::usage(format!("OS user {:?} does not exist", node.pg_os_user)))?;
+        let user = nix::unistd::User::from_name(&node.pg.pg_os_user)
+            .map_err(|e| Error::failed(format!("cannot look up {}: {e}", node.pg.pg_os_user)))?
+            .ok_or_else(|| {
+                Error::usage(format!("OS user {:?} does not exist", node.pg.pg_os_user))
+            })?;
         let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
 
         // The live tree and where each of its datasets is mounted.
@@ -206,10 +208,10 @@ impl<'z> Throwaway<'z> {
             port: spec.port,
             major: 0,
             pgctl: PgCtl::new(
-                &node.pg_bin,
+                &node.pg.pg_bin,
                 &private_dir,
                 &private_dir.join("server.log"),
-                &node.pg_os_user,
+                &node.pg.pg_os_user,
             )?,
             private_dir,
             cloned: false,
@@ -282,10 +284,10 @@ impl<'z> Throwaway<'z> {
             &[(CLONE_DATA_DIR, this.data_dir.display().to_string())],
         )?;
         this.pgctl = PgCtl::new(
-            &node.pg_bin,
+            &node.pg.pg_bin,
             &this.data_dir,
             &this.log_file,
-            &node.pg_os_user,
+            &node.pg.pg_os_user,
         )?;
         this.major = prepare_data_dir(&data, &mappings, &spec.purpose)?;
         let binary = this.pgctl.binary_major()?;
@@ -293,7 +295,7 @@ impl<'z> Throwaway<'z> {
             return Err(Error::failed(format!(
                 "the snapshot holds a PostgreSQL {} cluster, but pg_bin {} is PostgreSQL {binary}",
                 this.major,
-                node.pg_bin.display()
+                node.pg.pg_bin.display()
             )));
         }
 
@@ -306,11 +308,12 @@ impl<'z> Throwaway<'z> {
             Error::failed(format!("cannot chown {}: {e}", this.socket_dir.display()))
         })?;
         set_mode(&this.socket_dir, 0o700)?;
-        nofollow::create_new_file(&this.log_file, "", 0o600, Some((uid, gid)))?;
+        let (private, log_name) = parent_of(&this.log_file, None)?;
+        private.create_file(&log_name, b"", 0o600, Some((uid, gid)))?;
         if matches!(spec.purpose, Purpose::Verify { .. }) {
-            nofollow::create_new_file(
-                &this.private_dir.join("pg_hba.conf"),
-                "# pgzfs verify: the private socket only\nlocal all all trust\n",
+            private.create_file(
+                "pg_hba.conf",
+                b"# pgzfs verify: the private socket only\nlocal all all trust\n",
                 0o644,
                 None,
             )?;
@@ -471,12 +474,13 @@ pub fn ensure_throwaway(
 /// Remove what would make the copy act as the server it was taken from, re-point its
 /// links into the clone, and return its major version (from PG_VERSION).
 fn prepare_data_dir(data: &Dir, mappings: &[Mapping], purpose: &Purpose) -> Result<u32> {
-    let version = data.read_small("PG_VERSION", 32)?.ok_or_else(|| {
+    let version = data.read_trusted("PG_VERSION")?.ok_or_else(|| {
         Error::failed(format!(
             "{} has no PG_VERSION: the snapshot holds no PostgreSQL data directory there",
             data.path().display()
         ))
     })?;
+    let version = String::from_utf8_lossy(&version);
     let major = crate::pg::control::parse_major(version.trim()).ok_or_else(|| {
         Error::failed(format!(
             "{}/PG_VERSION says {:?}",
@@ -493,24 +497,22 @@ fn prepare_data_dir(data: &Dir, mappings: &[Mapping], purpose: &Purpose) -> Resu
         "recovery.signal",
         "recovery.conf",
     ] {
-        data.remove_file(leftover)?;
+        data.remove(leftover)?;
     }
     if matches!(purpose, Purpose::Clone { .. }) {
         // A long-lived clone would keep the original's slots, and their WAL, for ever.
-        if let Some(slots) = data.subdir_if_present("pg_replslot")? {
-            for entry in slots.entries()? {
-                slots.remove_tree(&entry)?;
-            }
+        if let Some(slots) = data.subdir("pg_replslot")? {
+            slots.clear()?;
         }
     }
-    if let Some(target) = data.link_target("pg_wal")? {
+    if let Some(target) = data.read_link("pg_wal")? {
         if let Some(new) = relink(&target, mappings, "pg_wal")? {
             data.replace_link("pg_wal", &new)?;
         }
     }
-    if let Some(tablespaces) = data.subdir_if_present("pg_tblspc")? {
-        for entry in tablespaces.entries()? {
-            if let Some(target) = tablespaces.link_target(&entry)? {
+    if let Some(tablespaces) = data.subdir("pg_tblspc")? {
+        for entry in tablespaces.names()? {
+            if let Some(target) = tablespaces.read_link(&entry)? {
                 let what = format!("pg_tblspc/{entry}");
                 if let Some(new) = relink(&target, mappings, &what)? {
                     tablespaces.replace_link(&entry, &new)?;
@@ -634,10 +636,10 @@ fn remove_existing(
         .map(|o| SnapshotName::parse(&o))
         .transpose()?;
     let pgctl = PgCtl::new(
-        &node.pg_bin,
+        &node.pg.pg_bin,
         &data_dir,
         &private_dir.join("server.log"),
-        &node.pg_os_user,
+        &node.pg.pg_os_user,
     )?;
     teardown_parts(
         zfs,

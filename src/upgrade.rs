@@ -126,8 +126,8 @@ pub fn upgrade(ctx: &Context, new_bin: &Path) -> Result<Report> {
     let new_ctl = PgCtl::new(
         &new_bin,
         &node.data_dir,
-        &node.pg_log_file,
-        &node.pg_os_user,
+        &node.pg.pg_log_file,
+        &node.pg.pg_os_user,
     )?;
     let new_dir = sibling(&node.data_dir, ".pgzfs-new")?;
 
@@ -203,13 +203,18 @@ pub fn upgrade(ctx: &Context, new_bin: &Path) -> Result<Report> {
         ));
     }
     let identity = pg.cluster_identity()?;
-    let work = WorkDir::create(&node.pg_os_user)?;
-    let upgrader = Upgrader::new(&node.pg_bin, &new_bin, &node.pg_os_user, &work.path)?;
+    let work = WorkDir::create(&node.pg.pg_os_user)?;
+    let upgrader = Upgrader::new(&node.pg.pg_bin, &new_bin, &node.pg.pg_os_user, &work.path)?;
     upgrader.check_tools()?;
-    make_owned_dir(&new_dir, &node.pg_os_user)?;
+    make_owned_dir(&new_dir, &node.pg.pg_os_user)?;
     let checked = steps.run("pg_upgrade --check", || {
         upgrader.initdb(&new_dir, &identity, new_major)?;
-        upgrader.check(&node.data_dir, &new_dir, &identity.superuser, node.pg_port)
+        upgrader.check(
+            &node.data_dir,
+            &new_dir,
+            &identity.superuser,
+            node.pg.pg_port,
+        )
     });
     let refusal = match checked {
         Ok(Ok(())) => None,
@@ -233,18 +238,18 @@ pub fn upgrade(ctx: &Context, new_bin: &Path) -> Result<Report> {
     // 2. Stop, and the rollback point.
     drop(pg);
     let down = std::time::Instant::now();
-    let timeout = node.streaming_timeout.max(Duration::from_secs(60));
+    let timeout = node.pg.streaming_timeout.max(Duration::from_secs(60));
     let way_back = Rollback {
         zfs,
         upgrader: &upgrader,
         old_ctl: &old_ctl,
         new_bin: &new_bin,
-        node_bin: &node.pg_bin,
+        node_bin: &node.pg.pg_bin,
         data_dir: &node.data_dir,
         new_dir: &new_dir,
         old_aside: &old_aside,
-        os_user: &node.pg_os_user,
-        log_file: &node.pg_log_file,
+        os_user: &node.pg.pg_os_user,
+        log_file: &node.pg.pg_log_file,
         dataset: &node.dataset,
         timeout,
     };
@@ -292,7 +297,12 @@ pub fn upgrade(ctx: &Context, new_bin: &Path) -> Result<Report> {
     let upgraded = (|| -> Result<()> {
         let said = steps.run("pg_upgrade --link", || {
             upgrader
-                .link(&node.data_dir, &new_dir, &identity.superuser, node.pg_port)?
+                .link(
+                    &node.data_dir,
+                    &new_dir,
+                    &identity.superuser,
+                    node.pg.pg_port,
+                )?
                 .map_err(|said| Error::failed(format!("pg_upgrade --link failed:\n{said}")))
         })?;
         tracing::debug!("pg_upgrade said:\n{said}");
@@ -350,7 +360,7 @@ pub fn upgrade(ctx: &Context, new_bin: &Path) -> Result<Report> {
     let mut follow_ups = vec![format!(
         "{}/vacuumdb --all --analyze-in-stages (as {}): the new cluster has no planner statistics yet",
         new_bin.display(),
-        node.pg_os_user
+        node.pg.pg_os_user
     )];
     for (name, _) in upgrader.scripts() {
         if name == "update_extensions.sql" {

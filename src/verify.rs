@@ -196,7 +196,7 @@ fn check(
     report: &mut Report,
 ) -> Result<()> {
     interrupt.check()?;
-    let start_timeout = node.streaming_timeout.max(Duration::from_secs(60));
+    let start_timeout = node.pg.streaming_timeout.max(Duration::from_secs(60));
     if let Err(e) = steps.run("start", || throwaway.start(start_timeout)) {
         interrupt.check()?;
         report.problems.push(format!(
@@ -210,7 +210,7 @@ fn check(
         check_databases(throwaway, node, interrupt, report)
     })?;
     interrupt.check()?;
-    steps.run("stop", || throwaway.stop(node.stop_timeout).map(drop))?;
+    steps.run("stop", || throwaway.stop(node.pg.stop_timeout).map(drop))?;
     match report.data_checksums {
         Some(true) if throwaway.pgctl().tool("pg_checksums").is_some() => {
             match steps.run("pg_checksums", || throwaway.pgctl().check_checksums())? {
@@ -235,8 +235,8 @@ fn connect(throwaway: &Throwaway, node: &Node, database: &str) -> Result<Pg> {
     // Trust on the private socket (the verify hba file); the bootstrap superuser is
     // usually named like the OS user that runs the server, or "postgres".
     let mut last = None;
-    let mut users = vec![node.pg_os_user.clone()];
-    if node.pg_os_user != "postgres" {
+    let mut users = vec![node.pg.pg_os_user.clone()];
+    if node.pg.pg_os_user != "postgres" {
         users.push("postgres".to_string());
     }
     for user in users {

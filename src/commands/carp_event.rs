@@ -73,7 +73,7 @@ impl CarpEvent {
             }
             // Fencing never waits for the lock: a re-seed, a switchover or a snapshot
             // holding it for minutes must not keep a demoted primary taking writes.
-            CarpState::Backup => on_backup(&ctx, ctx.local.on_backup),
+            CarpState::Backup => on_backup(&ctx, ctx.local.failover.on_backup),
             CarpState::Init => on_backup(&ctx, OnBackup::Fence),
         };
         match decision {
@@ -158,7 +158,7 @@ fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
     if then == OnBackup::Rejoin {
         // Rejoining changes the data directory: that does wait for the lock.
         let _lock = LocalLock::acquire(&local.lock_file, local.lock_timeout, "carp-event rejoin")?;
-        let new_primary = wait_for_new_primary(ctx, local.promote_timeout)?;
+        let new_primary = wait_for_new_primary(ctx, local.failover.promote_timeout)?;
         let request = ReseedRequest::rejoin(&new_primary, false);
         let outcome = rejoin(ctx, &new_primary, false, false)
             .and_then(|_| Interrupt::install())

@@ -83,15 +83,15 @@ impl Check {
             "primary"
         };
         let tls = if pg.session_encrypted()? {
-            format!("over TLS (pg_sslmode {})", local.pg_tls().mode.as_str())
+            format!("over TLS (pg_sslmode {})", local.pg.tls().mode.as_str())
         } else {
-            format!("without TLS (pg_sslmode {})", local.pg_tls().mode.as_str())
+            format!("without TLS (pg_sslmode {})", local.pg.tls().mode.as_str())
         };
         println!(
             "PostgreSQL {} on port {}: reachable as {} {tls}, {role}",
             pg.major(),
-            local.pg_port,
-            local.pg_user
+            local.pg.pg_port,
+            local.pg.pg_user
         );
         Ok(0)
     }
@@ -139,37 +139,37 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
         findings.push(delegation_finding(&*zfs, &local.name, local));
     }
 
-    let passfile = crate::pgpass::passfile_path(local.pg_passfile.as_deref());
+    let passfile = crate::pgpass::passfile_path(local.pg.pg_passfile.as_deref());
     let file_facts = passfile.as_deref().and_then(|path| {
         std::fs::metadata(path).ok().map(|meta| setup::FileFacts {
             owner_uid: meta.uid(),
             mode: meta.mode(),
         })
     });
-    let os_uid = nix::unistd::User::from_name(&local.pg_os_user)
+    let os_uid = nix::unistd::User::from_name(&local.pg.pg_os_user)
         .ok()
         .flatten()
         .map(|user| user.uid.as_raw());
     findings.extend(setup::pgpass(
         passfile.as_deref(),
         file_facts.as_ref(),
-        &local.pg_os_user,
+        &local.pg.pg_os_user,
         os_uid,
-        local.pg_port,
-        &local.pg_user,
+        local.pg.pg_port,
+        &local.pg.pg_user,
     ));
 
     for peer in config.other_nodes(local) {
         let present = crate::ssh_openssh::known_host_present(
-            &local.known_hosts,
+            &local.ssh.known_hosts,
             peer.replication_host(),
-            peer.ssh_port,
+            peer.ssh.ssh_port,
         )?;
         findings.push(setup::known_host(
             &peer.name,
             peer.replication_host(),
-            peer.ssh_port,
-            &local.known_hosts,
+            peer.ssh.ssh_port,
+            &local.ssh.known_hosts,
             present,
         ));
     }
@@ -182,7 +182,7 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
             Err(e) => findings.push(setup::unreachable(
                 &target.describe(),
                 &e.to_string(),
-                &local.pg_user,
+                &local.pg.pg_user,
                 passfile.as_deref(),
             )),
             Ok(mut pg) => {
@@ -197,7 +197,7 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
                     max_replication_slots: number(&mut pg, "max_replication_slots")?,
                 };
                 let standbys = config.other_nodes(local).count() as u32;
-                findings.extend(setup::server(&server, standbys, local.use_slots));
+                findings.extend(setup::server(&server, standbys, local.reseed.use_slots));
                 let grants = pg.own_grants()?;
                 findings.push(setup::role(&setup::RoleFacts {
                     role: grants.role,
@@ -277,7 +277,7 @@ fn delegation_finding(zfs: &dyn crate::zfs::Zfs, node: &str, local: &Node) -> se
     setup::zfs_allow(
         node,
         local.dataset.as_str(),
-        &local.ssh_user,
+        &local.ssh.ssh_user,
         &needed,
         shown.as_deref().map_err(String::as_str),
     )
@@ -316,7 +316,7 @@ fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
                     findings.push(setup::zfs_allow(
                         &peer.name,
                         peer.dataset.as_str(),
-                        &local.ssh_user,
+                        &local.ssh.ssh_user,
                         &needed,
                         shown.as_deref().map_err(String::as_str),
                     ));
@@ -333,18 +333,18 @@ fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
                 Err(e) => findings.push(setup::zfs_allow(
                     &peer.name,
                     peer.dataset.as_str(),
-                    &local.ssh_user,
+                    &local.ssh.ssh_user,
                     &[],
                     Err(&e.to_string()),
                 )),
             }
             let version =
-                crate::exec::Cmd::new(local.pgzfs_bin.display().to_string()).arg("--version");
+                crate::exec::Cmd::new(local.ssh.pgzfs_bin.display().to_string()).arg("--version");
             let run = crate::exec::Runner::output(&session, &version);
             findings.push(match &run {
                 Ok(out) => setup::pgzfs_bin(
                     &peer.name,
-                    &local.pgzfs_bin,
+                    &local.ssh.pgzfs_bin,
                     setup::RemoteRun::Ran {
                         success: out.success(),
                         stdout: &out.stdout,
@@ -353,7 +353,7 @@ fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
                 ),
                 Err(e) => setup::pgzfs_bin(
                     &peer.name,
-                    &local.pgzfs_bin,
+                    &local.ssh.pgzfs_bin,
                     setup::RemoteRun::Failed(&e.to_string()),
                 ),
             });
@@ -361,15 +361,15 @@ fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
     }
 
     let requires_tls = matches!(
-        local.pg_sslmode,
+        local.pg.pg_sslmode,
         crate::pg::tls::SslMode::Require
             | crate::pg::tls::SslMode::VerifyCa
             | crate::pg::tls::SslMode::VerifyFull
     );
     let answer = match crate::pg::hba::probe_replication(
         peer.replication_host(),
-        peer.pg_port,
-        &local.pg_user,
+        peer.pg.pg_port,
+        &local.pg.pg_user,
         local.connect_timeout,
     ) {
         Ok(crate::pg::hba::ReplicationAnswer::Accepted) => setup::HbaAnswer::Accepted,
@@ -387,7 +387,7 @@ fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
     findings.push(setup::pg_hba(
         &peer.name,
         &peer.data_dir,
-        &local.pg_user,
+        &local.pg.pg_user,
         local.replication_host(),
         answer,
     ));

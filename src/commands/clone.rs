@@ -89,7 +89,7 @@ impl Clone {
                 .to_string(),
         };
         check_clone_name(&name)?;
-        if port == node.pg_port || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        if port == node.pg.pg_port || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             return Err(Error::usage(format!(
                 "--port {port} is in use (or is this node's pg_port); choose a free port"
             )));
@@ -107,7 +107,8 @@ impl Clone {
         let tag = hold_tag(&name)?;
         zfs.hold(&tag, &snapshot)?;
         if let Err(e) = throwaway.start(
-            node.streaming_timeout
+            node.pg
+                .streaming_timeout
                 .max(std::time::Duration::from_secs(60)),
         ) {
             let _ = zfs.release(&tag, &snapshot);

@@ -81,10 +81,10 @@ impl Daemon {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let mut quorum = QuorumState::new(&ctx.local.name, "data", &ctx.config);
         let (pg_bin, data_dir, log, user) = (
-            ctx.local.pg_bin.clone(),
+            ctx.local.pg.pg_bin.clone(),
             ctx.local.data_dir.clone(),
-            ctx.local.pg_log_file.clone(),
-            ctx.local.pg_os_user.clone(),
+            ctx.local.pg.pg_log_file.clone(),
+            ctx.local.pg.pg_os_user.clone(),
         );
         quorum.postmaster = Some(Box::new(move || {
             // Unknown counts as running: only a positive "stopped" is evidence.
@@ -102,7 +102,7 @@ impl Daemon {
         let handler_shared = Arc::clone(&shared);
         let handler: Arc<crate::http::Handler> =
             Arc::new(move |request: &Request| respond(&handler_shared, request));
-        let http = match ctx.local.http_listen {
+        let http = match ctx.local.daemon.http_listen {
             Some(address) => Some(crate::http::spawn(address, Arc::clone(&handler))?),
             None => None,
         };
@@ -133,8 +133,8 @@ impl Daemon {
             env!("CARGO_PKG_VERSION"),
             ctx.local.name,
             std::process::id(),
-            crate::duration::format_duration(ctx.local.snapshot_interval),
-            crate::duration::format_duration(ctx.local.reseed_after)
+            crate::duration::format_duration(ctx.local.daemon.snapshot_interval),
+            crate::duration::format_duration(ctx.local.daemon.reseed_after)
         );
         let mut runner = Runner {
             ctx,
@@ -400,8 +400,8 @@ impl Runner {
         }
         match loaded {
             Ok((config, local)) => {
-                if local.http_listen != self.ctx.local.http_listen {
-                    self.move_http(local.http_listen);
+                if local.daemon.http_listen != self.ctx.local.daemon.http_listen {
+                    self.move_http(local.daemon.http_listen);
                 }
                 *self.shared.node.lock().unwrap_or_else(|p| p.into_inner()) = local.clone();
                 *self.shared.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
@@ -465,10 +465,10 @@ impl Runner {
     fn pgctl(&self) -> Result<PgCtl> {
         let node = &self.ctx.local;
         PgCtl::new(
-            &node.pg_bin,
+            &node.pg.pg_bin,
             &node.data_dir,
-            &node.pg_log_file,
-            &node.pg_os_user,
+            &node.pg.pg_log_file,
+            &node.pg.pg_os_user,
         )
     }
 
@@ -502,7 +502,7 @@ impl Runner {
     fn tick(&mut self) -> Result<()> {
         let now = self.clock.now();
         let pgctl = self.pgctl()?;
-        let reseed_after = self.ctx.local.reseed_after;
+        let reseed_after = self.ctx.local.daemon.reseed_after;
         match self.observe(&pgctl) {
             Observed::Primary { writable } => {
                 self.watch = Watch::default();
@@ -592,7 +592,7 @@ impl Runner {
     /// `verify_every`: prove the newest snapshot restores when the last proof is that
     /// old (on a standby too: the clone leaves its streaming alone).
     fn scheduled_verify(&mut self, now: SystemTime) {
-        let Some(every) = self.ctx.local.verify_every else {
+        let Some(every) = self.ctx.local.daemon.verify_every else {
             return;
         };
         if self.next_verify_check.is_some_and(|at| now < at) {
@@ -687,7 +687,7 @@ impl Runner {
             return;
         }
         let node = self.ctx.local.clone();
-        let interval = node.snapshot_interval;
+        let interval = node.daemon.snapshot_interval;
         let zfs = match self.ctx.local_zfs() {
             Ok(zfs) => zfs,
             Err(e) => {
@@ -783,7 +783,7 @@ impl Runner {
             format!(
                 "streaming broken for {} ({why}; reseed_after {}): re-seeding",
                 crate::duration::format_duration(Duration::from_secs(broken_for.as_secs())),
-                crate::duration::format_duration(node.reseed_after)
+                crate::duration::format_duration(node.daemon.reseed_after)
             ),
         );
         let request = ReseedRequest {
@@ -835,7 +835,7 @@ impl Runner {
                 self.watch.reseed_failed(now);
                 self.record.reseed_failures_in_a_row = self.watch.failures;
                 self.shared.metrics().reseed_failures_in_a_row = self.watch.failures;
-                if self.watch.failures >= self.ctx.local.reseed_failures_warn {
+                if self.watch.failures >= self.ctx.local.daemon.reseed_failures_warn {
                     tracing::error!(
                         "{} automatic re-seeds in a row failed: this standby's replication slot on the primary \
                          keeps every WAL segment since the last success, and the primary's disk fills until one \
@@ -934,10 +934,10 @@ fn probe_local(node: &Node) -> LocalProbe {
     });
     asked.unwrap_or_else(|_| {
         let running = PgCtl::new(
-            &node.pg_bin,
+            &node.pg.pg_bin,
             &node.data_dir,
-            &node.pg_log_file,
-            &node.pg_os_user,
+            &node.pg.pg_log_file,
+            &node.pg.pg_os_user,
         )
         .map(|ctl| ctl.is_running())
         .unwrap_or(false);

@@ -59,9 +59,12 @@ pub fn follow(ctx: &Context, to: &str) -> Result<String> {
     if !primary.is_writable()? {
         return Err(Error::refused(format!("{to} is not a writable primary")));
     }
-    if local.use_slots {
-        let what = primary.ensure_physical_slot(&local.slot_name)?;
-        tracing::info!("replication slot {} on {to}: {what}", local.slot_name);
+    if local.reseed.use_slots {
+        let what = primary.ensure_physical_slot(&local.reseed.slot_name)?;
+        tracing::info!(
+            "replication slot {} on {to}: {what}",
+            local.reseed.slot_name
+        );
     }
     let major = primary.major();
     repoint_standby(
@@ -69,17 +72,17 @@ pub fn follow(ctx: &Context, to: &str) -> Result<String> {
         &standby_setup(&ctx.config, local, &target, major),
     )?;
     let how = if !running {
-        pgctl.start(local.streaming_timeout)?;
+        pgctl.start(local.pg.streaming_timeout)?;
         "started"
     } else if major >= 13 {
         pgctl.reload()?;
         "reloaded"
     } else {
-        pgctl.stop(local.stop_timeout)?;
-        pgctl.start(local.streaming_timeout)?;
+        pgctl.stop(local.pg.stop_timeout)?;
+        pgctl.start(local.pg.streaming_timeout)?;
         "restarted"
     };
-    wait_streaming_from(&mut primary, &local.name, local.streaming_timeout)?;
+    wait_streaming_from(&mut primary, &local.name, local.pg.streaming_timeout)?;
     Ok(format!("{how}; streaming"))
 }
 

@@ -349,7 +349,7 @@ fn promote_inner(
     let attempts = if force {
         0
     } else {
-        local.promote_check_attempts
+        local.failover.promote_check_attempts
     };
     // Nodes that do not answer are settled only by the quorum's lease: a majority of
     // the voters has missed them for longer than isolation_timeout plus the margin, so
@@ -362,7 +362,7 @@ fn promote_inner(
                     "{} answers as a writable primary (check {attempt} of {}); promoting {} would make two. \
                      Fence it first, or use --force if you are sure it is gone",
                     others.join(", "),
-                    local.promote_check_attempts,
+                    local.failover.promote_check_attempts,
                     local.name
                 )))
             }
@@ -380,7 +380,7 @@ fn promote_inner(
         }
         tracing::info!(
             "check {attempt}/{}: no other node is a writable primary{}",
-            local.promote_check_attempts,
+            local.failover.promote_check_attempts,
             if settled.is_empty() {
                 String::new()
             } else {
@@ -390,8 +390,8 @@ fn promote_inner(
                 )
             }
         );
-        if attempt < local.promote_check_attempts {
-            std::thread::sleep(local.promote_check_interval);
+        if attempt < local.failover.promote_check_attempts {
+            std::thread::sleep(local.failover.promote_check_interval);
         }
     }
     if force {
@@ -401,12 +401,12 @@ fn promote_inner(
     }
 
     let lag_bytes = pg.replay_lag_bytes()?;
-    if lag_bytes > local.max_lag_on_failover {
+    if lag_bytes > local.failover.max_lag_on_failover {
         if !force {
             return Err(Error::refused(format!(
                 "replay on {} is {lag_bytes} bytes behind the last WAL received (max_lag_on_failover = {}); \
                  promoting now would lose those transactions. Wait for replay, or use --force",
-                local.name, local.max_lag_on_failover
+                local.name, local.failover.max_lag_on_failover
             )));
         }
         tracing::warn!("--force: promoting with {lag_bytes} bytes not replayed");
@@ -435,16 +435,16 @@ fn promote_inner(
     let fork_timeline = pg.checkpoint_timeline()?;
     let major = pg.major();
     if major >= 12 {
-        if let Err(e) = pg.promote(local.promote_timeout) {
+        if let Err(e) = pg.promote(local.failover.promote_timeout) {
             // pg_promote() needs a grant the replication role may lack; pg_ctl does not.
             tracing::info!("pg_promote() was refused ({e}); using pg_ctl promote");
-            pgctl.promote(local.promote_timeout)?;
+            pgctl.promote(local.failover.promote_timeout)?;
         }
     } else {
-        pgctl.promote(local.promote_timeout)?;
+        pgctl.promote(local.failover.promote_timeout)?;
     }
     drop(pg);
-    wait_until_writable(local, local.promote_timeout)?;
+    wait_until_writable(local, local.failover.promote_timeout)?;
 
     let epoch = epoch_lookup
         .join()

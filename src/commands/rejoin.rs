@@ -176,7 +176,8 @@ fn release_obsolete_holds(
         .filter(|s| s.createtxg > base_txg && s.is_held())
     {
         for node in &ctx.config.nodes {
-            let tag = crate::zfs::names::HoldTag::parse(&format!("pgzfs-{}", node.slot_name))?;
+            let tag =
+                crate::zfs::names::HoldTag::parse(&format!("pgzfs-{}", node.reseed.slot_name))?;
             if zfs.release(&tag, &snap.name)? {
                 tracing::info!("released the obsolete hold {tag} on {} (a base {} had from this node as primary)", snap.name, node.name);
             }
@@ -196,10 +197,10 @@ fn keep_diverged_writes(
     // The config refuses a quarantine inside data_dir or a configured mountpoint; the
     // dataset's actual mountpoint is only known here.
     if let Some(mountpoint) = zfs.mountpoint(&local.dataset)? {
-        if local.quarantine_dir.starts_with(&mountpoint) {
+        if local.failover.quarantine_dir.starts_with(&mountpoint) {
             return Err(Error::refused(format!(
                 "quarantine_dir {} is inside the mountpoint {} of {}: the rollback that follows would destroy it; set quarantine_dir outside the dataset",
-                local.quarantine_dir.display(),
+                local.failover.quarantine_dir.display(),
                 mountpoint.display(),
                 local.dataset
             )));
@@ -212,13 +213,13 @@ fn keep_diverged_writes(
     zfs.snapshot_recursive(&diverged, &[])?;
     // The quarantine holds the former primary's data: root's alone (0700, files 0600),
     // reached without following links, each file new (O_EXCL).
-    let dir = Dir::open_or_create(&local.quarantine_dir, 0o700)?;
+    let dir = Dir::open_or_create(&local.failover.quarantine_dir, 0o700)?;
     restrict_quarantine_dir(&dir)?;
     let name = format!(
         "{}-{}-diverged-{stamp}.zfs.gz",
         ctx.config.cluster, local.name
     );
-    let file = local.quarantine_dir.join(&name);
+    let file = local.failover.quarantine_dir.join(&name);
     let partial = format!("{name}.partial");
     let sink = GzipFile::create(dir.try_clone()?, &partial)?;
     // No bwlimit: this stream goes from the local pool to a local file and crosses no

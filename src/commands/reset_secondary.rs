@@ -39,7 +39,7 @@ impl ResetSecondary {
         let mut ctx = invocation.load()?;
         let caller = match &self.new_bin {
             Some(dir) => {
-                ctx.local.pg_bin = crate::upgrade::check_new_bin(dir)?;
+                ctx.local.pg.pg_bin = crate::upgrade::check_new_bin(dir)?;
                 Caller::MajorUpgrade
             }
             None => Caller::ResetSecondary,

@@ -606,7 +606,7 @@ impl Binding {
                 "serve --for {node:?}: that is this node itself"
             )));
         }
-        let tag = crate::retention::common_base_tag(standby)?;
+        let tag = crate::retention::common_base_tag(&standby.reseed)?;
         Ok(Binding::with(node, tag, &connection_id()))
     }
 

@@ -214,10 +214,10 @@ fn probe(local: &Node, node: &Node) -> Probe {
     let is_local = node.name == local.name;
     let zfs_result = if is_local {
         probe.postmaster_running = PgCtl::new(
-            &node.pg_bin,
+            &node.pg.pg_bin,
             &node.data_dir,
-            &node.pg_log_file,
-            &node.pg_os_user,
+            &node.pg.pg_log_file,
+            &node.pg.pg_os_user,
         )
         .ok()
         .map(|ctl| ctl.is_running());
@@ -252,7 +252,7 @@ fn probe(local: &Node, node: &Node) -> Probe {
 
 /// Another node's daemon state, from its `/state` endpoint.
 fn remote_daemon_state(node: &Node) -> Option<serde_json::Value> {
-    let listen = node.http_listen?;
+    let listen = node.daemon.http_listen?;
     // A daemon listening on every address is reached at the node's own.
     let host = if listen.ip().is_unspecified() {
         node.host.clone()
@@ -426,7 +426,7 @@ pub fn assemble(config: &Config, local: &Node, probes: &[Probe], now: SystemTime
         }
         if let Some(failed) = probe
             .reseed_failures_in_a_row
-            .filter(|failed| *failed >= node.reseed_failures_warn)
+            .filter(|failed| *failed >= node.daemon.reseed_failures_warn)
         {
             warnings.push(Warning {
                 code: "reseed_failing",

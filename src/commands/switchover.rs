@@ -126,10 +126,10 @@ fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
         ))
     })?;
     let lag = info.replay_lag_bytes.unwrap_or(i64::MAX).max(0) as u64;
-    if info.state != "streaming" || lag > local.switchover_max_lag {
+    if info.state != "streaming" || lag > local.failover.switchover_max_lag {
         return Err(Error::refused(format!(
             "{to} is {} with {lag} bytes of replay lag (switchover_max_lag = {}); not switching over",
-            info.state, local.switchover_max_lag
+            info.state, local.failover.switchover_max_lag
         )));
     }
     // Check that we can reach the target over SSH before anything stops.
@@ -144,7 +144,7 @@ fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
     }
     drop(pg);
     let unavailable_from = Instant::now();
-    pgctl.stop(local.stop_timeout)?;
+    pgctl.stop(local.pg.stop_timeout)?;
 
     // 3. The last thing the old primary wrote.
     let control = control::read_control(&local.data_dir)?
@@ -163,17 +163,17 @@ fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
     );
 
     // 4. The target must have everything, up to and including that checkpoint.
-    if let Err(e) = wait_for_replay(&target, shutdown_lsn, local.streaming_timeout) {
+    if let Err(e) = wait_for_replay(&target, shutdown_lsn, local.pg.streaming_timeout) {
         restart_as_primary(&pgctl, local);
         return Err(e.context(format!("{} restarted as the primary", local.name)));
     }
 
     // 5. Promote the target with its own pgzfs (it takes the undo snapshot and the epoch).
-    let promote =
-        remote_pgzfs(&local.pgzfs_bin, &ctx.config.path, &target.name).args(["promote", "--force"]);
+    let promote = remote_pgzfs(&local.ssh.pgzfs_bin, &ctx.config.path, &target.name)
+        .args(["promote", "--force"]);
     let promoted = ssh
         .run(&promote)
-        .and_then(|_| wait_until_writable(&target, local.promote_timeout));
+        .and_then(|_| wait_until_writable(&target, local.failover.promote_timeout));
     if let Err(e) = promoted {
         // Restart the old primary only on proof that the target is still a standby: a
         // channel that broke after the remote promote succeeded looks just like a
@@ -242,7 +242,7 @@ fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
     }
 
     // 8. Move the CARP address along.
-    if let Some(command) = &local.carp_move_command {
+    if let Some(command) = &local.failover.carp_move_command {
         match crate::exec::run(&Cmd::new("/bin/sh").arg("-c").arg(command.clone()), None) {
             Ok(_) => tracing::info!("carp_move_command ran: {command}"),
             Err(e) => tracing::error!("carp_move_command failed: {e}"),
@@ -295,7 +295,7 @@ pub fn after_failed_promote(seen: &TargetSeen, old: &str, target: &str) -> After
 }
 
 fn restart_as_primary(pgctl: &PgCtl, local: &Node) {
-    if let Err(e) = pgctl.start(local.streaming_timeout) {
+    if let Err(e) = pgctl.start(local.pg.streaming_timeout) {
         tracing::error!("could not restart {} as the primary: {e}", local.name);
     }
 }
@@ -327,7 +327,7 @@ fn wait_for_replay(target: &Node, lsn: control::Lsn, timeout: Duration) -> Resul
 
 fn follow_remotely(ctx: &Context, local: &Node, node: &Node, new_primary: &str) -> Result<()> {
     let ssh = SshHost::connect(&ssh_target(local, node))?;
-    let cmd = remote_pgzfs(&local.pgzfs_bin, &ctx.config.path, &node.name).args([
+    let cmd = remote_pgzfs(&local.ssh.pgzfs_bin, &ctx.config.path, &node.name).args([
         "follow",
         "--to",
         new_primary,

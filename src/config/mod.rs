@@ -35,9 +35,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::events::{Events, EVENT_NAMES};
+use crate::events::Events;
 use crate::retention::Retention;
-pub use settings::{Node, NODE_KEYS};
+pub use settings::{
+    DaemonConfig, FailoverConfig, Node, PgConfig, ReseedConfig, SshConfig, NODE_KEYS,
+};
 use settings::{RawNode, RawSettings, Section, Settings};
 use values::*;
 
@@ -113,8 +115,8 @@ impl Config {
         let in_file = |message: String| Error::usage(format!("{}: {message}", path.display()));
         let mut raw: RawConfig =
             toml::from_str(text).map_err(|e| in_file(e.to_string().trim_end().to_string()))?;
-        let events = check_events(raw.events.take()).map_err(in_file)?;
-        let retention = check_retention(raw.retention.take()).map_err(in_file)?;
+        let events = Events::from_config(raw.events.take()).map_err(in_file)?;
+        let retention = Retention::from_config(raw.retention.take()).map_err(in_file)?;
         let resolved = resolve(raw, home).map_err(in_file)?;
         Ok(Config {
             path: path.to_path_buf(),
@@ -233,7 +235,7 @@ impl Config {
         let data = self
             .nodes
             .iter()
-            .map(|n| voter(&n.name, &n.host, n.http_listen));
+            .map(|n| voter(&n.name, &n.host, n.daemon.http_listen));
         let witnesses = self
             .witnesses
             .iter()
@@ -285,83 +287,8 @@ struct RawConfig {
     defaults: RawSettings,
     #[serde(default)]
     nodes: Vec<RawNode>,
-    retention: Option<RawRetention>,
-    events: Option<RawEvents>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEvents {
-    command: Option<String>,
-    only: Option<Vec<String>>,
-    timeout: Option<String>,
-}
-
-/// `[retention]` as written; counts are read as i64 for the same reason as ports.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetention {
-    hourly: Option<i64>,
-    daily: Option<i64>,
-    weekly: Option<i64>,
-    monthly: Option<i64>,
-    yearly: Option<i64>,
-}
-
-fn check_events(raw: Option<RawEvents>) -> std::result::Result<Events, String> {
-    let Some(raw) = raw else {
-        return Ok(Events::default());
-    };
-    if let Some(command) = &raw.command {
-        if command.trim().is_empty() || command.contains(['\n', '\r', '\0']) {
-            return Err("events.command: must be one non-empty line".to_string());
-        }
-        // Split now, as it will be when an event fires: a broken template must be found
-        // when the configuration is read, not in the middle of a failover.
-        crate::events::split_template(command).map_err(|why| format!("events.command: {why}"))?;
-    }
-    let timeout = match raw.timeout {
-        Some(text) => {
-            let timeout = crate::duration::parse_duration(&text)
-                .map_err(|why| format!("events.timeout: {why}"))?;
-            if timeout.is_zero() {
-                return Err("events.timeout: must be more than 0s".to_string());
-            }
-            timeout
-        }
-        None => crate::events::DEFAULT_HOOK_TIMEOUT,
-    };
-    let only = raw.only.unwrap_or_default();
-    if let Some(unknown) = only.iter().find(|e| !EVENT_NAMES.contains(&e.as_str())) {
-        return Err(format!(
-            "events.only: unknown event {unknown:?}; known: {}",
-            EVENT_NAMES.join(", ")
-        ));
-    }
-    Ok(Events {
-        command: raw.command,
-        only,
-        timeout,
-    })
-}
-
-/// `[retention]` with the built-in defaults for the counts it does not mention.
-fn check_retention(raw: Option<RawRetention>) -> std::result::Result<Retention, String> {
-    let raw = raw.unwrap_or_default();
-    let defaults = Retention::default();
-    let count = |key: &str, value: Option<i64>, default: usize| match value {
-        None => Ok(default),
-        Some(v) => usize::try_from(v).map_err(|_| {
-            format!("retention.{key}: {v} is not a number of snapshots to keep (0 or more)")
-        }),
-    };
-    Ok(Retention {
-        hourly: count("hourly", raw.hourly, defaults.hourly)?,
-        daily: count("daily", raw.daily, defaults.daily)?,
-        weekly: count("weekly", raw.weekly, defaults.weekly)?,
-        monthly: count("monthly", raw.monthly, defaults.monthly)?,
-        yearly: count("yearly", raw.yearly, defaults.yearly)?,
-    })
+    retention: Option<crate::retention::RawRetention>,
+    events: Option<crate::events::RawEvents>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -469,7 +396,7 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
             .complete(name, host, home)
             .and_then(|node| data_dir_on_the_dataset(&node).map(|()| node))
             .and_then(|node| quarantine_outside_the_dataset(&node).map(|()| node))
-            .and_then(|node| tls_settings_fit_together(&node).map(|()| node))
+            .and_then(|node| tls_settings_fit_together(&node.pg).map(|()| node))
             .map_err(|why| format!("{}: {why}", section.whole()))?;
         nodes.push(node);
     }
@@ -477,11 +404,11 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
     // Two standbys sharing one slot on the primary would each see the other's progress
     // as their own, and WAL either one still needs could be removed.
     let mut slots = HashSet::new();
-    for node in nodes.iter().filter(|node| node.use_slots) {
-        if !slots.insert(node.slot_name.as_str()) {
+    for node in nodes.iter().filter(|node| node.reseed.use_slots) {
+        if !slots.insert(node.reseed.slot_name.as_str()) {
             return Err(format!(
                 "node {:?}: slot_name {:?} is also used by another node; set slot_name for one of them",
-                node.name, node.slot_name
+                node.name, node.reseed.slot_name
             ));
         }
     }
@@ -520,11 +447,11 @@ fn quarantine_outside_the_dataset(node: &Node) -> Result<(), String> {
         ("data_dir", Some(&node.data_dir)),
         ("mountpoint", node.mountpoint.as_ref()),
     ] {
-        if let Some(inside) = inside.filter(|dir| node.quarantine_dir.starts_with(dir)) {
+        if let Some(inside) = inside.filter(|dir| node.failover.quarantine_dir.starts_with(dir)) {
             return Err(format!(
                 "quarantine_dir {:?} is inside {key} {:?}; it must be outside the replicated dataset \
                  (a rollback would destroy what it keeps, and the PostgreSQL user can write there)",
-                node.quarantine_dir.display().to_string(),
+                node.failover.quarantine_dir.display().to_string(),
                 inside.display().to_string()
             ));
         }
@@ -533,15 +460,15 @@ fn quarantine_outside_the_dataset(node: &Node) -> Result<(), String> {
 }
 
 /// A verifying sslmode needs a CA to verify against, and a client certificate its key.
-fn tls_settings_fit_together(node: &Node) -> Result<(), String> {
-    if node.pg_sslmode.needs_root_cert() && node.pg_sslrootcert.is_none() {
+fn tls_settings_fit_together(pg: &PgConfig) -> Result<(), String> {
+    if pg.pg_sslmode.needs_root_cert() && pg.pg_sslrootcert.is_none() {
         return Err(format!(
             "pg_sslmode = {:?} checks the server's certificate against a CA: set pg_sslrootcert \
              to the CA certificate that signed the servers' certificates",
-            node.pg_sslmode.as_str()
+            pg.pg_sslmode.as_str()
         ));
     }
-    match (&node.pg_sslcert, &node.pg_sslkey) {
+    match (&pg.pg_sslcert, &pg.pg_sslkey) {
         (Some(_), None) => {
             Err("pg_sslcert is set but pg_sslkey is not; a client certificate needs its key".into())
         }

@@ -22,15 +22,27 @@ use crate::zfs::names::DatasetName;
 use crate::zfs::ZfsBackend;
 
 /// Declares the per-node settings. Each entry reads
-/// `key: <type in the file>, <check> => <checked type>, <when unset> => <Node field type>;`
+/// `key: <type in the file>, <check> => <checked type>, <when unset> => <field type>;`
 /// where the check turns the file's value into the checked type (or says why not), and
-/// "when unset" makes the `Node` field from the layered value: [`required`],
-/// [`optional`], or [`or`] with a default.
+/// "when unset" makes the field from the layered value: [`required`], [`optional`], or
+/// [`or`] with a default. The entries of the `node` block are fields of `Node` itself;
+/// each further block `part: Type { ... }` becomes a struct `Type` held in `Node::part`,
+/// so that a layer can be given only the part it uses. The file stays flat: a key is
+/// written the same whichever part it belongs to.
 macro_rules! node_settings {
-    ($(
-        $(#[doc = $doc:literal])*
-        $key:ident: $raw:ty, $check:expr => $checked:ty, $unset:expr => $field:ty;
-    )*) => {
+    (
+        node {$(
+            $(#[doc = $ndoc:literal])*
+            $nkey:ident: $nraw:ty, $ncheck:expr => $nchecked:ty, $nunset:expr => $nfield:ty;
+        )*}
+        $(
+            $(#[doc = $pdoc:literal])*
+            $part:ident: $Part:ident {$(
+                $(#[doc = $doc:literal])*
+                $key:ident: $raw:ty, $check:expr => $checked:ty, $unset:expr => $field:ty;
+            )*}
+        )*
+    ) => {
         /// One node with every setting resolved: its own entry, then `[defaults]`, then
         /// the built-in defaults.
         #[derive(Debug, Clone)]
@@ -40,8 +52,17 @@ macro_rules! node_settings {
             /// PostgreSQL settings that belong to this node and must survive every
             /// re-seed from another node's snapshot (listen_addresses, ...).
             pub pg_settings: BTreeMap<String, String>,
-            $($(#[doc = $doc])* pub $key: $field,)*
+            $($(#[doc = $ndoc])* pub $nkey: $nfield,)*
+            $($(#[doc = $pdoc])* pub $part: $Part,)*
         }
+
+        $(
+            $(#[doc = $pdoc])*
+            #[derive(Debug, Clone)]
+            pub struct $Part {
+                $($(#[doc = $doc])* pub $key: $field,)*
+            }
+        )*
 
         /// `[defaults]` as written. (serde cannot combine `flatten` with
         /// `deny_unknown_fields`, so `RawNode` repeats the keys instead of embedding this.)
@@ -49,7 +70,8 @@ macro_rules! node_settings {
         #[serde(deny_unknown_fields)]
         pub(super) struct RawSettings {
             pg_settings: Option<BTreeMap<String, toml::Value>>,
-            $($key: Option<$raw>,)*
+            $($nkey: Option<$nraw>,)*
+            $($($key: Option<$raw>,)*)*
         }
 
         /// One `[[nodes]]` entry as written: the node-only keys plus every setting.
@@ -61,14 +83,16 @@ macro_rules! node_settings {
             /// "data" (the default) or "witness".
             role: Option<String>,
             pg_settings: Option<BTreeMap<String, toml::Value>>,
-            $($key: Option<$raw>,)*
+            $($nkey: Option<$nraw>,)*
+            $($($key: Option<$raw>,)*)*
         }
 
         impl RawNode {
             pub(super) fn split(self) -> (Option<String>, Option<String>, Option<String>, RawSettings) {
                 let settings = RawSettings {
                     pg_settings: self.pg_settings,
-                    $($key: self.$key,)*
+                    $($nkey: self.$nkey,)*
+                    $($($key: self.$key,)*)*
                 };
                 (self.name, self.host, self.role, settings)
             }
@@ -78,7 +102,8 @@ macro_rules! node_settings {
         #[derive(Debug, Clone, Default)]
         pub(super) struct Settings {
             pg_settings: BTreeMap<String, String>,
-            $($key: Option<$checked>,)*
+            $($nkey: Option<$nchecked>,)*
+            $($($key: Option<$checked>,)*)*
         }
 
         impl Settings {
@@ -89,13 +114,15 @@ macro_rules! node_settings {
                 home: Option<&Path>,
             ) -> Result<Settings, String> {
                 let reading = Reading { home };
+                let at = |key: &'static str| move |why: String| format!("{}: {why}", section.key(key));
                 Ok(Settings {
                     pg_settings: pg_settings(raw.pg_settings, section)?,
-                    $($key: match raw.$key {
-                        None => None,
-                        Some(value) => Some(($check)(value, &reading)
-                            .map_err(|why| format!("{}: {why}", section.key(stringify!($key))))?),
-                    },)*
+                    $($nkey: raw.$nkey
+                        .map(|value| ($ncheck)(value, &reading).map_err(at(stringify!($nkey))))
+                        .transpose()?,)*
+                    $($($key: raw.$key
+                        .map(|value| ($check)(value, &reading).map_err(at(stringify!($key))))
+                        .transpose()?,)*)*
                 })
             }
 
@@ -107,7 +134,8 @@ macro_rules! node_settings {
                 pg_settings.extend(self.pg_settings);
                 Settings {
                     pg_settings,
-                    $($key: self.$key.or_else(|| base.$key.clone()),)*
+                    $($nkey: self.$nkey.or_else(|| base.$nkey.clone()),)*
+                    $($($key: self.$key.or_else(|| base.$key.clone()),)*)*
                 }
             }
 
@@ -123,19 +151,25 @@ macro_rules! node_settings {
                     data_dir: self.data_dir.clone().unwrap_or_default(),
                     home,
                 };
-                $(let $key: $field = ($unset)(self.$key, &node, stringify!($key))?;)*
                 Ok(Node {
+                    $($nkey: ($nunset)(self.$nkey, &node, stringify!($nkey))?,)*
+                    $($part: $Part {
+                        $($key: ($unset)(self.$key, &node, stringify!($key))?,)*
+                    },)*
                     name,
                     host,
                     pg_settings: self.pg_settings,
-                    $($key,)*
                 })
             }
         }
 
         /// Every key a `[[nodes]]` entry or `[defaults]` may set (`name`, `host` and
         /// `role` in `[[nodes]]` only).
-        pub const NODE_KEYS: &[&str] = &["name", "host", "role", "pg_settings", $(stringify!($key),)*];
+        pub const NODE_KEYS: &[&str] = &[
+            "name", "host", "role", "pg_settings",
+            $(stringify!($nkey),)*
+            $($(stringify!($key),)*)*
+        ];
     };
 }
 
@@ -151,10 +185,12 @@ impl Node {
     pub fn client_host(&self) -> &str {
         self.client_host.as_deref().unwrap_or(&self.host)
     }
+}
 
+impl PgConfig {
     /// TLS to this node's PostgreSQL (`pg_sslmode`, `pg_sslrootcert`, `pg_sslcert`,
     /// `pg_sslkey`); like `pg_user`, a standby's own values go into its `primary_conninfo`.
-    pub fn pg_tls(&self) -> PgTls {
+    pub fn tls(&self) -> PgTls {
         PgTls {
             mode: self.pg_sslmode,
             root_cert: self.pg_sslrootcert.clone(),
@@ -228,105 +264,124 @@ fn or_below_home(
 }
 
 node_settings! {
-    dataset: String, dataset_name => DatasetName, required => DatasetName;
-    data_dir: String, path => PathBuf, required => PathBuf;
-    /// Where the dataset is mounted. None: keep the dataset's existing mountpoint, or use
-    /// `data_dir` for a dataset pgzfs creates.
-    mountpoint: String, path => PathBuf, optional => Option<PathBuf>;
-    pg_bin: String, path => PathBuf, or(|_| PathBuf::from("/usr/local/bin")) => PathBuf;
-    pg_os_user: String, word => String, or(|_| "postgres".to_string()) => String;
-    pg_port: i64, port => u16, or(|_| 5432) => u16;
-    pg_user: String, identifier => String, or(|_| "replicator".to_string()) => String;
-    pg_database: String, identifier => String, or(|_| "postgres".to_string()) => String;
-    pg_passfile: String, home_path => PathBuf, optional => Option<PathBuf>;
-    /// TLS to this node's PostgreSQL, with libpq's sslmode names (see `Node::pg_tls`).
-    pg_sslmode: String, |v: String, _: &Reading| SslMode::parse(&v) => SslMode,
-        or(|_| SslMode::default()) => SslMode;
-    // Absolute paths, no "~": the standby's PostgreSQL reads them too, as another user
-    // with another home.
-    pg_sslrootcert: String, path => PathBuf, optional => Option<PathBuf>;
-    pg_sslcert: String, path => PathBuf, optional => Option<PathBuf>;
-    pg_sslkey: String, path => PathBuf, optional => Option<PathBuf>;
-    /// Where `pg_ctl start` writes the server log.
-    pg_log_file: String, path => PathBuf,
-        or(|node| node.data_dir.join("postmaster.log")) => PathBuf;
-    /// Where the other nodes reach this one for SSH transfers, `primary_conninfo` and
-    /// pgzfs's own PostgreSQL sessions (see `Node::replication_host`). None: `host`.
-    replication_host: String, host_address => String, optional => Option<String>;
-    /// This node's address for clients: event hooks and the PgBouncer repoint (see
-    /// `Node::client_host`). None: `host`.
-    client_host: String, host_address => String, optional => Option<String>;
-    ssh_user: String, word => String, or(|_| "zfssync".to_string()) => String;
-    ssh_port: i64, port => u16, or(|_| 22) => u16;
-    ssh_key: String, home_path => PathBuf, or_below_home("~/.ssh/id_ed25519") => PathBuf;
-    known_hosts: String, home_path => PathBuf, or_below_home("~/.ssh/known_hosts") => PathBuf;
-    use_slots: bool, flag => bool, or(|_| true) => bool;
-    /// The replication slot this node uses on whichever node is primary.
-    slot_name: String, slot => String, or(|node| slot_name_for_node(node.name)) => String;
-    /// How many common snapshots to keep between primary and standby.
-    keep_common: i64, keep_count => usize, or(|_| 3) => usize;
-    streaming_timeout: String, duration => Duration, or(|_| Duration::from_secs(120)) => Duration;
-    lock_timeout: String, duration => Duration, or(|_| Duration::from_secs(60)) => Duration;
-    stop_timeout: String, duration => Duration, or(|_| Duration::from_secs(60)) => Duration;
-    connect_timeout: String, positive_duration => Duration,
-        or(|_| Duration::from_secs(5)) => Duration;
-    lock_file: String, path => PathBuf,
-        or(|node| PathBuf::from(format!("/var/run/pgzfs-{}.lock", node.name))) => PathBuf;
-    /// Which ZFS interface local operations use.
-    zfs_backend: String, |v: String, _: &Reading| ZfsBackend::parse(&v) => ZfsBackend,
-        or(|_| ZfsBackend::default()) => ZfsBackend;
-    /// Who runs the backup-safe cut when this node is re-seeded.
-    backup_via: String, |v: String, _: &Reading| BackupVia::parse(&v) => BackupVia,
-        or(|_| BackupVia::default()) => BackupVia;
-    /// What carries the ZFS stream of a re-seed from the source.
-    ssh_data_path: String, |v: String, _: &Reading| SshDataPath::parse(&v) => SshDataPath,
-        or(|_| SshDataPath::default()) => SshDataPath;
-    /// Whether the source compresses the ZFS stream of a re-seed of this node.
-    ssh_compress: String, |v: String, _: &Reading| SshCompress::parse(&v) => SshCompress,
-        or(|_| SshCompress::default()) => SshCompress;
-    /// The most bytes per second this node receives a re-seed's stream at, whether
-    /// `reset-secondary`, `rejoin` or the daemon started it. None: unlimited. (Checked as
-    /// Some(0) for an explicit "unlimited", so a node can lift a limit of `[defaults]`.)
-    bwlimit: toml::Value, bytes_per_second => u64,
-        |v: Option<u64>, _: &Unset, _: &str| Ok::<_, String>(v.and_then(NonZeroU64::new)) => Option<NonZeroU64>;
-    /// daemon: how often to take a backup-safe snapshot on the primary.
-    snapshot_interval: String, snapshot_interval => Duration,
-        or(|_| Duration::from_secs(3600)) => Duration;
-    /// daemon: verify the newest snapshot (`pgzfs verify`) when the last verification is
-    /// this old; None: never (the default).
-    verify_every: String, positive_duration => Duration, optional => Option<Duration>;
-    /// daemon: how long streaming may stay broken before this standby is re-seeded.
-    reseed_after: String, duration => Duration, or(|_| Duration::from_secs(300)) => Duration;
-    /// daemon and status: after this many automatic re-seeds in a row have failed, warn
-    /// that this standby's slot keeps WAL on the primary.
-    reseed_failures_warn: i64, failure_count => u32, or(|_| 3) => u32;
-    /// daemon: where to serve health checks and metrics; None: no HTTP at all.
-    http_listen: String, listen_address => SocketAddr, optional => Option<SocketAddr>;
-    /// promote: how many times, and how far apart, to ask every other node (on a fresh
-    /// connection each time) whether it is a writable primary before promoting.
-    promote_check_attempts: i64, check_attempts => u32, or(|_| 3) => u32;
-    promote_check_interval: String, duration => Duration,
-        or(|_| Duration::from_secs(1)) => Duration;
-    /// promote: refuse when replay is this many bytes behind the last WAL received
-    /// (1 MiB by default, like Patroni's maximum_lag_on_failover).
-    max_lag_on_failover: i64, byte_count => u64, or(|_| 1 << 20) => u64;
-    promote_timeout: String, duration => Duration, or(|_| Duration::from_secs(60)) => Duration;
-    /// carp-event BACKUP on a primary: fence only, or fence and rejoin the new primary.
-    on_backup: String, |v: String, _: &Reading| OnBackup::parse(&v) => OnBackup,
-        or(|_| OnBackup::Fence) => OnBackup;
-    /// How a primary is fenced: stopped, or kept running read-only with its sessions ended.
-    fence_mode: String, |v: String, _: &Reading| FenceMode::parse(&v) => FenceMode,
-        or(|_| FenceMode::Stop) => FenceMode;
-    /// rejoin: where the diverged writes of a former primary are kept as a stream file.
-    quarantine_dir: String, path => PathBuf,
-        or(|_| PathBuf::from("/var/db/pgzfs/quarantine")) => PathBuf;
-    /// switchover: the target may be at most this many bytes behind.
-    switchover_max_lag: i64, byte_count => u64, or(|_| 16 << 20) => u64;
-    /// switchover: run on the old primary so the CARP address moves too (via /bin/sh).
-    carp_move_command: String, one_line => String, optional => Option<String>;
-    /// pgzfs on the other nodes, for steps that run there over SSH.
-    pgzfs_bin: String, path => PathBuf,
-        or(|_| PathBuf::from("/usr/local/bin/pgzfs")) => PathBuf;
+    node {
+        dataset: String, dataset_name => DatasetName, required => DatasetName;
+        data_dir: String, path => PathBuf, required => PathBuf;
+        /// Where the dataset is mounted. None: keep the dataset's existing mountpoint, or use
+        /// `data_dir` for a dataset pgzfs creates.
+        mountpoint: String, path => PathBuf, optional => Option<PathBuf>;
+        /// Where the other nodes reach this one for SSH transfers, `primary_conninfo` and
+        /// pgzfs's own PostgreSQL sessions (see `Node::replication_host`). None: `host`.
+        replication_host: String, host_address => String, optional => Option<String>;
+        /// This node's address for clients: event hooks and the PgBouncer repoint (see
+        /// `Node::client_host`). None: `host`.
+        client_host: String, host_address => String, optional => Option<String>;
+        /// Which ZFS interface local operations use.
+        zfs_backend: String, |v: String, _: &Reading| ZfsBackend::parse(&v) => ZfsBackend,
+            or(|_| ZfsBackend::default()) => ZfsBackend;
+        lock_file: String, path => PathBuf,
+            or(|node| PathBuf::from(format!("/var/run/pgzfs-{}.lock", node.name))) => PathBuf;
+        lock_timeout: String, duration => Duration, or(|_| Duration::from_secs(60)) => Duration;
+        connect_timeout: String, positive_duration => Duration,
+            or(|_| Duration::from_secs(5)) => Duration;
+    }
+    /// PostgreSQL on this node: its binaries, how to reach it, TLS, its log, and how long
+    /// it may take to stop and to start streaming.
+    pg: PgConfig {
+        pg_bin: String, path => PathBuf, or(|_| PathBuf::from("/usr/local/bin")) => PathBuf;
+        pg_os_user: String, word => String, or(|_| "postgres".to_string()) => String;
+        pg_port: i64, port => u16, or(|_| 5432) => u16;
+        pg_user: String, identifier => String, or(|_| "replicator".to_string()) => String;
+        pg_database: String, identifier => String, or(|_| "postgres".to_string()) => String;
+        pg_passfile: String, home_path => PathBuf, optional => Option<PathBuf>;
+        /// TLS to this node's PostgreSQL, with libpq's sslmode names (see `PgConfig::tls`).
+        pg_sslmode: String, |v: String, _: &Reading| SslMode::parse(&v) => SslMode,
+            or(|_| SslMode::default()) => SslMode;
+        // Absolute paths, no "~": the standby's PostgreSQL reads them too, as another user
+        // with another home.
+        pg_sslrootcert: String, path => PathBuf, optional => Option<PathBuf>;
+        pg_sslcert: String, path => PathBuf, optional => Option<PathBuf>;
+        pg_sslkey: String, path => PathBuf, optional => Option<PathBuf>;
+        /// Where `pg_ctl start` writes the server log.
+        pg_log_file: String, path => PathBuf,
+            or(|node| node.data_dir.join("postmaster.log")) => PathBuf;
+        stop_timeout: String, duration => Duration, or(|_| Duration::from_secs(60)) => Duration;
+        streaming_timeout: String, duration => Duration, or(|_| Duration::from_secs(120)) => Duration;
+    }
+    /// How other nodes are reached over SSH, and how a re-seed's stream travels.
+    ssh: SshConfig {
+        ssh_user: String, word => String, or(|_| "zfssync".to_string()) => String;
+        ssh_port: i64, port => u16, or(|_| 22) => u16;
+        ssh_key: String, home_path => PathBuf, or_below_home("~/.ssh/id_ed25519") => PathBuf;
+        known_hosts: String, home_path => PathBuf, or_below_home("~/.ssh/known_hosts") => PathBuf;
+        /// What carries the ZFS stream of a re-seed from the source.
+        ssh_data_path: String, |v: String, _: &Reading| SshDataPath::parse(&v) => SshDataPath,
+            or(|_| SshDataPath::default()) => SshDataPath;
+        /// Whether the source compresses the ZFS stream of a re-seed of this node.
+        ssh_compress: String, |v: String, _: &Reading| SshCompress::parse(&v) => SshCompress,
+            or(|_| SshCompress::default()) => SshCompress;
+        /// pgzfs on the other nodes, for steps that run there over SSH.
+        pgzfs_bin: String, path => PathBuf,
+            or(|_| PathBuf::from("/usr/local/bin/pgzfs")) => PathBuf;
+    }
+    /// How this node is re-seeded: its replication slot, who takes the cut, how fast the
+    /// stream may come, how many common snapshots are kept.
+    reseed: ReseedConfig {
+        use_slots: bool, flag => bool, or(|_| true) => bool;
+        /// The replication slot this node uses on whichever node is primary.
+        slot_name: String, slot => String, or(|node| slot_name_for_node(node.name)) => String;
+        /// How many common snapshots to keep between primary and standby.
+        keep_common: i64, keep_count => usize, or(|_| 3) => usize;
+        /// Who runs the backup-safe cut when this node is re-seeded.
+        backup_via: String, |v: String, _: &Reading| BackupVia::parse(&v) => BackupVia,
+            or(|_| BackupVia::default()) => BackupVia;
+        /// The most bytes per second this node receives a re-seed's stream at, whether
+        /// `reset-secondary`, `rejoin` or the daemon started it. None: unlimited. (Checked as
+        /// Some(0) for an explicit "unlimited", so a node can lift a limit of `[defaults]`.)
+        bwlimit: toml::Value, bytes_per_second => u64,
+            |v: Option<u64>, _: &Unset, _: &str| Ok::<_, String>(v.and_then(NonZeroU64::new)) => Option<NonZeroU64>;
+    }
+    /// promote, carp-event, rejoin and switchover.
+    failover: FailoverConfig {
+        /// promote: how many times, and how far apart, to ask every other node (on a fresh
+        /// connection each time) whether it is a writable primary before promoting.
+        promote_check_attempts: i64, check_attempts => u32, or(|_| 3) => u32;
+        promote_check_interval: String, duration => Duration,
+            or(|_| Duration::from_secs(1)) => Duration;
+        /// promote: refuse when replay is this many bytes behind the last WAL received
+        /// (1 MiB by default, like Patroni's maximum_lag_on_failover).
+        max_lag_on_failover: i64, byte_count => u64, or(|_| 1 << 20) => u64;
+        promote_timeout: String, duration => Duration, or(|_| Duration::from_secs(60)) => Duration;
+        /// carp-event BACKUP on a primary: fence only, or fence and rejoin the new primary.
+        on_backup: String, |v: String, _: &Reading| OnBackup::parse(&v) => OnBackup,
+            or(|_| OnBackup::Fence) => OnBackup;
+        /// How a primary is fenced: stopped, or kept running read-only with its sessions ended.
+        fence_mode: String, |v: String, _: &Reading| FenceMode::parse(&v) => FenceMode,
+            or(|_| FenceMode::Stop) => FenceMode;
+        /// rejoin: where the diverged writes of a former primary are kept as a stream file.
+        quarantine_dir: String, path => PathBuf,
+            or(|_| PathBuf::from("/var/db/pgzfs/quarantine")) => PathBuf;
+        /// switchover: the target may be at most this many bytes behind.
+        switchover_max_lag: i64, byte_count => u64, or(|_| 16 << 20) => u64;
+        /// switchover: run on the old primary so the CARP address moves too (via /bin/sh).
+        carp_move_command: String, one_line => String, optional => Option<String>;
+    }
+    /// `pgzfs daemon`: its schedule, automatic re-seeds and its HTTP listener.
+    daemon: DaemonConfig {
+        /// daemon: how often to take a backup-safe snapshot on the primary.
+        snapshot_interval: String, snapshot_interval => Duration,
+            or(|_| Duration::from_secs(3600)) => Duration;
+        /// daemon: verify the newest snapshot (`pgzfs verify`) when the last verification is
+        /// this old; None: never (the default).
+        verify_every: String, positive_duration => Duration, optional => Option<Duration>;
+        /// daemon: how long streaming may stay broken before this standby is re-seeded.
+        reseed_after: String, duration => Duration, or(|_| Duration::from_secs(300)) => Duration;
+        /// daemon and status: after this many automatic re-seeds in a row have failed, warn
+        /// that this standby's slot keeps WAL on the primary.
+        reseed_failures_warn: i64, failure_count => u32, or(|_| 3) => u32;
+        /// daemon: where to serve health checks and metrics; None: no HTTP at all.
+        http_listen: String, listen_address => SocketAddr, optional => Option<SocketAddr>;
+    }
 }
 
 /// Names one section in messages: `defaults` or `nodes[2]` (counted from 1, like the

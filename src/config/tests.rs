@@ -74,14 +74,14 @@ fn failover_settings_have_safe_defaults_and_can_be_overridden() {
     let text = format!("{}\n[events]\ncommand = \"/usr/local/libexec/hook %e %n\"\nonly = [\"promote\", \"fence\"]\n", minimal_with_node_lines("on_backup = \"rejoin\"\nmax_lag_on_failover = 0"));
     let config = Config::parse(&text, Path::new("/etc/pgzfs.toml")).unwrap();
     let node = &config.nodes[0];
-    assert_eq!(node.on_backup, OnBackup::Rejoin);
-    assert_eq!(node.max_lag_on_failover, 0);
-    assert_eq!(node.promote_check_attempts, 3);
+    assert_eq!(node.failover.on_backup, OnBackup::Rejoin);
+    assert_eq!(node.failover.max_lag_on_failover, 0);
+    assert_eq!(node.failover.promote_check_attempts, 3);
     assert_eq!(config.events.only, vec!["promote", "fence"]);
     let defaults =
         Config::parse(&minimal_with_node_lines(""), Path::new("/etc/pgzfs.toml")).unwrap();
     assert_eq!(
-        defaults.nodes[0].on_backup,
+        defaults.nodes[0].failover.on_backup,
         OnBackup::Fence,
         "fencing alone is the default: rejoining is a choice"
     );
@@ -128,19 +128,22 @@ fn the_documented_sample_parses_with_per_node_overrides() {
     assert_eq!(config.nodes.len(), 2);
     let db1 = config.node("db1").unwrap();
     let db2 = config.node("db2").unwrap();
-    assert_eq!(db1.pg_port, 5432);
-    assert_eq!(db2.pg_port, 5433);
+    assert_eq!(db1.pg.pg_port, 5432);
+    assert_eq!(db2.pg.pg_port, 5433);
     assert_eq!(db1.host, "10.0.0.1");
     assert_eq!(db2.host, "10.0.0.2");
     for node in [db1, db2] {
         assert_eq!(node.dataset.as_str(), "tank/pgdata");
         assert_eq!(node.data_dir, PathBuf::from("/var/db/postgres/data15"));
-        assert_eq!(node.ssh_key, PathBuf::from("/home/zfssync/.ssh/id_ed25519"));
         assert_eq!(
-            node.known_hosts,
+            node.ssh.ssh_key,
+            PathBuf::from("/home/zfssync/.ssh/id_ed25519")
+        );
+        assert_eq!(
+            node.ssh.known_hosts,
             PathBuf::from("/home/zfssync/.ssh/known_hosts")
         );
-        assert_eq!(node.ssh_user, "zfssync");
+        assert_eq!(node.ssh.ssh_user, "zfssync");
     }
 }
 
@@ -150,27 +153,30 @@ fn unset_settings_get_the_documented_defaults() {
     assert_eq!(config.log_file, PathBuf::from("/var/log/pgzfs.log"));
     let node = &config.nodes[0];
     assert_eq!(node.mountpoint, None);
-    assert_eq!(node.pg_bin, PathBuf::from("/usr/local/bin"));
-    assert_eq!(node.pg_os_user, "postgres");
-    assert_eq!(node.pg_port, 5432);
-    assert_eq!(node.pg_user, "replicator");
-    assert_eq!(node.pg_database, "postgres");
-    assert_eq!(node.pg_passfile, None);
+    assert_eq!(node.pg.pg_bin, PathBuf::from("/usr/local/bin"));
+    assert_eq!(node.pg.pg_os_user, "postgres");
+    assert_eq!(node.pg.pg_port, 5432);
+    assert_eq!(node.pg.pg_user, "replicator");
+    assert_eq!(node.pg.pg_database, "postgres");
+    assert_eq!(node.pg.pg_passfile, None);
     assert_eq!(
-        node.pg_log_file,
+        node.pg.pg_log_file,
         PathBuf::from("/var/db/postgres/data15/postmaster.log")
     );
     assert!(node.pg_settings.is_empty());
-    assert_eq!(node.ssh_user, "zfssync");
-    assert_eq!(node.ssh_port, 22);
-    assert_eq!(node.ssh_key, PathBuf::from("/root/.ssh/id_ed25519"));
-    assert_eq!(node.known_hosts, PathBuf::from("/root/.ssh/known_hosts"));
-    assert!(node.use_slots);
-    assert_eq!(node.slot_name, "db1");
-    assert_eq!(node.keep_common, 3);
-    assert_eq!(node.streaming_timeout, Duration::from_secs(120));
+    assert_eq!(node.ssh.ssh_user, "zfssync");
+    assert_eq!(node.ssh.ssh_port, 22);
+    assert_eq!(node.ssh.ssh_key, PathBuf::from("/root/.ssh/id_ed25519"));
+    assert_eq!(
+        node.ssh.known_hosts,
+        PathBuf::from("/root/.ssh/known_hosts")
+    );
+    assert!(node.reseed.use_slots);
+    assert_eq!(node.reseed.slot_name, "db1");
+    assert_eq!(node.reseed.keep_common, 3);
+    assert_eq!(node.pg.streaming_timeout, Duration::from_secs(120));
     assert_eq!(node.lock_timeout, Duration::from_secs(60));
-    assert_eq!(node.stop_timeout, Duration::from_secs(60));
+    assert_eq!(node.pg.stop_timeout, Duration::from_secs(60));
     assert_eq!(node.connect_timeout, Duration::from_secs(5));
     assert_eq!(node.lock_file, PathBuf::from("/var/run/pgzfs-db1.lock"));
 }
@@ -209,24 +215,33 @@ lock_file = "/tmp/pgzfs.lock"
     assert_eq!(node.dataset.as_str(), "zroot/pg");
     assert_eq!(node.data_dir, PathBuf::from("/pg/data"));
     assert_eq!(node.mountpoint, Some(PathBuf::from("/pg")));
-    assert_eq!(node.pg_bin, PathBuf::from("/usr/lib/postgresql/16/bin"));
-    assert_eq!(node.pg_os_user, "pgsql");
-    assert_eq!(node.pg_port, 6432);
-    assert_eq!(node.pg_user, "repl");
-    assert_eq!(node.pg_database, "template1");
-    assert_eq!(node.pg_passfile, Some(PathBuf::from("/root/.pgpass-pgzfs")));
-    assert_eq!(node.pg_log_file, PathBuf::from("/var/log/postgresql.log"));
+    assert_eq!(node.pg.pg_bin, PathBuf::from("/usr/lib/postgresql/16/bin"));
+    assert_eq!(node.pg.pg_os_user, "pgsql");
+    assert_eq!(node.pg.pg_port, 6432);
+    assert_eq!(node.pg.pg_user, "repl");
+    assert_eq!(node.pg.pg_database, "template1");
+    assert_eq!(
+        node.pg.pg_passfile,
+        Some(PathBuf::from("/root/.pgpass-pgzfs"))
+    );
+    assert_eq!(
+        node.pg.pg_log_file,
+        PathBuf::from("/var/log/postgresql.log")
+    );
     assert_eq!(node.pg_settings["listen_addresses"], "10.0.0.1");
-    assert_eq!(node.ssh_user, "sync");
-    assert_eq!(node.ssh_port, 2222);
-    assert_eq!(node.ssh_key, PathBuf::from("/etc/pgzfs/key"));
-    assert_eq!(node.known_hosts, PathBuf::from("/etc/pgzfs/known_hosts"));
-    assert!(!node.use_slots);
-    assert_eq!(node.slot_name, "standby_1");
-    assert_eq!(node.keep_common, 5);
-    assert_eq!(node.streaming_timeout, Duration::from_secs(300));
+    assert_eq!(node.ssh.ssh_user, "sync");
+    assert_eq!(node.ssh.ssh_port, 2222);
+    assert_eq!(node.ssh.ssh_key, PathBuf::from("/etc/pgzfs/key"));
+    assert_eq!(
+        node.ssh.known_hosts,
+        PathBuf::from("/etc/pgzfs/known_hosts")
+    );
+    assert!(!node.reseed.use_slots);
+    assert_eq!(node.reseed.slot_name, "standby_1");
+    assert_eq!(node.reseed.keep_common, 5);
+    assert_eq!(node.pg.streaming_timeout, Duration::from_secs(300));
     assert_eq!(node.lock_timeout, Duration::from_secs(90));
-    assert_eq!(node.stop_timeout, Duration::from_secs(120));
+    assert_eq!(node.pg.stop_timeout, Duration::from_secs(120));
     assert_eq!(node.connect_timeout, Duration::from_millis(500));
     assert_eq!(node.lock_file, PathBuf::from("/tmp/pgzfs.lock"));
 }
@@ -392,7 +407,7 @@ fn the_slot_name_is_derived_from_the_node_name() {
     assert_eq!(slot_name_for_node("DB-2.example.net"), "db_2_example_net");
     assert_eq!(slot_name_for_node(&"n".repeat(80)).len(), 63);
     let config = parse(&SAMPLE.replace("name = \"db2\"", "name = \"DB-2\"")).unwrap();
-    assert_eq!(config.node("DB-2").unwrap().slot_name, "db_2");
+    assert_eq!(config.node("DB-2").unwrap().reseed.slot_name, "db_2");
 }
 
 #[test]
@@ -479,7 +494,10 @@ fn paths_must_be_absolute_plain_and_free_of_dot_dot() {
 #[test]
 fn tilde_paths_expand_to_the_home_of_the_user_running_pgzfs() {
     let config = parse(&minimal_with_node_lines("ssh_key = \"~/.ssh/pgzfs\"")).unwrap();
-    assert_eq!(config.nodes[0].ssh_key, PathBuf::from("/root/.ssh/pgzfs"));
+    assert_eq!(
+        config.nodes[0].ssh.ssh_key,
+        PathBuf::from("/root/.ssh/pgzfs")
+    );
     assert!(
         refusal(&minimal_with_node_lines("ssh_key = \"~zfssync/.ssh/id\"")).contains("only \"~/\"")
     );
@@ -783,9 +801,9 @@ fn a_typo_or_a_negative_count_in_retention_is_refused_by_name() {
 #[test]
 fn the_daemon_settings_default_to_hourly_snapshots_and_no_http() {
     let node = &parse(MINIMAL).unwrap().nodes[0];
-    assert_eq!(node.snapshot_interval, Duration::from_secs(3600));
-    assert_eq!(node.reseed_after, Duration::from_secs(300));
-    assert_eq!(node.http_listen, None);
+    assert_eq!(node.daemon.snapshot_interval, Duration::from_secs(3600));
+    assert_eq!(node.daemon.reseed_after, Duration::from_secs(300));
+    assert_eq!(node.daemon.http_listen, None);
 }
 
 #[test]
@@ -795,27 +813,30 @@ fn the_daemon_settings_can_be_given_in_defaults_and_per_node() {
     );
     let text = format!("{text}http_listen = \"127.0.0.1:8009\"\n");
     let node = &parse(&text).unwrap().nodes[0];
-    assert_eq!(node.snapshot_interval, Duration::from_secs(900));
+    assert_eq!(node.daemon.snapshot_interval, Duration::from_secs(900));
     assert_eq!(
-        node.reseed_after,
+        node.daemon.reseed_after,
         Duration::ZERO,
         "0: re-seed as soon as streaming breaks"
     );
-    assert_eq!(node.http_listen, Some("127.0.0.1:8009".parse().unwrap()));
+    assert_eq!(
+        node.daemon.http_listen,
+        Some("127.0.0.1:8009".parse().unwrap())
+    );
     let from_defaults = parse(&minimal_with_default_lines("http_listen = \"[::]:8008\"")).unwrap();
     assert_eq!(
-        from_defaults.nodes[0].http_listen,
+        from_defaults.nodes[0].daemon.http_listen,
         Some("[::]:8008".parse().unwrap())
     );
 }
 
 #[test]
 fn scheduled_verification_is_off_unless_verify_every_is_set() {
-    assert_eq!(parse(MINIMAL).unwrap().nodes[0].verify_every, None);
+    assert_eq!(parse(MINIMAL).unwrap().nodes[0].daemon.verify_every, None);
     let node = &parse(&minimal_with_default_lines("verify_every = \"1d\""))
         .unwrap()
         .nodes[0];
-    assert_eq!(node.verify_every, Some(Duration::from_secs(86400)));
+    assert_eq!(node.daemon.verify_every, Some(Duration::from_secs(86400)));
     let message = refusal(&minimal_with_node_lines("verify_every = \"0\""));
     assert!(message.contains("nodes[1].verify_every"), "{message}");
 }
@@ -872,16 +893,19 @@ fn the_ssh_data_path_defaults_to_openssh_and_can_be_chosen_per_node() {
     assert!(config
         .nodes
         .iter()
-        .all(|n| n.ssh_data_path == SshDataPath::OpenSsh));
+        .all(|n| n.ssh.ssh_data_path == SshDataPath::OpenSsh));
     let text = SAMPLE.replace("[defaults]", "[defaults]\nssh_data_path = \"ssh2\"");
     let text = text.replace(
         "name = \"db2\"",
         "name = \"db2\"\nssh_data_path = \"openssh\"",
     );
     let config = parse(&text).unwrap();
-    assert_eq!(config.node("db1").unwrap().ssh_data_path, SshDataPath::Ssh2);
     assert_eq!(
-        config.node("db2").unwrap().ssh_data_path,
+        config.node("db1").unwrap().ssh.ssh_data_path,
+        SshDataPath::Ssh2
+    );
+    assert_eq!(
+        config.node("db2").unwrap().ssh.ssh_data_path,
         SshDataPath::OpenSsh
     );
 }
@@ -892,11 +916,17 @@ fn the_backup_is_taken_over_postgres_unless_a_node_asks_for_ssh() {
     assert!(config
         .nodes
         .iter()
-        .all(|n| n.backup_via == BackupVia::Postgres));
+        .all(|n| n.reseed.backup_via == BackupVia::Postgres));
     let text = SAMPLE.replace("name = \"db2\"", "name = \"db2\"\nbackup_via = \"ssh\"");
     let config = parse(&text).unwrap();
-    assert_eq!(config.node("db1").unwrap().backup_via, BackupVia::Postgres);
-    assert_eq!(config.node("db2").unwrap().backup_via, BackupVia::Ssh);
+    assert_eq!(
+        config.node("db1").unwrap().reseed.backup_via,
+        BackupVia::Postgres
+    );
+    assert_eq!(
+        config.node("db2").unwrap().reseed.backup_via,
+        BackupVia::Ssh
+    );
     let message = refusal(&minimal_with_node_lines("backup_via = \"sql\""));
     assert!(message.contains("nodes[1].backup_via"), "{message}");
     assert!(message.contains("\"postgres\" or \"ssh\""), "{message}");
@@ -915,11 +945,11 @@ fn the_stream_is_uncompressed_unless_a_node_asks_for_zstd() {
     assert!(config
         .nodes
         .iter()
-        .all(|n| n.ssh_compress == SshCompress::None));
+        .all(|n| n.ssh.ssh_compress == SshCompress::None));
     let text = SAMPLE.replace("[defaults]", "[defaults]\nssh_compress = \"zstd:3\"");
     let text = text.replace("name = \"db2\"", "name = \"db2\"\nssh_compress = \"none\"");
     let config = parse(&text).unwrap();
-    let level = |n: &Node| match n.ssh_compress {
+    let level = |n: &Node| match n.ssh.ssh_compress {
         SshCompress::Zstd(level) => Some(level.get()),
         SshCompress::None => None,
     };
@@ -967,21 +997,21 @@ fn a_bad_ssh_compress_is_refused_naming_the_key() {
 #[test]
 fn bwlimit_is_unlimited_unless_set_and_a_node_overrides_the_defaults() {
     let config = parse(SAMPLE).unwrap();
-    assert!(config.nodes.iter().all(|n| n.bwlimit.is_none()));
+    assert!(config.nodes.iter().all(|n| n.reseed.bwlimit.is_none()));
     let text = SAMPLE.replace("[defaults]", "[defaults]\nbwlimit = \"50M\"");
     let config = parse(&text).unwrap();
     assert!(config
         .nodes
         .iter()
-        .all(|n| n.bwlimit == NonZeroU64::new(50 << 20)));
+        .all(|n| n.reseed.bwlimit == NonZeroU64::new(50 << 20)));
     let text = text.replace("name = \"db2\"", "name = \"db2\"\nbwlimit = \"800K\"");
     let config = parse(&text).unwrap();
     assert_eq!(
-        config.node("db1").unwrap().bwlimit,
+        config.node("db1").unwrap().reseed.bwlimit,
         NonZeroU64::new(50 << 20)
     );
     assert_eq!(
-        config.node("db2").unwrap().bwlimit,
+        config.node("db2").unwrap().reseed.bwlimit,
         NonZeroU64::new(800 << 10)
     );
 }
@@ -991,7 +1021,7 @@ fn bwlimit_zero_on_a_node_lifts_the_limit_of_the_defaults() {
     for zero in ["\"0\"", "0"] {
         let text = minimal_with_default_lines("bwlimit = \"1G\"");
         let config = parse(&format!("{text}bwlimit = {zero}\n")).unwrap();
-        assert_eq!(config.nodes[0].bwlimit, None, "{zero}");
+        assert_eq!(config.nodes[0].reseed.bwlimit, None, "{zero}");
     }
 }
 
@@ -1004,7 +1034,11 @@ fn bwlimit_takes_binary_units_or_plain_bytes_per_second() {
         ("1048576", 1 << 20),
     ] {
         let config = parse(&minimal_with_node_lines(&format!("bwlimit = {written}"))).unwrap();
-        assert_eq!(config.nodes[0].bwlimit, NonZeroU64::new(bytes), "{written}");
+        assert_eq!(
+            config.nodes[0].reseed.bwlimit,
+            NonZeroU64::new(bytes),
+            "{written}"
+        );
     }
 }
 
@@ -1043,13 +1077,13 @@ fn an_unknown_zfs_backend_is_refused_naming_the_key() {
 #[test]
 fn tls_settings_come_from_defaults_and_the_node_and_default_to_prefer() {
     let config = parse(MINIMAL).unwrap();
-    assert_eq!(config.nodes[0].pg_tls(), PgTls::default());
-    assert_eq!(config.nodes[0].pg_tls().mode, SslMode::Prefer);
+    assert_eq!(config.nodes[0].pg.tls(), PgTls::default());
+    assert_eq!(config.nodes[0].pg.tls().mode, SslMode::Prefer);
     let text = format!(
         "{}pg_sslmode = \"verify-full\"\npg_sslcert = \"/etc/pgzfs/db1.crt\"\npg_sslkey = \"/etc/pgzfs/db1.key\"\n",
         minimal_with_default_lines("pg_sslrootcert = \"/etc/pgzfs/ca.crt\"")
     );
-    let tls = &parse(&text).unwrap().nodes[0].pg_tls();
+    let tls = &parse(&text).unwrap().nodes[0].pg.tls();
     assert_eq!(tls.mode, SslMode::VerifyFull);
     assert_eq!(tls.root_cert, Some(PathBuf::from("/etc/pgzfs/ca.crt")));
     assert_eq!(tls.cert, Some(PathBuf::from("/etc/pgzfs/db1.crt")));
@@ -1128,7 +1162,7 @@ fn a_quarantine_inside_the_replicated_dataset_is_refused_naming_the_key() {
     ))
     .unwrap();
     assert_eq!(
-        outside.nodes[0].quarantine_dir,
+        outside.nodes[0].failover.quarantine_dir,
         PathBuf::from("/var/db/pgzfs/kept")
     );
 }

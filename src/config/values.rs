@@ -46,16 +46,8 @@ pub(super) fn identifier(value: String, _: &Reading) -> Result<String, String> {
 
 // Ports and counts are read as i64 so that out-of-range values get our message, which
 // names the key and the range, instead of a bare "invalid value".
-pub(super) fn port(value: i64, _: &Reading) -> Result<u16, String> {
-    port_number(value)
-}
-
 pub(super) fn flag(value: bool, _: &Reading) -> Result<bool, String> {
     Ok(value)
-}
-
-pub(super) fn slot(value: String, _: &Reading) -> Result<String, String> {
-    slot_name(&value)
 }
 
 pub(super) fn keep_count(value: i64, _: &Reading) -> Result<usize, String> {
@@ -84,10 +76,6 @@ pub(super) fn snapshot_interval(value: String, reading: &Reading) -> Result<Dura
         short if short < Duration::from_secs(1) => Err("must be at least 1s".to_string()),
         interval => Ok(interval),
     }
-}
-
-pub(super) fn listen_address(value: String, _: &Reading) -> Result<SocketAddr, String> {
-    parse_listen_address(&value)
 }
 
 pub(super) fn check_attempts(value: i64, _: &Reading) -> Result<u32, String> {
@@ -213,7 +201,7 @@ pub(super) fn plain_word(value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
-pub(super) fn port_number(value: i64) -> Result<u16, String> {
+pub(super) fn port(value: i64, _: &Reading) -> Result<u16, String> {
     match u16::try_from(value) {
         Ok(port) if port >= 1 => Ok(port),
         _ => Err(format!("{value} is not a port number (1-65535)")),
@@ -223,7 +211,7 @@ pub(super) fn port_number(value: i64) -> Result<u16, String> {
 /// An IP address and port to listen on. Host names are refused: the address a name
 /// resolves to can change under a running daemon, and a health endpoint that moves is
 /// one the load balancer stops finding.
-pub(super) fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
+pub(super) fn listen_address(value: String, _: &Reading) -> Result<SocketAddr, String> {
     let address: SocketAddr = value.parse().map_err(|_| {
         format!(
             "{value:?} is not an IP address and port such as \"127.0.0.1:8008\" or \"[::]:8008\""
@@ -279,14 +267,14 @@ pub(super) fn host_name(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn slot_name(value: &str) -> Result<String, String> {
+pub(super) fn slot(value: String, _: &Reading) -> Result<String, String> {
     let valid = !value.is_empty()
         && value.len() <= MAX_SLOT_NAME_LEN
         && value
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if valid {
-        Ok(value.to_string())
+        Ok(value)
     } else {
         Err(format!(
             "{value:?} is not a replication slot name: 1 to {MAX_SLOT_NAME_LEN} characters, only a-z, 0-9 and '_'"

@@ -26,10 +26,10 @@ impl PgCtl {
     /// pg_ctl for a configured node's data directory, as its PostgreSQL OS user.
     pub fn for_node(node: &crate::config::Node) -> Result<PgCtl> {
         PgCtl::new(
-            &node.pg_bin,
+            &node.pg.pg_bin,
             &node.data_dir,
-            &node.pg_log_file,
-            &node.pg_os_user,
+            &node.pg.pg_log_file,
+            &node.pg.pg_os_user,
         )
     }
 

@@ -16,7 +16,7 @@ pub fn protect_new_base(
     source_dataset: &DatasetName,
     snap: &SnapName,
 ) -> Result<()> {
-    let tag = HoldTag::parse(&format!("pgzfs-{}", local.slot_name))?;
+    let tag = HoldTag::parse(&format!("pgzfs-{}", local.reseed.slot_name))?;
     let local_new = local.dataset.snapshot(snap);
     let remote_new = source_dataset.snapshot(snap);
     remote_zfs.hold(&tag, &remote_new)?;
@@ -60,7 +60,7 @@ pub fn protect_new_base(
         .into_iter()
         .filter(|s| s.name.snap().is_pgzfs())
         .collect();
-    let excess = pgzfs_snaps.len().saturating_sub(local.keep_common);
+    let excess = pgzfs_snaps.len().saturating_sub(local.reseed.keep_common);
     for old in pgzfs_snaps.iter().take(excess) {
         // Held by someone else still (our release took one reference off).
         let still_held = if released_here.contains(&old.name) {
@@ -75,7 +75,7 @@ pub fn protect_new_base(
         tracing::info!(
             "destroyed old standby snapshot {} (keep_common = {})",
             old.name,
-            local.keep_common
+            local.reseed.keep_common
         );
     }
     Ok(())

@@ -20,7 +20,8 @@ use crate::safe_dir::Dir;
 use crate::steps::{round, Steps};
 use crate::transfer::{self, Interrupt};
 use crate::zfs::features::{ResumeToken, SendOptions};
-use crate::zfs::names::{DatasetName, SnapName, SnapshotName};
+use crate::zfs::names::{SnapName, SnapshotName};
+use crate::zfs::replace::{Kept, NotReplaced, Replaced, Replacement};
 use crate::zfs::{Snapshot, Zfs};
 
 use super::plan::{plan, Plan, PlanInput};
@@ -254,7 +255,7 @@ impl Reseed<'_> {
                 primary.major(),
                 preview.describe().replace('\n', "\n  ") + &partial_note,
                 estimated_bytes.map(human_bytes).unwrap_or_else(|| "unknown (this ZFS cannot estimate incremental streams)".into()),
-                if local.use_slots { format!(" {}", local.slot_name) } else { " (disabled)".into() },
+                if local.reseed.use_slots { format!(" {}", local.reseed.slot_name) } else { " (disabled)".into() },
                 preview.source_snapshot(),
                 if preview.rename_aside.is_some() { "rename aside, " } else { "" },
             );
@@ -302,8 +303,8 @@ impl Reseed<'_> {
         })?;
 
         // 3. Slot before snapshot: from now on the primary keeps the WAL we will need.
-        if local.use_slots {
-            let slot = local.slot_name.clone();
+        if local.reseed.use_slots {
+            let slot = local.reseed.slot_name.clone();
             let what = steps.run("slot", || primary.ensure_physical_slot(&slot))?;
             tracing::info!("replication slot {slot} on {}: {what}", source.name);
         }
@@ -311,7 +312,7 @@ impl Reseed<'_> {
 
         // 4. The backup-safe cut, all in one session on the primary: held by this
         //    process, or by the source's own pgzfs (backup_via).
-        let cut = match (&resume, local.backup_via) {
+        let cut = match (&resume, local.reseed.backup_via) {
             (Some(resumed), _) => {
                 tracing::info!(
                     "resuming the transfer of {}, cut by the interrupted run",
@@ -331,7 +332,7 @@ impl Reseed<'_> {
             (None, BackupVia::Ssh) => crate::cut::take_on_source(
                 &mut steps,
                 remote_zfs.runner(),
-                &local.pgzfs_bin,
+                &local.ssh.pgzfs_bin,
                 &self.ctx.config.path,
                 &source.name,
                 &source.dataset,
@@ -369,7 +370,7 @@ impl Reseed<'_> {
             // Data the receive rolls back needs no clean shutdown; data renamed aside and
             // kept gets one.
             let stopped = if the_plan.rename_aside.is_some() {
-                pgctl.stop(local.stop_timeout)
+                pgctl.stop(local.pg.stop_timeout)
             } else {
                 pgctl.stop_for_replacement()
             };
@@ -413,7 +414,7 @@ impl Reseed<'_> {
                 if was_running && has_data {
                     // The dataset is back at its last good state: bring the old standby back
                     // too, so a failed re-seed costs nothing but the time it took.
-                    if let Err(start_err) = pgctl.start(local.streaming_timeout) {
+                    if let Err(start_err) = pgctl.start(local.pg.streaming_timeout) {
                         tracing::warn!("could not restart the previous PostgreSQL: {start_err}");
                     }
                 }
@@ -426,12 +427,12 @@ impl Reseed<'_> {
             let mut setup = standby_setup(&self.ctx.config, &local, &source, primary.major());
             setup.labelfile = stop.labelfile.clone();
             setup.spcmapfile = stop.spcmapfile.clone();
-            warn_if_walreceiver_cannot_read(setup.passfile.as_deref(), &local.pg_os_user);
+            warn_if_walreceiver_cannot_read(setup.passfile.as_deref(), &local.pg.pg_os_user);
             make_standby(&local.data_dir, &setup)
         })?;
 
         // 8. Start and verify.
-        steps.run("postgres start", || pgctl.start(local.streaming_timeout))?;
+        steps.run("postgres start", || pgctl.start(local.pg.streaming_timeout))?;
         let replication =
             steps.run("catch-up", || self.wait_for_streaming(&local, &mut primary))?;
 
@@ -473,7 +474,10 @@ impl Reseed<'_> {
             start_lsn,
             stop_lsn: stop.stop_lsn,
             timeline,
-            slot: local.use_slots.then(|| local.slot_name.clone()),
+            slot: local
+                .reseed
+                .use_slots
+                .then(|| local.reseed.slot_name.clone()),
             replication_state: replication.state,
             lag_bytes: replication.replay_lag_bytes,
             step_order: steps.in_order(),
@@ -560,7 +564,7 @@ impl Reseed<'_> {
         if binary_major != primary_major {
             return Err(Error::refused(format!(
                 "the primary runs PostgreSQL {primary_major} but this node's binaries ({}) are {binary_major}",
-                local.pg_bin.display()
+                local.pg.pg_bin.display()
             )));
         }
         // After `pgzfs upgrade` the primary runs the new major with a new system
@@ -612,83 +616,70 @@ impl Reseed<'_> {
         // transfer keeps what arrived, and the next run continues from the token.
         let resumable = local_zfs.features_for(dataset)?.resumable_receive
             && remote_zfs.features_for(&plan.source_dataset)?.send_resume;
-        let old_mountpoint = if dataset_exists {
-            local_zfs.mountpoint(dataset)?
-        } else {
-            None
+        // -L -e -c (or -w for an encrypted dataset) where both ends have them; plain
+        // sends on zfs-fuse.
+        let options = SendOptions::choose(
+            &remote_zfs.features_for(&plan.source_dataset)?,
+            &local_zfs.features_for(dataset).unwrap_or_default(),
+            remote_zfs.is_encrypted(&plan.source_dataset)?,
+        );
+        if let Some(limit) = local.reseed.bwlimit {
+            tracing::info!("receiving at most {}/s (bwlimit)", human_bytes(limit.get()));
+        }
+        let replacement = Replacement {
+            dataset,
+            exists: dataset_exists,
+            rename_aside: plan.rename_aside.as_ref(),
+            newer_than_base: &plan.rolled_back,
+            incremental: plan.is_incremental(),
+            resumable,
+            resume,
         };
-        if dataset_exists {
-            // zfs-fuse serves stale data after receiving into a mounted dataset, and
-            // PostgreSQL must not see files change underneath it anyway.
-            local_zfs.unmount(dataset)?;
-        }
-        if let Some(aside) = &plan.rename_aside {
-            local_zfs.rename(dataset, aside)?;
-            local_zfs.set_canmount_noauto(aside)?;
-            tracing::info!("kept the previous dataset as {aside}");
-        }
-        let result = (|| {
-            // Snapshots newer than the base go with the rollback. Destroying them here,
-            // rather than leaving it to `recv -F`, works the same on every ZFS (zfs-fuse
-            // refuses instead) and names each one in the log.
-            for snap in &plan.rolled_back {
-                local_zfs.destroy_snapshot(&dataset.snapshot(snap))?;
-                tracing::info!("destroyed {dataset}@{snap}, newer than the common base");
-            }
-            // -L -e -c (or -w for an encrypted dataset) where both ends have them; plain
-            // sends on zfs-fuse.
-            let options = SendOptions::choose(
-                &remote_zfs.features_for(&plan.source_dataset)?,
-                &local_zfs.features_for(dataset).unwrap_or_default(),
-                remote_zfs.is_encrypted(&plan.source_dataset)?,
-            );
-            if let Some(limit) = local.bwlimit {
-                tracing::info!("receiving at most {}/s (bwlimit)", human_bytes(limit.get()));
-            }
-            let mut attempt = 1;
-            let mut token = resume.cloned();
-            loop {
-                // The stream alone may take another transport (ssh_data_path).
-                let source = match &token {
-                    // The token carries the send flags of the interrupted transfer.
-                    Some(token) => stream_zfs.send_resume(token)?,
-                    None => stream_zfs.send_with(
-                        &plan.source_snapshot(),
-                        plan.base_snapshot().as_ref(),
-                        &options,
-                    )?,
-                };
-                let sink = if resumable {
-                    local_zfs.receive_resumable(dataset, plan.is_incremental())?
-                } else {
-                    local_zfs.receive(dataset, plan.is_incremental())?
-                };
+        let replaced = local_zfs.receive_replacing(
+            &replacement,
+            &self.interrupt,
+            // The stream alone may take another transport (ssh_data_path); a token
+            // carries the send flags of the interrupted transfer.
+            |token| match token {
+                Some(token) => stream_zfs.send_resume(token),
+                None => stream_zfs.send_with(
+                    &plan.source_snapshot(),
+                    plan.base_snapshot().as_ref(),
+                    &options,
+                ),
+            },
+            |source, sink| {
                 let progress = Progress::new(estimate);
-                let moved = transfer::copy(source, sink, &progress, &self.interrupt, local.bwlimit);
+                let moved = transfer::copy(
+                    source,
+                    sink,
+                    &progress,
+                    &self.interrupt,
+                    local.reseed.bwlimit,
+                );
                 progress.finish();
-                match moved {
-                    Err(e)
-                        if attempt < RECEIVE_ATTEMPTS
-                            && e.is_transient()
-                            && !self.interrupt.is_set() =>
-                    {
-                        // The failed receive committed nothing, so sending again is safe; a
-                        // resumable one kept what arrived, so continue from there.
-                        tracing::warn!("attempt {attempt} of the transfer failed ({e}); retrying");
-                        std::thread::sleep(Duration::from_secs(attempt as u64));
-                        attempt += 1;
-                        if resumable {
-                            token = local_zfs.resume_token(dataset)?;
-                        }
-                    }
-                    other => break other,
-                }
-            }
-        })();
-        let transferred = match result {
-            Ok(transferred) => transferred,
-            Err(e) => {
-                return Err(self.after_failed_receive(e, local_zfs, dataset, plan, resumable)?)
+                moved
+            },
+        );
+        let Replaced {
+            transferred,
+            old_mountpoint,
+        } = match replaced {
+            Ok(replaced) => replaced,
+            Err(NotReplaced { error, kept }) => {
+                return Err(match kept {
+                    Kept::Nothing => error,
+                    Kept::PartialFull => error.context(format!(
+                        "the partial full receive into {dataset} is kept{}; run reset-secondary again to resume it",
+                        plan.rename_aside
+                            .as_ref()
+                            .map(|aside| format!(" and the previous dataset stays as {aside}"))
+                            .unwrap_or_default()
+                    )),
+                    Kept::PartialIncremental => error.context(format!(
+                        "the partial receive into {dataset} is kept; run reset-secondary again to resume it"
+                    )),
+                })
             }
         };
         let same_layout_as_source = || {
@@ -701,10 +692,7 @@ impl Reseed<'_> {
             .or(old_mountpoint)
             .or_else(same_layout_as_source)
             .unwrap_or_else(|| local.data_dir.clone());
-        if local_zfs.mountpoint(dataset)?.as_deref() != Some(wanted.as_path()) {
-            local_zfs.set_mountpoint(dataset, &wanted)?;
-        }
-        local_zfs.mount(dataset)?;
+        local_zfs.mount_at(dataset, &wanted)?;
         if !local.data_dir.starts_with(&wanted) {
             return Err(Error::usage(format!(
                 "data_dir {} is not below the dataset's mountpoint {}",
@@ -729,47 +717,6 @@ impl Reseed<'_> {
             )
             .map_err(|e| e.context(format!("marking {} as received", local.data_dir.display())))?;
         Ok(transferred)
-    }
-
-    /// After a failed transfer: back to the last good state, or, where ZFS kept a partial
-    /// receive, leave that for the next run. The error to report, or one met on the way.
-    fn after_failed_receive(
-        &self,
-        e: Error,
-        local_zfs: &dyn Zfs,
-        dataset: &DatasetName,
-        plan: &Plan,
-        resumable: bool,
-    ) -> Result<Error> {
-        let kept = resumable && matches!(local_zfs.resume_token(dataset), Ok(Some(_)));
-        if kept && local_zfs.snapshots(dataset).is_ok_and(|s| s.is_empty()) {
-            // A full receive: nothing to mount yet, and the previous dataset (if any)
-            // stays renamed aside, whole, until the rerun has finished.
-            return Ok(e.context(format!(
-                "the partial full receive into {dataset} is kept{}; run reset-secondary again to resume it",
-                plan.rename_aside
-                    .as_ref()
-                    .map(|aside| format!(" and the previous dataset stays as {aside}"))
-                    .unwrap_or_default()
-            )));
-        }
-        tracing::error!("the transfer failed, restoring the last good state: {e}");
-        if let Some(aside) = &plan.rename_aside {
-            if !local_zfs.exists(dataset).unwrap_or(true) {
-                local_zfs.rename(aside, dataset)?;
-            }
-        }
-        if local_zfs.exists(dataset).unwrap_or(false) {
-            local_zfs.mount(dataset)?;
-        }
-        if kept {
-            // An incremental: the dataset itself is untouched; the partial state waits
-            // beside it (`zfs receive -A` drops it).
-            return Ok(e.context(format!(
-                "the partial receive into {dataset} is kept; run reset-secondary again to resume it"
-            )));
-        }
-        Ok(e)
     }
 
     /// Whether the partial receive `token` left on this node can be continued now: it
@@ -835,7 +782,7 @@ impl Reseed<'_> {
         local: &Node,
         primary: &mut Pg,
     ) -> Result<crate::pg::ReplicationInfo> {
-        let deadline = Instant::now() + local.streaming_timeout;
+        let deadline = Instant::now() + local.pg.streaming_timeout;
         let target = pg_target(local);
         let mut last;
         loop {
@@ -862,8 +809,8 @@ impl Reseed<'_> {
             if Instant::now() >= deadline {
                 return Err(Error::failed(format!(
                     "the standby did not start streaming within {:?} (streaming_timeout): {last}. Check {}",
-                    local.streaming_timeout,
-                    local.pg_log_file.display()
+                    local.pg.streaming_timeout,
+                    local.pg.pg_log_file.display()
                 )));
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -1047,9 +994,6 @@ fn warn_if_walreceiver_cannot_read(passfile: Option<&Path>, os_user: &str) {
         }
     }
 }
-
-/// How often a receive that failed for a passing reason is tried.
-const RECEIVE_ATTEMPTS: u32 = 3;
 
 /// The stream size when the sending side can tell it without sending.
 fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<u64> {

@@ -7,6 +7,7 @@ pub mod features;
 pub mod lzc;
 pub mod lzc_common;
 pub mod names;
+pub mod replace;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
