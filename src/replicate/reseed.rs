@@ -9,6 +9,7 @@ use crate::cluster::{find_primary, pg_target, standby_setup};
 use crate::config::Node;
 use crate::context::Context;
 use crate::cut::BackupVia;
+use crate::datasets::{local_counterpart, map_tablespace_map, ClusterDatasets, Role};
 use crate::error::{Error, Result};
 use crate::lock::LocalLock;
 use crate::pg::control::{self, ControlData};
@@ -26,6 +27,7 @@ use crate::zfs::{Snapshot, Zfs};
 use super::plan::{plan, Plan, PlanInput};
 use super::protect::protect_new_base;
 use super::report::{DryRun, Summary};
+use super::tree::{plan_members, MemberInput, MountAt};
 
 /// Who asks for the re-seed. `rejoin` has already kept a former primary's diverged
 /// writes, so the refusal to overwrite a former primary's data does not apply to it.
@@ -156,28 +158,46 @@ impl Reseed<'_> {
         let pgctl = self.ctx.pgctl()?;
 
         // 1. Preflight: every refusal happens here, before anything changes.
-        let (mut state, source, mut primary, remote_zfs, remote_snaps, local_snaps) = steps.run("preflight", || {
-            let state = self.inspect_local(&local, local_zfs, &pgctl)?;
-            let (source, mut primary) = find_primary(&self.ctx.config, &local, self.request.from.as_deref())?;
-            self.check_compatible(&local, &state, &pgctl, &mut primary)?;
-            let remote_zfs = self.ctx.remote_zfs(&source)?;
-            if !remote_zfs.exists(&source.dataset)? {
-                return Err(Error::failed(format!("dataset {} does not exist on {}", source.dataset, source.name)));
-            }
-            let children = remote_zfs.children(&source.dataset)?;
-            if !children.is_empty() {
-                let names: Vec<String> = children.iter().map(|c| c.to_string()).collect();
-                return Err(Error::refused(format!(
-                    "{} on {} has child datasets ({}); re-seeding dataset trees is not supported yet, and sending only the top would leave the standby incomplete",
-                    source.dataset,
-                    source.name,
-                    names.join(", ")
-                )));
-            }
-            let remote_snaps = remote_zfs.snapshots(&source.dataset)?;
-            let local_snaps = if state.dataset_exists { Some(local_zfs.snapshots(&local.dataset)?) } else { None };
-            Ok((state, source, primary, remote_zfs, remote_snaps, local_snaps))
+        let (mut state, source, mut primary, remote_zfs, remote_snaps, local_snaps) =
+            steps.run("preflight", || {
+                let state = self.inspect_local(&local, local_zfs, &pgctl)?;
+                let (source, mut primary) =
+                    find_primary(&self.ctx.config, &local, self.request.from.as_deref())?;
+                self.check_compatible(&local, &state, &pgctl, &mut primary)?;
+                let remote_zfs = self.ctx.remote_zfs(&source)?;
+                if !remote_zfs.exists(&source.dataset)? {
+                    return Err(Error::failed(format!(
+                        "dataset {} does not exist on {}",
+                        source.dataset, source.name
+                    )));
+                }
+                let remote_snaps = remote_zfs.snapshots(&source.dataset)?;
+                let local_snaps = if state.dataset_exists {
+                    Some(local_zfs.snapshots(&local.dataset)?)
+                } else {
+                    None
+                };
+                Ok((
+                    state,
+                    source,
+                    primary,
+                    remote_zfs,
+                    remote_snaps,
+                    local_snaps,
+                ))
+            })?;
+        // The cluster's other datasets: children of the source's dataset, tablespaces.
+        let (source_cluster, others) = steps.run("datasets", || {
+            let cluster =
+                ClusterDatasets::discover(&remote_zfs, &source.dataset, &source.tablespaces)?;
+            let others = tree_sides(&cluster, &local, &source, local_zfs, &remote_zfs)?;
+            Ok((cluster, others))
         })?;
+        let multi_snapshot = source_cluster.tablespaces().next().is_some()
+            && remote_zfs
+                .features()
+                .map(|f| f.multi_snapshot)
+                .unwrap_or(false);
 
         // An interrupted resumable receive is continued when it still fits the source;
         // otherwise it is discarded (after the confirmation) and the re-seed starts afresh.
@@ -194,6 +214,10 @@ impl Reseed<'_> {
                 local_snaps.as_deref(),
                 &mut primary,
             ) {
+                Ok(_) if !others.is_empty() => (
+                    None,
+                    Some("a cluster of several datasets is copied afresh, not resumed".to_string()),
+                ),
                 Ok(resumed) => (Some(resumed), None),
                 Err(why) => (None, Some(why)),
             },
@@ -208,15 +232,20 @@ impl Reseed<'_> {
         let planned_snapshot = SnapName::parse(&format!("pgzfs-{stamp}"))?;
         let preview = match &resume {
             Some(resumed) => resumed.plan.clone(),
-            None => plan(&PlanInput {
-                source_dataset: &source.dataset,
-                source_snapshots: &remote_snaps,
-                local_dataset: &local.dataset,
-                local_snapshots: local_snaps.as_deref(),
-                snapshot: &planned_snapshot,
-                full: self.request.full,
-                stamp: &stamp,
-            })?,
+            None => {
+                let mut preview = plan(&PlanInput {
+                    source_dataset: &source.dataset,
+                    source_snapshots: &remote_snaps,
+                    local_dataset: &local.dataset,
+                    local_snapshots: local_snaps.as_deref(),
+                    snapshot: &planned_snapshot,
+                    full: self.request.full,
+                    stamp: &stamp,
+                })?;
+                preview.members = plan_members(&preview, &member_inputs(&others), &stamp)?;
+                preview.cut_note = source_cluster.cut_note(multi_snapshot);
+                preview
+            }
         };
         let partial_note = match (&resume, &discard) {
             (Some(resumed), _) => format!(
@@ -309,7 +338,7 @@ impl Reseed<'_> {
                 &mut steps,
                 &mut primary,
                 &remote_zfs,
-                &source.dataset,
+                &source_cluster,
                 &planned_snapshot,
                 &format!("pgzfs {}", local.name),
                 &source.name,
@@ -331,16 +360,25 @@ impl Reseed<'_> {
         // 5. The real plan, against the snapshot that now exists.
         let the_plan = match &resume {
             Some(resumed) => resumed.plan.clone(),
-            None => plan(&PlanInput {
-                source_dataset: &source.dataset,
-                source_snapshots: &remote_zfs.snapshots(&source.dataset)?,
-                local_dataset: &local.dataset,
-                local_snapshots: local_snaps.as_deref(),
-                snapshot: &snapshot_name,
-                full: self.request.full,
-                stamp: &stamp,
-            })?,
+            None => {
+                let mut the_plan = plan(&PlanInput {
+                    source_dataset: &source.dataset,
+                    source_snapshots: &remote_zfs.snapshots(&source.dataset)?,
+                    local_dataset: &local.dataset,
+                    local_snapshots: local_snaps.as_deref(),
+                    snapshot: &snapshot_name,
+                    full: self.request.full,
+                    stamp: &stamp,
+                })?;
+                the_plan.members = plan_members(&the_plan, &member_inputs(&others), &stamp)?;
+                the_plan.cut_note = source_cluster.cut_note(multi_snapshot);
+                the_plan
+            }
         };
+        // Each tablespace where this node keeps it; refused before anything is received
+        // when the backup names a tablespace the config does not.
+        let spcmapfile =
+            map_tablespace_map(&stop.spcmapfile, &source.tablespaces, &local.tablespaces)?;
         tracing::info!("plan: {}", the_plan.describe());
         let estimate = estimate(&remote_zfs, &the_plan, Some(&new_snapshot));
 
@@ -411,7 +449,7 @@ impl Reseed<'_> {
         steps.run("standby config", || {
             let mut setup = standby_setup(&self.ctx.config, &local, &source, primary.major());
             setup.labelfile = stop.labelfile.clone();
-            setup.spcmapfile = stop.spcmapfile.clone();
+            setup.spcmapfile = spcmapfile.clone();
             warn_if_walreceiver_cannot_read(setup.passfile.as_deref(), &local.pg_os_user);
             make_standby(&local.data_dir, &setup)
         })?;
@@ -594,6 +632,9 @@ impl Reseed<'_> {
         } else {
             None
         };
+        // Children first, deepest first (a parent with a mounted child is busy), and the
+        // tablespaces: zfs-fuse serves stale data after receiving into a mounted dataset.
+        super::tree_receive::unmount_cluster(local_zfs, dataset, dataset_exists, &plan.members)?;
         if dataset_exists {
             // zfs-fuse serves stale data after receiving into a mounted dataset, and
             // PostgreSQL must not see files change underneath it anyway.
@@ -602,8 +643,13 @@ impl Reseed<'_> {
         if let Some(aside) = &plan.rename_aside {
             local_zfs.rename(dataset, aside)?;
             local_zfs.set_canmount_noauto(aside)?;
+            // Its children too: at boot they would mount over the new copy's (pg_wal).
+            for child in local_zfs.children(aside)? {
+                local_zfs.set_canmount_noauto(&child)?;
+            }
             tracing::info!("kept the previous dataset as {aside}");
         }
+        super::tree_receive::rename_aside(local_zfs, &plan.members)?;
         let result = (|| {
             // Snapshots newer than the base go with the rollback. Destroying them here,
             // rather than leaving it to `recv -F`, works the same on every ZFS (zfs-fuse
@@ -622,45 +668,68 @@ impl Reseed<'_> {
             if let Some(limit) = local.bwlimit {
                 tracing::info!("receiving at most {}/s (bwlimit)", human_bytes(limit.get()));
             }
-            let mut attempt = 1;
-            let mut token = resume.cloned();
-            loop {
-                // The stream alone may take another transport (ssh_data_path).
-                let source = match &token {
-                    // The token carries the send flags of the interrupted transfer.
-                    Some(token) => stream_zfs.send_resume(token)?,
-                    None => stream_zfs.send_with(
-                        &plan.source_snapshot(),
-                        plan.base_snapshot().as_ref(),
-                        &options,
-                    )?,
-                };
-                let sink = if resumable {
-                    local_zfs.receive_resumable(dataset, plan.is_incremental())?
-                } else {
-                    local_zfs.receive(dataset, plan.is_incremental())?
-                };
-                let progress = Progress::new(estimate);
-                let moved = transfer::copy(source, sink, &progress, &self.interrupt, local.bwlimit);
-                progress.finish();
-                match moved {
-                    Err(e)
-                        if attempt < RECEIVE_ATTEMPTS
-                            && e.is_transient()
-                            && !self.interrupt.is_set() =>
-                    {
-                        // The failed receive committed nothing, so sending again is safe; a
-                        // resumable one kept what arrived, so continue from there.
-                        tracing::warn!("attempt {attempt} of the transfer failed ({e}); retrying");
-                        std::thread::sleep(Duration::from_secs(attempt as u64));
-                        attempt += 1;
-                        if resumable {
-                            token = local_zfs.resume_token(dataset)?;
-                        }
-                    }
-                    other => break other,
-                }
+            let mut moved = self.transfer_one(
+                local,
+                local_zfs,
+                stream_zfs,
+                dataset,
+                &plan.source_snapshot(),
+                plan.base_snapshot().as_ref(),
+                &options,
+                resumable,
+                resume.cloned(),
+                estimate,
+            )?;
+            if !plan.is_incremental() {
+                super::tree_receive::copy_tuning(
+                    remote_zfs,
+                    local_zfs,
+                    &plan.source_dataset,
+                    dataset,
+                );
             }
+            // Then every child (parents first) and tablespace, from the same cut.
+            for member in &plan.members {
+                self.interrupt.check()?;
+                for snap in &member.rolled_back {
+                    local_zfs.destroy_snapshot(&member.local_dataset.snapshot(snap))?;
+                    tracing::info!(
+                        "destroyed {}@{snap}, newer than the common base",
+                        member.local_dataset
+                    );
+                }
+                let options = SendOptions::choose(
+                    &remote_zfs.features_for(&member.source_dataset)?,
+                    &local_zfs
+                        .features_for(&member.local_dataset)
+                        .unwrap_or_default(),
+                    remote_zfs.is_encrypted(&member.source_dataset)?,
+                );
+                tracing::info!("{}", member.describe(&plan.snapshot));
+                let one = self.transfer_one(
+                    local,
+                    local_zfs,
+                    stream_zfs,
+                    &member.local_dataset,
+                    &member.source_snapshot(&plan.snapshot),
+                    member.base_snapshot().as_ref(),
+                    &options,
+                    false,
+                    None,
+                    None,
+                )?;
+                if !member.is_incremental() {
+                    super::tree_receive::copy_tuning(
+                        remote_zfs,
+                        local_zfs,
+                        &member.source_dataset,
+                        &member.local_dataset,
+                    );
+                }
+                moved.bytes += one.bytes;
+                moved.elapsed += one.elapsed;
+            }
+            Ok(moved)
         })();
         let transferred = match result {
             Ok(transferred) => transferred,
@@ -682,6 +751,8 @@ impl Reseed<'_> {
             local_zfs.set_mountpoint(dataset, &wanted)?;
         }
         local_zfs.mount(dataset)?;
+        // Parents before children, at the places the plan names.
+        super::tree_receive::mount_members(local_zfs, &wanted, &plan.members)?;
         if !local.data_dir.starts_with(&wanted) {
             return Err(Error::usage(format!(
                 "data_dir {} is not below the dataset's mountpoint {}",
@@ -706,6 +777,59 @@ impl Reseed<'_> {
             )
             .map_err(|e| e.context(format!("marking {} as received", local.data_dir.display())))?;
         Ok(transferred)
+    }
+
+    /// One stream from the source into `dataset`, retried while the failure passes by
+    /// itself (a resumable one from where it stopped).
+    #[allow(clippy::too_many_arguments)]
+    fn transfer_one(
+        &self,
+        local: &Node,
+        local_zfs: &dyn Zfs,
+        stream_zfs: &dyn Zfs,
+        dataset: &DatasetName,
+        snapshot: &SnapshotName,
+        base: Option<&SnapshotName>,
+        options: &SendOptions,
+        resumable: bool,
+        mut token: Option<ResumeToken>,
+        estimate: Option<u64>,
+    ) -> Result<transfer::Transferred> {
+        let incremental = base.is_some();
+        let mut attempt = 1;
+        loop {
+            // The stream alone may take another transport (ssh_data_path).
+            let source = match &token {
+                // The token carries the send flags of the interrupted transfer.
+                Some(token) => stream_zfs.send_resume(token)?,
+                None => stream_zfs.send_with(snapshot, base, options)?,
+            };
+            let sink = if resumable {
+                local_zfs.receive_resumable(dataset, incremental)?
+            } else {
+                local_zfs.receive(dataset, incremental)?
+            };
+            let progress = Progress::new(estimate);
+            let moved = transfer::copy(source, sink, &progress, &self.interrupt, local.bwlimit);
+            progress.finish();
+            match moved {
+                Err(e)
+                    if attempt < RECEIVE_ATTEMPTS
+                        && e.is_transient()
+                        && !self.interrupt.is_set() =>
+                {
+                    // The failed receive committed nothing, so sending again is safe; a
+                    // resumable one kept what arrived, so continue from there.
+                    tracing::warn!("attempt {attempt} of the transfer failed ({e}); retrying");
+                    std::thread::sleep(Duration::from_secs(attempt as u64));
+                    attempt += 1;
+                    if resumable {
+                        token = local_zfs.resume_token(dataset)?;
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     /// After a failed transfer: back to the last good state, or, where ZFS kept a partial
@@ -739,6 +863,7 @@ impl Reseed<'_> {
         if local_zfs.exists(dataset).unwrap_or(false) {
             local_zfs.mount(dataset)?;
         }
+        super::tree_receive::restore_after_failure(local_zfs, &plan.members)?;
         if kept {
             // An incremental: the dataset itself is untouched; the partial state waits
             // beside it (`zfs receive -A` drops it).
@@ -1023,6 +1148,96 @@ fn warn_if_walreceiver_cannot_read(passfile: Option<&Path>, os_user: &str) {
             );
         }
     }
+}
+
+/// One member of the source's cluster (not its dataset itself) as both sides hold it.
+struct MemberSides {
+    role: Role,
+    source_dataset: DatasetName,
+    source_snapshots: Vec<Snapshot>,
+    local_dataset: DatasetName,
+    local_snapshots: Option<Vec<Snapshot>>,
+    mount: MountAt,
+}
+
+/// Both sides of every child and tablespace of the source's cluster, and where each is
+/// to be mounted here.
+fn tree_sides(
+    cluster: &ClusterDatasets,
+    local: &Node,
+    source: &Node,
+    local_zfs: &dyn Zfs,
+    remote_zfs: &dyn Zfs,
+) -> Result<Vec<MemberSides>> {
+    let source_root_mountpoint = if cluster.others().is_empty() {
+        None
+    } else {
+        remote_zfs.mountpoint(&source.dataset)?
+    };
+    let mut sides = Vec::new();
+    for member in cluster.others() {
+        let local_dataset = local_counterpart(member, &local.dataset, &local.tablespaces)?;
+        let mount = match &member.role {
+            Role::Root => unreachable!("others() leaves out the root"),
+            Role::Child { .. } => match (remote_zfs.mountpoint(&member.dataset)?, &source_root_mountpoint) {
+                (None, _) => MountAt::Unmounted,
+                (Some(at), Some(root_at)) if at.starts_with(root_at) => MountAt::BelowRoot {
+                    relative: at.strip_prefix(root_at).expect("checked").to_path_buf(),
+                },
+                (Some(at), _) => {
+                    return Err(Error::refused(format!(
+                        "{} on {} is mounted at {}, outside its parent {}'s mountpoint; pgzfs maps a                          child's mountpoint only below its parent's. Mount it below, or make it a                          separate dataset listed in tablespaces",
+                        member.dataset,
+                        source.name,
+                        at.display(),
+                        source.dataset
+                    )))
+                }
+            },
+            Role::Tablespace { name } => MountAt::Path {
+                path: local
+                    .tablespaces
+                    .iter()
+                    .find(|t| &t.name == name)
+                    .map(|t| t.mountpoint.clone())
+                    .expect("local_counterpart found it"),
+            },
+        };
+        if !remote_zfs.exists(&member.dataset)? {
+            return Err(Error::failed(format!(
+                "dataset {} (tablespaces) does not exist on {}",
+                member.dataset, source.name
+            )));
+        }
+        let local_snapshots = if local_zfs.exists(&local_dataset)? {
+            Some(local_zfs.snapshots(&local_dataset)?)
+        } else {
+            None
+        };
+        sides.push(MemberSides {
+            role: member.role.clone(),
+            source_snapshots: remote_zfs.snapshots(&member.dataset)?,
+            source_dataset: member.dataset.clone(),
+            local_dataset,
+            local_snapshots,
+            mount,
+        });
+    }
+    Ok(sides)
+}
+
+fn member_inputs(sides: &[MemberSides]) -> Vec<MemberInput<'_>> {
+    sides
+        .iter()
+        .map(|s| MemberInput {
+            role: s.role.clone(),
+            source_dataset: &s.source_dataset,
+            source_snapshots: &s.source_snapshots,
+            local_dataset: &s.local_dataset,
+            local_snapshots: s.local_snapshots.as_deref(),
+            mount: s.mount.clone(),
+        })
+        .collect()
 }
 
 /// How often a receive that failed for a passing reason is tried.
