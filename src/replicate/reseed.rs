@@ -461,11 +461,24 @@ impl Reseed<'_> {
 
         // 9. Protect the new base on both sides, release the old one, trim the standby.
         steps.run("holds", || {
+            // The same cut on every dataset of the cluster, the dataset itself last: a
+            // run that fails half way leaves the tree's hold where the dataset's is.
+            for member in &the_plan.members {
+                protect_new_base(
+                    &local,
+                    local_zfs,
+                    &remote_zfs,
+                    &member.source_dataset,
+                    &member.local_dataset,
+                    &snapshot_name,
+                )?;
+            }
             protect_new_base(
                 &local,
                 local_zfs,
                 &remote_zfs,
                 &source.dataset,
+                &local.dataset,
                 &snapshot_name,
             )
         })?;
