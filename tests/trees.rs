@@ -1,0 +1,208 @@
+//! A primary laid out as people who tune PostgreSQL on ZFS lay it out: the data directory
+//! on `db1` (16k records), pg_wal on the child `db1/wal` (128k records, its own dataset),
+//! and a tablespace on a dataset outside that tree. End to end on real zfs-fuse, sshd and
+//! PostgreSQL 15.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{stderr_of, Lab};
+
+/// Move db1's pg_wal onto its own child dataset and give it a tablespace dataset, as an
+/// operator would before adopting pgzfs; both nodes get the `tablespaces` entry.
+fn lay_out_the_primary_as_a_tree(lab: &Lab) {
+    let pool = lab.pool();
+    let dir = lab.dir.display().to_string();
+    let data = lab.data_dir("db1");
+    let pg_ctl = format!("{}/pg_ctl", lab.pg_bin());
+    let stop = lab.as_postgres(&format!("{pg_ctl} -D {} -w -t 60 stop", data.display()));
+    assert!(stop.status.success(), "stop db1: {}", stderr_of(&stop));
+
+    // pg_wal: moved aside, a dataset mounted in its place, the files copied back.
+    let wal = data.join("pg_wal");
+    let old = data.join("pg_wal.old");
+    std::fs::rename(&wal, &old).unwrap();
+    std::fs::create_dir(&wal).unwrap();
+    lab.zfs(&[
+        "create",
+        "-o",
+        "recordsize=128k",
+        "-o",
+        &format!("mountpoint={}", wal.display()),
+        &format!("{pool}/db1/wal"),
+    ]);
+    run(
+        "cp",
+        &["-a", &format!("{}/.", old.display()), wal.to_str().unwrap()],
+    );
+    run("chown", &["postgres:postgres", wal.to_str().unwrap()]);
+    run("chmod", &["0700", wal.to_str().unwrap()]);
+    std::fs::remove_dir_all(&old).unwrap();
+
+    // The tablespace: another dataset of the pool, outside db1's tree.
+    let ts = format!("{dir}/db1-ts");
+    lab.zfs(&[
+        "create",
+        "-o",
+        "recordsize=16k",
+        "-o",
+        &format!("mountpoint={ts}"),
+        &format!("{pool}/db1ts"),
+    ]);
+    std::fs::create_dir(format!("{ts}/pg")).unwrap();
+    run("chown", &["postgres:postgres", &format!("{ts}/pg")]);
+
+    let start = lab.as_postgres(&format!(
+        "{pg_ctl} -D {} -l {dir}/db1.log -w -t 60 start",
+        data.display()
+    ));
+    assert!(start.status.success(), "start db1: {}", stderr_of(&start));
+    lab.sql("db1", &format!("CREATE TABLESPACE fast LOCATION '{ts}/pg'"));
+    lab.sql(
+        "db1",
+        "CREATE TABLE orders TABLESPACE fast AS SELECT g AS id, md5(g::text) AS item FROM generate_series(1, 5000) g",
+    );
+
+    // Each node names the tablespace's dataset and where it mounts it.
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    let mut text = config.clone();
+    for node in ["db1", "db2"] {
+        let line = format!("mountpoint = \"{dir}/{node}\"\n");
+        assert!(text.contains(&line), "the lab config has {line}");
+        text = text.replacen(
+            &line,
+            &format!(
+                "{line}tablespaces = [{{ name = \"fast\", dataset = \"{pool}/{node}ts\", mountpoint = \"{dir}/{node}-ts\" }}]\n"
+            ),
+            1,
+        );
+    }
+    lab.write_config(&text);
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        stderr_of(&out)
+    );
+}
+
+fn orders(lab: &Lab, node: &str) -> String {
+    lab.sql(
+        node,
+        "SELECT count(*) || ':' || md5(string_agg(id || item, ',' ORDER BY id)) FROM orders",
+    )
+}
+
+fn wait_same_orders(lab: &Lab) {
+    let want = orders(lab, "db1");
+    for _ in 0..240 {
+        if lab.try_sql("db2", "SELECT count(*) || ':' || md5(string_agg(id || item, ',' ORDER BY id)) FROM orders").as_deref() == Ok(want.as_str()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("db2 never showed the primary's orders ({want})");
+}
+
+#[test]
+fn a_tree_with_wal_and_a_tablespace_reseeds_full_then_incremental_and_refuses_a_child_without_the_base(
+) {
+    let lab = Lab::up("trees");
+    lay_out_the_primary_as_a_tree(&lab);
+    let pool = lab.pool().to_string();
+    let dir = lab.dir.display().to_string();
+
+    // The preview names every dataset of the cluster.
+    let out = lab.pgzfs("db2", &["reset-secondary", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains(&format!("child: full {pool}/db1/wal@")),
+        "{plan}"
+    );
+    assert!(plan.contains(&format!("into {pool}/db2/wal")), "{plan}");
+    assert!(
+        plan.contains(&format!("tablespace fast: full {pool}/db1ts@")),
+        "{plan}"
+    );
+    // zfs-fuse takes one snapshot per call: the plan says what the consistency rests on.
+    assert!(plan.contains("backup_label and tablespace_map"), "{plan}");
+
+    let full = lab.reset_secondary("db2");
+    assert_eq!(full["mode"], "full");
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+    wait_same_orders(&lab);
+    // pg_wal is its own dataset on the standby too, with the primary's record size, and
+    // mounted at the standby's pg_wal.
+    let get = |prop: &str, ds: &str| {
+        lab.zfs(&["get", "-H", "-o", "value", prop, ds])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(get("recordsize", &format!("{pool}/db2/wal")), "128K");
+    assert_eq!(get("recordsize", &format!("{pool}/db2")), "16K");
+    assert_eq!(
+        get("mountpoint", &format!("{pool}/db2/wal")),
+        lab.data_dir("db2").join("pg_wal").display().to_string()
+    );
+    assert_eq!(get("mounted", &format!("{pool}/db2/wal")), "yes");
+    // The tablespace link points where db2 keeps it, not at the primary's directory.
+    let oid = lab.sql(
+        "db1",
+        "SELECT oid FROM pg_tablespace WHERE spcname = 'fast'",
+    );
+    let link = std::fs::read_link(lab.data_dir("db2").join("pg_tblspc").join(&oid)).unwrap();
+    assert_eq!(link, Path::new(&format!("{dir}/db2-ts/pg")));
+    assert_eq!(get("mounted", &format!("{pool}/db2ts")), "yes");
+
+    // Writes into the tablespace, then an incremental of every dataset from one base.
+    lab.sql(
+        "db1",
+        "INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(5001, 7000) g",
+    );
+    let incremental = lab.reset_secondary("db2");
+    assert_eq!(incremental["mode"], "incremental");
+    lab.assert_streaming("db2");
+    wait_same_orders(&lab);
+    assert_eq!(lab.sql("db2", "SELECT count(*) FROM orders"), "7000");
+    let snap = incremental["snapshot"].as_str().unwrap();
+    let name = snap.split('@').nth(1).unwrap();
+    for ds in [
+        format!("{pool}/db2"),
+        format!("{pool}/db2/wal"),
+        format!("{pool}/db2ts"),
+    ] {
+        assert_eq!(
+            get("userrefs", &format!("{ds}@{name}")),
+            "1",
+            "the new base is held on {ds} like on the dataset"
+        );
+    }
+    for ds in [format!("{pool}/db1/wal"), format!("{pool}/db1ts")] {
+        assert_eq!(
+            get("userrefs", &format!("{ds}@{name}")),
+            "1",
+            "held on the primary's {ds}"
+        );
+    }
+
+    // Someone destroys the common base on the standby's wal dataset: the data directory
+    // could go forward from it, pg_wal could not. The plan refuses, naming the dataset.
+    let wal_base = format!("{pool}/db2/wal@{name}");
+    lab.zfs(&["release", "pgzfs-db2", &wal_base]);
+    lab.zfs(&["destroy", &wal_base]);
+    let out = lab.pgzfs("db2", &["reset-secondary", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("{pool}/db2/wal")),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(stderr_of(&out).contains("--full"), "{}", stderr_of(&out));
+}
