@@ -62,11 +62,7 @@ pub fn take(
     let snapped = steps.run("snapshot", || {
         // The tree in one `-r` call; tablespaces with it where the ZFS takes several
         // names at once, otherwise one by one, still inside the backup session.
-        let multi = cluster.tablespaces().next().is_some() && zfs.features()?.multi_snapshot;
-        for group in cluster.snapshot_groups(snapshot.snap(), multi) {
-            zfs.snapshot_recursive_many(&group.snapshots, &known_before)?;
-        }
-        Ok(())
+        crate::datasets::snapshot_cut(zfs, cluster, snapshot.snap(), &known_before)
     });
     let stop = steps.run("backup stop", || primary.backup_stop());
     snapped?;

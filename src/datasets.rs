@@ -272,6 +272,21 @@ impl ClusterDatasets {
     }
 }
 
+/// Take one cut of the cluster named `snap`, with `props` on every snapshot: the tree with
+/// `-r`, the tablespaces with it in one call where the ZFS can (see `snapshot_groups`).
+pub fn snapshot_cut(
+    zfs: &dyn Zfs,
+    cluster: &ClusterDatasets,
+    snap: &SnapName,
+    props: &[(&str, String)],
+) -> Result<()> {
+    let multi = cluster.tablespaces().next().is_some() && zfs.features()?.multi_snapshot;
+    for group in cluster.snapshot_groups(snap, multi) {
+        zfs.snapshot_recursive_many(&group.snapshots, props)?;
+    }
+    Ok(())
+}
+
 /// Snapshots taken in one `zfs snapshot` call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotGroup {

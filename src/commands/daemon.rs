@@ -41,7 +41,8 @@ use crate::pg::ctl::PgCtl;
 use crate::pg::{Pg, RESEED_LOCK};
 use crate::quorum::View;
 use crate::replicate::{self, Caller, ReseedRequest};
-use crate::retention::{prune_dataset, taken_at, Protection};
+use crate::datasets::ClusterDatasets;
+use crate::retention::{prune_cluster, taken_at, Protection};
 use crate::steps::Steps;
 use crate::timestamp::utc_rfc3339;
 use crate::transfer::Interrupt;
@@ -749,15 +750,15 @@ impl Runner {
             tracing::info!("retention waits: a re-seed from this node is in flight");
             return Ok(());
         }
-        let pruned = prune_dataset(
+        let pruned = ClusterDatasets::discover(zfs, &node.dataset, &node.tablespaces).and_then(|cluster| prune_cluster(
             zfs,
-            &node.dataset,
+            &cluster,
             &self.ctx.config.nodes,
             &self.ctx.config.retention,
             &Protection::default(),
             now,
             false,
-        );
+        ));
         let _ = primary.advisory_unlock(RESEED_LOCK);
         let report = pruned?;
         self.shared.metrics().snapshots =
