@@ -475,7 +475,10 @@ pub fn prune_cluster(
     for member in cluster.others() {
         let snaps = zfs.snapshots(&member.dataset)?;
         for held in snaps.iter().filter(|s| s.is_held()) {
-            if let Some(cut) = root_snaps.iter().find(|r| r.name.snap() == held.name.snap()) {
+            if let Some(cut) = root_snaps
+                .iter()
+                .find(|r| r.name.snap() == held.name.snap())
+            {
                 protection.protect(cut.guid, format!("held on {}", member.dataset));
             }
         }

@@ -192,6 +192,38 @@ fn a_tree_with_wal_and_a_tablespace_reseeds_full_then_incremental_and_refuses_a_
         );
     }
 
+    // Retention on the primary takes whole cuts: the first cut (no longer anyone's base)
+    // goes from the dataset, its wal child and the tablespace together; the held one
+    // stays on all three.
+    let first = full["snapshot"]
+        .as_str()
+        .unwrap()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    lab.append_config(
+        "\n[retention]\nhourly = 1\ndaily = 0\nweekly = 0\nmonthly = 0\nyearly = 0\n",
+    );
+    let out = lab.pgzfs("db1", &["prune", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let on_primary = [
+        format!("{pool}/db1"),
+        format!("{pool}/db1/wal"),
+        format!("{pool}/db1ts"),
+    ];
+    for ds in &on_primary {
+        let names: Vec<String> = lab.snapshots(ds).into_iter().map(|(n, _)| n).collect();
+        assert!(
+            !names.contains(&format!("{ds}@{first}")),
+            "{first} pruned from {ds}: {names:?}"
+        );
+        assert!(
+            names.contains(&format!("{ds}@{name}")),
+            "the held cut stays on {ds}: {names:?}"
+        );
+    }
+
     // Someone destroys the common base on the standby's wal dataset: the data directory
     // could go forward from it, pg_wal could not. The plan refuses, naming the dataset.
     let wal_base = format!("{pool}/db2/wal@{name}");
@@ -205,4 +237,122 @@ fn a_tree_with_wal_and_a_tablespace_reseeds_full_then_incremental_and_refuses_a_
         stderr_of(&out)
     );
     assert!(stderr_of(&out).contains("--full"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn a_tree_fails_over_and_the_old_primary_rejoins_keeping_the_diverged_writes_of_every_dataset() {
+    let lab = Lab::up("treefail");
+    lay_out_the_primary_as_a_tree(&lab);
+    let pool = lab.pool().to_string();
+    let dir = lab.dir.display().to_string();
+    let config = std::fs::read_to_string(lab.config()).unwrap().replacen(
+        "[defaults]\n",
+        &format!(
+            "[defaults]\npgzfs_bin = \"{}\"\nquarantine_dir = \"{dir}/quarantine\"\n",
+            common::pgzfs_bin().display()
+        ),
+        1,
+    );
+    lab.write_config(&config);
+    lab.reset_secondary("db2");
+    wait_same_orders(&lab);
+
+    // db1 is lost; the operator promotes db2 knowing db1 is down.
+    let stop = lab.as_postgres(&format!(
+        "{}/pg_ctl -D {} -m immediate -w stop",
+        lab.pg_bin(),
+        lab.data_dir("db1").display()
+    ));
+    assert!(stop.status.success(), "{}", stderr_of(&stop));
+    let out = lab.pgzfs("db2", &["promote", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(lab.sql("db2", "SELECT pg_is_in_recovery()"), "f");
+    // The undo point covers pg_wal's dataset and the tablespace too.
+    for ds in [
+        format!("{pool}/db2"),
+        format!("{pool}/db2/wal"),
+        format!("{pool}/db2ts"),
+    ] {
+        assert!(
+            lab.snapshots(&ds)
+                .iter()
+                .any(|(n, _)| n.contains("@pgzfs-prepromote-")),
+            "undo snapshot of {ds}"
+        );
+    }
+    lab.sql(
+        "db2",
+        "INSERT INTO orders SELECT g, 'after failover' FROM generate_series(5001, 5100) g",
+    );
+
+    // db1 comes back as a primary and takes a write into the tablespace nobody else has.
+    let start = lab.as_postgres(&format!(
+        "{}/pg_ctl -D {} -l {dir}/db1.log -w start",
+        lab.pg_bin(),
+        lab.data_dir("db1").display()
+    ));
+    assert!(start.status.success(), "{}", stderr_of(&start));
+    lab.sql("db1", "INSERT INTO orders VALUES (-1, 'diverged on db1')");
+    let stop = lab.as_postgres(&format!(
+        "{}/pg_ctl -D {} -m fast -w stop",
+        lab.pg_bin(),
+        lab.data_dir("db1").display()
+    ));
+    assert!(stop.status.success(), "{}", stderr_of(&stop));
+
+    let out = lab.pgzfs("db1", &["rejoin", "--to", "db2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["mode"], "incremental",
+        "the whole tree rolled back, not copied"
+    );
+    assert_eq!(lab.sql("db1", "SELECT pg_is_in_recovery()"), "t");
+    let want = lab.sql("db2", "SELECT count(*) FROM orders");
+    assert_eq!(want, "5100");
+    let mut got = String::new();
+    for _ in 0..120 {
+        got = lab
+            .try_sql("db1", "SELECT count(*) FROM orders")
+            .unwrap_or_default();
+        if got == want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(got, want, "db1 follows db2's writes into the tablespace");
+    assert_eq!(
+        lab.sql("db1", "SELECT count(*) FROM orders WHERE id = -1"),
+        "0"
+    );
+    // The diverged writes are kept: one stream file per dataset of the cluster.
+    let kept: Vec<String> = std::fs::read_dir(lab.dir.join("quarantine"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(
+        kept.iter()
+            .any(|k| k.ends_with(&format!("{pool}_db1_wal.zfs.gz"))),
+        "{kept:?}"
+    );
+    assert!(
+        kept.iter()
+            .any(|k| k.ends_with(&format!("{pool}_db1ts.zfs.gz"))),
+        "{kept:?}"
+    );
+    // pg_wal is mounted on db1's own child dataset again.
+    assert_eq!(
+        lab.zfs(&[
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "mounted",
+            &format!("{pool}/db1/wal")
+        ])
+        .trim(),
+        "yes"
+    );
 }

@@ -17,11 +17,11 @@ use serde::Serialize;
 use crate::cluster::pg_target;
 use crate::config::Node;
 use crate::context::Invocation;
+use crate::datasets::ClusterDatasets;
 use crate::error::{Error, Result};
 use crate::lock::LocalLock;
 use crate::pg::{Pg, RESEED_LOCK};
 use crate::retention::Retention;
-use crate::datasets::ClusterDatasets;
 use crate::retention::{prune_cluster, Protection, PruneReport};
 use crate::timestamp::utc_rfc3339;
 

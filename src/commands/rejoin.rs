@@ -274,7 +274,10 @@ fn keep_diverged_writes(
         let member_partial = format!("{member_name}.partial");
         let sink = GzipFile::create(dir.try_clone()?, &member_partial)?;
         transfer::copy(
-            zfs.send(&member.dataset.snapshot(&diverged_snap), member_base.as_ref())?,
+            zfs.send(
+                &member.dataset.snapshot(&diverged_snap),
+                member_base.as_ref(),
+            )?,
             Box::new(sink),
             &Progress::new(None),
             &Interrupt::default(),
