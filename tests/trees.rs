@@ -237,6 +237,39 @@ fn a_tree_with_wal_and_a_tablespace_reseeds_full_then_incremental_and_refuses_a_
         stderr_of(&out)
     );
     assert!(stderr_of(&out).contains("--full"), "{}", stderr_of(&out));
+    // `snapshots` names the incomplete cut, `status` the dataset whose base is gone.
+    let out = lab.pgzfs("db2", &["snapshots", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cut = listing["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["snapshot"] == format!("{pool}/db2@{name}"))
+        .expect("the dataset keeps its part of the cut");
+    assert_eq!(
+        cut["missing_from"],
+        serde_json::json!([format!("{pool}/db2/wal")])
+    );
+    let out = lab.pgzfs("db2", &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let db2 = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "db2")
+        .unwrap()
+        .clone();
+    assert_eq!(db2["dataset_bases"]["tablespace:fast"], name, "{db2}");
+    assert_ne!(db2["dataset_bases"]["wal"], name, "{db2}");
+    assert!(
+        status["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["code"] == "incomplete_cut" && w["node"] == "db2"),
+        "{status}"
+    );
 }
 
 #[test]
