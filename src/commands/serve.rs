@@ -605,7 +605,9 @@ pub fn check_pgzfs_in(
 /// properties.
 fn check_props(list: &str) -> std::result::Result<(), String> {
     for prop in list.split(',') {
+        // The tuning properties a new copy takes over (recordsize, logbias, ...).
         let fine = READABLE.contains(&prop)
+            || crate::zfs::TUNING_PROPERTIES.contains(&prop)
             || prop
                 .strip_prefix("written@")
                 .is_some_and(|snap| SnapName::parse(snap).is_ok())
@@ -1119,6 +1121,8 @@ mod tests {
         for text in [
             "zfs send tank/pgdata/wal@pgzfs-1",
             "zfs send -i tank/pgdata/wal@pgzfs-1 tank/pgdata/wal@pgzfs-2",
+            "zfs get -H -p -o name,property,value recordsize tank/pgdata/wal",
+            "zfs get -H -p -o name,property,value logbias fast/ts",
             "zfs send fast/ts@pgzfs-1",
             "zfs get -H -p -d 1 -o name,property,value guid fast/ts",
             "zfs get -H -o value receive_resume_token fast",
