@@ -270,6 +270,29 @@ fn a_tree_with_wal_and_a_tablespace_reseeds_full_then_incremental_and_refuses_a_
             .any(|w| w["code"] == "incomplete_cut" && w["node"] == "db2"),
         "{status}"
     );
+
+    // The way out the refusal names: --full keeps the old tree and tablespace aside and
+    // copies everything again.
+    let out = lab.pgzfs("db2", &["reset-secondary", "--full", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["mode"], "full");
+    let aside = again["renamed_aside"].as_str().unwrap().to_string();
+    assert!(
+        lab.dataset_exists(&format!("{aside}/wal")),
+        "the old wal moved aside with its parent"
+    );
+    assert_eq!(get("canmount", &format!("{aside}/wal")), "noauto");
+    let all = lab.zfs(&["list", "-H", "-o", "name", "-t", "filesystem"]);
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with(&format!("{pool}/db2ts-pgzfs-old-"))),
+        "the old tablespace dataset is kept: {all}"
+    );
+    lab.assert_streaming("db2");
+    wait_same_orders(&lab);
+    assert_eq!(get("mounted", &format!("{pool}/db2/wal")), "yes");
+    assert_eq!(get("mounted", &format!("{pool}/db2ts")), "yes");
 }
 
 #[test]
