@@ -1231,3 +1231,21 @@ fn the_quorum_settings_default_to_safety_and_a_witness_votes_without_data() {
         assert!(message.contains(key), "{key}: {message}");
     }
 }
+
+#[test]
+fn tablespaces_are_read_per_node_and_a_bad_entry_names_the_key() {
+    let config = parse(&format!(
+        "{MINIMAL}tablespaces = [{{ name = \"fast\", dataset = \"tank/pgts/fast\", mountpoint = \"/var/db/pgts/fast\" }}]\n"
+    ))
+    .unwrap();
+    let ts = &config.nodes[0].tablespaces;
+    assert_eq!(ts.len(), 1);
+    assert_eq!(ts[0].dataset.as_str(), "tank/pgts/fast");
+    assert_eq!(ts[0].mountpoint, Path::new("/var/db/pgts/fast"));
+    assert!(parse(MINIMAL).unwrap().nodes[0].tablespaces.is_empty());
+    let why = refusal(&format!(
+        "{MINIMAL}tablespaces = [{{ name = \"fast\", dataset = \"tank/ts\", mountpoint = \"relative\" }}]\n"
+    ));
+    assert!(why.contains("tablespaces"), "{why}");
+    assert!(why.contains("absolute"), "{why}");
+}
