@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Node;
+use crate::datasets::ClusterDatasets;
 use crate::error::{Error, Result};
 use crate::exec::{remote_pgzfs, Runner};
 use crate::pg::{BackupStop, Pg};
@@ -34,12 +35,16 @@ pub fn take(
     steps: &mut Steps,
     primary: &mut Pg,
     zfs: &dyn Zfs,
-    dataset: &DatasetName,
+    cluster: &ClusterDatasets,
     name: &SnapName,
     label: &str,
     source_node: &str,
 ) -> Result<Cut> {
-    let existing = zfs.snapshots(dataset)?;
+    let dataset = cluster.root();
+    let mut existing = zfs.snapshots(dataset)?;
+    for ts in cluster.tablespaces() {
+        existing.extend(zfs.snapshots(&ts.dataset)?);
+    }
     let snapshot = dataset.snapshot(&unique_snapshot_name(name, &existing)?);
     let label = format!("{label} {}", snapshot.snap());
     // A primary's timeline and system identifier cannot change during its backup, so
@@ -55,7 +60,9 @@ pub fn take(
         (prop::SOURCE_NODE, source_node.to_string()),
     ];
     let snapped = steps.run("snapshot", || {
-        zfs.snapshot_recursive(&snapshot, &known_before)
+        // The tree in one `-r` call; tablespaces with it where the ZFS takes several
+        // names at once, otherwise one by one, still inside the backup session.
+        crate::datasets::snapshot_cut(zfs, cluster, snapshot.snap(), &known_before)
     });
     let stop = steps.run("backup stop", || primary.backup_stop());
     snapped?;
@@ -283,11 +290,12 @@ pub fn take_of_node(
             zfs.location()
         )));
     }
+    let cluster = ClusterDatasets::discover(zfs, &local.dataset, &local.tablespaces)?;
     take(
         steps,
         primary,
         zfs,
-        &local.dataset,
+        &cluster,
         &SnapName::pgzfs_at(now),
         label,
         &local.name,

@@ -2,7 +2,7 @@
 //!
 //! Layers, top to bottom; a module only uses what sits below it (docs/architecture.md):
 //! `main` → `cli` → `context` (the composition root) → `commands` (one file per
-//! subcommand, never importing each other) → domain logic (`replicate`, `cut`,
+//! subcommand, never importing each other) → domain logic (`replicate`, `cut`, `datasets`,
 //! `retention`, `events`, `failover`, `quorum`, `isolation`, `cluster`, `daemon_state`,
 //! `transfer`, `ratelimit`, `compress`, `throwaway`, `verify`) → narrow interfaces to the
 //! outside world (`zfs`, `pg`, `ssh`, `ssh_openssh`, `exec`, `clock`, `lock`, `http`,
@@ -17,6 +17,7 @@ pub mod config;
 pub mod context;
 pub mod cut;
 pub mod daemon_state;
+pub mod datasets;
 pub mod duration;
 pub mod error;
 pub mod events;

@@ -22,6 +22,7 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Node, ReseedConfig};
+use crate::datasets::ClusterDatasets;
 use crate::error::Result;
 use crate::timestamp::{parse_utc_compact, utc_year_month};
 use crate::zfs::names::{DatasetName, HoldTag, SnapName, SnapshotName, PGZFS_SNAPSHOT_PREFIX};
@@ -436,6 +437,76 @@ pub fn prune_dataset(
         .map(|d| d.candidate.name.clone())
         .collect();
     for name in doomed {
+        match zfs.destroy_snapshot(&name) {
+            Ok(()) => {
+                tracing::info!("retention: destroyed {name}");
+                report.destroyed.push(name);
+            }
+            Err(e) => {
+                tracing::warn!("retention: could not destroy {name}: {e}");
+                report.failed.push((name, e.to_string()));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// [`prune_dataset`] for a whole cluster (`crate::datasets`): the policy decides on the
+/// dataset's own snapshots, and each cut goes as a whole. A cut whose snapshot is held on
+/// any member (a standby's common base of pg_wal or a tablespace) is kept on all. A
+/// doomed cut is destroyed on the members first, deepest first, and on the dataset last:
+/// if a member's snapshot cannot be destroyed, the dataset's stays and the cut is listed
+/// under `failed`, so the next run finishes it instead of leaving a tree half-pruned.
+pub fn prune_cluster(
+    zfs: &dyn Zfs,
+    cluster: &ClusterDatasets,
+    nodes: &[Node],
+    policy: &Retention,
+    protection: &Protection,
+    now: SystemTime,
+    dry_run: bool,
+) -> Result<PruneReport> {
+    let root = cluster.root();
+    if cluster.others().is_empty() {
+        return prune_dataset(zfs, root, nodes, policy, protection, now, dry_run);
+    }
+    let root_snaps = zfs.snapshots(root)?;
+    let mut protection = protection.clone();
+    let mut members = Vec::new();
+    for member in cluster.others() {
+        let snaps = zfs.snapshots(&member.dataset)?;
+        for held in snaps.iter().filter(|s| s.is_held()) {
+            if let Some(cut) = root_snaps
+                .iter()
+                .find(|r| r.name.snap() == held.name.snap())
+            {
+                protection.protect(cut.guid, format!("held on {}", member.dataset));
+            }
+        }
+        members.push((member.dataset.clone(), snaps));
+    }
+    let mut report = prune_dataset(zfs, root, nodes, policy, &protection, now, true)?;
+    report.dry_run = dry_run;
+    if dry_run {
+        return Ok(report);
+    }
+    let doomed: Vec<SnapshotName> = report
+        .to_destroy()
+        .map(|d| d.candidate.name.clone())
+        .collect();
+    'cuts: for name in doomed {
+        for (dataset, snaps) in members.iter().rev() {
+            if !snaps.iter().any(|s| s.name.snap() == name.snap()) {
+                continue;
+            }
+            let part = dataset.snapshot(name.snap());
+            if let Err(e) = zfs.destroy_snapshot(&part) {
+                tracing::warn!("retention: could not destroy {part}, so {name} stays: {e}");
+                report.failed.push((name, format!("{part}: {e}")));
+                continue 'cuts;
+            }
+            tracing::info!("retention: destroyed {part}");
+        }
         match zfs.destroy_snapshot(&name) {
             Ok(()) => {
                 tracing::info!("retention: destroyed {name}");

@@ -57,7 +57,7 @@ impl Interrupt {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Transferred {
     pub bytes: u64,
     pub elapsed: Duration,

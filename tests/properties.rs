@@ -37,6 +37,9 @@ fn zfs_word() -> impl Strategy<Value = String> {
         Just("tank/pgdata".to_string()),
         Just("tank/pgdata@pgzfs-20260101T000000Z".to_string()),
         Just("tank/other@pgzfs-20260101T000000Z".to_string()),
+        // pg_wal's child dataset is within reach, a look-alike sibling is not.
+        Just("tank/pgdata/wal@pgzfs-20260101T000000Z".to_string()),
+        Just("tank/pgdataX@pgzfs-20260101T000000Z".to_string()),
         Just("pgzfs-db2".to_string()),
         "[a-z/@:=,.-]{1,12}",
         any::<String>(),
@@ -75,7 +78,8 @@ proptest! {
         if let Ok(allowed) = serve::check(&words, &ours) {
             prop_assert_eq!(allowed.argv[0].as_str(), "zfs");
             for word in &allowed.argv {
-                // Never a shell's business, never another dataset.
+                // Never a shell's business, never another dataset (the datasets below
+                // ours are part of the cluster: pg_wal on its own child).
                 prop_assert!(
                     !word.chars().any(|c| c.is_control() || "`$;|&<>(){}\\\"'*?".contains(c)),
                     "{:?} in {:?}", word, allowed.argv
@@ -83,7 +87,7 @@ proptest! {
                 if word.starts_with("tank/") {
                     prop_assert!(
                         word == "tank/pgdata" || word.starts_with("tank/pgdata@")
-                            || word.starts_with("tank/pgdata#"),
+                            || word.starts_with("tank/pgdata#") || word.starts_with("tank/pgdata/"),
                         "{:?} reaches past tank/pgdata: {:?}", word, allowed.argv
                     );
                 }

@@ -32,6 +32,7 @@ use crate::cluster::pg_target;
 use crate::config::{config_path, Config, Node};
 use crate::context::{Context, Invocation};
 use crate::daemon_state::{read_state, write_state, DaemonState};
+use crate::datasets::ClusterDatasets;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::http::{Request, Response};
@@ -41,7 +42,7 @@ use crate::pg::ctl::PgCtl;
 use crate::pg::{Pg, RESEED_LOCK};
 use crate::quorum::View;
 use crate::replicate::{self, Caller, ReseedRequest};
-use crate::retention::{prune_dataset, taken_at, Protection};
+use crate::retention::{prune_cluster, taken_at, Protection};
 use crate::steps::Steps;
 use crate::timestamp::utc_rfc3339;
 use crate::transfer::Interrupt;
@@ -749,15 +750,18 @@ impl Runner {
             tracing::info!("retention waits: a re-seed from this node is in flight");
             return Ok(());
         }
-        let pruned = prune_dataset(
-            zfs,
-            &node.dataset,
-            &self.ctx.config.nodes,
-            &self.ctx.config.retention,
-            &Protection::default(),
-            now,
-            false,
-        );
+        let pruned =
+            ClusterDatasets::discover(zfs, &node.dataset, &node.tablespaces).and_then(|cluster| {
+                prune_cluster(
+                    zfs,
+                    &cluster,
+                    &self.ctx.config.nodes,
+                    &self.ctx.config.retention,
+                    &Protection::default(),
+                    now,
+                    false,
+                )
+            });
         let _ = primary.advisory_unlock(RESEED_LOCK);
         let report = pruned?;
         self.shared.metrics().snapshots =

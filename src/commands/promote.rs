@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::cluster::{pg_target, ssh_target};
 use crate::config::{Config, Node};
 use crate::context::{Context, Invocation};
+use crate::datasets::ClusterDatasets;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::lock::LocalLock;
@@ -429,7 +430,9 @@ fn promote_inner(
         crate::timestamp::utc_compact(SystemTime::now())
     ))?;
     let prepromote = local.dataset.snapshot(&snap);
-    zfs.snapshot_recursive(&prepromote, &[])?;
+    // Of every dataset of the cluster: pg_wal's child and the tablespaces go back too.
+    let cluster = ClusterDatasets::discover(&*zfs, &local.dataset, &local.tablespaces)?;
+    crate::datasets::snapshot_cut(&*zfs, &cluster, &snap, &[])?;
 
     let fork_lsn = pg.replay_lsn()?.map(|l| l.to_string()).unwrap_or_default();
     let fork_timeline = pg.checkpoint_timeline()?;

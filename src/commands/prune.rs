@@ -17,11 +17,12 @@ use serde::Serialize;
 use crate::cluster::pg_target;
 use crate::config::Node;
 use crate::context::Invocation;
+use crate::datasets::ClusterDatasets;
 use crate::error::{Error, Result};
 use crate::lock::LocalLock;
 use crate::pg::{Pg, RESEED_LOCK};
 use crate::retention::Retention;
-use crate::retention::{prune_dataset, Protection, PruneReport};
+use crate::retention::{prune_cluster, Protection, PruneReport};
 use crate::timestamp::utc_rfc3339;
 
 #[derive(Debug, Args)]
@@ -47,9 +48,11 @@ impl Prune {
             ));
         }
         let zfs = ctx.local_zfs()?;
-        let report = prune_dataset(
+        // Every dataset of the cluster (children, tablespaces) loses a cut together.
+        let cluster = ClusterDatasets::discover(&*zfs, &local.dataset, &local.tablespaces)?;
+        let report = prune_cluster(
             &*zfs,
-            &local.dataset,
+            &cluster,
             &ctx.config.nodes,
             &ctx.config.retention,
             &Protection::default(),

@@ -14,6 +14,7 @@ use flate2::Compression;
 
 use crate::cluster::{pg_target, ssh_target};
 use crate::context::{Context, Invocation};
+use crate::datasets::ClusterDatasets;
 use crate::error::{Error, Result};
 use crate::lock::LocalLock;
 use crate::pg::control::{self, Lsn};
@@ -69,6 +70,8 @@ impl Rejoin {
 pub struct Quarantine {
     pub file: PathBuf,
     pub bytes: u64,
+    /// The diverged writes of the cluster's children and tablespaces, one file each.
+    pub member_files: Vec<PathBuf>,
 }
 
 /// Everything before the re-seed: refuse what is unsafe, report the divergence and keep
@@ -150,6 +153,15 @@ pub fn rejoin(
     let base = base_snap.name.clone();
     tracing::info!("newest common snapshot with {to}: {base}");
     release_obsolete_holds(ctx, &*zfs, &local_snaps, base_snap.createtxg)?;
+    // The same on pg_wal's child and the tablespaces, each from its own part of the base
+    // cut (a member without it is left to the re-seed's plan, which refuses).
+    let cluster = ClusterDatasets::discover(&*zfs, &local.dataset, &local.tablespaces)?;
+    for member in cluster.others() {
+        let snaps = zfs.snapshots(&member.dataset)?;
+        if let Some(member_base) = snaps.iter().find(|s| s.name.snap() == base.snap()) {
+            release_obsolete_holds(ctx, &*zfs, &snaps, member_base.createtxg)?;
+        }
+    }
     if discard_diverged {
         tracing::warn!(
             "--discard-diverged: writes made on {} after {base} are not kept",
@@ -157,7 +169,7 @@ pub fn rejoin(
         );
         return Ok(None);
     }
-    keep_diverged_writes(ctx, &*zfs, &base).map(Some)
+    keep_diverged_writes(ctx, &*zfs, &cluster, &base).map(Some)
 }
 
 /// As a primary, this node held its newer snapshots as incremental bases for its
@@ -191,6 +203,7 @@ fn release_obsolete_holds(
 fn keep_diverged_writes(
     ctx: &Context,
     zfs: &dyn Zfs,
+    cluster: &ClusterDatasets,
     base: &crate::zfs::names::SnapshotName,
 ) -> Result<Quarantine> {
     let local = &ctx.local;
@@ -206,11 +219,23 @@ fn keep_diverged_writes(
             )));
         }
     }
+    if let Some(ts) = local
+        .tablespaces
+        .iter()
+        .find(|t| local.failover.quarantine_dir.starts_with(&t.mountpoint))
+    {
+        return Err(Error::refused(format!(
+            "quarantine_dir {} is inside the mountpoint {} of tablespace {:?}: the rollback that follows would destroy it",
+            local.failover.quarantine_dir.display(),
+            ts.mountpoint.display(),
+            ts.name
+        )));
+    }
     let stamp = crate::timestamp::utc_compact(SystemTime::now());
-    let diverged = local
-        .dataset
-        .snapshot(&SnapName::parse(&format!("pgzfs-diverged-{stamp}"))?);
-    zfs.snapshot_recursive(&diverged, &[])?;
+    let diverged_snap = SnapName::parse(&format!("pgzfs-diverged-{stamp}"))?;
+    let diverged = local.dataset.snapshot(&diverged_snap);
+    // One cut of every dataset of the cluster: the rollback that follows takes them all.
+    crate::datasets::snapshot_cut(zfs, cluster, &diverged_snap, &[])?;
     // The quarantine holds the former primary's data: root's alone (0700, files 0600),
     // reached without following links, each file new (O_EXCL).
     let dir = Dir::open_or_create(&local.failover.quarantine_dir, 0o700)?;
@@ -232,6 +257,45 @@ fn keep_diverged_writes(
         None,
     )?;
     dir.rename(&partial, &name)?;
+    // Each child and tablespace in a file of its own, from its part of the base cut (in
+    // full where it has none).
+    let mut member_files = Vec::new();
+    for member in cluster.others() {
+        let snaps = zfs.snapshots(&member.dataset)?;
+        let member_base = snaps
+            .iter()
+            .find(|s| s.name.snap() == base.snap())
+            .map(|s| s.name.clone());
+        let member_name = format!(
+            "{}-{}-diverged-{stamp}-{}.zfs.gz",
+            ctx.config.cluster,
+            local.name,
+            member.dataset.as_str().replace('/', "_")
+        );
+        let member_partial = format!("{member_name}.partial");
+        let sink = GzipFile::create(dir.try_clone()?, &member_partial)?;
+        transfer::copy(
+            zfs.send(
+                &member.dataset.snapshot(&diverged_snap),
+                member_base.as_ref(),
+            )?,
+            Box::new(sink),
+            &Progress::new(None),
+            &Interrupt::default(),
+            None,
+        )?;
+        dir.rename(&member_partial, &member_name)?;
+        let path = local.failover.quarantine_dir.join(&member_name);
+        tracing::info!(
+            "kept the writes on {} after {} in {}",
+            member.dataset,
+            member_base
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "its creation".into()),
+            path.display()
+        );
+        member_files.push(path);
+    }
     dir.sync()?;
     // Stderr and the log file: stdout carries only the summary (JSON with --json).
     tracing::info!(
@@ -245,6 +309,7 @@ fn keep_diverged_writes(
     Ok(Quarantine {
         file,
         bytes: moved.bytes,
+        member_files,
     })
 }
 

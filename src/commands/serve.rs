@@ -58,6 +58,7 @@ impl Serve {
     pub fn run(&self, invocation: &Invocation) -> Result<i32> {
         let ctx = invocation.load()?;
         let dataset = ctx.local.dataset.clone();
+        let scope = Scope::new(&dataset, &ctx.local.tablespaces);
         let client = client_address();
         let line = match std::env::var("SSH_ORIGINAL_COMMAND") {
             Ok(line) => line,
@@ -88,11 +89,11 @@ impl Serve {
         };
         if is_pgzfs(&argv) {
             let nodes: Vec<&str> = ctx.config.nodes.iter().map(|n| n.name.as_str()).collect();
-            let allowed = check_pgzfs(
+            let allowed = check_pgzfs_in(
                 &argv,
                 &ctx.local.name,
                 &nodes,
-                &dataset,
+                &scope,
                 self.allow_orchestration,
             )
             .map_err(&refuse)?;
@@ -118,7 +119,7 @@ impl Serve {
                 program.display()
             )));
         }
-        let mut allowed = check(&argv, &dataset).map_err(&refuse)?;
+        let mut allowed = check_in(&argv, &scope).map_err(&refuse)?;
         if let Some(binding) = &binding {
             allowed = binding.bind(allowed).map_err(&refuse)?;
         }
@@ -295,6 +296,45 @@ const SEND_FLAGS: &[&str] = &["-L", "-e", "-c", "-w"];
 /// `dataset` (the local node's configured dataset) and its snapshots only. Err says why
 /// not, for the log.
 pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allowed, String> {
+    check_in(argv, &Scope::new(dataset, &[]))
+}
+
+/// The datasets a standby may reach here: this node's dataset, every dataset below it
+/// (pg_wal and other children travel as their own streams), and its tablespaces.
+pub struct Scope<'a> {
+    pub dataset: &'a DatasetName,
+    pub tablespaces: Vec<DatasetName>,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(dataset: &'a DatasetName, tablespaces: &[crate::datasets::Tablespace]) -> Scope<'a> {
+        Scope {
+            dataset,
+            tablespaces: tablespaces.iter().map(|t| t.dataset.clone()).collect(),
+        }
+    }
+
+    fn covers(&self, other: &DatasetName) -> bool {
+        other == self.dataset
+            || other
+                .as_str()
+                .strip_prefix(self.dataset.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+            || self.tablespaces.contains(other)
+    }
+
+    fn covers_name(&self, name: &str) -> bool {
+        DatasetName::parse(name).is_ok_and(|d| self.covers(&d))
+    }
+
+    fn has_pool(&self, pool: &str) -> bool {
+        pool == self.dataset.pool() || self.tablespaces.iter().any(|t| t.pool() == pool)
+    }
+}
+
+/// [`check`] within the whole `scope`.
+pub fn check_in(argv: &[String], scope: &Scope) -> std::result::Result<Allowed, String> {
+    let dataset = scope.dataset;
     let words: Vec<&str> = argv.iter().map(String::as_str).collect();
     let allow = |argv: Vec<&str>| Allowed {
         argv: argv.into_iter().map(String::from).collect(),
@@ -303,7 +343,7 @@ pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allo
     };
     let ours = |name: &str| -> std::result::Result<SnapshotName, String> {
         let snapshot = SnapshotName::parse(name).map_err(|e| e.message().to_string())?;
-        if snapshot.dataset() != dataset {
+        if !scope.covers(snapshot.dataset()) {
             return Err(format!("{name} is not a snapshot of {dataset}"));
         }
         Ok(snapshot)
@@ -327,7 +367,7 @@ pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allo
                 return Err("not a zfs get form pgzfs uses".to_string());
             };
             check_props(props)?;
-            if *object != dataset.as_str() {
+            if !scope.covers_name(object) {
                 if !depth.is_empty() {
                     return Err(format!("{object}: only {dataset} may be listed"));
                 }
@@ -347,7 +387,7 @@ pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allo
                 // Without an object zfs would answer for every dataset on the node; the
                 // answer for ours tells the same about the feature.
                 [] => dataset.as_str(),
-                [object] if *object == dataset.as_str() || *object == dataset.pool() => object,
+                [object] if scope.covers_name(object) || scope.has_pool(object) => object,
                 [object] => {
                     ours(object)?;
                     object
@@ -363,15 +403,14 @@ pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allo
             if !known {
                 return Err(format!("{feature:?} is not a pool feature pgzfs probes"));
             }
-            if *pool != dataset.pool() {
+            if !scope.has_pool(pool) {
                 return Err(format!("{pool} is not the pool of {dataset}"));
             }
             Ok(allow(vec![
                 "zpool", "get", "-H", "-o", "value", feature, pool,
             ]))
         }
-        ["zfs", "snapshot", "-r", rest @ .., name] => {
-            ours_pgzfs(name)?;
+        ["zfs", "snapshot", "-r", rest @ ..] => {
             let mut argv = vec!["zfs", "snapshot", "-r"];
             let mut options = rest;
             while let ["-o", assignment, tail @ ..] = options {
@@ -379,10 +418,17 @@ pub fn check(argv: &[String], dataset: &DatasetName) -> std::result::Result<Allo
                 argv.extend(["-o", assignment]);
                 options = tail;
             }
-            if !options.is_empty() {
+            // One cut: the dataset and its tablespaces in one call, where zfs can.
+            if options.is_empty() {
                 return Err("not a zfs snapshot form pgzfs uses".to_string());
             }
-            argv.push(name);
+            for name in options {
+                if name.starts_with('-') {
+                    return Err("not a zfs snapshot form pgzfs uses".to_string());
+                }
+                ours_pgzfs(name)?;
+                argv.push(name);
+            }
             Ok(allow(argv))
         }
         ["zfs", "set", assignment, name] => {
@@ -483,6 +529,23 @@ pub fn check_pgzfs(
     dataset: &DatasetName,
     allow_orchestration: bool,
 ) -> std::result::Result<Allowed, String> {
+    check_pgzfs_in(
+        argv,
+        this_node,
+        nodes,
+        &Scope::new(dataset, &[]),
+        allow_orchestration,
+    )
+}
+
+/// [`check_pgzfs`] with a `compressed-send` of any dataset in `scope`.
+pub fn check_pgzfs_in(
+    argv: &[String],
+    this_node: &str,
+    nodes: &[&str],
+    scope: &Scope,
+    allow_orchestration: bool,
+) -> std::result::Result<Allowed, String> {
     let words: Vec<&str> = argv.iter().map(String::as_str).collect();
     let [_program, "--config", _client_config, "--node", node, verb @ ..] = words.as_slice() else {
         return Err("not a pgzfs command form other nodes send".to_string());
@@ -514,7 +577,7 @@ pub fn check_pgzfs(
         ["compressed-send", "--zstd", level, "--", send @ ..] => {
             ZstdLevel::parse(level)?;
             let send: Vec<String> = send.iter().map(|w| w.to_string()).collect();
-            let inner = check(&send, dataset)?;
+            let inner = check_in(&send, scope)?;
             if !crate::compress::is_zfs_send(&inner.argv) {
                 return Err("compressed-send runs a zfs send of a snapshot only".to_string());
             }
@@ -542,7 +605,9 @@ pub fn check_pgzfs(
 /// properties.
 fn check_props(list: &str) -> std::result::Result<(), String> {
     for prop in list.split(',') {
+        // The tuning properties a new copy takes over (recordsize, logbias, ...).
         let fine = READABLE.contains(&prop)
+            || crate::zfs::TUNING_PROPERTIES.contains(&prop)
             || prop
                 .strip_prefix("written@")
                 .is_some_and(|snap| SnapName::parse(snap).is_ok())
@@ -1044,11 +1109,51 @@ mod tests {
     }
 
     #[test]
+    fn the_children_and_tablespaces_of_the_dataset_are_within_reach_and_nothing_else() {
+        let ts = crate::datasets::Tablespace {
+            name: "fast".into(),
+            dataset: DatasetName::parse("fast/ts").unwrap(),
+            mountpoint: "/ts".into(),
+        };
+        let ds = dataset();
+        let scope = Scope::new(&ds, std::slice::from_ref(&ts));
+        let words = |text: &str| split(text).unwrap();
+        for text in [
+            "zfs send tank/pgdata/wal@pgzfs-1",
+            "zfs send -i tank/pgdata/wal@pgzfs-1 tank/pgdata/wal@pgzfs-2",
+            "zfs get -H -p -o name,property,value recordsize tank/pgdata/wal",
+            "zfs get -H -p -o name,property,value logbias fast/ts",
+            "zfs send fast/ts@pgzfs-1",
+            "zfs get -H -p -d 1 -o name,property,value guid fast/ts",
+            "zfs get -H -o value receive_resume_token fast",
+            "zpool get -H -o value feature@bookmarks fast",
+            "zfs hold pgzfs-db2 fast/ts@pgzfs-1",
+            "zfs snapshot -r -o pgzfs:lsn=0/1 tank/pgdata@pgzfs-1 fast/ts@pgzfs-1",
+        ] {
+            check_in(&words(text), &scope).unwrap_or_else(|why| panic!("{text}: {why}"));
+        }
+        for text in [
+            "zfs send fast/other@pgzfs-1",
+            "zfs send fast@pgzfs-1",
+            "zfs send tank/pgdataX/wal@pgzfs-1",
+            "zfs get -H -p -r -o name,property,value type fast",
+            "zpool get -H -o value feature@bookmarks other",
+            "zfs snapshot -r tank/pgdata@pgzfs-1 fast/other@pgzfs-1",
+        ] {
+            assert!(
+                check_in(&words(text), &scope).is_err(),
+                "{text} was allowed"
+            );
+        }
+        // Without tablespaces, the tablespace's dataset is another dataset.
+        assert!(check(&words("zfs send fast/ts@pgzfs-1"), &ds).is_err());
+    }
+
+    #[test]
     fn other_datasets_and_foreign_snapshots_are_out_of_reach() {
         for text in [
             "zfs send tank/other@pgzfs-1",
             "zfs send -i tank/other@a tank/pgdata@pgzfs-2",
-            "zfs send tank/pgdata/child@pgzfs-1",
             "zfs send tank/pgdataX@pgzfs-1",
             "zfs send -R tank/pgdata@pgzfs-1",
             "zfs send -I tank/pgdata@a tank/pgdata@pgzfs-2",

@@ -8,6 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::context::Invocation;
+use crate::datasets::ClusterDatasets;
 use crate::error::Result;
 use crate::retention::{holds_of, taken_at};
 use crate::timestamp::utc_rfc3339;
@@ -56,18 +57,18 @@ pub struct Entry {
     pub common_base_of: Option<Vec<String>>,
     /// `pgzfs:verified`: when `pgzfs verify` last checked it and its verdict.
     pub verified: Option<String>,
+    /// A pgzfs cut of a cluster that spans several datasets: the children and
+    /// tablespaces that lack their part of it (an incremental from it would refuse).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_from: Vec<String>,
 }
 
 impl ListSnapshots {
     pub fn run(&self, invocation: &Invocation) -> Result<i32> {
         let ctx = invocation.load()?;
         let zfs = ctx.local_zfs()?;
-        let listing = list(
-            &*zfs,
-            &ctx.local.name,
-            &ctx.local.dataset,
-            &ctx.config.nodes,
-        )?;
+        let cluster = ClusterDatasets::discover(&*zfs, &ctx.local.dataset, &ctx.local.tablespaces)?;
+        let listing = list(&*zfs, &ctx.local.name, &cluster, &ctx.config.nodes)?;
         if self.json {
             println!(
                 "{}",
@@ -83,11 +84,33 @@ impl ListSnapshots {
 pub fn list(
     zfs: &dyn Zfs,
     node: &str,
-    dataset: &crate::zfs::names::DatasetName,
+    cluster: &ClusterDatasets,
     nodes: &[crate::config::Node],
 ) -> Result<Listing> {
+    let dataset = cluster.root();
+    let mut members = Vec::new();
+    for member in cluster.others() {
+        let names: Vec<_> = if zfs.exists(&member.dataset)? {
+            zfs.snapshots(&member.dataset)?
+                .into_iter()
+                .map(|s| s.name.snap().clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        members.push((member.dataset.to_string(), names));
+    }
     let mut snapshots = Vec::new();
     for snapshot in zfs.snapshots(dataset)? {
+        let missing_from = if snapshot.name.snap().is_pgzfs() {
+            members
+                .iter()
+                .filter(|(_, names)| !names.contains(snapshot.name.snap()))
+                .map(|(member, _)| member.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let holds = holds_of(zfs, &snapshot, nodes)?;
         let created = zfs
             .get_number(&snapshot.name.to_string(), "creation")?
@@ -109,6 +132,7 @@ pub fn list(
             hold_tags: holds.tags(),
             common_base_of: holds.common_base_of(),
             verified: owned(prop::VERIFIED),
+            missing_from,
         });
     }
     Ok(Listing {
@@ -175,6 +199,17 @@ fn text(listing: &Listing) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    for entry in listing
+        .snapshots
+        .iter()
+        .filter(|e| !e.missing_from.is_empty())
+    {
+        out.push_str(&format!(
+            "incomplete cut {}: missing on {}\n",
+            entry.snapshot,
+            entry.missing_from.join(", ")
+        ));
+    }
     for entry in listing.snapshots.iter().filter(|e| e.verified.is_some()) {
         let verified = entry.verified.as_deref().unwrap_or_default();
         let (at, verdict) = verified.rsplit_once('/').unwrap_or((verified, "?"));
@@ -220,6 +255,7 @@ mod tests {
             hold_tags: strings(tags),
             common_base_of: strings(common),
             verified: None,
+            missing_from: Vec::new(),
         }
     }
 
@@ -261,5 +297,24 @@ mod tests {
             "{text}"
         );
         assert!(lines[4].contains("0/3000028"), "{text}");
+        assert!(!text.contains("incomplete"), "{text}");
+    }
+
+    #[test]
+    fn a_cut_that_a_child_lacks_is_named_as_incomplete() {
+        let mut half = entry("tank/pg@pgzfs-20261122T003000Z", false, None, None);
+        half.missing_from = vec!["tank/pg/wal".into()];
+        let listing = Listing {
+            node: "db1".into(),
+            dataset: "tank/pg".into(),
+            snapshots: vec![half],
+            clones: vec![],
+        };
+        assert!(
+            text(&listing)
+                .contains("incomplete cut tank/pg@pgzfs-20261122T003000Z: missing on tank/pg/wal"),
+            "{}",
+            text(&listing)
+        );
     }
 }

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::cluster::{pg_target, ssh_target};
 use crate::config::{Config, Node};
 use crate::context::Invocation;
+use crate::datasets::{ClusterDatasets, Role};
 use crate::error::Result;
 use crate::pg::ctl::PgCtl;
 use crate::pg::{Pg, ServerState, SlotInfo, StandbyConnection, WalReceiver};
@@ -88,6 +89,10 @@ pub struct NodeStatus {
     /// Standby: the newest snapshot it shares with the primary (same GUID).
     pub last_common_snapshot: Option<String>,
     pub last_common_snapshot_age_seconds: Option<u64>,
+    /// Standby whose cluster spans several datasets: the newest snapshot each child
+    /// ("wal") and tablespace ("tablespace:fast") shares with the primary's.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub dataset_bases: BTreeMap<String, Option<String>>,
     pub snapshots: Option<usize>,
     /// The newest snapshot that passed `pgzfs verify` (proven to restore), and its age.
     pub last_verified_snapshot: Option<String>,
@@ -120,7 +125,7 @@ pub struct SlotStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Warning {
     /// unreachable, stopped, not_streaming, no_primary, split_brain, epoch_mismatch,
-    /// inactive_slot.
+    /// inactive_slot, incomplete_cut.
     pub code: &'static str,
     pub node: Option<String>,
     pub message: String,
@@ -152,6 +157,8 @@ pub struct Probe {
     /// Local node only: whether a postmaster runs in the data directory.
     pub postmaster_running: Option<bool>,
     pub snapshots: Option<Vec<Snapshot>>,
+    /// The snapshots of the cluster's children and tablespaces, by `member_key`.
+    pub members: Vec<(String, Vec<Snapshot>)>,
     pub epoch: Option<u64>,
     pub zfs_error: Option<String>,
     pub last_event: Option<serde_json::Value>,
@@ -191,18 +198,41 @@ fn probe_pg(node: &Node) -> Result<PgProbe> {
     Ok(probe)
 }
 
-type ZfsProbe = (Vec<Snapshot>, Option<u64>, Vec<crate::throwaway::CloneInfo>);
+type Members = Vec<(String, Vec<Snapshot>)>;
+type ZfsProbe = (
+    Vec<Snapshot>,
+    Members,
+    Option<u64>,
+    Vec<crate::throwaway::CloneInfo>,
+);
 
 fn probe_zfs(zfs: &dyn Zfs, node: &Node) -> Result<ZfsProbe> {
     let snapshots = zfs.snapshots(&node.dataset)?;
     let epoch = zfs.get_number(node.dataset.as_str(), prop::EPOCH)?;
+    let cluster = ClusterDatasets::discover(zfs, &node.dataset, &node.tablespaces)?;
+    let mut members = Vec::new();
+    for member in cluster.others() {
+        if zfs.exists(&member.dataset)? {
+            members.push((member_key(&member.role), zfs.snapshots(&member.dataset)?));
+        }
+    }
     // A node whose `serve` allows only its own dataset cannot list its siblings: the
     // clones are then left out, not reported as an error.
     let clones = crate::throwaway::list_clones(zfs, &node.dataset).unwrap_or_else(|e| {
         tracing::debug!("{}: cannot list clones: {e}", node.name);
         Vec::new()
     });
-    Ok((snapshots, epoch, clones))
+    Ok((snapshots, members, epoch, clones))
+}
+
+/// What names the same member on every node: a child's path below the dataset, a
+/// tablespace's name.
+fn member_key(role: &Role) -> String {
+    match role {
+        Role::Root => String::new(),
+        Role::Child { relative } => relative.clone(),
+        Role::Tablespace { name } => format!("tablespace:{name}"),
+    }
 }
 
 fn probe(local: &Node, node: &Node) -> Probe {
@@ -227,8 +257,9 @@ fn probe(local: &Node, node: &Node) -> Probe {
             .and_then(|ssh| probe_zfs(&ZfsCli::new(ssh), node))
     };
     match zfs_result {
-        Ok((snapshots, epoch, clones)) => {
+        Ok((snapshots, members, epoch, clones)) => {
             probe.snapshots = Some(snapshots);
+            probe.members = members;
             probe.epoch = epoch;
             probe.clones = clones;
         }
@@ -339,6 +370,7 @@ pub fn assemble(config: &Config, local: &Node, probes: &[Probe], now: SystemTime
             wal_receiver: None,
             last_common_snapshot: None,
             last_common_snapshot_age_seconds: None,
+            dataset_bases: BTreeMap::new(),
             snapshots: probe.snapshots.as_ref().map(Vec::len),
             last_verified_snapshot: None,
             last_verified_snapshot_age_seconds: None,
@@ -421,6 +453,33 @@ pub fn assemble(config: &Config, local: &Node, probes: &[Probe], now: SystemTime
                     status.last_common_snapshot = Some(common.name.snap().to_string());
                     status.last_common_snapshot_age_seconds = taken_at(common.name.snap())
                         .map(|t| now.duration_since(t).unwrap_or_default().as_secs());
+                }
+            }
+            // Every child and tablespace of the primary's cluster must share that base
+            // too, or the next incremental re-seed refuses.
+            if let Some(primary) = primary_probe {
+                for (key, theirs) in &primary.members {
+                    let base = probe
+                        .members
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .and_then(|(_, mine)| newest_common(theirs, mine))
+                        .map(|c| c.name.snap().to_string());
+                    if base != status.last_common_snapshot {
+                        warnings.push(Warning {
+                            code: "incomplete_cut",
+                            node: Some(node.name.clone()),
+                            message: format!(
+                                "{}'s {key} shares {} with the primary, its dataset {}: the next \
+                                 incremental re-seed refuses; re-seed with --full",
+                                node.name,
+                                base.as_deref().unwrap_or("no snapshot"),
+                                status.last_common_snapshot.as_deref().unwrap_or("none")
+                            ),
+                            degraded: true,
+                        });
+                    }
+                    status.dataset_bases.insert(key.clone(), base);
                 }
             }
         }
@@ -853,6 +912,58 @@ mod tests {
 
     fn codes(status: &ClusterStatus) -> Vec<&'static str> {
         status.warnings.iter().map(|w| w.code).collect()
+    }
+
+    #[test]
+    fn a_standby_whose_wal_dataset_lacks_the_common_base_is_reported_per_dataset() {
+        let config = config();
+        let mut db1 = primary(true, Some(1));
+        db1.members = vec![
+            (
+                "wal".into(),
+                vec![snap("tank/pg/wal@pgzfs-20261122T000000Z", 21, 1)],
+            ),
+            (
+                "tablespace:fast".into(),
+                vec![snap("tank/ts@pgzfs-20261122T000000Z", 31, 1)],
+            ),
+        ];
+        let mut db2 = standby("streaming");
+        db2.members = vec![
+            (
+                "wal".into(),
+                vec![snap("tank/pg/wal@pgzfs-20261122T000000Z", 21, 7)],
+            ),
+            // The tablespace's copy is another snapshot by the same name (GUID differs).
+            (
+                "tablespace:fast".into(),
+                vec![snap("tank/ts2@pgzfs-20261122T000000Z", 99, 7)],
+            ),
+        ];
+        let probes = [db1, db2, stopped_remote()];
+        let status = assemble(&config, &config.nodes[0], &probes, at("20261122T020000Z"));
+        let db2 = &status.nodes[1];
+        assert_eq!(
+            db2.dataset_bases.get("wal"),
+            Some(&Some("pgzfs-20261122T000000Z".to_string()))
+        );
+        assert_eq!(db2.dataset_bases.get("tablespace:fast"), Some(&None));
+        assert!(
+            codes(&status).contains(&"incomplete_cut"),
+            "{:?}",
+            codes(&status)
+        );
+        let warning = status
+            .warnings
+            .iter()
+            .find(|w| w.code == "incomplete_cut")
+            .unwrap();
+        assert!(
+            warning.message.contains("tablespace:fast"),
+            "{}",
+            warning.message
+        );
+        assert!(warning.degraded);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::values::*;
 use crate::compress::SshCompress;
 use crate::cut::BackupVia;
+use crate::datasets::{RawTablespace, Tablespace};
 use crate::failover::{FenceMode, OnBackup};
 use crate::pg::tls::{PgTls, SslMode};
 use crate::ssh_openssh::SshDataPath;
@@ -267,6 +268,8 @@ node_settings! {
     node {
         dataset: String, dataset_name => DatasetName, required => DatasetName;
         data_dir: String, path => PathBuf, required => PathBuf;
+        /// Datasets outside `dataset`'s tree that hold tablespaces, each with its mountpoint here.
+        tablespaces: Vec<RawTablespace>, |v, _: &Reading| Tablespace::parse_list(v) => Vec<Tablespace>, or(|_| Vec::new()) => Vec<Tablespace>;
         /// Where the dataset is mounted. None: keep the dataset's existing mountpoint, or use
         /// `data_dir` for a dataset pgzfs creates.
         mountpoint: String, path => PathBuf, optional => Option<PathBuf>;

@@ -1287,3 +1287,21 @@ fn a_node_on_two_networks_replicates_on_one_and_serves_clients_on_the_other() {
     ));
     assert!(why.contains("nodes[1].replication_host"), "{why}");
 }
+
+#[test]
+fn tablespaces_are_read_per_node_and_a_bad_entry_names_the_key() {
+    let config = parse(&format!(
+        "{MINIMAL}tablespaces = [{{ name = \"fast\", dataset = \"tank/pgts/fast\", mountpoint = \"/var/db/pgts/fast\" }}]\n"
+    ))
+    .unwrap();
+    let ts = &config.nodes[0].tablespaces;
+    assert_eq!(ts.len(), 1);
+    assert_eq!(ts[0].dataset.as_str(), "tank/pgts/fast");
+    assert_eq!(ts[0].mountpoint, Path::new("/var/db/pgts/fast"));
+    assert!(parse(MINIMAL).unwrap().nodes[0].tablespaces.is_empty());
+    let why = refusal(&format!(
+        "{MINIMAL}tablespaces = [{{ name = \"fast\", dataset = \"tank/ts\", mountpoint = \"relative\" }}]\n"
+    ));
+    assert!(why.contains("tablespaces"), "{why}");
+    assert!(why.contains("absolute"), "{why}");
+}

@@ -6,6 +6,8 @@ pub mod plan;
 pub mod protect;
 pub mod report;
 pub mod reseed;
+pub mod tree;
+mod tree_receive;
 
 pub use plan::{plan, resume, Mode, Plan, PlanInput, ResumeInput};
 pub use report::{DryRun, Summary};

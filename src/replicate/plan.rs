@@ -8,6 +8,8 @@ use crate::zfs::features::{token_matches, PlannedTransfer, ResumeTokenInfo};
 use crate::zfs::names::{DatasetName, SnapName, SnapshotName};
 use crate::zfs::{newest_common, Snapshot};
 
+use super::tree::MemberPlan;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Mode {
@@ -29,6 +31,13 @@ pub struct Plan {
     /// Local snapshots newer than the base, which the receive rolls back (all of them are
     /// pgzfs snapshots: others make the plan refuse).
     pub rolled_back: Vec<SnapName>,
+    /// The cluster's other datasets (children of the dataset, tablespaces), each copied
+    /// from the same cut after this one (`replicate::tree`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberPlan>,
+    /// Which part of the cut is atomic, where the cluster spans several datasets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut_note: Option<String>,
 }
 
 /// What the planner needs to know about this node.
@@ -52,6 +61,8 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         mode: Mode::Full,
         rename_aside: None,
         rolled_back: Vec::new(),
+        members: Vec::new(),
+        cut_note: None,
     };
     let Some(local) = input.local_snapshots else {
         return Ok(plan);
@@ -76,6 +87,19 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         .iter()
         .find(|s| s.guid == common.guid)
         .expect("common snapshot is local");
+    plan.rolled_back = rolled_back_after(local, local_base)?;
+    plan.mode = Mode::Incremental {
+        base: common.name.snap().clone(),
+    };
+    Ok(plan)
+}
+
+/// The local snapshots newer than `local_base`, which an incremental receive from that
+/// base rolls back; refused if any of them is not ours or is held.
+pub(super) fn rolled_back_after(
+    local: &[Snapshot],
+    local_base: &Snapshot,
+) -> Result<Vec<SnapName>> {
     let newer: Vec<&Snapshot> = local
         .iter()
         .filter(|s| s.createtxg > local_base.createtxg)
@@ -105,11 +129,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
             held.join(", ")
         )));
     }
-    plan.rolled_back = newer.iter().map(|s| s.name.snap().clone()).collect();
-    plan.mode = Mode::Incremental {
-        base: common.name.snap().clone(),
-    };
-    Ok(plan)
+    Ok(newer.iter().map(|s| s.name.snap().clone()).collect())
 }
 
 /// A partial receive left on this node by an interrupted resumable re-seed.
@@ -205,6 +225,8 @@ pub fn resume<'a>(input: &ResumeInput<'a>) -> std::result::Result<(Plan, &'a Sna
         mode,
         rename_aside: None,
         rolled_back: Vec::new(),
+        members: Vec::new(),
+        cut_note: None,
     };
     Ok((plan, target))
 }
@@ -250,6 +272,12 @@ impl Plan {
                 "roll back local pgzfs snapshots newer than the base: {}",
                 names.join(", ")
             ));
+        }
+        for member in &self.members {
+            lines.push(member.describe(&self.snapshot));
+        }
+        if let Some(note) = &self.cut_note {
+            lines.push(format!("cut: {note}"));
         }
         lines.join("\n")
     }

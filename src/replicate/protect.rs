@@ -8,16 +8,19 @@ use crate::zfs::{Snapshot, Zfs};
 
 /// Hold the new common snapshot on both sides so neither retention nor an operator can
 /// break the incremental chain, release this node's hold on older ones, and keep only the
-/// newest `keep_common` pgzfs snapshots on the standby.
+/// newest `keep_common` pgzfs snapshots on the standby. Called for every dataset of the
+/// cluster (the dataset, its children, the tablespaces) with the same snapshot name, so
+/// every one of them keeps the same cuts.
 pub fn protect_new_base(
     local: &Node,
     local_zfs: &dyn Zfs,
     remote_zfs: &dyn Zfs,
     source_dataset: &DatasetName,
+    local_dataset: &DatasetName,
     snap: &SnapName,
 ) -> Result<()> {
     let tag = HoldTag::parse(&format!("pgzfs-{}", local.reseed.slot_name))?;
-    let local_new = local.dataset.snapshot(snap);
+    let local_new = local_dataset.snapshot(snap);
     let remote_new = source_dataset.snapshot(snap);
     remote_zfs.hold(&tag, &remote_new)?;
     // A bookmark keeps the incremental chain usable even if retention later destroys the
@@ -38,7 +41,7 @@ pub fn protect_new_base(
     let mut local_snaps = Vec::new();
     for (zfs, dataset, keep, is_local) in [
         (remote_zfs, source_dataset, &remote_new, false),
-        (local_zfs, &local.dataset, &local_new, true),
+        (local_zfs, local_dataset, &local_new, true),
     ] {
         let snaps = zfs.snapshots(dataset)?;
         for old in snaps

@@ -9,6 +9,7 @@ use crate::cluster::{find_primary, pg_target, standby_setup};
 use crate::config::Node;
 use crate::context::Context;
 use crate::cut::BackupVia;
+use crate::datasets::{local_counterpart, map_tablespace_map, ClusterDatasets, Role};
 use crate::error::{Error, Result};
 use crate::lock::LocalLock;
 use crate::pg::control::{self, ControlData};
@@ -20,13 +21,14 @@ use crate::safe_dir::Dir;
 use crate::steps::{round, Steps};
 use crate::transfer::{self, Interrupt};
 use crate::zfs::features::{ResumeToken, SendOptions};
-use crate::zfs::names::{SnapName, SnapshotName};
+use crate::zfs::names::{DatasetName, SnapName, SnapshotName};
 use crate::zfs::replace::{Kept, NotReplaced, Replaced, Replacement};
 use crate::zfs::{Snapshot, Zfs};
 
 use super::plan::{plan, Plan, PlanInput};
 use super::protect::protect_new_base;
 use super::report::{DryRun, Summary};
+use super::tree::{plan_members, MemberInput, MountAt};
 
 /// Who asks for the re-seed. `rejoin` has already kept a former primary's diverged
 /// writes, so the refusal to overwrite a former primary's data does not apply to it.
@@ -161,28 +163,46 @@ impl Reseed<'_> {
         let pgctl = self.ctx.pgctl()?;
 
         // 1. Preflight: every refusal happens here, before anything changes.
-        let (mut state, source, mut primary, remote_zfs, remote_snaps, local_snaps) = steps.run("preflight", || {
-            let state = self.inspect_local(&local, local_zfs, &pgctl)?;
-            let (source, mut primary) = find_primary(&self.ctx.config, &local, self.request.from.as_deref())?;
-            self.check_compatible(&local, &state, &pgctl, &mut primary)?;
-            let remote_zfs = self.ctx.remote_zfs(&source)?;
-            if !remote_zfs.exists(&source.dataset)? {
-                return Err(Error::failed(format!("dataset {} does not exist on {}", source.dataset, source.name)));
-            }
-            let children = remote_zfs.children(&source.dataset)?;
-            if !children.is_empty() {
-                let names: Vec<String> = children.iter().map(|c| c.to_string()).collect();
-                return Err(Error::refused(format!(
-                    "{} on {} has child datasets ({}); re-seeding dataset trees is not supported yet, and sending only the top would leave the standby incomplete",
-                    source.dataset,
-                    source.name,
-                    names.join(", ")
-                )));
-            }
-            let remote_snaps = remote_zfs.snapshots(&source.dataset)?;
-            let local_snaps = if state.dataset_exists { Some(local_zfs.snapshots(&local.dataset)?) } else { None };
-            Ok((state, source, primary, remote_zfs, remote_snaps, local_snaps))
+        let (mut state, source, mut primary, remote_zfs, remote_snaps, local_snaps) =
+            steps.run("preflight", || {
+                let state = self.inspect_local(&local, local_zfs, &pgctl)?;
+                let (source, mut primary) =
+                    find_primary(&self.ctx.config, &local, self.request.from.as_deref())?;
+                self.check_compatible(&local, &state, &pgctl, &mut primary)?;
+                let remote_zfs = self.ctx.remote_zfs(&source)?;
+                if !remote_zfs.exists(&source.dataset)? {
+                    return Err(Error::failed(format!(
+                        "dataset {} does not exist on {}",
+                        source.dataset, source.name
+                    )));
+                }
+                let remote_snaps = remote_zfs.snapshots(&source.dataset)?;
+                let local_snaps = if state.dataset_exists {
+                    Some(local_zfs.snapshots(&local.dataset)?)
+                } else {
+                    None
+                };
+                Ok((
+                    state,
+                    source,
+                    primary,
+                    remote_zfs,
+                    remote_snaps,
+                    local_snaps,
+                ))
+            })?;
+        // The cluster's other datasets: children of the source's dataset, tablespaces.
+        let (source_cluster, others) = steps.run("datasets", || {
+            let cluster =
+                ClusterDatasets::discover(&remote_zfs, &source.dataset, &source.tablespaces)?;
+            let others = tree_sides(&cluster, &local, &source, local_zfs, &remote_zfs)?;
+            Ok((cluster, others))
         })?;
+        let multi_snapshot = source_cluster.tablespaces().next().is_some()
+            && remote_zfs
+                .features()
+                .map(|f| f.multi_snapshot)
+                .unwrap_or(false);
 
         // An interrupted resumable receive is continued when it still fits the source;
         // otherwise it is discarded (after the confirmation) and the re-seed starts afresh.
@@ -199,6 +219,10 @@ impl Reseed<'_> {
                 local_snaps.as_deref(),
                 &mut primary,
             ) {
+                Ok(_) if !others.is_empty() => (
+                    None,
+                    Some("a cluster of several datasets is copied afresh, not resumed".to_string()),
+                ),
                 Ok(resumed) => (Some(resumed), None),
                 Err(why) => (None, Some(why)),
             },
@@ -213,15 +237,20 @@ impl Reseed<'_> {
         let planned_snapshot = SnapName::parse(&format!("pgzfs-{stamp}"))?;
         let preview = match &resume {
             Some(resumed) => resumed.plan.clone(),
-            None => plan(&PlanInput {
-                source_dataset: &source.dataset,
-                source_snapshots: &remote_snaps,
-                local_dataset: &local.dataset,
-                local_snapshots: local_snaps.as_deref(),
-                snapshot: &planned_snapshot,
-                full: self.request.full,
-                stamp: &stamp,
-            })?,
+            None => {
+                let mut preview = plan(&PlanInput {
+                    source_dataset: &source.dataset,
+                    source_snapshots: &remote_snaps,
+                    local_dataset: &local.dataset,
+                    local_snapshots: local_snaps.as_deref(),
+                    snapshot: &planned_snapshot,
+                    full: self.request.full,
+                    stamp: &stamp,
+                })?;
+                preview.members = plan_members(&preview, &member_inputs(&others), &stamp)?;
+                preview.cut_note = source_cluster.cut_note(multi_snapshot);
+                preview
+            }
         };
         if self.request.caller == Caller::MajorUpgrade
             && !self.request.full
@@ -324,7 +353,7 @@ impl Reseed<'_> {
                 &mut steps,
                 &mut primary,
                 &remote_zfs,
-                &source.dataset,
+                &source_cluster,
                 &planned_snapshot,
                 &format!("pgzfs {}", local.name),
                 &source.name,
@@ -346,16 +375,25 @@ impl Reseed<'_> {
         // 5. The real plan, against the snapshot that now exists.
         let the_plan = match &resume {
             Some(resumed) => resumed.plan.clone(),
-            None => plan(&PlanInput {
-                source_dataset: &source.dataset,
-                source_snapshots: &remote_zfs.snapshots(&source.dataset)?,
-                local_dataset: &local.dataset,
-                local_snapshots: local_snaps.as_deref(),
-                snapshot: &snapshot_name,
-                full: self.request.full,
-                stamp: &stamp,
-            })?,
+            None => {
+                let mut the_plan = plan(&PlanInput {
+                    source_dataset: &source.dataset,
+                    source_snapshots: &remote_zfs.snapshots(&source.dataset)?,
+                    local_dataset: &local.dataset,
+                    local_snapshots: local_snaps.as_deref(),
+                    snapshot: &snapshot_name,
+                    full: self.request.full,
+                    stamp: &stamp,
+                })?;
+                the_plan.members = plan_members(&the_plan, &member_inputs(&others), &stamp)?;
+                the_plan.cut_note = source_cluster.cut_note(multi_snapshot);
+                the_plan
+            }
         };
+        // Each tablespace where this node keeps it; refused before anything is received
+        // when the backup names a tablespace the config does not.
+        let spcmapfile =
+            map_tablespace_map(&stop.spcmapfile, &source.tablespaces, &local.tablespaces)?;
         tracing::info!("plan: {}", the_plan.describe());
         let estimate = estimate(&remote_zfs, &the_plan, Some(&new_snapshot));
 
@@ -426,7 +464,7 @@ impl Reseed<'_> {
         steps.run("standby config", || {
             let mut setup = standby_setup(&self.ctx.config, &local, &source, primary.major());
             setup.labelfile = stop.labelfile.clone();
-            setup.spcmapfile = stop.spcmapfile.clone();
+            setup.spcmapfile = spcmapfile.clone();
             warn_if_walreceiver_cannot_read(setup.passfile.as_deref(), &local.pg.pg_os_user);
             make_standby(&local.data_dir, &setup)
         })?;
@@ -438,11 +476,24 @@ impl Reseed<'_> {
 
         // 9. Protect the new base on both sides, release the old one, trim the standby.
         steps.run("holds", || {
+            // The same cut on every dataset of the cluster, the dataset itself last: a
+            // run that fails half way leaves the tree's hold where the dataset's is.
+            for member in &the_plan.members {
+                protect_new_base(
+                    &local,
+                    local_zfs,
+                    &remote_zfs,
+                    &member.source_dataset,
+                    &member.local_dataset,
+                    &snapshot_name,
+                )?;
+            }
             protect_new_base(
                 &local,
                 local_zfs,
                 &remote_zfs,
                 &source.dataset,
+                &local.dataset,
                 &snapshot_name,
             )
         })?;
@@ -635,6 +686,10 @@ impl Reseed<'_> {
             resumable,
             resume,
         };
+        // Children first, deepest first (a parent with a mounted child is busy), and the
+        // tablespaces: zfs-fuse serves stale data after receiving into a mounted dataset.
+        super::tree_receive::unmount_cluster(local_zfs, dataset, dataset_exists, &plan.members)?;
+        super::tree_receive::rename_aside(local_zfs, &plan.members)?;
         let replaced = local_zfs.receive_replacing(
             &replacement,
             &self.interrupt,
@@ -648,25 +703,18 @@ impl Reseed<'_> {
                     &options,
                 ),
             },
-            |source, sink| {
-                let progress = Progress::new(estimate);
-                let moved = transfer::copy(
-                    source,
-                    sink,
-                    &progress,
-                    &self.interrupt,
-                    local.reseed.bwlimit,
-                );
-                progress.finish();
-                moved
-            },
+            |source, sink| self.copy_stream(local, source, sink, estimate),
         );
         let Replaced {
-            transferred,
+            transferred: mut moved,
             old_mountpoint,
         } = match replaced {
             Ok(replaced) => replaced,
             Err(NotReplaced { error, kept }) => {
+                if let Err(e) = super::tree_receive::restore_after_failure(local_zfs, &plan.members)
+                {
+                    tracing::warn!("could not restore every child and tablespace: {e}");
+                }
                 return Err(match kept {
                     Kept::Nothing => error,
                     Kept::PartialFull => error.context(format!(
@@ -679,9 +727,34 @@ impl Reseed<'_> {
                     Kept::PartialIncremental => error.context(format!(
                         "the partial receive into {dataset} is kept; run reset-secondary again to resume it"
                     )),
-                })
+                });
             }
         };
+        if !plan.is_incremental() {
+            super::tree_receive::copy_tuning(remote_zfs, local_zfs, &plan.source_dataset, dataset);
+        }
+        // Then every child (parents first) and tablespace, from the same cut.
+        let members = self.receive_members(local, local_zfs, remote_zfs, stream_zfs, plan);
+        match members {
+            Ok(more) => {
+                moved.bytes += more.bytes;
+                moved.elapsed += more.elapsed;
+            }
+            Err(e) => {
+                tracing::error!("receiving the children and tablespaces failed: {e}");
+                if let Err(e) = local_zfs.mount(dataset) {
+                    tracing::warn!("could not mount {dataset} again: {e}");
+                }
+                if let Err(e) = super::tree_receive::restore_after_failure(local_zfs, &plan.members)
+                {
+                    tracing::warn!("could not restore every child and tablespace: {e}");
+                }
+                return Err(e.context(format!(
+                    "{dataset} was received, but not every child and tablespace; run reset-secondary --full to copy the cluster again"
+                )));
+            }
+        }
+        let transferred = moved;
         let same_layout_as_source = || {
             let source_mountpoint = remote_zfs.mountpoint(&source.dataset).ok().flatten()?;
             mountpoint_for(&local.data_dir, &source.data_dir, &source_mountpoint)
@@ -693,6 +766,8 @@ impl Reseed<'_> {
             .or_else(same_layout_as_source)
             .unwrap_or_else(|| local.data_dir.clone());
         local_zfs.mount_at(dataset, &wanted)?;
+        // Parents before children, at the places the plan names.
+        super::tree_receive::mount_members(local_zfs, &wanted, &plan.members)?;
         if !local.data_dir.starts_with(&wanted) {
             return Err(Error::usage(format!(
                 "data_dir {} is not below the dataset's mountpoint {}",
@@ -717,6 +792,83 @@ impl Reseed<'_> {
             )
             .map_err(|e| e.context(format!("marking {} as received", local.data_dir.display())))?;
         Ok(transferred)
+    }
+
+    /// Move one stream into a receive, with progress and this node's bandwidth limit.
+    fn copy_stream(
+        &self,
+        local: &Node,
+        source: Box<dyn transfer::Source>,
+        sink: Box<dyn transfer::Sink>,
+        estimate: Option<u64>,
+    ) -> Result<transfer::Transferred> {
+        let progress = Progress::new(estimate);
+        let moved = transfer::copy(
+            source,
+            sink,
+            &progress,
+            &self.interrupt,
+            local.reseed.bwlimit,
+        );
+        progress.finish();
+        moved
+    }
+
+    /// Every child (parents first) and tablespace of the plan, each from the same cut as
+    /// the dataset itself, each received like the dataset (rollback of what is newer
+    /// than its base, retries of passing failures); not resumable.
+    fn receive_members(
+        &self,
+        local: &Node,
+        local_zfs: &dyn Zfs,
+        remote_zfs: &dyn Zfs,
+        stream_zfs: &dyn Zfs,
+        plan: &Plan,
+    ) -> Result<transfer::Transferred> {
+        let mut moved = transfer::Transferred::default();
+        for member in &plan.members {
+            self.interrupt.check()?;
+            let options = SendOptions::choose(
+                &remote_zfs.features_for(&member.source_dataset)?,
+                &local_zfs
+                    .features_for(&member.local_dataset)
+                    .unwrap_or_default(),
+                remote_zfs.is_encrypted(&member.source_dataset)?,
+            );
+            tracing::info!("{}", member.describe(&plan.snapshot));
+            let replacement = Replacement {
+                dataset: &member.local_dataset,
+                // Unmounted already, and renamed aside where the plan says so.
+                exists: false,
+                rename_aside: None,
+                newer_than_base: &member.rolled_back,
+                incremental: member.is_incremental(),
+                resumable: false,
+                resume: None,
+            };
+            let source_snapshot = member.source_snapshot(&plan.snapshot);
+            let base = member.base_snapshot();
+            let one = local_zfs
+                .receive_replacing(
+                    &replacement,
+                    &self.interrupt,
+                    |_| stream_zfs.send_with(&source_snapshot, base.as_ref(), &options),
+                    |source, sink| self.copy_stream(local, source, sink, None),
+                )
+                .map_err(|not| not.error)?
+                .transferred;
+            if !member.is_incremental() {
+                super::tree_receive::copy_tuning(
+                    remote_zfs,
+                    local_zfs,
+                    &member.source_dataset,
+                    &member.local_dataset,
+                );
+            }
+            moved.bytes += one.bytes;
+            moved.elapsed += one.elapsed;
+        }
+        Ok(moved)
     }
 
     /// Whether the partial receive `token` left on this node can be continued now: it
@@ -993,6 +1145,96 @@ fn warn_if_walreceiver_cannot_read(passfile: Option<&Path>, os_user: &str) {
             );
         }
     }
+}
+
+/// One member of the source's cluster (not its dataset itself) as both sides hold it.
+struct MemberSides {
+    role: Role,
+    source_dataset: DatasetName,
+    source_snapshots: Vec<Snapshot>,
+    local_dataset: DatasetName,
+    local_snapshots: Option<Vec<Snapshot>>,
+    mount: MountAt,
+}
+
+/// Both sides of every child and tablespace of the source's cluster, and where each is
+/// to be mounted here.
+fn tree_sides(
+    cluster: &ClusterDatasets,
+    local: &Node,
+    source: &Node,
+    local_zfs: &dyn Zfs,
+    remote_zfs: &dyn Zfs,
+) -> Result<Vec<MemberSides>> {
+    let source_root_mountpoint = if cluster.others().is_empty() {
+        None
+    } else {
+        remote_zfs.mountpoint(&source.dataset)?
+    };
+    let mut sides = Vec::new();
+    for member in cluster.others() {
+        let local_dataset = local_counterpart(member, &local.dataset, &local.tablespaces)?;
+        let mount = match &member.role {
+            Role::Root => unreachable!("others() leaves out the root"),
+            Role::Child { .. } => match (remote_zfs.mountpoint(&member.dataset)?, &source_root_mountpoint) {
+                (None, _) => MountAt::Unmounted,
+                (Some(at), Some(root_at)) if at.starts_with(root_at) => MountAt::BelowRoot {
+                    relative: at.strip_prefix(root_at).expect("checked").to_path_buf(),
+                },
+                (Some(at), _) => {
+                    return Err(Error::refused(format!(
+                        "{} on {} is mounted at {}, outside its parent {}'s mountpoint; pgzfs maps a                          child's mountpoint only below its parent's. Mount it below, or make it a                          separate dataset listed in tablespaces",
+                        member.dataset,
+                        source.name,
+                        at.display(),
+                        source.dataset
+                    )))
+                }
+            },
+            Role::Tablespace { name } => MountAt::Path {
+                path: local
+                    .tablespaces
+                    .iter()
+                    .find(|t| &t.name == name)
+                    .map(|t| t.mountpoint.clone())
+                    .expect("local_counterpart found it"),
+            },
+        };
+        if !remote_zfs.exists(&member.dataset)? {
+            return Err(Error::failed(format!(
+                "dataset {} (tablespaces) does not exist on {}",
+                member.dataset, source.name
+            )));
+        }
+        let local_snapshots = if local_zfs.exists(&local_dataset)? {
+            Some(local_zfs.snapshots(&local_dataset)?)
+        } else {
+            None
+        };
+        sides.push(MemberSides {
+            role: member.role.clone(),
+            source_snapshots: remote_zfs.snapshots(&member.dataset)?,
+            source_dataset: member.dataset.clone(),
+            local_dataset,
+            local_snapshots,
+            mount,
+        });
+    }
+    Ok(sides)
+}
+
+fn member_inputs(sides: &[MemberSides]) -> Vec<MemberInput<'_>> {
+    sides
+        .iter()
+        .map(|s| MemberInput {
+            role: s.role.clone(),
+            source_dataset: &s.source_dataset,
+            source_snapshots: &s.source_snapshots,
+            local_dataset: &s.local_dataset,
+            local_snapshots: s.local_snapshots.as_deref(),
+            mount: s.mount.clone(),
+        })
+        .collect()
 }
 
 /// The stream size when the sending side can tell it without sending.

@@ -211,6 +211,7 @@ impl<R: Runner> ZfsCli<R> {
         let send = features::parse_send_usage(&format!("{}\n{}", usage.stdout, usage.stderr));
         Ok(Features {
             written_property: out.success() && !out.stderr.contains("invalid property"),
+            multi_snapshot: out.success() && !out.stderr.contains("invalid property"),
             send_resume: send.resume,
             send_large_blocks: send.has('L'),
             send_embedded: send.has('e'),
@@ -405,6 +406,52 @@ impl<R: Runner> Zfs for ZfsCli<R> {
             cmd = cmd.arg("-o").arg(format!("{name}={value}"));
         }
         self.runner.run(&cmd.arg(snapshot.to_string())).map(drop)
+    }
+
+    fn snapshot_recursive_many(
+        &self,
+        snapshots: &[SnapshotName],
+        props: &[(&str, String)],
+    ) -> Result<()> {
+        if snapshots.len() > 1 && !self.features()?.multi_snapshot {
+            return Err(Error::failed(format!(
+                "zfs on {} takes one snapshot per call",
+                self.location()
+            )));
+        }
+        let mut cmd = self.cmd().args(["snapshot", "-r"]);
+        for (name, value) in props {
+            validate_user_prop(name, value)?;
+            cmd = cmd.arg("-o").arg(format!("{name}={value}"));
+        }
+        for snapshot in snapshots {
+            cmd = cmd.arg(snapshot.to_string());
+        }
+        self.runner.run(&cmd).map(drop)
+    }
+
+    fn set_tuning_props(&self, dataset: &DatasetName, props: &[(&str, String)]) -> Result<()> {
+        // One `zfs set` per property: zfs-fuse takes only one property=value per call.
+        for (name, value) in props {
+            let plain = !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !super::TUNING_PROPERTIES.contains(name) || !plain {
+                return Err(Error::failed(format!(
+                    "refusing to set {name}={value:?} on {dataset}: not a tuning property or an unexpected value"
+                )));
+            }
+            self.runner.run(
+                &self
+                    .cmd()
+                    .arg("set")
+                    .arg(format!("{name}={value}"))
+                    .arg(dataset.as_str()),
+            )?;
+        }
+        Ok(())
     }
 
     fn set_snapshot_props(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()> {

@@ -106,6 +106,9 @@ pub struct Features {
     pub send_raw: bool,
     /// The pool can hold bookmarks (`feature@bookmarks` enabled or active).
     pub bookmarks: bool,
+    /// `zfs snapshot a@s b@s` takes several snapshots in one atomic call. Came with the
+    /// same (libzfs_core era) ZFS as the `written` property; zfs-fuse has neither.
+    pub multi_snapshot: bool,
 }
 
 pub trait Zfs {
@@ -235,7 +238,37 @@ pub trait Zfs {
     fn bookmark(&self, _snapshot: &SnapshotName) -> Result<()> {
         Err(unsupported(self, "zfs bookmark"))
     }
+    /// Several snapshots, each with its descendants, in ONE atomic call
+    /// (`zfs snapshot -r a@s b@s`), where [`Features::multi_snapshot`] says the ZFS can.
+    fn snapshot_recursive_many(
+        &self,
+        snapshots: &[SnapshotName],
+        props: &[(&str, String)],
+    ) -> Result<()> {
+        match snapshots {
+            [one] => self.snapshot_recursive(one, props),
+            _ => Err(unsupported(self, "zfs snapshot with several names")),
+        }
+    }
+    /// Set the native properties of [`TUNING_PROPERTIES`] on a dataset (a received copy
+    /// gets the source's recordsize, compression, logbias, ...).
+    fn set_tuning_props(&self, _dataset: &DatasetName, _props: &[(&str, String)]) -> Result<()> {
+        Err(unsupported(self, "zfs set of native properties"))
+    }
 }
+
+/// The dataset properties a copy takes over from its source: they tune how PostgreSQL's
+/// files are stored (records sized for 8 kB pages, or large for WAL; compression;
+/// logbias=throughput for WAL), and a former standby that becomes primary should write
+/// as the primary did. A plain `zfs send` does not carry them.
+pub const TUNING_PROPERTIES: &[&str] = &[
+    "recordsize",
+    "compression",
+    "logbias",
+    "atime",
+    "primarycache",
+    "xattr",
+];
 
 fn unsupported<Z: Zfs + ?Sized>(zfs: &Z, what: &str) -> crate::error::Error {
     crate::error::Error::failed(format!(

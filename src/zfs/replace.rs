@@ -152,6 +152,10 @@ impl<'z> dyn Zfs + 'z {
     pub fn rename_aside(&self, dataset: &DatasetName, aside: &DatasetName) -> Result<()> {
         self.rename(dataset, aside)?;
         self.set_canmount_noauto(aside)?;
+        // Its children too: at boot they would mount over the new copy's (pg_wal).
+        for child in self.children(aside)? {
+            self.set_canmount_noauto(&child)?;
+        }
         tracing::info!("kept the previous dataset as {aside}");
         Ok(())
     }
