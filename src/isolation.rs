@@ -11,9 +11,9 @@ use crate::context::{Context, Invocation};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::exec::Cmd;
-use crate::failover::{fence, role, Role};
+use crate::failover::seam::{RealLocalServer, RealPostgres};
+use crate::failover::{fence, local_role, Role};
 use crate::http::{Request, Response};
-use crate::pg::ctl::PgCtl;
 use crate::quorum::{ask_all, majority, must_fence, Contacts, View};
 use crate::transfer::Interrupt;
 
@@ -198,14 +198,14 @@ pub fn spawn_watch(
 /// CARP address away so that it follows the writable primary. Standbys are left alone.
 pub fn fence_if_primary(ctx: &Context, view: &View) -> Option<String> {
     let local = &ctx.local;
-    let pgctl = match PgCtl::for_node(local) {
-        Ok(pgctl) => pgctl,
+    let server = match RealLocalServer::for_node(local) {
+        Ok(server) => server,
         Err(e) => {
             tracing::error!("quorum: isolated, and cannot look at PostgreSQL: {e}");
             return None;
         }
     };
-    match role(ctx, &pgctl) {
+    match local_role(&RealPostgres, &server, local).map(Role::assumed) {
         Ok(Role::Primary) => {}
         Ok(_) => return None,
         Err(e) => {
@@ -231,7 +231,12 @@ pub fn fence_if_primary(ctx: &Context, view: &View) -> Option<String> {
     ctx.local.stop_timeout = ctx.local.stop_timeout.min(ISOLATED_STOP_TIMEOUT);
     let ctx = &ctx;
     let local = &ctx.local;
-    let fenced = fence(ctx, &pgctl, "fenced read-only: isolated from the quorum");
+    let fenced = fence(
+        &RealPostgres,
+        &server,
+        local,
+        "fenced read-only: isolated from the quorum",
+    );
     let (success, details) = match &fenced {
         Ok(how) => (true, format!("{why}; {how}")),
         Err(e) => (false, format!("{why}; the fence failed: {e}")),
