@@ -11,9 +11,10 @@ use crate::context::{Context, Invocation};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::exec::Cmd;
-use crate::failover::seam::{RealLocalServer, RealPostgres};
+use crate::failover::seam::RealPostgres;
 use crate::failover::{fence, local_role, Role};
 use crate::http::{Request, Response};
+use crate::pg::ctl::PgCtl;
 use crate::quorum::{ask_all, majority, must_fence, Contacts, View};
 use crate::transfer::Interrupt;
 
@@ -198,14 +199,14 @@ pub fn spawn_watch(
 /// CARP address away so that it follows the writable primary. Standbys are left alone.
 pub fn fence_if_primary(ctx: &Context, view: &View) -> Option<String> {
     let local = &ctx.local;
-    let server = match RealLocalServer::for_node(local) {
-        Ok(server) => server,
+    let pgctl = match PgCtl::for_node(local) {
+        Ok(pgctl) => pgctl,
         Err(e) => {
             tracing::error!("quorum: isolated, and cannot look at PostgreSQL: {e}");
             return None;
         }
     };
-    match local_role(&RealPostgres, &server, local).map(Role::assumed) {
+    match local_role(&RealPostgres, &pgctl, local).map(Role::assumed) {
         Ok(Role::Primary) => {}
         Ok(_) => return None,
         Err(e) => {
@@ -233,7 +234,7 @@ pub fn fence_if_primary(ctx: &Context, view: &View) -> Option<String> {
     let local = &ctx.local;
     let fenced = fence(
         &RealPostgres,
-        &server,
+        &pgctl,
         local,
         "fenced read-only: isolated from the quorum",
     );

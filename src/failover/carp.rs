@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use super::promote::{local_epoch, promote};
 use super::rejoin::rejoin_and_reseed;
 use super::role::{fence, local_role, Role};
-use super::seam::{RealLocalServer, RealPostgres};
+use super::seam::RealPostgres;
 use super::OnBackup;
 use crate::cluster::find_primary;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::lock::LocalLock;
+use crate::pg::ctl::PgCtl;
 use crate::replicate::report;
 
 /// What CARP MASTER calls for, given this node's role.
@@ -51,7 +52,7 @@ pub fn master_action(role: &Role) -> MasterAction {
 /// CARP MASTER: this node holds the address now. The caller holds the node's lock.
 pub fn on_master(ctx: &Context) -> Result<String> {
     let local = &ctx.local;
-    let server = RealLocalServer::for_node(local)?;
+    let server = PgCtl::for_node(local)?;
     let role = local_role(&RealPostgres, &server, local)?.assumed();
     match master_action(&role) {
         MasterAction::Nothing => Ok(format!("{} already is the primary; nothing to do", local.name)),
@@ -102,7 +103,7 @@ pub fn backup_action(role: &Role) -> BackupAction {
 pub fn on_backup(ctx: &Context, then: OnBackup) -> Result<String> {
     let local = &ctx.local;
     let pg = RealPostgres;
-    let server = RealLocalServer::for_node(local)?;
+    let server = PgCtl::for_node(local)?;
     let mut said = Vec::new();
     match backup_action(&local_role(&pg, &server, local)?.assumed()) {
         BackupAction::Nothing(what) => return Ok(format!("{} {what}; nothing to do", local.name)),

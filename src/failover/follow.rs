@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::seam::{LocalServer, Postgres, RealLocalServer, RealPostgres, Session};
+use super::seam::{LocalServer, Postgres, RealPostgres, Session};
 use crate::cluster::standby_setup;
 use crate::config::Node;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::pg::ctl::PgCtl;
 use crate::pg::standby::repoint_standby;
 
 /// Make this standby follow `to`; says how (started, reloaded, restarted). The caller
@@ -16,7 +17,7 @@ use crate::pg::standby::repoint_standby;
 pub fn follow(ctx: &Context, to: &str) -> Result<String> {
     let local = &ctx.local;
     let target = ctx.peer(to, "--to")?;
-    let server = RealLocalServer::for_node(local)?;
+    let server = PgCtl::for_node(local)?;
     let running = server.is_running();
     let mut primary = check_follow(&RealPostgres, &server, local, &target)?;
     if local.use_slots {

@@ -6,12 +6,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::seam::{LocalServer, Postgres, RealLocalServer, RealPostgres, Session};
+use super::seam::{LocalServer, Postgres, RealPostgres, Session};
 use crate::cluster::ssh_target;
 use crate::config::{Config, Node};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
+use crate::pg::ctl::PgCtl;
 use crate::quorum::{LeaseVerdict, PeerQuorum, Quorum};
 use crate::ssh::SshHost;
 use crate::zfs::cli::ZfsCli;
@@ -263,7 +264,7 @@ pub struct PeerChecks<'a> {
 /// Promote this node. The caller holds the node's lock.
 pub fn promote(ctx: &Context, force: bool) -> Result<Promoted> {
     let pg = RealPostgres;
-    let server = RealLocalServer::for_node(&ctx.local)?;
+    let server = PgCtl::for_node(&ctx.local)?;
     let ask = || ask_peers(&ctx.config, &ctx.local, &pg);
     let checks = PeerChecks {
         ask: &ask,

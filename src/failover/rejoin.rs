@@ -11,12 +11,13 @@ use std::time::SystemTime;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::seam::{LocalServer, Postgres, RealLocalServer, RealPostgres, Session};
+use super::seam::{LocalServer, Postgres, RealPostgres, Session};
 use crate::cluster::ssh_target;
 use crate::config::Node;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::pg::control::{self, Lsn};
+use crate::pg::ctl::PgCtl;
 use crate::progress::{human_bytes, Progress};
 use crate::replicate::{self, ReseedRequest, Summary};
 use crate::safe_dir::Dir;
@@ -43,7 +44,7 @@ pub fn rejoin(
 ) -> Result<Option<Quarantine>> {
     let local = &ctx.local;
     let target = ctx.peer(to, "--to")?;
-    let server = RealLocalServer::for_node(local)?;
+    let server = PgCtl::for_node(local)?;
     let mut primary = check_rejoin(&RealPostgres, &server, local, &target)?;
     let new_timeline = primary.timeline()?;
     let remote = ZfsCli::new(SshHost::connect(&ssh_target(local, &target))?);

@@ -1,10 +1,10 @@
 //! The PostgreSQL seam of the failover runbooks: exactly the questions and orders that
 //! promote, rejoin, follow, switchover and carp-event put to a server, and nothing else.
-//! The real implementation, over `pg::Pg` and `pg::ctl::PgCtl`, sits beside the traits;
+//! The real implementation, `RealPostgres` over `pg::Pg` and `LocalServer` for
+//! `pg::ctl::PgCtl`, sits beside the traits;
 //! the unit tests give the runbooks fakes instead, so that every safety decision can be
 //! tried without a server.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cluster::pg_target;
@@ -110,41 +110,27 @@ impl Session for Pg {
 }
 
 /// This node's server: pg_ctl, and pg_control read from its data directory.
-pub struct RealLocalServer {
-    pgctl: PgCtl,
-    data_dir: PathBuf,
-}
-
-impl RealLocalServer {
-    pub fn for_node(node: &Node) -> Result<RealLocalServer> {
-        Ok(RealLocalServer {
-            pgctl: PgCtl::for_node(node)?,
-            data_dir: node.data_dir.clone(),
-        })
-    }
-}
-
-impl LocalServer for RealLocalServer {
+impl LocalServer for PgCtl {
     fn is_running(&self) -> bool {
-        self.pgctl.is_running()
+        PgCtl::is_running(self)
     }
     fn start(&self, timeout: Duration) -> Result<()> {
-        self.pgctl.start(timeout)
+        PgCtl::start(self, timeout)
     }
     fn stop(&self, timeout: Duration) -> Result<&'static str> {
-        self.pgctl.stop(timeout)
+        PgCtl::stop(self, timeout)
     }
     fn reload(&self) -> Result<()> {
-        self.pgctl.reload()
+        PgCtl::reload(self)
     }
     fn promote(&self, timeout: Duration) -> Result<()> {
-        self.pgctl.promote(timeout)
+        PgCtl::promote(self, timeout)
     }
     fn control(&self) -> Result<Option<ControlData>> {
-        control::read_control(&self.data_dir)
+        control::read_control(self.data_dir())
     }
     fn starts_as_standby(&self) -> bool {
-        starts_as_standby(&self.data_dir)
+        starts_as_standby(self.data_dir())
     }
 }
 

@@ -10,13 +10,14 @@ use serde::Serialize;
 
 use super::promote::wait_until_writable;
 use super::rejoin::rejoin_and_reseed;
-use super::seam::{LocalServer, Postgres, RealLocalServer, RealPostgres, Session};
+use super::seam::{LocalServer, Postgres, RealPostgres, Session};
 use crate::cluster::ssh_target;
 use crate::config::Node;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::exec::{remote_pgzfs, Cmd, Runner};
 use crate::pg::control;
+use crate::pg::ctl::PgCtl;
 use crate::ssh::SshHost;
 use crate::steps::round;
 
@@ -39,7 +40,7 @@ pub fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
     let local = &ctx.local;
     let target = ctx.peer(to, "--to")?;
     let pg = &RealPostgres;
-    let server = &RealLocalServer::for_node(local)?;
+    let server = &PgCtl::for_node(local)?;
     let mut session = check_switchover(pg, local, &target)?;
     // Check that we can reach the target over SSH before anything stops.
     let ssh = SshHost::connect(&ssh_target(local, &target))?;

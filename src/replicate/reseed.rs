@@ -10,6 +10,8 @@ use crate::config::Node;
 use crate::context::Context;
 use crate::cut::BackupVia;
 use crate::error::{Error, Result};
+use crate::failover::role::{local_role_reading, Role};
+use crate::failover::seam::RealPostgres;
 use crate::lock::LocalLock;
 use crate::pg::control::{self, ControlData};
 use crate::pg::ctl::PgCtl;
@@ -493,33 +495,41 @@ impl Reseed<'_> {
         } else {
             control::read_control(&local.data_dir)?
         };
-        let running = pgctl.is_running();
-        let server = if running {
-            let asked = Pg::connect(&pg_target(local))
-                .and_then(|mut pg| Ok((pg.is_in_recovery()?, pg.is_writable()?)));
-            match asked {
-                Ok((in_recovery, writable)) => LocalServer::Answered {
-                    in_recovery,
-                    writable,
-                },
-                Err(e) => {
-                    tracing::warn!("cannot ask the local PostgreSQL whether it is a standby: {e}");
-                    LocalServer::Unanswered {
-                        last_state_was_primary: control.map(|c| c.state.was_primary()),
-                    }
+        // failover::role's one answer, with pg_control as read above.
+        let role = local_role_reading(&RealPostgres, pgctl, local, &|| Ok(control))?;
+        let running = !matches!(role, Role::Stopped(_));
+        let server = match role {
+            Role::Standby => LocalServer::Answered {
+                in_recovery: true,
+                writable: false,
+            },
+            Role::Primary => LocalServer::Answered {
+                in_recovery: false,
+                writable: true,
+            },
+            Role::FencedPrimary => LocalServer::Answered {
+                in_recovery: false,
+                writable: false,
+            },
+            Role::Unanswered(data, e) => {
+                tracing::warn!("cannot ask the local PostgreSQL whether it is a standby: {e}");
+                LocalServer::Unanswered {
+                    last_state_was_primary: data.last_state_was_primary(),
                 }
             }
-        } else {
-            let unfinished_reseed = control.is_some() && received_marker_present(&local.data_dir);
-            if unfinished_reseed {
-                tracing::info!(
-                    "{} holds a received copy that an interrupted run did not finish configuring",
-                    local.data_dir.display()
-                );
-            }
-            LocalServer::Stopped {
-                last_state_was_primary: control.map(|c| c.state.was_primary()),
-                unfinished_reseed,
+            Role::Stopped(data) => {
+                let unfinished_reseed =
+                    control.is_some() && received_marker_present(&local.data_dir);
+                if unfinished_reseed {
+                    tracing::info!(
+                        "{} holds a received copy that an interrupted run did not finish configuring",
+                        local.data_dir.display()
+                    );
+                }
+                LocalServer::Stopped {
+                    last_state_was_primary: data.last_state_was_primary(),
+                    unfinished_reseed,
+                }
             }
         };
         if let Some(refusal) = refusal(&server, self.request.full, self.request.caller) {
