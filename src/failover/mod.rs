@@ -17,6 +17,8 @@ pub mod rejoin;
 pub mod role;
 pub mod seam;
 pub mod switchover;
+#[cfg(test)]
+mod tests;
 
 pub use role::{fence, local_role, Role};
 
