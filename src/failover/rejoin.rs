@@ -12,7 +12,6 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 
 use super::seam::{LocalServer, Postgres, RealPostgres, Session};
-use crate::cluster::ssh_target;
 use crate::config::Node;
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -21,9 +20,7 @@ use crate::pg::ctl::PgCtl;
 use crate::progress::{human_bytes, Progress};
 use crate::replicate::{self, ReseedRequest, Summary};
 use crate::safe_dir::Dir;
-use crate::ssh::SshHost;
 use crate::transfer::{self, Interrupt, Sink};
-use crate::zfs::cli::ZfsCli;
 use crate::zfs::names::SnapName;
 use crate::zfs::{newest_common, prop, Zfs};
 
@@ -47,7 +44,7 @@ pub fn rejoin(
     let server = PgCtl::for_node(local)?;
     let mut primary = check_rejoin(&RealPostgres, &server, local, &target)?;
     let new_timeline = primary.timeline()?;
-    let remote = ZfsCli::new(SshHost::connect(&ssh_target(local, &target))?);
+    let remote = ctx.remote_zfs(&target)?;
     let fork_lsn: Option<Lsn> = remote
         .get_text(target.dataset.as_str(), prop::FORK_LSN)?
         .and_then(|t| t.parse().ok());

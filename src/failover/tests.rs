@@ -486,10 +486,20 @@ fn promote_refuses_while_another_node_is_or_may_be_a_writable_primary() {
     }
 }
 
+/// (scenario, this server running, what it answers, what the named node answers, the
+/// outcome); `None`: does not answer.
+type PeerRow = (
+    &'static str,
+    bool,
+    Option<FakeServer>,
+    Option<FakeServer>,
+    &'static str,
+);
+
 #[test]
 fn rejoin_needs_this_node_fenced_and_the_new_primary_writable() {
     // (scenario, this server running, what it answers, what db2 answers, the outcome)
-    let rows: Vec<(&str, bool, Option<FakeServer>, Option<FakeServer>, &str)> = vec![
+    let rows: Vec<PeerRow> = vec![
         (
             "a former primary stopped by its fence rejoins the new primary",
             false,
@@ -547,7 +557,7 @@ fn rejoin_needs_this_node_fenced_and_the_new_primary_writable() {
 #[test]
 fn follow_repoints_only_a_standby_and_only_at_a_writable_primary() {
     // (scenario, this server running, what it answers, what db2 answers, the outcome)
-    let rows: Vec<(&str, bool, Option<FakeServer>, Option<FakeServer>, &str)> = vec![
+    let rows: Vec<PeerRow> = vec![
         (
             "a streaming standby follows the new primary",
             true,
