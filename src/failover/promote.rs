@@ -264,7 +264,13 @@ pub struct PeerChecks<'a> {
 /// Promote this node. The caller holds the node's lock.
 pub fn promote(ctx: &Context, force: bool) -> Result<Promoted> {
     let pg = RealPostgres;
-    let server = PgCtl::for_node(&ctx.local)?;
+    let server = match PgCtl::for_node(&ctx.local) {
+        Ok(server) => server,
+        Err(e) => {
+            events::emit_failure(&ctx.config, &ctx.local.name, "promote", &e, None);
+            return Err(e);
+        }
+    };
     let ask = || ask_peers(&ctx.config, &ctx.local, &pg);
     let checks = PeerChecks {
         ask: &ask,
