@@ -12,6 +12,8 @@ use crate::compress::SshCompress;
 use crate::config::{config_path, Config, Node};
 use crate::error::{Error, Result};
 use crate::exec::remote_pgzfs;
+use crate::failover::seam::RealPostgres;
+use crate::failover::Role;
 use crate::pg::ctl::PgCtl;
 use crate::pg::Pg;
 use crate::ssh::SshHost;
@@ -114,5 +116,12 @@ impl Context {
     /// pg_ctl for this node's server.
     pub fn pgctl(&self) -> Result<PgCtl> {
         PgCtl::for_node(&self.local)
+    }
+
+    /// What this node's PostgreSQL is now: primary, standby, stopped, or running but not
+    /// answering (`failover::role`, with its one fallback policy: unknown is never "not a
+    /// primary").
+    pub fn local_role(&self, pgctl: &PgCtl) -> Result<Role> {
+        crate::failover::local_role(&RealPostgres, pgctl, &self.local)
     }
 }

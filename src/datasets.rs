@@ -105,7 +105,7 @@ fn within(inner: &DatasetName, outer: &DatasetName) -> bool {
 /// What a dataset is to the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "role")]
-pub enum Role {
+pub enum MemberRole {
     /// The node's `dataset`: the data directory lives here.
     Root,
     /// A descendant of the root, named by its path below it ("wal", "wal/archive").
@@ -118,7 +118,7 @@ pub enum Role {
 pub struct Member {
     pub dataset: DatasetName,
     #[serde(flatten)]
-    pub role: Role,
+    pub role: MemberRole,
 }
 
 /// The datasets that form the cluster on one node: the root first, then its children
@@ -140,7 +140,7 @@ impl ClusterDatasets {
     ) -> Result<ClusterDatasets> {
         let mut members = vec![Member {
             dataset: root.clone(),
-            role: Role::Root,
+            role: MemberRole::Root,
         }];
         let mut kids: Vec<&DatasetName> = children.iter().filter(|c| *c != root).collect();
         // Parents sort before their children ("a" < "a/b"), depth first where it matters.
@@ -153,7 +153,7 @@ impl ClusterDatasets {
                 .ok_or_else(|| Error::failed(format!("{child} is not below {root}")))?;
             members.push(Member {
                 dataset: child.clone(),
-                role: Role::Child {
+                role: MemberRole::Child {
                     relative: relative.to_string(),
                 },
             });
@@ -168,7 +168,7 @@ impl ClusterDatasets {
             }
             members.push(Member {
                 dataset: ts.dataset.clone(),
-                role: Role::Tablespace {
+                role: MemberRole::Tablespace {
                     name: ts.name.clone(),
                 },
             });
@@ -202,7 +202,7 @@ impl ClusterDatasets {
     pub fn tablespaces(&self) -> impl Iterator<Item = &Member> {
         self.members
             .iter()
-            .filter(|m| matches!(m.role, Role::Tablespace { .. }))
+            .filter(|m| matches!(m.role, MemberRole::Tablespace { .. }))
     }
 
     /// Is this one of the cluster's datasets?
@@ -301,15 +301,15 @@ pub fn local_counterpart(
     local_tablespaces: &[Tablespace],
 ) -> Result<DatasetName> {
     match &member.role {
-        Role::Root => Ok(local_root.clone()),
-        Role::Child { relative } => {
+        MemberRole::Root => Ok(local_root.clone()),
+        MemberRole::Child { relative } => {
             let mut ds = local_root.clone();
             for part in relative.split('/') {
                 ds = ds.child(part)?;
             }
             Ok(ds)
         }
-        Role::Tablespace { name } => local_tablespaces
+        MemberRole::Tablespace { name } => local_tablespaces
             .iter()
             .find(|t| &t.name == name)
             .map(|t| t.dataset.clone())
@@ -424,7 +424,7 @@ mod tests {
         );
         assert_eq!(
             set.members[2].role,
-            Role::Child {
+            MemberRole::Child {
                 relative: "wal/archive".into()
             }
         );

@@ -11,7 +11,8 @@ use crate::context::{Context, Invocation};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::exec::Cmd;
-use crate::failover::{fence, role, Role};
+use crate::failover::seam::RealPostgres;
+use crate::failover::{fence, local_role, Role};
 use crate::http::{Request, Response};
 use crate::pg::ctl::PgCtl;
 use crate::quorum::{ask_all, majority, must_fence, Contacts, View};
@@ -205,7 +206,7 @@ pub fn fence_if_primary(ctx: &Context, view: &View) -> Option<String> {
             return None;
         }
     };
-    match role(ctx, &pgctl) {
+    match local_role(&RealPostgres, &pgctl, local).map(Role::assumed) {
         Ok(Role::Primary) => {}
         Ok(_) => return None,
         Err(e) => {
@@ -231,7 +232,12 @@ pub fn fence_if_primary(ctx: &Context, view: &View) -> Option<String> {
     ctx.local.pg.stop_timeout = ctx.local.pg.stop_timeout.min(ISOLATED_STOP_TIMEOUT);
     let ctx = &ctx;
     let local = &ctx.local;
-    let fenced = fence(ctx, &pgctl, "fenced read-only: isolated from the quorum");
+    let fenced = fence(
+        &RealPostgres,
+        &pgctl,
+        local,
+        "fenced read-only: isolated from the quorum",
+    );
     let (success, details) = match &fenced {
         Ok(how) => (true, format!("{why}; {how}")),
         Err(e) => (false, format!("{why}; the fence failed: {e}")),

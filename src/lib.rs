@@ -2,11 +2,15 @@
 //!
 //! Layers, top to bottom; a module only uses what sits below it (docs/architecture.md):
 //! `main` → `cli` → `context` (the composition root) → `commands` (one file per
-//! subcommand, never importing each other) → domain logic (`replicate`, `cut`, `datasets`,
-//! `retention`, `events`, `failover`, `quorum`, `isolation`, `cluster`, `daemon_state`,
-//! `transfer`, `ratelimit`, `compress`, `throwaway`, `verify`) → narrow interfaces to the
-//! outside world (`zfs`, `pg`, `ssh`, `ssh_openssh`, `exec`, `clock`, `lock`, `http`,
-//! `safe_dir`) → `config`, `error`.
+//! subcommand, never importing each other) → domain logic (`replicate`, `failover`,
+//! `cut`, `datasets`, `retention`, `events`, `quorum`, `isolation`, `cluster`,
+//! `daemon_state`, `transfer`, `ratelimit`, `compress`, `throwaway`, `verify`, `upgrade`)
+//! → narrow interfaces to the outside world (`zfs`, `pg`, `ssh`, `ssh_openssh`, `exec`,
+//! `clock`, `lock`, `http`, `safe_dir`) → `config`, `error`.
+//!
+//! `failover` holds the promote, carp-event, rejoin, follow and switchover runbooks and
+//! their safety decisions over a narrow PostgreSQL seam (`failover::seam`), and the one
+//! `local_role()` with its fallback policy: unknown is never "not a primary".
 
 pub mod cli;
 pub mod clock;

@@ -35,6 +35,7 @@ use crate::daemon_state::{read_state, write_state, DaemonState};
 use crate::datasets::ClusterDatasets;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
+use crate::failover::Role;
 use crate::http::{Request, Response};
 use crate::isolation::{fence_if_primary, run_witness, spawn_watch, Fencer, QuorumState};
 use crate::lock::LocalLock;
@@ -475,29 +476,38 @@ impl Runner {
 
     fn observe(&self, pgctl: &PgCtl) -> Observed {
         let node = &self.ctx.local;
-        if !pgctl.is_running() {
-            return Observed::Stopped {
-                standby: is_standby_data_dir(&node.data_dir),
-            };
-        }
-        let asked = Pg::connect(&pg_target(node)).and_then(|mut pg| {
-            let state = pg.server_state()?;
-            if !state.in_recovery {
-                return Ok(Observed::Primary {
-                    writable: state.writable,
-                });
+        let role = match self.ctx.local_role(pgctl) {
+            Ok(role) => role,
+            Err(e) => return Observed::Unanswered(e.to_string()),
+        };
+        match role {
+            // The daemon only ever starts a server that comes up in recovery.
+            Role::Stopped(data) => Observed::Stopped {
+                standby: data.starts_as_standby,
+            },
+            Role::Primary => Observed::Primary { writable: true },
+            Role::FencedPrimary => Observed::Primary { writable: false },
+            // Unknown is not "standby" and not "primary": the daemon does nothing.
+            Role::Unanswered(_, why) => Observed::Unanswered(why),
+            Role::Standby => {
+                let link = Pg::connect(&pg_target(node)).and_then(|mut pg| pg.wal_receiver());
+                match link {
+                    Ok(Some(r)) if r.status.as_deref() == Some("streaming") => Observed::Standby {
+                        link: Link::Streaming(r.pid),
+                    },
+                    Ok(Some(r)) => Observed::Standby {
+                        link: Link::Broken(format!(
+                            "WAL receiver {}",
+                            r.status.as_deref().unwrap_or("status unknown")
+                        )),
+                    },
+                    Ok(None) => Observed::Standby {
+                        link: Link::Broken("no WAL receiver".to_string()),
+                    },
+                    Err(e) => Observed::Unanswered(e.to_string()),
+                }
             }
-            let link = match pg.wal_receiver()? {
-                Some(r) if r.status.as_deref() == Some("streaming") => Link::Streaming(r.pid),
-                Some(r) => Link::Broken(format!(
-                    "WAL receiver {}",
-                    r.status.as_deref().unwrap_or("status unknown")
-                )),
-                None => Link::Broken("no WAL receiver".to_string()),
-            };
-            Ok(Observed::Standby { link })
-        });
-        asked.unwrap_or_else(|e| Observed::Unanswered(e.to_string()))
+        }
     }
 
     fn tick(&mut self) -> Result<()> {
@@ -864,13 +874,6 @@ impl Runner {
             }
         }
     }
-}
-
-/// A data directory set up to start as a standby: standby.signal (PostgreSQL 12 on) or
-/// recovery.conf (11 and older).
-pub fn is_standby_data_dir(data_dir: &std::path::Path) -> bool {
-    crate::safe_dir::Dir::open(data_dir)
-        .is_ok_and(|dir| dir.exists("standby.signal") || dir.exists("recovery.conf"))
 }
 
 fn install_panic_hook() {

@@ -18,8 +18,10 @@ use serde::Serialize;
 use crate::cluster::{pg_target, ssh_target};
 use crate::config::{Config, Node};
 use crate::context::Invocation;
-use crate::datasets::{ClusterDatasets, Role};
+use crate::datasets::{ClusterDatasets, MemberRole};
 use crate::error::Result;
+use crate::failover::seam::RealPostgres;
+use crate::failover::{local_role, Role};
 use crate::pg::ctl::PgCtl;
 use crate::pg::{Pg, ServerState, SlotInfo, StandbyConnection, WalReceiver};
 use crate::retention::taken_at;
@@ -156,6 +158,8 @@ pub struct Probe {
     pub pg_error: Option<String>,
     /// Local node only: whether a postmaster runs in the data directory.
     pub postmaster_running: Option<bool>,
+    /// Local node only: `failover::local_role`'s answer.
+    pub local_role: Option<Role>,
     pub snapshots: Option<Vec<Snapshot>>,
     /// The snapshots of the cluster's children and tablespaces, by `member_key`.
     pub members: Vec<(String, Vec<Snapshot>)>,
@@ -227,11 +231,11 @@ fn probe_zfs(zfs: &dyn Zfs, node: &Node) -> Result<ZfsProbe> {
 
 /// What names the same member on every node: a child's path below the dataset, a
 /// tablespace's name.
-fn member_key(role: &Role) -> String {
+fn member_key(role: &MemberRole) -> String {
     match role {
-        Role::Root => String::new(),
-        Role::Child { relative } => relative.clone(),
-        Role::Tablespace { name } => format!("tablespace:{name}"),
+        MemberRole::Root => String::new(),
+        MemberRole::Child { relative } => relative.clone(),
+        MemberRole::Tablespace { name } => format!("tablespace:{name}"),
     }
 }
 
@@ -243,14 +247,12 @@ fn probe(local: &Node, node: &Node) -> Probe {
     }
     let is_local = node.name == local.name;
     let zfs_result = if is_local {
-        probe.postmaster_running = PgCtl::new(
-            &node.pg.pg_bin,
-            &node.data_dir,
-            &node.pg.pg_log_file,
-            &node.pg.pg_os_user,
-        )
-        .ok()
-        .map(|ctl| ctl.is_running());
+        let role = PgCtl::for_node(node).and_then(|ctl| local_role(&RealPostgres, &ctl, node));
+        probe.postmaster_running = role
+            .as_ref()
+            .ok()
+            .map(|role| !matches!(role, Role::Stopped(_)));
+        probe.local_role = role.ok();
         crate::zfs::local_backend(node).and_then(|zfs| probe_zfs(&*zfs, node))
     } else {
         SshHost::connect(&ssh_target(local, node))
@@ -411,6 +413,11 @@ pub fn assemble(config: &Config, local: &Node, probes: &[Probe], now: SystemTime
                 status.role = "stopped"
             }
             None => {}
+        }
+        // This node: the one answer of failover::role (running but not answering is
+        // "unknown", never "not a primary").
+        if let Some(role) = &probe.local_role {
+            status.role = role.name();
         }
         if let Some(pg) = probe.pg.as_ref().filter(|pg| pg.state.in_recovery) {
             status.wal_receiver = pg.receiver.as_ref().and_then(|r| r.status.clone());

@@ -9,8 +9,10 @@ use crate::cluster::{find_primary, pg_target, standby_setup};
 use crate::config::Node;
 use crate::context::Context;
 use crate::cut::BackupVia;
-use crate::datasets::{local_counterpart, map_tablespace_map, ClusterDatasets, Role};
+use crate::datasets::{local_counterpart, map_tablespace_map, ClusterDatasets, MemberRole};
 use crate::error::{Error, Result};
+use crate::failover::role::{local_role_reading, Role};
+use crate::failover::seam::RealPostgres;
 use crate::lock::LocalLock;
 use crate::pg::control::{self, ControlData};
 use crate::pg::ctl::PgCtl;
@@ -562,33 +564,41 @@ impl Reseed<'_> {
         } else {
             control::read_control(&local.data_dir)?
         };
-        let running = pgctl.is_running();
-        let server = if running {
-            let asked = Pg::connect(&pg_target(local))
-                .and_then(|mut pg| Ok((pg.is_in_recovery()?, pg.is_writable()?)));
-            match asked {
-                Ok((in_recovery, writable)) => LocalServer::Answered {
-                    in_recovery,
-                    writable,
-                },
-                Err(e) => {
-                    tracing::warn!("cannot ask the local PostgreSQL whether it is a standby: {e}");
-                    LocalServer::Unanswered {
-                        last_state_was_primary: control.map(|c| c.state.was_primary()),
-                    }
+        // failover::role's one answer, with pg_control as read above.
+        let role = local_role_reading(&RealPostgres, pgctl, local, &|| Ok(control))?;
+        let running = !matches!(role, Role::Stopped(_));
+        let server = match role {
+            Role::Standby => LocalServer::Answered {
+                in_recovery: true,
+                writable: false,
+            },
+            Role::Primary => LocalServer::Answered {
+                in_recovery: false,
+                writable: true,
+            },
+            Role::FencedPrimary => LocalServer::Answered {
+                in_recovery: false,
+                writable: false,
+            },
+            Role::Unanswered(data, e) => {
+                tracing::warn!("cannot ask the local PostgreSQL whether it is a standby: {e}");
+                LocalServer::Unanswered {
+                    last_state_was_primary: data.last_state_was_primary(),
                 }
             }
-        } else {
-            let unfinished_reseed = control.is_some() && received_marker_present(&local.data_dir);
-            if unfinished_reseed {
-                tracing::info!(
-                    "{} holds a received copy that an interrupted run did not finish configuring",
-                    local.data_dir.display()
-                );
-            }
-            LocalServer::Stopped {
-                last_state_was_primary: control.map(|c| c.state.was_primary()),
-                unfinished_reseed,
+            Role::Stopped(data) => {
+                let unfinished_reseed =
+                    control.is_some() && received_marker_present(&local.data_dir);
+                if unfinished_reseed {
+                    tracing::info!(
+                        "{} holds a received copy that an interrupted run did not finish configuring",
+                        local.data_dir.display()
+                    );
+                }
+                LocalServer::Stopped {
+                    last_state_was_primary: data.last_state_was_primary(),
+                    unfinished_reseed,
+                }
             }
         };
         if let Some(refusal) = refusal(&server, self.request.full, self.request.caller) {
@@ -1149,7 +1159,7 @@ fn warn_if_walreceiver_cannot_read(passfile: Option<&Path>, os_user: &str) {
 
 /// One member of the source's cluster (not its dataset itself) as both sides hold it.
 struct MemberSides {
-    role: Role,
+    role: MemberRole,
     source_dataset: DatasetName,
     source_snapshots: Vec<Snapshot>,
     local_dataset: DatasetName,
@@ -1175,8 +1185,8 @@ fn tree_sides(
     for member in cluster.others() {
         let local_dataset = local_counterpart(member, &local.dataset, &local.tablespaces)?;
         let mount = match &member.role {
-            Role::Root => unreachable!("others() leaves out the root"),
-            Role::Child { .. } => match (remote_zfs.mountpoint(&member.dataset)?, &source_root_mountpoint) {
+            MemberRole::Root => unreachable!("others() leaves out the root"),
+            MemberRole::Child { .. } => match (remote_zfs.mountpoint(&member.dataset)?, &source_root_mountpoint) {
                 (None, _) => MountAt::Unmounted,
                 (Some(at), Some(root_at)) if at.starts_with(root_at) => MountAt::BelowRoot {
                     relative: at.strip_prefix(root_at).expect("checked").to_path_buf(),
@@ -1191,7 +1201,7 @@ fn tree_sides(
                     )))
                 }
             },
-            Role::Tablespace { name } => MountAt::Path {
+            MemberRole::Tablespace { name } => MountAt::Path {
                 path: local
                     .tablespaces
                     .iter()

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::datasets::Role;
+use crate::datasets::MemberRole;
 use crate::error::{Error, Result};
 use crate::zfs::names::{DatasetName, SnapName, SnapshotName};
 use crate::zfs::Snapshot;
@@ -37,7 +37,7 @@ pub enum MountAt {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MemberPlan {
     #[serde(flatten)]
-    pub role: Role,
+    pub role: MemberRole,
     pub source_dataset: DatasetName,
     pub local_dataset: DatasetName,
     pub mode: Mode,
@@ -50,7 +50,7 @@ pub struct MemberPlan {
 
 /// What the planner knows about one member on both sides.
 pub struct MemberInput<'a> {
-    pub role: Role,
+    pub role: MemberRole,
     pub source_dataset: &'a DatasetName,
     pub source_snapshots: &'a [Snapshot],
     pub local_dataset: &'a DatasetName,
@@ -75,7 +75,7 @@ pub fn plan_members(root: &Plan, inputs: &[MemberInput], stamp: &str) -> Result<
         };
         match &root.mode {
             Mode::Full => {
-                let is_tablespace = matches!(input.role, Role::Tablespace { .. });
+                let is_tablespace = matches!(input.role, MemberRole::Tablespace { .. });
                 if is_tablespace && input.local_snapshots.is_some() {
                     if root.rename_aside.is_none() {
                         return Err(Error::refused(format!(
@@ -156,9 +156,9 @@ impl MemberPlan {
 
     pub fn describe(&self, snap: &SnapName) -> String {
         let what = match &self.role {
-            Role::Root => "dataset".to_string(),
-            Role::Child { .. } => "child".to_string(),
-            Role::Tablespace { name } => format!("tablespace {name}"),
+            MemberRole::Root => "dataset".to_string(),
+            MemberRole::Child { .. } => "child".to_string(),
+            MemberRole::Tablespace { name } => format!("tablespace {name}"),
         };
         let mut line = match &self.mode {
             Mode::Incremental { base } => format!(
@@ -229,7 +229,7 @@ mod tests {
         let (ts_src, ts_local) = (ds("tank/pgts/fast"), ds("backup/db2-ts"));
         let inputs = [
             MemberInput {
-                role: Role::Child {
+                role: MemberRole::Child {
                     relative: "wal".into(),
                 },
                 source_dataset: &wal_src,
@@ -241,7 +241,7 @@ mod tests {
                 },
             },
             MemberInput {
-                role: Role::Tablespace {
+                role: MemberRole::Tablespace {
                     name: "fast".into(),
                 },
                 source_dataset: &ts_src,
