@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::values::*;
 use crate::compress::SshCompress;
-use crate::cut::BackupVia;
+use crate::cut::{BackupVia, CutMode};
 use crate::failover::{FenceMode, OnBackup};
 use crate::pg::tls::{PgTls, SslMode};
 use crate::ssh_openssh::SshDataPath;
@@ -260,6 +260,8 @@ node_settings! {
     /// Who runs the backup-safe cut when this node is re-seeded.
     backup_via: String, |v: String, _: &Reading| BackupVia::parse(&v) => BackupVia,
         or(|_| BackupVia::default()) => BackupVia;
+    /// How a re-seed makes the source's snapshot consistent: a backup session or one atomic snapshot.
+    cut: String, |v: String, _: &Reading| CutMode::parse(&v) => CutMode, or(|_| CutMode::default()) => CutMode;
     /// What carries the ZFS stream of a re-seed from the source.
     ssh_data_path: String, |v: String, _: &Reading| SshDataPath::parse(&v) => SshDataPath,
         or(|_| SshDataPath::default()) => SshDataPath;
