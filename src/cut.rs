@@ -747,5 +747,4 @@ mod tests {
         ]);
         assert!(Cut::recorded(&odd).is_err());
     }
-
 }
