@@ -127,6 +127,10 @@ def main():
     # (f): transport options, full re-seeds at the first scale.
     transport = ["| scale | option | full re-seed wall (s) | send/receive throughput (MiB/s) | against |",
                  "|---|---|---|---|---|"]
+    # (g): rejoin against pg_rewind + restart after a failover.
+    rejoin = ["| scale | diverged writes | pgzfs rejoin (s) | pg_rewind + restart (s) | rejoin/pg_rewind "
+              "| bytes: rejoin / pg_rewind |",
+              "|---|---|---|---|---|---|"]
     worst_rss = None
     # For the plot: (DB GiB, seconds per contender at 1% change).
     plot_rows = []
@@ -184,6 +188,16 @@ def main():
                     r = ratio(f_bb, secs)
                     targets.append((f"Incremental at 1% >= 10x faster than pg_basebackup into the same pool, scale 1000 (cut = {mode})",
                                     f"scale {scale}", f"{fmt(r, 1)}x", r is not None and r >= 10))
+        divergences = sorted({m[2:].split("_")[0] for m in d if m.startswith("rj")}, key=float)
+        for div in divergences:
+            rj, rw = med(d, f"rj{div}_rejoin_s"), med(d, f"rj{div}_rewind_s")
+            rjb, rwb = med(d, f"rj{div}_rejoin_bytes"), med(d, f"rj{div}_rewind_bytes")
+            rejoin.append(f"| {scale} | {div}% | {fmt(rj)} | {fmt(rw)} | {fmt(ratio(rj, rw))} | "
+                          f"{fmt(rjb / 2**20 if rjb is not None else None, 1)} / "
+                          f"{fmt(rwb / 2**20 if rwb is not None else None, 1)} MiB |")
+            r = ratio(rj, rw)
+            targets.append(("Rejoin faster than pg_rewind + restart", f"scale {scale}, {div}% diverged",
+                            f"{fmt(r)}x", r is not None and r < 1.0))
         for stream, label in (("zfs", "zfs send of db1"), ("zeros", "zeros (transport only)")):
             o, s = med(d, f"dp_{stream}_openssh_MiBps"), med(d, f"dp_{stream}_ssh2_MiBps")
             g = med(d, f"dp_{stream}_openssh_gcm_MiBps")
@@ -299,6 +313,15 @@ def main():
         "`rsync -a --delete` of db1's data directory over ssh into a plain directory (transfer "
         "only, no PostgreSQL restart: a lower bound for the rsync approach). Bytes moved: pgzfs's "
         "own count of the stream, `dd`'s count in the raw pipeline, rsync's \"Total bytes received\".",
+        "- **(g) rejoin vs pg_rewind**: db2 is promoted (`pg_ctl promote`), db1 goes on writing "
+        "(`UPDATE ... WHERE aid % N = 0` with N from the calibration below; none for 0%) and is "
+        "stopped; then either `pgzfs rejoin --to db2` (which keeps db1's diverged writes in its "
+        "quarantine file, rolls db1 back to the newest common snapshot and re-seeds it incrementally) "
+        "or `pg_rewind` from db2, db1's own postgresql.auto.conf put back (pg_rewind copies the "
+        "source's), standby.signal and primary_conninfo, `pg_ctl start`. Timed until the new primary "
+        "lists the old one as streaming. The roles swap every round; db1 runs with "
+        "`wal_log_hints = on`, which pg_rewind needs. Bytes: the rejoin's stream, pg_rewind's own "
+        "\"kB copied\".",
         "- **Change-rate calibration**: a pgbench_accounts heap page holds 61 rows, a 16k ZFS record "
         "(the lab's recordsize) 122. Updating every N-th row with N = 122 / rate touches about "
         "`rate` of the table's records (plus the records the new row versions, index entries and "
@@ -319,6 +342,7 @@ def main():
         "",
         *raw_parts,
         "",
+        *(["### Rejoin vs pg_rewind (g)", "", *rejoin, ""] if len(rejoin) > 2 else []),
         "### Data path (d)",
         "",
         *dp,
@@ -344,7 +368,7 @@ def main():
     with open(out, "w") as f:
         f.write(text)
     # The tables, for the terminal.
-    print("\n".join(["", *full, "", *inc, "", *raw_parts, "", *dp, "", *e2e, "", *transport, "", *st, "",
+    print("\n".join(["", *full, "", *inc, "", *rejoin, "", *raw_parts, "", *dp, "", *e2e, "", *transport, "", *st, "",
                      *verdicts, ""]))
 
 
