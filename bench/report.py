@@ -73,6 +73,7 @@ def draw_plot(rows, out):
     script = "\n".join([
         "set terminal pngcairo size 900,560" if has_pngcairo() else "set terminal png size 900,560",
         f"set output '{png}'",
+        "set termoption noenhanced",
         "set title 'Re-seed time against database size, 1% of the blocks changed'",
         "set xlabel 'database size (GiB)'",
         "set ylabel 'wall time to a streaming standby (s)'",
@@ -153,7 +154,9 @@ def main():
         if rss is not None:
             worst_rss = rss if worst_rss is None else max(worst_rss, rss)
         mib = lambda b: fmt(b / 2**20 if b is not None else None, 0)
-        full.append(f"| {scale} | {mib(db)} MiB | {mib(f_bytes)} MiB | {mib(bb_bytes)} MiB | {fmt(f_bb)} | "
+        # A scale merged in from a run that skipped a part gets no row of n/a for it.
+        if f_bytes is not None or f_bb is not None:
+            full.append(f"| {scale} | {mib(db)} MiB | {mib(f_bytes)} MiB | {mib(bb_bytes)} MiB | {fmt(f_bb)} | "
                     f"{fmt(f_bb_ext4)} | {fmt(f_pgzfs)} | {fmt(f_atomic)} | {fmt(ratio(f_pgzfs, f_bb))} | "
                     f"{fmt(ratio(f_atomic, f_bb))} | {fmt(rss / 1024 if rss else None, 1)} MiB |")
         for mode, secs in (("backup", f_pgzfs), ("atomic", f_atomic)):
@@ -170,6 +173,8 @@ def main():
                 b, med(d, f"inc{rate}_atomic_bytes"), med(d, f"inc{rate}_raw_bytes"),
                 med(d, f"inc{rate}_rsync_bytes"))) + " MiB"
             changed = ratio(b, f_bytes)
+            if p is None and pa is None and raw is None:
+                continue
             inc.append(f"| {scale} | {rate}% | {fmt(changed * 100 if changed is not None else None, 2)}% | "
                        f"{fmt(p)} | {fmt(pa)} | {fmt(raw)} | {fmt(ratio(p, raw))} | {fmt(ratio(pa, raw))} | "
                        f"{fmt(rs)} | {fmt(ratio(f_bb, p), 1)}x | {moved} |")
@@ -200,6 +205,8 @@ def main():
                             f"{fmt(r)}x", r is not None and r < 1.0))
         for stream, label in (("zfs", "zfs send of db1"), ("zeros", "zeros (transport only)")):
             o, s = med(d, f"dp_{stream}_openssh_MiBps"), med(d, f"dp_{stream}_ssh2_MiBps")
+            if o is None and s is None:
+                continue
             g = med(d, f"dp_{stream}_openssh_gcm_MiBps")
             dp.append(f"| {scale} | {label} | {fmt(o, 0)} | {fmt(s, 0)} | "
                       f"{fmt(ratio(s, o) * 100 if ratio(s, o) else None, 0)}% | {fmt(g, 0)} |")
