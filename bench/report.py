@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import statistics
+import subprocess
 import sys
 from collections import defaultdict
 
@@ -54,6 +55,50 @@ STEP_ORDER = ["preflight", "lock", "primary lock", "slot", "backup start", "snap
               "catch-up", "holds"]
 
 
+def draw_plot(rows, out):
+    """A PNG of re-seed time against database size at 1% change, one line per
+    contender, next to the report; its file name, or None with fewer than two sizes."""
+    rows = [r for r in rows if r[0] is not None]
+    if len(rows) < 2:
+        return None
+    base = os.path.splitext(os.path.abspath(out))[0]
+    data, png = base + "-scale.dat", base + "-scale.png"
+    with open(data, "w") as f:
+        f.write("# DB_GiB pgzfs_backup pgzfs_atomic raw rsync basebackup_pool basebackup_ext4\n")
+        for row in sorted(rows):
+            f.write(" ".join("NaN" if v is None else f"{v:.4f}" for v in row) + "\n")
+    titles = ["pgzfs, cut = backup", "pgzfs, cut = atomic", "raw pipeline + restart",
+              "rsync (no restart)", "pg_basebackup, same pool", "pg_basebackup, ext4"]
+    series = ", ".join(f"'{data}' using 1:{i + 2} with linespoints title '{t}'" for i, t in enumerate(titles))
+    script = "\n".join([
+        "set terminal pngcairo size 900,560" if has_pngcairo() else "set terminal png size 900,560",
+        f"set output '{png}'",
+        "set termoption noenhanced",
+        "set title 'Re-seed time against database size, 1% of the blocks changed'",
+        "set xlabel 'database size (GiB)'",
+        "set ylabel 'wall time to a streaming standby (s)'",
+        "set key top left",
+        "set grid",
+        "set datafile missing 'NaN'",
+        f"plot {series}",
+    ])
+    try:
+        subprocess.run(["gnuplot"], input=script, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"report: no plot ({e}); install gnuplot-nox (scripts/install-deps)", file=sys.stderr)
+        return None
+    os.remove(data)
+    return os.path.basename(png)
+
+
+def has_pngcairo():
+    try:
+        out = subprocess.run(["gnuplot", "-e", "set terminal"], capture_output=True, text=True).stderr
+    except OSError:
+        return False
+    return "pngcairo" in out
+
+
 def main():
     (results, out, machine, zfs_note, pg_version, ssh_note, started, finished,
      scales, runs, quick) = sys.argv[1:12]
@@ -63,13 +108,15 @@ def main():
     targets = []
 
     # (b) + (e): full re-seed
-    full = ["| scale | DB size | full stream | pg_basebackup (s) | pgzfs, ssh2 data path (s) "
-            "| pgzfs, openssh data path (s) | ratio pgzfs (openssh)/basebackup | pgzfs peak RSS |",
-            "|---|---|---|---|---|---|---|---|"]
+    full = ["| scale | DB size | pgzfs full stream | pg_basebackup copied | pg_basebackup, same pool (s) "
+            "| pg_basebackup, ext4 (s) | pgzfs, cut = backup (s) | pgzfs, cut = atomic (s) "
+            "| backup/basebackup (pool) | atomic/basebackup (pool) | pgzfs peak RSS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     # (a) + (c): incremental
-    inc = ["| scale | change | changed (stream/full) | pgzfs incremental (s) | raw pipeline + restart (s) "
-           "| ratio pgzfs/raw | rsync (s) | rsync/pgzfs | pg_basebackup/pgzfs |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    inc = ["| scale | change | changed (stream/full) | pgzfs, cut = backup (s) | pgzfs, cut = atomic (s) "
+           "| raw pipeline + restart (s) | backup/raw | atomic/raw | rsync (s) | pg_basebackup (pool)/pgzfs backup "
+           "| bytes moved: backup / atomic / raw / rsync |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     # (d): data path
     dp = ["| scale | stream | OpenSSH default (MiB/s) | ssh2 (MiB/s) | ssh2/OpenSSH | OpenSSH aes128-gcm (MiB/s) |",
           "|---|---|---|---|---|---|"]
@@ -81,11 +128,24 @@ def main():
     # (f): transport options, full re-seeds at the first scale.
     transport = ["| scale | option | full re-seed wall (s) | send/receive throughput (MiB/s) | against |",
                  "|---|---|---|---|---|"]
+    # (g): rejoin against pg_rewind + restart after a failover.
+    rejoin = ["| scale | diverged writes | pgzfs rejoin (s) | pg_rewind + restart (s) | rejoin/pg_rewind "
+              "| bytes: rejoin / pg_rewind |",
+              "|---|---|---|---|---|---|"]
     worst_rss = None
+    # For the plot: (DB GiB, seconds per contender at 1% change).
+    plot_rows = []
     for scale in sorted(data):
         d = data[scale]
         db = med(d, "db_bytes")
-        f_bb = med(d, "full_basebackup_s")
+        f_bb_ext4 = med(d, "full_basebackup_s")
+        # The fair anchor: pg_basebackup into a dataset of the same pool. Reports
+        # from before it existed fall back to ext4.
+        f_bb = med(d, "full_basebackup_zfs_s")
+        if f_bb is None:
+            f_bb = f_bb_ext4
+        f_atomic = med(d, "full_atomic_s")
+        bb_bytes = med(d, "full_basebackup_zfs_bytes") or med(d, "full_basebackup_bytes")
         f_ssh2, f_openssh = med(d, "full_pgzfs_ssh2_s"), med(d, "full_pgzfs_openssh_s")
         # The shipped default data path is openssh; without its runs, the main runs.
         f_pgzfs = f_openssh if f_openssh is not None else med(d, "full_pgzfs_s")
@@ -93,33 +153,60 @@ def main():
         rss = max(d.get("rss_full_KiB", []) + d.get("rss_inc_KiB", []), default=None)
         if rss is not None:
             worst_rss = rss if worst_rss is None else max(worst_rss, rss)
-        full.append(f"| {scale} | {fmt(db / 2**20, 0)} MiB | {fmt(f_bytes / 2**20, 0)} MiB | {fmt(f_bb)} | "
-                    f"{fmt(f_ssh2)} | {fmt(f_openssh)} | {fmt(ratio(f_pgzfs, f_bb))} | "
-                    f"{fmt(rss / 1024 if rss else None, 1)} MiB |")
-        r = ratio(f_pgzfs, f_bb)
-        targets.append(("Full re-seed <= 0.8x pg_basebackup", f"scale {scale}",
-                        f"{fmt(r)}x", r is not None and r <= 0.8))
+        mib = lambda b: fmt(b / 2**20 if b is not None else None, 0)
+        # A scale merged in from a run that skipped a part gets no row of n/a for it.
+        if f_bytes is not None or f_bb is not None:
+            full.append(f"| {scale} | {mib(db)} MiB | {mib(f_bytes)} MiB | {mib(bb_bytes)} MiB | {fmt(f_bb)} | "
+                    f"{fmt(f_bb_ext4)} | {fmt(f_pgzfs)} | {fmt(f_atomic)} | {fmt(ratio(f_pgzfs, f_bb))} | "
+                    f"{fmt(ratio(f_atomic, f_bb))} | {fmt(rss / 1024 if rss else None, 1)} MiB |")
+        for mode, secs in (("backup", f_pgzfs), ("atomic", f_atomic)):
+            r = ratio(secs, f_bb)
+            targets.append((f"Full re-seed <= 1.0x pg_basebackup into the same pool (cut = {mode})",
+                            f"scale {scale}", f"{fmt(r)}x", r is not None and r <= 1.0))
         for rate in RATES:
             p = med(d, f"inc{rate}_pgzfs_s")
+            pa = med(d, f"inc{rate}_atomic_s")
             raw = med(d, f"inc{rate}_raw_s")
             rs = med(d, f"inc{rate}_rsync_s")
             b = med(d, f"inc{rate}_bytes")
+            moved = " / ".join(fmt(x / 2**20 if x is not None else None, 1) for x in (
+                b, med(d, f"inc{rate}_atomic_bytes"), med(d, f"inc{rate}_raw_bytes"),
+                med(d, f"inc{rate}_rsync_bytes"))) + " MiB"
             changed = ratio(b, f_bytes)
-            inc.append(f"| {scale} | {rate}% | {fmt(changed * 100 if changed is not None else None, 2)}% "
-                       f"({fmt(b / 2**20 if b is not None else None, 1)} MiB) | {fmt(p)} | {fmt(raw)} | "
-                       f"{fmt(ratio(p, raw))} | {fmt(rs)} | {fmt(ratio(rs, p), 1)}x | {fmt(ratio(f_bb, p), 1)}x |")
+            if p is None and pa is None and raw is None:
+                continue
+            inc.append(f"| {scale} | {rate}% | {fmt(changed * 100 if changed is not None else None, 2)}% | "
+                       f"{fmt(p)} | {fmt(pa)} | {fmt(raw)} | {fmt(ratio(p, raw))} | {fmt(ratio(pa, raw))} | "
+                       f"{fmt(rs)} | {fmt(ratio(f_bb, p), 1)}x | {moved} |")
+            if rate == "1":
+                plot_rows.append((db / 2**30 if db else None, p, pa, raw, rs, f_bb, f_bb_ext4))
             raw_parts.append(f"| {scale} | {rate}% | {fmt(med(d, f'inc{rate}_raw_snapshot_s'))} | "
                              f"{fmt(med(d, f'inc{rate}_raw_sendrecv_s'))} | {fmt(med(d, f'inc{rate}_raw_stop_s'))} | "
                              f"{fmt(med(d, f'inc{rate}_raw_start_s'))} |")
-            r = ratio(p, raw)
-            targets.append(("Incremental wall time <= 1.15x (raw pipeline + restart)",
-                            f"scale {scale}, {rate}% change", f"{fmt(r)}x", r is not None and r <= 1.15))
-            if rate == "1" and scale >= 200:
-                r = ratio(f_bb, p)
-                targets.append(("Incremental at 1% >= 20x faster than pg_basebackup (scale 200)",
-                                f"scale {scale}", f"{fmt(r, 1)}x", r is not None and r >= 20))
+            if rate == "1":
+                for mode, secs in (("backup", p), ("atomic", pa)):
+                    r = ratio(secs, raw)
+                    targets.append((f"Incremental at 1%, no pre-checkpoint, <= 1.15x the raw pipeline (cut = {mode})",
+                                    f"scale {scale}", f"{fmt(r)}x", r is not None and r <= 1.15))
+            if rate == "1" and scale >= 1000:
+                for mode, secs in (("backup", p), ("atomic", pa)):
+                    r = ratio(f_bb, secs)
+                    targets.append((f"Incremental at 1% >= 10x faster than pg_basebackup into the same pool, scale 1000 (cut = {mode})",
+                                    f"scale {scale}", f"{fmt(r, 1)}x", r is not None and r >= 10))
+        divergences = sorted({m[2:].split("_")[0] for m in d if m.startswith("rj")}, key=float)
+        for div in divergences:
+            rj, rw = med(d, f"rj{div}_rejoin_s"), med(d, f"rj{div}_rewind_s")
+            rjb, rwb = med(d, f"rj{div}_rejoin_bytes"), med(d, f"rj{div}_rewind_bytes")
+            rejoin.append(f"| {scale} | {div}% | {fmt(rj)} | {fmt(rw)} | {fmt(ratio(rj, rw))} | "
+                          f"{fmt(rjb / 2**20 if rjb is not None else None, 1)} / "
+                          f"{fmt(rwb / 2**20 if rwb is not None else None, 1)} MiB |")
+            r = ratio(rj, rw)
+            targets.append(("Rejoin faster than pg_rewind + restart", f"scale {scale}, {div}% diverged",
+                            f"{fmt(r)}x", r is not None and r < 1.0))
         for stream, label in (("zfs", "zfs send of db1"), ("zeros", "zeros (transport only)")):
             o, s = med(d, f"dp_{stream}_openssh_MiBps"), med(d, f"dp_{stream}_ssh2_MiBps")
+            if o is None and s is None:
+                continue
             g = med(d, f"dp_{stream}_openssh_gcm_MiBps")
             dp.append(f"| {scale} | {label} | {fmt(o, 0)} | {fmt(s, 0)} | "
                       f"{fmt(ratio(s, o) * 100 if ratio(s, o) else None, 0)}% | {fmt(g, 0)} |")
@@ -147,24 +234,29 @@ def main():
             transport.append(f"| {scale} | ssh_compress = zstd:3 | {fmt(z)} | "
                              f"{fmt(med(d, 'zstd_full_transfer_MiBps'), 0)} | "
                              f"{fmt(ratio(z, plain))}x the uncompressed default ({fmt(plain)} s) |")
-    if not any(t[0].startswith("Incremental at 1%") for t in targets):
-        targets.append(("Incremental at 1% >= 20x faster than pg_basebackup (scale 200)",
-                        "scale 200 not measured in this run", "n/a", None))
+    if not any(t[0].startswith("Incremental at 1% >= 10x") for t in targets):
+        targets.append(("Incremental at 1% >= 10x faster than pg_basebackup into the same pool, scale 1000",
+                        "scale 1000 not measured in this run", "n/a", None))
     targets.append(("Peak RSS <= 64 MiB", "largest of all pgzfs runs",
                     f"{fmt(worst_rss / 1024 if worst_rss else None, 1)} MiB",
                     worst_rss is not None and worst_rss <= 64 * 1024))
 
     st = []
     for scale in sorted(data):
-        steps_full = step_medians(workdir, f"full-{scale}-*.json")
-        steps_inc = {rate: step_medians(workdir, f"inc{rate}-{scale}-*.json") for rate in RATES}
+        columns = [("full", f"full-{scale}-*.json"), ("full, atomic", f"fullA-{scale}-*.json")]
+        columns += [(f"incr. {r}%", f"inc{r}-{scale}-*.json") for r in RATES]
+        columns += [(f"incr. {r}%, atomic", f"incA{r}-{scale}-*.json") for r in RATES]
+        medians = [step_medians(workdir, pattern) for _, pattern in columns]
         st += [f"Scale {scale}:", "",
-               "| step | full | " + " | ".join(f"incr. {r}%" for r in RATES) + " |",
-               "|---|---|" + "---|" * len(RATES)]
+               "| step | " + " | ".join(name for name, _ in columns) + " |",
+               "|---|" + "---|" * len(columns)]
         for step in STEP_ORDER:
-            row = [fmt(steps_full.get(step))] + [fmt(steps_inc[r].get(step)) for r in RATES]
+            # A step a cut mode does not have (the atomic cut has no backup session) is "-".
+            row = ["-" if m.get(step) is None else fmt(m.get(step)) for m in medians]
             st.append(f"| {step} | " + " | ".join(row) + " |")
         st.append("")
+
+    plot = draw_plot(plot_rows, out)
 
     verdicts = ["| target | where | measured | verdict |", "|---|---|---|---|"]
     for name, where, value, ok in targets:
@@ -196,10 +288,16 @@ def main():
         "transfer goes through a private sshd on 127.0.0.1, so network speed plays no part; CPU, "
         "zfs-fuse and the SSH implementations do.",
         "",
-        "- **(b) full re-seed**: db2's dataset is destroyed, then `pgzfs reset-secondary` (release "
+        "- **Two standbys, two cut modes**: db2 is re-seeded with `cut = \"backup\"` (the snapshot "
+        "inside a backup session, with its forced checkpoint), db3 with `cut = \"atomic\"` (the "
+        "snapshot alone, crash-consistent, no backup session); both from db1, after the same changes.",
+        "- **(b) full re-seed**: the standby's dataset is destroyed, then `pgzfs reset-secondary` (release "
         "build) re-seeds it; the time is the process's wall clock (`/usr/bin/time -v`) from start to "
         "a streaming standby. Against it: `pg_basebackup -X stream -c fast` as the replication role "
-        "into a plain directory on the host's own file system (not zfs-fuse).",
+        "into a new dataset of the same zfs-fuse pool (the fair anchor: the same file system pays "
+        "for every byte), and again into a plain directory on the host's ext4 (the page cache; an "
+        "extra column). \"copied\" is the size of pg_basebackup's result, the data plus only the "
+        "WAL of its own backup; pgzfs's full stream carries pg_wal as it is.",
         "- **(e) peak RSS**: \"Maximum resident set size\" of every pgzfs run; the largest is the full "
         "re-seed at the largest scale.",
         "- **(d) data path**: the same stream read on the standby side and discarded, once through "
@@ -211,14 +309,26 @@ def main():
         "`bwlimit` (the throughput pgzfs reports must stay within 5% of the limit) and with "
         "`ssh_compress = \"zstd:3\"` (the stream compressed by pgzfs on db1 and decompressed on db2).",
         "- **(a) incremental**: pgbench_accounts is changed with "
-        "`UPDATE ... SET abalance = abalance + 1 WHERE aid % N = 0` and a `CHECKPOINT`, then three "
-        "contenders bring their copy up to date, in an order rotated from run to run: "
-        "`pgzfs reset-secondary` (incremental, wall clock of the process); the **raw pipeline** "
+        "`UPDATE ... SET abalance = abalance + 1 WHERE aid % N = 0` and **no** `CHECKPOINT` "
+        "afterwards (an operator does not run one before a re-seed; earlier reports ran one, which "
+        "hid the backup cut's checkpoint), then four contenders bring their copy up to date, in an "
+        "order rotated from run to run: `pgzfs reset-secondary` of db2 (cut = backup) and of db3 "
+        "(cut = atomic), incremental, wall clock of the process; the **raw pipeline** "
         "`ssh db1 zfs snapshot B`, `ssh db1 zfs send -i A B | zfs recv -F pool/raw` (its own "
         "received copy, fresh snapshots every time, OpenSSH with the same strict host-key options) "
         "plus `pg_ctl stop -m fast` and `pg_ctl start -w` of the standby db2; and **(c)** "
         "`rsync -a --delete` of db1's data directory over ssh into a plain directory (transfer "
-        "only, no PostgreSQL restart: a lower bound for the rsync approach).",
+        "only, no PostgreSQL restart: a lower bound for the rsync approach). Bytes moved: pgzfs's "
+        "own count of the stream, `dd`'s count in the raw pipeline, rsync's \"Total bytes received\".",
+        "- **(g) rejoin vs pg_rewind**: db2 is promoted (`pg_ctl promote`), db1 goes on writing "
+        "(`UPDATE ... WHERE aid % N = 0` with N from the calibration below; none for 0%) and is "
+        "stopped; then either `pgzfs rejoin --to db2` (which keeps db1's diverged writes in its "
+        "quarantine file, rolls db1 back to the newest common snapshot and re-seeds it incrementally) "
+        "or `pg_rewind` from db2, db1's own postgresql.auto.conf put back (pg_rewind copies the "
+        "source's), standby.signal and primary_conninfo, `pg_ctl start`. Timed until the new primary "
+        "lists the old one as streaming. The roles swap every round; db1 runs with "
+        "`wal_log_hints = on`, which pg_rewind needs. Bytes: the rejoin's stream, pg_rewind's own "
+        "\"kB copied\".",
         "- **Change-rate calibration**: a pgbench_accounts heap page holds 61 rows, a 16k ZFS record "
         "(the lab's recordsize) 122. Updating every N-th row with N = 122 / rate touches about "
         "`rate` of the table's records (plus the records the new row versions, index entries and "
@@ -239,12 +349,15 @@ def main():
         "",
         *raw_parts,
         "",
+        *(["### Rejoin vs pg_rewind (g)", "", *rejoin, ""] if len(rejoin) > 2 else []),
         "### Data path (d)",
         "",
         *dp,
         "",
         *(["pgzfs end to end, full re-seed with each data path:", "", *e2e, ""] if len(e2e) > 2 else []),
         *(["### Transport options (f)", "", *transport, ""] if len(transport) > 2 else []),
+        *([f"### Re-seed time against database size, 1% change", "",
+           f"![re-seed time against database size at 1% change]({plot})", ""] if plot else []),
         "### Where pgzfs's time goes (median seconds per step; the main runs)",
         "",
         *st,
@@ -262,7 +375,7 @@ def main():
     with open(out, "w") as f:
         f.write(text)
     # The tables, for the terminal.
-    print("\n".join(["", *full, "", *inc, "", *raw_parts, "", *dp, "", *e2e, "", *transport, "", *st, "",
+    print("\n".join(["", *full, "", *inc, "", *rejoin, "", *raw_parts, "", *dp, "", *e2e, "", *transport, "", *st, "",
                      *verdicts, ""]))
 
 

@@ -90,6 +90,125 @@ pub fn take(
     })
 }
 
+/// Take a crash-consistent cut (`cut = "atomic"`): one atomic snapshot of `dataset`, no
+/// backup session and no forced checkpoint. PostgreSQL treats such a snapshot like the
+/// data of a crashed server: a standby started on it replays from the last checkpoint in
+/// pg_control through the WAL in pg_wal, then streams. Only sound when every file of the
+/// cluster is in this one snapshot, which [`atomic_snapshot_covers`] decides beforehand.
+/// No backup_label exists, so the cut is recorded complete with the snapshot itself.
+pub fn take_atomic(
+    steps: &mut Steps,
+    primary: &mut Pg,
+    zfs: &dyn Zfs,
+    dataset: &DatasetName,
+    name: &SnapName,
+    source_node: &str,
+) -> Result<Cut> {
+    let existing = zfs.snapshots(dataset)?;
+    let snapshot = dataset.snapshot(&unique_snapshot_name(name, &existing)?);
+    let timeline = primary.current_timeline()?;
+    let system_identifier = primary.system_identifier()?;
+    // WAL written before this position is in the snapshot; replay reaches at least here.
+    let start_lsn = primary.current_lsn()?.to_string();
+    let props = [
+        (prop::LSN, start_lsn.clone()),
+        (prop::TIMELINE, timeline.to_string()),
+        (prop::SYSTEM_ID, system_identifier.to_string()),
+        (prop::PG_MAJOR, primary.major().to_string()),
+        (prop::SOURCE_NODE, source_node.to_string()),
+        (prop::CUT, ATOMIC.to_string()),
+    ];
+    steps.run("snapshot", || zfs.snapshot_recursive(&snapshot, &props))?;
+    // Informational only (the summary's stop_lsn): an upper bound of what the snapshot
+    // holds. Not recorded on the snapshot, which would cost another remote call.
+    let stop_lsn = primary.current_lsn()?.to_string();
+    tracing::info!(
+        "took {snapshot}: crash-consistent, WAL up to about {stop_lsn} on timeline {timeline}"
+    );
+    Ok(Cut {
+        snapshot,
+        start_lsn,
+        stop: BackupStop {
+            stop_lsn,
+            labelfile: String::new(),
+            spcmapfile: String::new(),
+        },
+        timeline,
+        system_identifier,
+    })
+}
+
+/// The value of [`prop::CUT`] on a crash-consistent cut.
+const ATOMIC: &str = "atomic";
+
+/// `cut`: how a re-seed makes the snapshot of the source a consistent image.
+/// - `backup` (the default): a backup-safe cut, the snapshot taken between
+///   pg_backup_start (a forced checkpoint) and pg_backup_stop; the standby starts from
+///   the backup_label. Works with any layout, needs the backup grant (see `backup_via`).
+/// - `atomic`: the snapshot alone, crash-consistent, which PostgreSQL documents as a valid
+///   base backup on a file system with atomic snapshots, provided that data, pg_wal and
+///   every tablespace are in that one snapshot. No checkpoint, no backup session, no
+///   backup grant; the standby replays from the source's last checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CutMode {
+    #[default]
+    Backup,
+    Atomic,
+}
+
+impl CutMode {
+    pub(crate) fn parse(value: &str) -> Result<CutMode, String> {
+        match value {
+            "backup" => Ok(CutMode::Backup),
+            "atomic" => Ok(CutMode::Atomic),
+            other => Err(format!(
+                "{other:?} is not a way to cut; use \"backup\" or \"atomic\""
+            )),
+        }
+    }
+}
+
+/// Where the parts of a source's cluster live, as far as an atomic cut cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLayout {
+    /// The dataset holding the data directory; its children (pg_wal) are in the same
+    /// `zfs snapshot -r`, which is atomic.
+    pub dataset: DatasetName,
+    /// Where it is mounted on the source; None: not known.
+    pub mountpoint: Option<std::path::PathBuf>,
+    /// The locations of the cluster's own tablespaces (not pg_default, pg_global).
+    pub tablespaces: Vec<std::path::PathBuf>,
+}
+
+/// Whether one atomic snapshot of `layout.dataset` holds every file of the cluster: Err
+/// says which part it would miss. The dataset and its children (pg_wal on a child, say)
+/// are taken by one `zfs snapshot -r`, which is atomic; a tablespace outside the
+/// dataset's mountpoint is refused, because nothing snapshots it in the same instant.
+pub fn atomic_snapshot_covers(layout: &ClusterLayout) -> std::result::Result<(), String> {
+    for location in &layout.tablespaces {
+        let inside = layout.mountpoint.as_deref().is_some_and(|mountpoint| {
+            location.is_absolute()
+                && !location
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+                && location.starts_with(mountpoint)
+        });
+        if !inside {
+            return Err(format!(
+                "the tablespace at {} lies outside {} (mounted at {}), so no atomic snapshot of that dataset covers it",
+                location.display(),
+                layout.dataset,
+                layout
+                    .mountpoint
+                    .as_deref()
+                    .map(|m| m.display().to_string())
+                    .unwrap_or_else(|| "an unknown place".into())
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A cut as `pgzfs snapshot --json` prints it: everything a standby needs to start from
 /// the snapshot, and the seconds each step of the cut took on the node that took it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,17 +335,34 @@ impl Cut {
                 .filter(|v| !v.is_empty() && *v != "-")
                 .ok_or_else(|| format!("{name} has no {prop}, so it is not a complete pgzfs cut"))
         };
+        let number = |prop: &str| {
+            text(prop)?
+                .parse::<u64>()
+                .map_err(|_| format!("the {prop} of {name} is not a number"))
+        };
+        let timeline = |n: u64| {
+            u32::try_from(n).map_err(|_| format!("the timeline of {name} is out of range"))
+        };
+        if snapshot.prop(prop::CUT) == Some(ATOMIC) {
+            // Complete by construction: its properties were set with the snapshot.
+            return Ok(Cut {
+                snapshot: name.clone(),
+                start_lsn: text(prop::LSN)?.to_string(),
+                stop: BackupStop {
+                    stop_lsn: text(prop::LSN)?.to_string(),
+                    labelfile: String::new(),
+                    spcmapfile: String::new(),
+                },
+                timeline: timeline(number(prop::TIMELINE)?)?,
+                system_identifier: number(prop::SYSTEM_ID)?,
+            });
+        }
         let label = unhex(text(prop::BACKUP_LABEL)?)
             .ok_or_else(|| format!("the {} of {name} is not readable", prop::BACKUP_LABEL))?;
         let spcmapfile = match snapshot.prop(prop::TABLESPACE_MAP) {
             Some(map) if !map.is_empty() && map != "-" => unhex(map)
                 .ok_or_else(|| format!("the {} of {name} is not readable", prop::TABLESPACE_MAP))?,
             _ => String::new(),
-        };
-        let number = |prop: &str| {
-            text(prop)?
-                .parse::<u64>()
-                .map_err(|_| format!("the {prop} of {name} is not a number"))
         };
         Ok(Cut {
             snapshot: name.clone(),
@@ -236,8 +372,7 @@ impl Cut {
                 labelfile: label,
                 spcmapfile,
             },
-            timeline: u32::try_from(number(prop::TIMELINE)?)
-                .map_err(|_| format!("the timeline of {name} is out of range"))?,
+            timeline: timeline(number(prop::TIMELINE)?)?,
             system_identifier: number(prop::SYSTEM_ID)?,
         })
     }
@@ -543,5 +678,66 @@ mod tests {
             "START WAL LOCATION: 0/2000028\n"
         );
         assert_eq!(unhex("zz"), None);
+    }
+
+    fn layout(tablespaces: &[&str]) -> ClusterLayout {
+        ClusterLayout {
+            dataset: DatasetName::parse("tank/pg").unwrap(),
+            mountpoint: Some("/var/db/postgres".into()),
+            tablespaces: tablespaces.iter().map(|t| t.into()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_atomic_cut_is_allowed_only_where_one_snapshot_holds_the_whole_cluster() {
+        // The dataset alone, or with children (pg_wal): one `zfs snapshot -r`.
+        assert_eq!(atomic_snapshot_covers(&layout(&[])), Ok(()));
+        // A tablespace inside the dataset (or a child mounted below it) is in the same
+        // snapshot.
+        assert_eq!(
+            atomic_snapshot_covers(&layout(&["/var/db/postgres/ts1"])),
+            Ok(())
+        );
+        for (tablespaces, why) in [
+            (&["/srv/ts1"][..], "/srv/ts1"),
+            (&["/var/db/postgres/../ts"][..], "outside"),
+            (&["/var/db/postgresql/ts"][..], "outside"),
+        ] {
+            let refused = atomic_snapshot_covers(&layout(tablespaces)).unwrap_err();
+            assert!(refused.contains(why), "{refused}");
+        }
+        let mut unknown = layout(&["/var/db/postgres/ts1"]);
+        unknown.mountpoint = None;
+        assert!(atomic_snapshot_covers(&unknown).is_err());
+    }
+
+    #[test]
+    fn the_cut_mode_is_backup_unless_atomic_is_asked_for() {
+        assert_eq!(CutMode::default(), CutMode::Backup);
+        assert_eq!(CutMode::parse("atomic"), Ok(CutMode::Atomic));
+        assert_eq!(CutMode::parse("backup"), Ok(CutMode::Backup));
+        assert!(CutMode::parse("crash").unwrap_err().contains("atomic"));
+    }
+
+    #[test]
+    fn an_atomic_cut_reads_back_without_a_backup_label() {
+        let atomic = recorded_cut(&[
+            (prop::LSN, "0/5000028"),
+            (prop::TIMELINE, "3"),
+            (prop::SYSTEM_ID, "7301234567890123456"),
+            (prop::CUT, "atomic"),
+        ]);
+        let cut = Cut::recorded(&atomic).unwrap();
+        assert_eq!(cut.stop.labelfile, "");
+        assert_eq!(cut.start_lsn, "0/5000028");
+        assert_eq!(cut.timeline, 3);
+        // Any other value of pgzfs:cut is no licence to go without a label.
+        let odd = recorded_cut(&[
+            (prop::LSN, "0/5000028"),
+            (prop::TIMELINE, "3"),
+            (prop::SYSTEM_ID, "7301234567890123456"),
+            (prop::CUT, "whatever"),
+        ]);
+        assert!(Cut::recorded(&odd).is_err());
     }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::values::*;
 use crate::compress::SshCompress;
-use crate::cut::BackupVia;
+use crate::cut::{BackupVia, CutMode};
 use crate::datasets::{RawTablespace, Tablespace};
 use crate::failover::{FenceMode, OnBackup};
 use crate::pg::tls::{PgTls, SslMode};
@@ -338,6 +338,8 @@ node_settings! {
         /// Who runs the backup-safe cut when this node is re-seeded.
         backup_via: String, |v: String, _: &Reading| BackupVia::parse(&v) => BackupVia,
             or(|_| BackupVia::default()) => BackupVia;
+        /// How a re-seed makes the source's snapshot consistent: a backup session or one atomic snapshot.
+        cut: String, |v: String, _: &Reading| CutMode::parse(&v) => CutMode, or(|_| CutMode::default()) => CutMode;
         /// The most bytes per second this node receives a re-seed's stream at, whether
         /// `reset-secondary`, `rejoin` or the daemon started it. None: unlimited. (Checked as
         /// Some(0) for an explicit "unlimited", so a node can lift a limit of `[defaults]`.)

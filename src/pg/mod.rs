@@ -340,6 +340,29 @@ impl Pg {
         text.map(|t| t.parse().map_err(Error::failed)).transpose()
     }
 
+    /// Where the cluster's own tablespaces live (pg_default and pg_global are in the
+    /// data directory).
+    pub fn tablespace_locations(&mut self) -> Result<Vec<std::path::PathBuf>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT pg_tablespace_location(oid) FROM pg_tablespace \
+                 WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY spcname",
+                &[],
+            )
+            .map_err(|e| {
+                Error::failed(format!(
+                    "{}: {}",
+                    self.target.describe(),
+                    describe_pg_error(&e)
+                ))
+            })?;
+        Ok(rows
+            .iter()
+            .map(|row| std::path::PathBuf::from(row.get::<_, String>(0)))
+            .collect())
+    }
+
     /// The primary's current WAL write position.
     pub fn current_lsn(&mut self) -> Result<control::Lsn> {
         let text: String = self

@@ -245,7 +245,13 @@ pub fn make_standby(data_dir: &Path, setup: &StandbySetup) -> Result<()> {
         slots.clear()?;
     }
 
-    writer.write("backup_label", &setup.labelfile)?;
+    if setup.labelfile.is_empty() {
+        // A crash-consistent cut: no backup, so recovery starts from pg_control's
+        // checkpoint. A stale label would send it to the wrong redo point.
+        writer.remove("backup_label")?;
+    } else {
+        writer.write("backup_label", &setup.labelfile)?;
+    }
     if setup.spcmapfile.is_empty() {
         writer.remove("tablespace_map")?;
     } else {
@@ -386,6 +392,21 @@ mod tests {
         );
         assert!(dir.join("standby.signal").exists());
         assert!(!dir.join("tablespace_map").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_crash_consistent_copy_starts_without_any_backup_label() {
+        let dir = std::env::temp_dir().join(format!("pgzfs-atomic-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A label that somehow came along (an exclusive backup of old) would make
+        // recovery start from its redo point instead of pg_control's checkpoint.
+        std::fs::write(dir.join("backup_label"), "START WAL LOCATION: 0/1\n").unwrap();
+        let mut atomic = setup(15);
+        atomic.labelfile.clear();
+        make_standby(&dir, &atomic).unwrap();
+        assert!(!dir.join("backup_label").exists());
+        assert!(dir.join("standby.signal").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

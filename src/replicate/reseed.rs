@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::cluster::{find_primary, pg_target, standby_setup};
 use crate::config::Node;
 use crate::context::Context;
-use crate::cut::BackupVia;
+use crate::cut::{BackupVia, ClusterLayout, CutMode};
 use crate::datasets::{local_counterpart, map_tablespace_map, ClusterDatasets, MemberRole};
 use crate::error::{Error, Result};
 use crate::failover::role::{local_role_reading, Role};
@@ -178,6 +178,20 @@ impl Reseed<'_> {
                         source.dataset, source.name
                     )));
                 }
+                if local.reseed.cut == CutMode::Atomic {
+                    let layout = ClusterLayout {
+                        dataset: source.dataset.clone(),
+                        mountpoint: remote_zfs.mountpoint(&source.dataset)?,
+                        tablespaces: primary.tablespace_locations()?,
+                    };
+                    crate::cut::atomic_snapshot_covers(&layout).map_err(|why| {
+                        Error::refused(format!(
+                            "cut = \"atomic\" needs every part of the cluster in one atomic snapshot: {why}. \
+                             Use cut = \"backup\" for {}",
+                            local.name
+                        ))
+                    })?;
+                }
                 let remote_snaps = remote_zfs.snapshots(&source.dataset)?;
                 let local_snaps = if state.dataset_exists {
                     Some(local_zfs.snapshots(&local.dataset)?)
@@ -278,7 +292,7 @@ impl Reseed<'_> {
         if self.dry_run {
             let estimated_bytes = estimate(&remote_zfs, &preview, None);
             let text = format!(
-                "plan for {} (nothing was changed):\n  source: {} ({}), PostgreSQL {}\n  {}\n  estimated size: {}\n  steps: lock, replication slot{}, backup start, snapshot {}, backup stop, \
+                "plan for {} (nothing was changed):\n  source: {} ({}), PostgreSQL {}\n  {}\n  estimated size: {}\n  steps: lock, replication slot{}, {}, \
                  stop local PostgreSQL, {}receive, standby config, start, wait for streaming, hold the new base",
                 local.name,
                 source.name,
@@ -287,7 +301,10 @@ impl Reseed<'_> {
                 preview.describe().replace('\n', "\n  ") + &partial_note,
                 estimated_bytes.map(human_bytes).unwrap_or_else(|| "unknown (this ZFS cannot estimate incremental streams)".into()),
                 if local.reseed.use_slots { format!(" {}", local.reseed.slot_name) } else { " (disabled)".into() },
-                preview.source_snapshot(),
+                match local.reseed.cut {
+                    CutMode::Backup => format!("backup start, snapshot {}, backup stop", preview.source_snapshot()),
+                    CutMode::Atomic => format!("atomic snapshot {} (crash-consistent: no backup session, no checkpoint)", preview.source_snapshot()),
+                },
                 if preview.rename_aside.is_some() { "rename aside, " } else { "" },
             );
             return Ok(Outcome::DryRun(DryRun {
@@ -341,9 +358,18 @@ impl Reseed<'_> {
         }
         self.interrupt.check()?;
 
-        // 4. The backup-safe cut, all in one session on the primary: held by this
-        //    process, or by the source's own pgzfs (backup_via).
+        // 4. The cut: one atomic snapshot (cut = "atomic"), or the backup-safe cut, all in
+        //    one session on the primary: held by this process, or by the source's own
+        //    pgzfs (backup_via).
         let cut = match (&resume, local.reseed.backup_via) {
+            (None, _) if local.reseed.cut == CutMode::Atomic => crate::cut::take_atomic(
+                &mut steps,
+                &mut primary,
+                &remote_zfs,
+                &source.dataset,
+                &planned_snapshot,
+                &source.name,
+            )?,
             (Some(resumed), _) => {
                 tracing::info!(
                     "resuming the transfer of {}, cut by the interrupted run",

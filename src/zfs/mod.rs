@@ -33,6 +33,10 @@ pub mod prop {
     pub const TABLESPACE_MAP: &str = "pgzfs:tablespace_map";
     /// The node that took the snapshot.
     pub const SOURCE_NODE: &str = "pgzfs:node";
+    /// How the cut was taken: `atomic` for a crash-consistent snapshot without a backup
+    /// session (no backup_label; the standby replays from the last checkpoint). Unset:
+    /// a backup-safe cut.
+    pub const CUT: &str = "pgzfs:cut";
 
     /// On a dataset: the cluster epoch, raised by every promotion. A node whose epoch is
     /// older than another's lost a failover and must not act as primary again.
@@ -49,7 +53,7 @@ pub mod prop {
     pub const FORK_LSN: &str = "pgzfs:fork_lsn";
     pub const FORK_TIMELINE: &str = "pgzfs:fork_timeline";
 
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         LSN,
         STOP_LSN,
         TIMELINE,
@@ -59,6 +63,7 @@ pub mod prop {
         TABLESPACE_MAP,
         SOURCE_NODE,
         VERIFIED,
+        CUT,
     ];
 }
 
