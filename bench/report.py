@@ -329,8 +329,8 @@ def openzfs_main():
             o, s2 = med(d, f"dp_{stream}_openssh_MiBps"), med(d, f"dp_{stream}_ssh2_MiBps")
             g = med(d, f"dp_{stream}_openssh_gcm_MiBps")
             r1, r2 = ratio(s2, o), ratio(g, o)
-            dp.append(f"| {scale} | {label} | {fmt(r1 * 100 if r1 else None, 0)}% | "
-                      f"{fmt(r2 * 100 if r2 else None, 0)}% |")
+            pct = lambda r: "n/a" if r is None else f"{r * 100:.0f}%"
+            dp.append(f"| {scale} | {label} | {pct(r1)} | {pct(r2)} |")
     st = []
     for scale in sorted(data):
         steps_full = step_medians(workdir, f"full-{scale}-*.json")
