@@ -360,8 +360,8 @@ def openzfs_main():
         "**Only the ratios mean something here.** The guest runs under QEMU's TCG (no KVM on this "
         "machine): every instruction is emulated, 10 to 25 times slower than native, and the "
         "emulation slows CPU work (ssh ciphers, PostgreSQL, checksums) more than it slows waiting. "
-        "Absolute seconds and MiB/s are therefore left out, except the database and stream sizes; "
-        "the raw seconds are in `results.tsv` of the run's work directory.",
+        "The seconds in the tables are there so that each ratio can be checked; do not compare "
+        "them with the zfs-fuse numbers above or with one another across runs.",
         "",
         f"- {machine}",
         f"- {zfs_note}",
@@ -384,7 +384,7 @@ def openzfs_main():
         "timed twice: the copy alone, and the copy plus starting that copy as a standby until "
         "`pg_stat_wal_receiver` says streaming (the end state pgzfs reaches). The two alternate "
         "which goes first.",
-        "- **(a) incremental**: as on zfs-fuse (below): the same UPDATE and CHECKPOINT, then in a "
+        "- **(a) incremental**: as on zfs-fuse (above): the same UPDATE and CHECKPOINT, then in a "
         "rotated order `pgzfs reset-secondary`, the raw pipeline (`ssh zfs snapshot`, "
         "`ssh zfs send -i A B | zfs recv -F pgzfs2/raw`, `pg_ctl stop -m fast` + `start -w` of db2) "
         "and **(c)** `rsync -a --delete` of db1's data directory over ssh into the dataset "
