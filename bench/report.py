@@ -5,6 +5,11 @@ Called by bench/run; kept separate so a report can be rebuilt from a saved
 results.tsv without measuring again:
 
     bench/report.py RESULTS OUT MACHINE ZFS PG SSH STARTED FINISHED SCALES RUNS QUICK
+    bench/report.py --openzfs RESULTS OUT MACHINE ZFS PG SSH STARTED FINISHED SCALES RUNS QUICK COMMAND
+
+The second form (bench/run --openzfs) writes only the OpenZFS section of OUT,
+between the two markers below, and leaves the rest of OUT as it is; the first
+form rewrites OUT and carries an existing OpenZFS section over unchanged.
 """
 
 import glob
@@ -16,6 +21,21 @@ import sys
 from collections import defaultdict
 
 RATES = ["0.1", "1", "10"]
+OZ_BEGIN = "<!-- bench/run --openzfs: begin (generated; bench/notes-openzfs.md is included verbatim) -->"
+OZ_END = "<!-- bench/run --openzfs: end -->"
+
+
+def openzfs_block(path):
+    """The OpenZFS section of an existing report, markers included, or None."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    start, end = text.find(OZ_BEGIN), text.find(OZ_END)
+    if start < 0 or end < start:
+        return None
+    return text[start:end + len(OZ_END)]
 
 
 def load(path):
@@ -371,6 +391,10 @@ def main():
     if os.path.exists(notes):
         with open(notes) as f:
             lines += [f.read().rstrip(), ""]
+    # A zfs-fuse run does not measure OpenZFS: the last OpenZFS section stays.
+    kept = openzfs_block(out)
+    if kept:
+        lines += [kept, ""]
     text = "\n".join(lines)
     with open(out, "w") as f:
         f.write(text)
@@ -379,5 +403,154 @@ def main():
                      *verdicts, ""]))
 
 
+def openzfs_main():
+    """The "OpenZFS (kernel, QEMU TCG)" section, from bench/run --openzfs."""
+    (results, out, machine, zfs_note, pg_version, ssh_note, started, finished,
+     scales, runs, quick, command) = sys.argv[2:14]
+    data = load(results)
+    workdir = os.path.dirname(os.path.abspath(results))
+    full = ["| scale | DB size | full stream | pgzfs full re-seed (s) | pg_basebackup, copy only (s) "
+            "| pg_basebackup + standby streaming (s) | pgzfs / (basebackup + standby) | pgzfs / copy only |",
+            "|---|---|---|---|---|---|---|---|"]
+    inc = ["| scale | change | changed (stream/full) | pgzfs incremental (s) | raw pipeline + restart (s) "
+           "| ratio pgzfs/raw | rsync (s) | rsync/pgzfs | (basebackup + standby)/pgzfs |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    raw_parts = ["| scale | change | ssh zfs snapshot (s) | send/recv (s) | pg_ctl stop (s) | pg_ctl start (s) |",
+                 "|---|---|---|---|---|---|"]
+    dp = ["| scale | stream | ssh2 / OpenSSH default | OpenSSH aes128-gcm / OpenSSH default |",
+          "|---|---|---|---|"]
+    for scale in sorted(data):
+        d = data[scale]
+        db, f_bytes = med(d, "db_bytes"), med(d, "full_bytes")
+        f_p, f_bb, f_bbs = med(d, "full_pgzfs_s"), med(d, "full_basebackup_s"), med(d, "full_basebackup_standby_s")
+        full.append(f"| {scale} | {fmt(db / 2**20 if db else None, 0)} MiB | "
+                    f"{fmt(f_bytes / 2**20 if f_bytes else None, 0)} MiB | {fmt(f_p)} | {fmt(f_bb)} | {fmt(f_bbs)} | "
+                    f"{fmt(ratio(f_p, f_bbs))}x | {fmt(ratio(f_p, f_bb))}x |")
+        for rate in RATES:
+            p, raw, rs = med(d, f"inc{rate}_pgzfs_s"), med(d, f"inc{rate}_raw_s"), med(d, f"inc{rate}_rsync_s")
+            if p is None and raw is None:
+                continue
+            b = med(d, f"inc{rate}_bytes")
+            changed = ratio(b, f_bytes)
+            inc.append(f"| {scale} | {rate}% | {fmt(changed * 100 if changed is not None else None, 2)}% "
+                       f"({fmt(b / 2**20 if b is not None else None, 1)} MiB) | {fmt(p)} | {fmt(raw)} | "
+                       f"{fmt(ratio(p, raw))}x | {fmt(rs)} | {fmt(ratio(rs, p))}x | {fmt(ratio(f_bbs, p), 1)}x |")
+            raw_parts.append(f"| {scale} | {rate}% | {fmt(med(d, f'inc{rate}_raw_snapshot_s'))} | "
+                             f"{fmt(med(d, f'inc{rate}_raw_sendrecv_s'))} | {fmt(med(d, f'inc{rate}_raw_stop_s'))} | "
+                             f"{fmt(med(d, f'inc{rate}_raw_start_s'))} |")
+        for stream, label in (("zfs", "zfs send of db1"), ("zeros", "zeros (transport only)")):
+            o, s2 = med(d, f"dp_{stream}_openssh_MiBps"), med(d, f"dp_{stream}_ssh2_MiBps")
+            g = med(d, f"dp_{stream}_openssh_gcm_MiBps")
+            r1, r2 = ratio(s2, o), ratio(g, o)
+            pct = lambda r: "n/a" if r is None else f"{r * 100:.0f}%"
+            dp.append(f"| {scale} | {label} | {pct(r1)} | {pct(r2)} |")
+    st = []
+    for scale in sorted(data):
+        steps_full = step_medians(workdir, f"full-{scale}-*.json")
+        steps_inc = {rate: step_medians(workdir, f"inc{rate}-{scale}-*.json") for rate in RATES}
+        tot_full = sum(steps_full.values()) or None
+        st += [f"Scale {scale} (share of the named steps' total):", "",
+               "| step | full | " + " | ".join(f"incr. {r}%" for r in RATES) + " |",
+               "|---|---|" + "---|" * len(RATES)]
+        tot_inc = {r: (sum(steps_inc[r].values()) or None) for r in RATES}
+        for step in STEP_ORDER:
+            def share(v, t):
+                return "n/a" if v is None or not t else f"{v / t * 100:.0f}%"
+            row = [share(steps_full.get(step), tot_full)] + [share(steps_inc[r].get(step), tot_inc[r])
+                                                              for r in RATES]
+            st.append(f"| {step} | " + " | ".join(row) + " |")
+        st.append("")
+    lines = [
+        OZ_BEGIN,
+        "",
+        "## OpenZFS (kernel, QEMU TCG)",
+        "",
+        "Written by `bench/run --openzfs`"
+        + (" in `--quick` mode (development only)" if quick == "1" else "")
+        + f"; measured {started} to {finished} with `{command}`. Everything in this section comes "
+        "from that one run.",
+        "",
+        "**Only the ratios mean something here.** The guest runs under QEMU's TCG (no KVM on this "
+        "machine): every instruction is emulated, 10 to 25 times slower than native, and the "
+        "emulation slows CPU work (ssh ciphers, PostgreSQL, checksums) more than it slows waiting. "
+        "The seconds in the tables are there so that each ratio can be checked; do not compare "
+        "them with the zfs-fuse numbers above or with one another across runs.",
+        "",
+        f"- {machine}",
+        f"- {zfs_note}",
+        f"- {pg_version}; {ssh_note}",
+        f"- scales {scales}, {runs} run(s) per measurement; every number is the ratio of the medians.",
+        "",
+        "### Method",
+        "",
+        "One guest per scale (`scripts/openzfs-vm up`, then `scripts/openzfs-vm lab --scale N`): "
+        "db1 (primary) on pool pgzfs1, db2 (standby) re-seeded by pgzfs into pool pgzfs2, both in "
+        "the same guest, every transfer through the guest's own sshd on 127.0.0.1. The "
+        "measurements run inside the guest (`bench/openzfs-guest`), with this build's release "
+        "pgzfs and `examples/ssh_throughput` copied in. Like with like: every contender writes "
+        "into pgzfs2, on a dataset with the standby's recordsize (16k), and none gets a step the "
+        "others skip.",
+        "",
+        "- **(b) full re-seed**: db2's dataset is destroyed (untimed), then `pgzfs reset-secondary` "
+        "re-seeds it; wall clock of the process, start to a streaming standby. Against it, "
+        "`pg_basebackup -X stream -c fast -R` as the replication role into the dataset pgzfs2/bb, "
+        "timed twice: the copy alone, and the copy plus starting that copy as a standby until "
+        "`pg_stat_wal_receiver` says streaming (the end state pgzfs reaches). The two alternate "
+        "which goes first.",
+        "- **(a) incremental**: as on zfs-fuse (above): the same UPDATE and CHECKPOINT, then in a "
+        "rotated order `pgzfs reset-secondary`, the raw pipeline (`ssh zfs snapshot`, "
+        "`ssh zfs send -i A B | zfs recv -F pgzfs2/raw`, `pg_ctl stop -m fast` + `start -w` of db2) "
+        "and **(c)** `rsync -a --delete` of db1's data directory over ssh into the dataset "
+        "pgzfs2/rsync (transfer only; rsync is the host's, copied in).",
+        "- **(d) data path**: a `zfs send` of db1 and 64 MiB of zeros read through pgzfs's ssh2 "
+        "channel and through OpenSSH (default cipher, then AES-GCM first, as pgzfs's openssh data "
+        "path offers it), discarded by `wc -c`.",
+        "- Left out: (e) peak RSS (no GNU time in the guest; it does not depend on the ZFS) and "
+        "(f) bwlimit and zstd (a rate limit in absolute MiB/s means nothing under TCG).",
+        "",
+        "### Full re-seed (b)",
+        "",
+        *full,
+        "",
+        "### Incremental re-seed (a), rsync (c)",
+        "",
+        *inc,
+        "",
+        "The raw pipeline's parts (median seconds, for their proportions only):",
+        "",
+        *raw_parts,
+        "",
+        "### Data path (d)",
+        "",
+        *dp,
+        "",
+        "### Where pgzfs's time goes",
+        "",
+        *st,
+    ]
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes-openzfs.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            lines += [f.read().rstrip(), ""]
+    lines.append(OZ_END)
+    block = "\n".join(lines)
+    try:
+        with open(out) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    old = openzfs_block(out)
+    if old:
+        text = text.replace(old, block)
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    with open(out, "w") as f:
+        f.write(text)
+    print("\n".join(["", *full, "", *inc, "", *raw_parts, "", *dp, "", *st]))
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--openzfs"]:
+        openzfs_main()
+    else:
+        main()
