@@ -11,7 +11,7 @@ use crate::cluster::pg_target;
 use std::os::unix::fs::MetadataExt;
 
 use crate::config::{config_path, Config, Node};
-use crate::context::Invocation;
+use crate::context::{Handles, Invocation};
 use crate::error::{Error, Result};
 use crate::pg::Pg;
 use crate::setup;
@@ -68,7 +68,7 @@ impl Check {
         if self.setup {
             return setup(&config, local, self.json);
         }
-        let zfs = crate::zfs::local_backend(local)?;
+        let zfs = Handles::new(local).local_zfs()?;
         if !zfs.exists(&local.dataset)? {
             return Err(Error::failed(format!(
                 "dataset {} does not exist on this node",
@@ -102,8 +102,9 @@ impl Check {
 /// judge them.
 fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
     let mut findings = Vec::new();
+    let handles = Handles::new(local);
 
-    let zfs = crate::zfs::local_backend(local)?;
+    let zfs = handles.local_zfs()?;
     let dataset = local.dataset.as_str();
     let exists = zfs.exists(&local.dataset)?;
     // A node about to join as a standby has neither yet; reset-secondary makes both.
@@ -218,7 +219,7 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
     ));
 
     for peer in config.other_nodes(local) {
-        findings.extend(peer_findings(local, peer));
+        findings.extend(peer_findings(&handles, local, peer));
     }
 
     let first_wrong = findings
@@ -285,10 +286,10 @@ fn delegation_finding(zfs: &dyn crate::zfs::Zfs, node: &str, local: &Node) -> se
 
 /// A peer as this node uses it: logging in over SSH, ssh_user's delegation on its
 /// dataset, pgzfs_bin there, and its pg_hba for this node's WAL receiver.
-fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
+fn peer_findings(handles: &Handles, local: &Node, peer: &Node) -> Vec<setup::Finding> {
     let mut findings = Vec::new();
     let target = crate::cluster::ssh_target(local, peer);
-    match crate::ssh::SshHost::connect(&target) {
+    match handles.remote_zfs(peer) {
         Err(e) => {
             findings.push(setup::ssh_login(
                 &peer.name,
@@ -302,9 +303,9 @@ fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
                 ));
             }
         }
-        Ok(session) => {
+        Ok(remote) => {
             findings.push(setup::ssh_login(&peer.name, &target.describe(), Ok(())));
-            let remote = crate::zfs::cli::ZfsCli::new(&session);
+            let session = remote.runner();
             match crate::zfs::Zfs::exists(&remote, &peer.dataset) {
                 Ok(true) => {
                     let bookmarks = crate::zfs::Zfs::features_for(&remote, &peer.dataset)
@@ -340,7 +341,7 @@ fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
             }
             let version =
                 crate::exec::Cmd::new(local.ssh.pgzfs_bin.display().to_string()).arg("--version");
-            let run = crate::exec::Runner::output(&session, &version);
+            let run = crate::exec::Runner::output(session, &version);
             findings.push(match &run {
                 Ok(out) => setup::pgzfs_bin(
                     &peer.name,
