@@ -13,6 +13,9 @@ use std::os::unix::fs::MetadataExt;
 use crate::config::{config_path, Config, Node};
 use crate::context::{Handles, Invocation};
 use crate::error::{Error, Result};
+use crate::failover::seam::RealPostgres;
+use crate::failover::{local_role, Role};
+use crate::pg::ctl::PgCtl;
 use crate::pg::Pg;
 use crate::setup;
 
@@ -77,23 +80,32 @@ impl Check {
         }
         println!("dataset {}: present", local.dataset);
         let mut pg = Pg::connect(&pg_target(local))?;
-        let role = if pg.is_in_recovery()? {
-            "standby"
-        } else {
-            "primary"
-        };
         let tls = if pg.session_encrypted()? {
             format!("over TLS (pg_sslmode {})", local.pg.tls().mode.as_str())
         } else {
             format!("without TLS (pg_sslmode {})", local.pg.tls().mode.as_str())
         };
+        let role = PgCtl::for_node(local).and_then(|ctl| local_role(&RealPostgres, &ctl, local));
         println!(
-            "PostgreSQL {} on port {}: reachable as {} {tls}, {role}",
+            "PostgreSQL {} on port {}: reachable as {} {tls}, {}",
             pg.major(),
             local.pg.pg_port,
-            local.pg.pg_user
+            local.pg.pg_user,
+            role_word(&role)
         );
         Ok(0)
+    }
+}
+
+/// The role `check` prints, from `failover::local_role`: primary (fenced or not),
+/// standby, stopped, or unknown when it could not be told (never "not a primary").
+fn role_word(role: &Result<Role>) -> &'static str {
+    match role {
+        Ok(role) => role.name(),
+        Err(e) => {
+            tracing::debug!("the local role could not be read: {e}");
+            "unknown"
+        }
     }
 }
 
@@ -410,4 +422,45 @@ fn rc_conf_files() -> Vec<(std::path::PathBuf, String)> {
             .map(|text| (std::path::PathBuf::from(path), text))
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::role::{DataDir, LastRan};
+
+    #[test]
+    fn check_names_the_role_as_local_role_tells_it_and_unknown_is_never_not_a_primary() {
+        let data = |last_ran| DataDir {
+            last_ran,
+            starts_as_standby: true,
+        };
+        let rows: [(&str, Result<Role>, &str); 6] = [
+            ("a primary", Ok(Role::Primary), "primary"),
+            (
+                "fenced read-only, still a primary",
+                Ok(Role::FencedPrimary),
+                "primary",
+            ),
+            ("in recovery", Ok(Role::Standby), "standby"),
+            (
+                "stopped since the connection",
+                Ok(Role::Stopped(data(LastRan::Standby))),
+                "stopped",
+            ),
+            (
+                "running but not answering",
+                Ok(Role::Unanswered(data(LastRan::Standby), "timeout".into())),
+                "unknown",
+            ),
+            (
+                "the role could not be read",
+                Err(Error::failed("no pg_control")),
+                "unknown",
+            ),
+        ];
+        for (scenario, role, word) in rows {
+            assert_eq!(role_word(&role), word, "{scenario}");
+        }
+    }
 }
