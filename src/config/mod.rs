@@ -176,7 +176,16 @@ impl Config {
     /// The witness this host is, if it is one: `--node`, else `$PGZFS_NODE`, else the
     /// hostname (full, then short), as for data nodes.
     pub fn local_witness(&self, explicit: Option<&str>) -> Option<&Witness> {
-        match identity(explicit, std::env::var("PGZFS_NODE").ok(), hostname()) {
+        self.pick_local_witness(explicit, std::env::var("PGZFS_NODE").ok(), hostname())
+    }
+
+    fn pick_local_witness(
+        &self,
+        explicit: Option<&str>,
+        from_env: Option<String>,
+        hostname: Option<String>,
+    ) -> Option<&Witness> {
+        match identity(explicit, from_env, hostname) {
             Identity::Named { name, .. } => self.witnesses.iter().find(|w| w.name == name),
             Identity::Host(host) => {
                 host.and_then(|host| by_hostname(&self.witnesses, |w| &w.name, &host))
