@@ -42,6 +42,38 @@ impl Invocation {
     }
 }
 
+/// The part of the composition root that depends only on this node's settings: plain
+/// data, `Send` and `Clone`, so that code running on its own thread (promote's epoch
+/// lookup, status's and check's probes of every node) builds its ZFS and SSH handles
+/// here too, the same way the `Context` does.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    local: Node,
+}
+
+impl Handles {
+    pub fn new(local: &Node) -> Self {
+        Handles {
+            local: local.clone(),
+        }
+    }
+
+    /// This node's ZFS, honouring `zfs_backend` (see `Context::local_zfs`).
+    pub fn local_zfs(&self) -> Result<Box<dyn Zfs>> {
+        crate::zfs::local_backend(&self.local)
+    }
+
+    /// `node`'s ZFS over SSH (libssh2), with this node's key and known_hosts.
+    pub fn remote_zfs(&self, node: &Node) -> Result<ZfsCli<SshHost>> {
+        Ok(ZfsCli::new(self.remote_shell(node)?))
+    }
+
+    /// A libssh2 session with `node`, as this node's `ssh_user` with its key.
+    pub fn remote_shell(&self, node: &Node) -> Result<SshHost> {
+        SshHost::connect(&ssh_target(&self.local, node))
+    }
+}
+
 /// What every command works with: the parsed config and this node.
 pub struct Context {
     pub config: Config,
@@ -59,18 +91,26 @@ impl Context {
         Ok(node.clone())
     }
 
+    /// The handles that need only this node's settings, for a helper thread that has
+    /// no `Context` (promote's epoch lookup while PostgreSQL promotes).
+    pub fn handles(&self) -> Handles {
+        Handles::new(&self.local)
+    }
+
     /// This node's ZFS: zfs(8), or libzfs_core where `zfs_backend` asks for it (or
     /// allows it and it is compiled in and /dev/zfs opens).
     pub fn local_zfs(&self) -> Result<Box<dyn Zfs>> {
-        crate::zfs::local_backend(&self.local)
+        self.handles().local_zfs()
     }
 
     /// `node`'s ZFS over SSH (libssh2), with this node's key and known_hosts.
     pub fn remote_zfs(&self, node: &Node) -> Result<ZfsCli<SshHost>> {
-        Ok(ZfsCli::new(SshHost::connect(&ssh_target(
-            &self.local,
-            node,
-        ))?))
+        self.handles().remote_zfs(node)
+    }
+
+    /// A libssh2 session with `node`, for running pgzfs there.
+    pub fn remote_shell(&self, node: &Node) -> Result<SshHost> {
+        self.handles().remote_shell(node)
     }
 
     /// The transport of a re-seed's `zfs send` stream from `source`, when it differs

@@ -11,8 +11,11 @@ use crate::cluster::pg_target;
 use std::os::unix::fs::MetadataExt;
 
 use crate::config::{config_path, Config, Node};
-use crate::context::Invocation;
+use crate::context::{Handles, Invocation};
 use crate::error::{Error, Result};
+use crate::failover::seam::RealPostgres;
+use crate::failover::{local_role, Role};
+use crate::pg::ctl::PgCtl;
 use crate::pg::Pg;
 use crate::setup;
 
@@ -68,7 +71,7 @@ impl Check {
         if self.setup {
             return setup(&config, local, self.json);
         }
-        let zfs = crate::zfs::local_backend(local)?;
+        let zfs = Handles::new(local).local_zfs()?;
         if !zfs.exists(&local.dataset)? {
             return Err(Error::failed(format!(
                 "dataset {} does not exist on this node",
@@ -77,23 +80,32 @@ impl Check {
         }
         println!("dataset {}: present", local.dataset);
         let mut pg = Pg::connect(&pg_target(local))?;
-        let role = if pg.is_in_recovery()? {
-            "standby"
-        } else {
-            "primary"
-        };
         let tls = if pg.session_encrypted()? {
             format!("over TLS (pg_sslmode {})", local.pg.tls().mode.as_str())
         } else {
             format!("without TLS (pg_sslmode {})", local.pg.tls().mode.as_str())
         };
+        let role = PgCtl::for_node(local).and_then(|ctl| local_role(&RealPostgres, &ctl, local));
         println!(
-            "PostgreSQL {} on port {}: reachable as {} {tls}, {role}",
+            "PostgreSQL {} on port {}: reachable as {} {tls}, {}",
             pg.major(),
             local.pg.pg_port,
-            local.pg.pg_user
+            local.pg.pg_user,
+            role_word(&role)
         );
         Ok(0)
+    }
+}
+
+/// The role `check` prints, from `failover::local_role`: primary (fenced or not),
+/// standby, stopped, or unknown when it could not be told (never "not a primary").
+fn role_word(role: &Result<Role>) -> &'static str {
+    match role {
+        Ok(role) => role.name(),
+        Err(e) => {
+            tracing::debug!("the local role could not be read: {e}");
+            "unknown"
+        }
     }
 }
 
@@ -102,8 +114,9 @@ impl Check {
 /// judge them.
 fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
     let mut findings = Vec::new();
+    let handles = Handles::new(local);
 
-    let zfs = crate::zfs::local_backend(local)?;
+    let zfs = handles.local_zfs()?;
     let dataset = local.dataset.as_str();
     let exists = zfs.exists(&local.dataset)?;
     // A node about to join as a standby has neither yet; reset-secondary makes both.
@@ -218,7 +231,7 @@ fn setup(config: &Config, local: &Node, json: bool) -> Result<i32> {
     ));
 
     for peer in config.other_nodes(local) {
-        findings.extend(peer_findings(local, peer));
+        findings.extend(peer_findings(&handles, local, peer));
     }
 
     let first_wrong = findings
@@ -285,10 +298,10 @@ fn delegation_finding(zfs: &dyn crate::zfs::Zfs, node: &str, local: &Node) -> se
 
 /// A peer as this node uses it: logging in over SSH, ssh_user's delegation on its
 /// dataset, pgzfs_bin there, and its pg_hba for this node's WAL receiver.
-fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
+fn peer_findings(handles: &Handles, local: &Node, peer: &Node) -> Vec<setup::Finding> {
     let mut findings = Vec::new();
     let target = crate::cluster::ssh_target(local, peer);
-    match crate::ssh::SshHost::connect(&target) {
+    match handles.remote_zfs(peer) {
         Err(e) => {
             findings.push(setup::ssh_login(
                 &peer.name,
@@ -302,9 +315,9 @@ fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
                 ));
             }
         }
-        Ok(session) => {
+        Ok(remote) => {
             findings.push(setup::ssh_login(&peer.name, &target.describe(), Ok(())));
-            let remote = crate::zfs::cli::ZfsCli::new(&session);
+            let session = remote.runner();
             match crate::zfs::Zfs::exists(&remote, &peer.dataset) {
                 Ok(true) => {
                     let bookmarks = crate::zfs::Zfs::features_for(&remote, &peer.dataset)
@@ -340,7 +353,7 @@ fn peer_findings(local: &Node, peer: &Node) -> Vec<setup::Finding> {
             }
             let version =
                 crate::exec::Cmd::new(local.ssh.pgzfs_bin.display().to_string()).arg("--version");
-            let run = crate::exec::Runner::output(&session, &version);
+            let run = crate::exec::Runner::output(session, &version);
             findings.push(match &run {
                 Ok(out) => setup::pgzfs_bin(
                     &peer.name,
@@ -409,4 +422,45 @@ fn rc_conf_files() -> Vec<(std::path::PathBuf, String)> {
             .map(|text| (std::path::PathBuf::from(path), text))
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::role::{DataDir, LastRan};
+
+    #[test]
+    fn check_names_the_role_as_local_role_tells_it_and_unknown_is_never_not_a_primary() {
+        let data = |last_ran| DataDir {
+            last_ran,
+            starts_as_standby: true,
+        };
+        let rows: [(&str, Result<Role>, &str); 6] = [
+            ("a primary", Ok(Role::Primary), "primary"),
+            (
+                "fenced read-only, still a primary",
+                Ok(Role::FencedPrimary),
+                "primary",
+            ),
+            ("in recovery", Ok(Role::Standby), "standby"),
+            (
+                "stopped since the connection",
+                Ok(Role::Stopped(data(LastRan::Standby))),
+                "stopped",
+            ),
+            (
+                "running but not answering",
+                Ok(Role::Unanswered(data(LastRan::Standby), "timeout".into())),
+                "unknown",
+            ),
+            (
+                "the role could not be read",
+                Err(Error::failed("no pg_control")),
+                "unknown",
+            ),
+        ];
+        for (scenario, role, word) in rows {
+            assert_eq!(role_word(&role), word, "{scenario}");
+        }
+    }
 }

@@ -35,12 +35,13 @@ use crate::daemon_state::{read_state, write_state, DaemonState};
 use crate::datasets::ClusterDatasets;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
-use crate::failover::Role;
+use crate::failover::seam::RealPostgres;
+use crate::failover::{local_role, Role};
 use crate::http::{Request, Response};
 use crate::isolation::{fence_if_primary, run_witness, spawn_watch, Fencer, QuorumState};
 use crate::lock::LocalLock;
 use crate::pg::ctl::PgCtl;
-use crate::pg::{Pg, RESEED_LOCK};
+use crate::pg::{Pg, ServerState, RESEED_LOCK};
 use crate::quorum::View;
 use crate::replicate::{self, Caller, ReseedRequest};
 use crate::retention::{prune_cluster, taken_at, Protection};
@@ -912,47 +913,80 @@ pub struct LocalProbe {
 }
 
 fn probe_local(node: &Node) -> LocalProbe {
-    let mut target = pg_target(node);
-    target.connect_timeout = target.connect_timeout.min(Duration::from_secs(3));
-    let asked = Pg::connect(&target).and_then(|mut pg| {
-        let state = pg.server_state()?;
-        let mut probe = LocalProbe {
+    // A health check answers within seconds, whatever the node's connect_timeout.
+    let mut node = node.clone();
+    node.connect_timeout = node.connect_timeout.min(Duration::from_secs(3));
+    let role = PgCtl::for_node(&node).and_then(|ctl| local_role(&RealPostgres, &ctl, &node));
+    let answered = match &role {
+        Ok(Role::Primary | Role::FencedPrimary | Role::Standby) => ask_local(&node)
+            .map_err(|e| tracing::debug!("health check: {} stopped answering: {e}", node.name))
+            .ok(),
+        _ => None,
+    };
+    local_probe(role.ok().as_ref(), answered)
+}
+
+/// What a health check reports beyond the role, from a server that answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered {
+    pub state: ServerState,
+    pub streaming: bool,
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
+}
+
+fn ask_local(node: &Node) -> Result<Answered> {
+    let mut pg = Pg::connect(&pg_target(node))?;
+    let state = pg.server_state()?;
+    if !state.in_recovery {
+        return Ok(Answered {
+            state,
+            streaming: false,
+            lag_bytes: None,
+            lag_seconds: None,
+        });
+    }
+    Ok(Answered {
+        streaming: pg
+            .wal_receiver()?
+            .is_some_and(|r| r.status.as_deref() == Some("streaming")),
+        lag_bytes: Some(pg.replay_lag_bytes()?),
+        lag_seconds: pg.replay_delay_seconds()?,
+        state,
+    })
+}
+
+/// The health checks' view of this node, from `failover::local_role` (None: it could not
+/// be read) and, when the server answered, what it said. A server that runs but does not
+/// answer, or whose role could not be read, is "unknown", never "not a primary"; only a
+/// server that is not running is "stopped".
+pub fn local_probe(role: Option<&Role>, answered: Option<Answered>) -> LocalProbe {
+    match answered {
+        // The answer is newer than the role asked a moment before it.
+        Some(a) => LocalProbe {
             up: true,
-            in_recovery: state.in_recovery,
-            writable: state.writable,
-            version: Some(state.version),
-            timeline: state.timeline,
-            lsn: state.lsn,
-            role: if state.in_recovery {
-                "standby"
+            in_recovery: a.state.in_recovery,
+            writable: a.state.writable,
+            streaming: a.streaming,
+            lag_bytes: a.lag_bytes,
+            lag_seconds: a.lag_seconds,
+            version: Some(a.state.version),
+            timeline: a.state.timeline,
+            lsn: a.state.lsn,
+            role: if a.state.in_recovery {
+                Role::Standby.name()
             } else {
-                "primary"
+                Role::Primary.name()
+            },
+        },
+        None => LocalProbe {
+            role: match role {
+                Some(stopped @ Role::Stopped(_)) => stopped.name(),
+                _ => "unknown",
             },
             ..LocalProbe::default()
-        };
-        if state.in_recovery {
-            probe.streaming = pg
-                .wal_receiver()?
-                .is_some_and(|r| r.status.as_deref() == Some("streaming"));
-            probe.lag_bytes = Some(pg.replay_lag_bytes()?);
-            probe.lag_seconds = pg.replay_delay_seconds()?;
-        }
-        Ok(probe)
-    });
-    asked.unwrap_or_else(|_| {
-        let running = PgCtl::new(
-            &node.pg.pg_bin,
-            &node.data_dir,
-            &node.pg.pg_log_file,
-            &node.pg.pg_os_user,
-        )
-        .map(|ctl| ctl.is_running())
-        .unwrap_or(false);
-        LocalProbe {
-            role: if running { "unknown" } else { "stopped" },
-            ..LocalProbe::default()
-        }
-    })
+        },
+    }
 }
 
 /// `?lag=` as Patroni takes it: bytes, or a number with kB, MB, GB or TB (powers of
@@ -1298,6 +1332,110 @@ mod tests {
         // Success forgets the failures: the next outage starts from scratch.
         watch.reseed_succeeded();
         assert_eq!(watch, Watch::default());
+    }
+
+    #[test]
+    fn the_health_role_comes_from_local_role_and_unknown_is_never_not_a_primary() {
+        use crate::failover::role::{DataDir, LastRan};
+        let data = |last_ran| DataDir {
+            last_ran,
+            starts_as_standby: false,
+        };
+        let answer = |in_recovery: bool, writable: bool| Answered {
+            state: ServerState {
+                in_recovery,
+                writable,
+                version: "15.18".into(),
+                timeline: Some(2),
+                lsn: Some("0/3000060".into()),
+            },
+            streaming: in_recovery,
+            lag_bytes: in_recovery.then_some(0),
+            lag_seconds: None,
+        };
+        // (scenario, local_role's answer, what the server said, role, up, writable)
+        let rows = [
+            (
+                "a primary that answers",
+                Some(Role::Primary),
+                Some(answer(false, true)),
+                "primary",
+                true,
+                true,
+            ),
+            (
+                "a fenced primary is still a primary",
+                Some(Role::FencedPrimary),
+                Some(answer(false, false)),
+                "primary",
+                true,
+                false,
+            ),
+            (
+                "a streaming standby",
+                Some(Role::Standby),
+                Some(answer(true, false)),
+                "standby",
+                true,
+                false,
+            ),
+            (
+                "promoted between the two questions: the later answer wins",
+                Some(Role::Standby),
+                Some(answer(false, true)),
+                "primary",
+                true,
+                true,
+            ),
+            (
+                "not running",
+                Some(Role::Stopped(data(LastRan::Primary))),
+                None,
+                "stopped",
+                false,
+                false,
+            ),
+            (
+                "running, not answering, last ran as a standby",
+                Some(Role::Unanswered(data(LastRan::Standby), "timeout".into())),
+                None,
+                "unknown",
+                false,
+                false,
+            ),
+            (
+                "running, not answering, last ran as a primary",
+                Some(Role::Unanswered(data(LastRan::Primary), "timeout".into())),
+                None,
+                "unknown",
+                false,
+                false,
+            ),
+            (
+                "answered the role, then stopped answering",
+                Some(Role::Primary),
+                None,
+                "unknown",
+                false,
+                false,
+            ),
+            (
+                "the role could not be read at all",
+                None,
+                None,
+                "unknown",
+                false,
+                false,
+            ),
+        ];
+        for (scenario, role, answered, name, up, writable) in rows {
+            let probe = local_probe(role.as_ref(), answered);
+            assert_eq!(
+                (probe.role, probe.up, probe.writable),
+                (name, up, writable),
+                "{scenario}"
+            );
+        }
     }
 
     fn standby(streaming: bool, lag: u64) -> LocalProbe {

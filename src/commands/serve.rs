@@ -1440,6 +1440,8 @@ mod tests {
         use crate::zfs::features::SendOptions;
         use crate::zfs::{prop, Zfs};
         let recorder = Recorder::default();
+        // A unit test over a recording runner: the ZfsCli is built here on purpose, so
+        // that the commands it records are exactly those a real transport would carry.
         let zfs = crate::zfs::cli::ZfsCli::new(recorder.clone());
         let ds = dataset();
         let snap = ds.snapshot(&SnapName::parse("pgzfs-20261122T003000Z").unwrap());

@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cluster::{pg_target, ssh_target};
+use crate::cluster::pg_target;
 use crate::config::{Config, Node};
-use crate::context::Invocation;
+use crate::context::{Handles, Invocation};
 use crate::datasets::{ClusterDatasets, MemberRole};
 use crate::error::Result;
 use crate::failover::seam::RealPostgres;
@@ -25,9 +25,7 @@ use crate::failover::{local_role, Role};
 use crate::pg::ctl::PgCtl;
 use crate::pg::{Pg, ServerState, SlotInfo, StandbyConnection, WalReceiver};
 use crate::retention::taken_at;
-use crate::ssh::SshHost;
 use crate::timestamp::utc_rfc3339;
-use crate::zfs::cli::ZfsCli;
 use crate::zfs::{newest_common, prop, Snapshot, Zfs};
 
 #[derive(Debug, Args)]
@@ -239,7 +237,7 @@ fn member_key(role: &MemberRole) -> String {
     }
 }
 
-fn probe(local: &Node, node: &Node) -> Probe {
+fn probe(handles: &Handles, local: &Node, node: &Node) -> Probe {
     let mut probe = Probe::default();
     match probe_pg(node) {
         Ok(pg) => probe.pg = Some(pg),
@@ -253,10 +251,11 @@ fn probe(local: &Node, node: &Node) -> Probe {
             .ok()
             .map(|role| !matches!(role, Role::Stopped(_)));
         probe.local_role = role.ok();
-        crate::zfs::local_backend(node).and_then(|zfs| probe_zfs(&*zfs, node))
+        handles.local_zfs().and_then(|zfs| probe_zfs(&*zfs, node))
     } else {
-        SshHost::connect(&ssh_target(local, node))
-            .and_then(|ssh| probe_zfs(&ZfsCli::new(ssh), node))
+        handles
+            .remote_zfs(node)
+            .and_then(|zfs| probe_zfs(&zfs, node))
     };
     match zfs_result {
         Ok((snapshots, members, epoch, clones)) => {
@@ -308,13 +307,14 @@ fn remote_daemon_state(node: &Node) -> Option<serde_json::Value> {
 
 /// Ask every node, in parallel, and put the answers together.
 pub fn cluster_status(config: &Config, local: &Node, now: SystemTime) -> ClusterStatus {
+    let outside = &Handles::new(local);
     let probes: Vec<Probe> = std::thread::scope(|scope| {
-        let handles: Vec<_> = config
+        let threads: Vec<_> = config
             .nodes
             .iter()
-            .map(|node| scope.spawn(move || probe(local, node)))
+            .map(|node| scope.spawn(move || probe(outside, local, node)))
             .collect();
-        handles
+        threads
             .into_iter()
             .map(|h| h.join().unwrap_or_default())
             .collect()

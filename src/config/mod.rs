@@ -113,22 +113,9 @@ impl Config {
     /// tests do not depend on who runs them.
     fn parse_with_home(text: &str, path: &Path, home: Option<&Path>) -> Result<Config> {
         let in_file = |message: String| Error::usage(format!("{}: {message}", path.display()));
-        let mut raw: RawConfig =
+        let raw: RawConfig =
             toml::from_str(text).map_err(|e| in_file(e.to_string().trim_end().to_string()))?;
-        let events = Events::from_config(raw.events.take()).map_err(in_file)?;
-        let retention = Retention::from_config(raw.retention.take()).map_err(in_file)?;
-        let resolved = resolve(raw, home).map_err(in_file)?;
-        Ok(Config {
-            path: path.to_path_buf(),
-            events,
-            cluster: resolved.cluster,
-            log_file: resolved.log_file,
-            nodes: resolved.nodes,
-            witnesses: resolved.witnesses,
-            isolation_timeout: resolved.isolation_timeout,
-            two_node_failover: resolved.two_node_failover,
-            retention,
-        })
+        resolve(raw, path, home).map_err(in_file)
     }
 
     pub fn node(&self, name: &str) -> Result<&Node> {
@@ -153,11 +140,7 @@ impl Config {
     /// The node pgzfs runs on: `--node`, else `$PGZFS_NODE`, else the node named like
     /// this host (the full hostname first, then the part before the first '.').
     pub fn local_node(&self, explicit: Option<&str>) -> Result<&Node> {
-        let from_env = std::env::var("PGZFS_NODE").ok();
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|name| name.into_string().ok());
-        self.pick_local_node(explicit, from_env, hostname)
+        self.pick_local_node(explicit, std::env::var("PGZFS_NODE").ok(), hostname())
     }
 
     fn pick_local_node(
@@ -166,12 +149,6 @@ impl Config {
         from_env: Option<String>,
         hostname: Option<String>,
     ) -> Result<&Node> {
-        if let Some(name) = explicit {
-            return self.node(name).map_err(|e| e.context("--node"));
-        }
-        if let Some(name) = from_env.filter(|name| !name.is_empty()) {
-            return self.node(&name).map_err(|e| e.context("PGZFS_NODE"));
-        }
         let not_found = |tried: String| {
             Error::usage(format!(
                 "cannot tell which node this is: no --node given, PGZFS_NODE is not set, and {tried}; \
@@ -180,45 +157,40 @@ impl Config {
                 self.node_names()
             ))
         };
-        let Some(hostname) = hostname.filter(|name| !name.is_empty()) else {
-            return Err(not_found("the hostname could not be read".to_string()));
-        };
-        if let Some(node) = self.nodes.iter().find(|node| node.name == hostname) {
-            return Ok(node);
-        }
-        match hostname.split_once('.') {
-            Some((short, _)) => match self.nodes.iter().find(|node| node.name == short) {
-                Some(node) => Ok(node),
-                None => Err(not_found(format!(
-                    "neither the hostname {hostname:?} nor its short form {short:?} is a node"
-                ))),
-            },
-            None => Err(not_found(format!(
-                "the hostname {hostname:?} is not a node"
-            ))),
+        match identity(explicit, from_env, hostname) {
+            Identity::Named { name, from } => self.node(&name).map_err(|e| e.context(from)),
+            Identity::Host(None) => Err(not_found("the hostname could not be read".to_string())),
+            Identity::Host(Some(host)) => {
+                by_hostname(&self.nodes, |n| &n.name, &host).ok_or_else(|| {
+                    not_found(match host.split_once('.') {
+                        Some((short, _)) => format!(
+                            "neither the hostname {host:?} nor its short form {short:?} is a node"
+                        ),
+                        None => format!("the hostname {host:?} is not a node"),
+                    })
+                })
+            }
         }
     }
 
     /// The witness this host is, if it is one: `--node`, else `$PGZFS_NODE`, else the
     /// hostname (full, then short), as for data nodes.
     pub fn local_witness(&self, explicit: Option<&str>) -> Option<&Witness> {
-        let from_env = std::env::var("PGZFS_NODE").ok().filter(|n| !n.is_empty());
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|name| name.into_string().ok());
-        let wanted: Vec<String> = match (explicit, from_env) {
-            (Some(name), _) => vec![name.to_string()],
-            (None, Some(name)) => vec![name],
-            (None, None) => hostname
-                .map(|h| {
-                    let short = h.split('.').next().unwrap_or_default().to_string();
-                    vec![h, short]
-                })
-                .unwrap_or_default(),
-        };
-        wanted
-            .iter()
-            .find_map(|name| self.witnesses.iter().find(|w| &w.name == name))
+        self.pick_local_witness(explicit, std::env::var("PGZFS_NODE").ok(), hostname())
+    }
+
+    fn pick_local_witness(
+        &self,
+        explicit: Option<&str>,
+        from_env: Option<String>,
+        hostname: Option<String>,
+    ) -> Option<&Witness> {
+        match identity(explicit, from_env, hostname) {
+            Identity::Named { name, .. } => self.witnesses.iter().find(|w| w.name == name),
+            Identity::Host(host) => {
+                host.and_then(|host| by_hostname(&self.witnesses, |w| &w.name, &host))
+            }
+        }
     }
 
     /// Every voter: the data nodes, then the witnesses, in config order.
@@ -294,18 +266,11 @@ struct RawConfig {
 // ---------------------------------------------------------------------------------------
 // Merged and complete.
 
-struct Resolved {
-    cluster: String,
-    log_file: PathBuf,
-    nodes: Vec<Node>,
-    witnesses: Vec<Witness>,
-    isolation_timeout: Duration,
-    two_node_failover: bool,
-}
-
 const DEFAULT_ISOLATION_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
+fn resolve(raw: RawConfig, path: &Path, home: Option<&Path>) -> Result<Config, String> {
+    let events = Events::from_config(raw.events)?;
+    let retention = Retention::from_config(raw.retention)?;
     let cluster = match raw.cluster {
         None => return Err("cluster is not set; add e.g. cluster = \"pg\" at the top".to_string()),
         Some(cluster) => {
@@ -416,7 +381,10 @@ fn resolve(raw: RawConfig, home: Option<&Path>) -> Result<Resolved, String> {
     if nodes.is_empty() {
         return Err("only witnesses are configured; add the data nodes".to_string());
     }
-    Ok(Resolved {
+    Ok(Config {
+        path: path.to_path_buf(),
+        events,
+        retention,
         cluster,
         log_file,
         nodes,
@@ -477,6 +445,46 @@ fn tls_settings_fit_together(pg: &PgConfig) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// Who this host is, as the operator says (`--node`, else a non-empty `$PGZFS_NODE`) or
+/// else as the host says (its hostname, None when it cannot be read).
+enum Identity {
+    Named { name: String, from: &'static str },
+    Host(Option<String>),
+}
+
+fn identity(
+    explicit: Option<&str>,
+    from_env: Option<String>,
+    hostname: Option<String>,
+) -> Identity {
+    match (explicit, from_env.filter(|name| !name.is_empty())) {
+        (Some(name), _) => Identity::Named {
+            name: name.to_string(),
+            from: "--node",
+        },
+        (None, Some(name)) => Identity::Named {
+            name,
+            from: "PGZFS_NODE",
+        },
+        (None, None) => Identity::Host(hostname.filter(|name| !name.is_empty())),
+    }
+}
+
+fn hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+}
+
+/// The entry named like this host: its full hostname first, then the part before the
+/// first '.'.
+fn by_hostname<'a, T>(entries: &'a [T], name: impl Fn(&T) -> &str, host: &str) -> Option<&'a T> {
+    let short = host.split('.').next().unwrap_or(host);
+    [host, short]
+        .into_iter()
+        .find_map(|wanted| entries.iter().find(|e| name(e) == wanted))
 }
 
 #[cfg(test)]

@@ -1231,6 +1231,27 @@ fn the_quorum_settings_default_to_safety_and_a_witness_votes_without_data() {
     let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["db1", "db2"], "a witness is no data node");
     assert_eq!(config.witnesses[0].name, "w1");
+    // A witness is found the way a data node is: --node, PGZFS_NODE, then the hostname
+    // in full and then its short form.
+    let witness = |explicit: Option<&str>, env: Option<&str>, host: Option<&str>| {
+        config
+            .pick_local_witness(explicit, env.map(String::from), host.map(String::from))
+            .map(|w| w.name.as_str())
+    };
+    assert_eq!(witness(Some("w1"), Some("db1"), None), Some("w1"));
+    assert_eq!(witness(None, Some("w1"), Some("db1")), Some("w1"));
+    assert_eq!(
+        witness(None, Some(""), Some("w1")),
+        Some("w1"),
+        "an empty PGZFS_NODE is unset"
+    );
+    assert_eq!(witness(None, None, Some("w1.lab.example")), Some("w1"));
+    assert_eq!(
+        witness(Some("db1"), None, Some("w1")),
+        None,
+        "--node names a data node"
+    );
+    assert_eq!(witness(None, None, None), None);
     let voters: Vec<(String, Option<u16>)> = config
         .voters()
         .into_iter()

@@ -67,7 +67,7 @@ pub fn on_master(ctx: &Context) -> Result<String> {
         MasterAction::RefuseFormerPrimary => Err(Error::refused(format!(
             "{} holds a fenced former primary (epoch {}); it is not started as a primary again. Rejoin it with `pgzfs rejoin`",
             local.name,
-            local_epoch(local).unwrap_or(0)
+            local_epoch(ctx).unwrap_or(0)
         ))),
         MasterAction::RefuseStopped => Err(Error::refused(format!("PostgreSQL on {} is not running; a stopped standby cannot be promoted", local.name))),
     }

@@ -7,16 +7,13 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use super::seam::{LocalServer, Postgres, RealPostgres, Session};
-use crate::cluster::ssh_target;
 use crate::config::{Config, Node};
-use crate::context::Context;
+use crate::context::{Context, Handles};
 use crate::datasets::ClusterDatasets;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::pg::ctl::PgCtl;
 use crate::quorum::{LeaseVerdict, PeerQuorum, Quorum};
-use crate::ssh::SshHost;
-use crate::zfs::cli::ZfsCli;
 use crate::zfs::names::SnapName;
 use crate::zfs::{prop, Zfs};
 
@@ -446,10 +443,8 @@ fn make_primary(
     // a connect timeout, which must not delay the failover, and the epoch should be on
     // the dataset moments after the server accepts writes.
     let epoch_lookup = {
-        let (config, local) = (ctx.config.clone(), local.clone());
-        std::thread::spawn(move || {
-            crate::zfs::local_backend(&local).and_then(|zfs| next_epoch(&config, &local, &*zfs))
-        })
+        let (config, local, handles) = (ctx.config.clone(), local.clone(), ctx.handles());
+        std::thread::spawn(move || next_epoch(&config, &local, &handles))
     };
     let zfs = ctx.local_zfs()?;
 
@@ -529,13 +524,15 @@ pub fn wait_until_writable(pg: &dyn Postgres, node: &Node, timeout: Duration) ->
 /// One more than the highest epoch this node can see: its own, and every reachable
 /// node's (over SSH, best effort: an unreachable node cannot hold a newer epoch than the
 /// one that is being superseded right now without also being the primary we checked for).
-fn next_epoch(config: &Config, local: &Node, zfs: &dyn Zfs) -> Result<u64> {
-    let mut highest = zfs
+fn next_epoch(config: &Config, local: &Node, handles: &Handles) -> Result<u64> {
+    let mut highest = handles
+        .local_zfs()?
         .get_number(local.dataset.as_str(), prop::EPOCH)?
         .unwrap_or(0);
     for node in config.other_nodes(local) {
-        match SshHost::connect(&ssh_target(local, node))
-            .and_then(|ssh| ZfsCli::new(ssh).get_number(node.dataset.as_str(), prop::EPOCH))
+        match handles
+            .remote_zfs(node)
+            .and_then(|zfs| zfs.get_number(node.dataset.as_str(), prop::EPOCH))
         {
             Ok(Some(epoch)) => highest = highest.max(epoch),
             Ok(None) => {}
@@ -546,9 +543,10 @@ fn next_epoch(config: &Config, local: &Node, zfs: &dyn Zfs) -> Result<u64> {
 }
 
 /// This node's epoch, from its dataset.
-pub fn local_epoch(local: &Node) -> Result<u64> {
-    Ok(crate::zfs::local_backend(local)?
-        .get_number(local.dataset.as_str(), prop::EPOCH)?
+pub fn local_epoch(ctx: &Context) -> Result<u64> {
+    Ok(ctx
+        .local_zfs()?
+        .get_number(ctx.local.dataset.as_str(), prop::EPOCH)?
         .unwrap_or(0))
 }
 

@@ -11,14 +11,12 @@ use serde::Serialize;
 use super::promote::wait_until_writable;
 use super::rejoin::rejoin_and_reseed;
 use super::seam::{LocalServer, Postgres, RealPostgres, Session};
-use crate::cluster::ssh_target;
 use crate::config::Node;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::exec::{remote_pgzfs, Cmd, Runner};
 use crate::pg::control;
 use crate::pg::ctl::PgCtl;
-use crate::ssh::SshHost;
 use crate::steps::round;
 
 #[derive(Debug, Serialize)]
@@ -43,7 +41,7 @@ pub fn switchover(ctx: &Context, to: &str) -> Result<Switched> {
     let server = &PgCtl::for_node(local)?;
     let mut session = check_switchover(pg, local, &target)?;
     // Check that we can reach the target over SSH before anything stops.
-    let ssh = SshHost::connect(&ssh_target(local, &target))?;
+    let ssh = ctx.remote_shell(&target)?;
 
     // 2. A checkpoint first makes the shutdown checkpoint quick; it needs privileges
     //    the replication role may lack, and the clean stop writes one anyway.
@@ -278,7 +276,7 @@ fn wait_for_replay(
 }
 
 fn follow_remotely(ctx: &Context, local: &Node, node: &Node, new_primary: &str) -> Result<()> {
-    let ssh = SshHost::connect(&ssh_target(local, node))?;
+    let ssh = ctx.remote_shell(node)?;
     let cmd = remote_pgzfs(&local.ssh.pgzfs_bin, &ctx.config.path, &node.name).args([
         "follow",
         "--to",
