@@ -171,6 +171,48 @@ impl<'z> dyn Zfs + 'z {
         Ok(())
     }
 
+    /// Take back an incremental that was received whole: destroy the received snapshot
+    /// `received` and roll `dataset` back to `base`, which it still holds (the receive
+    /// only added `received` on top of it). Left unmounted.
+    pub fn undo_incremental(
+        &self,
+        dataset: &DatasetName,
+        received: &SnapName,
+        base: &SnapName,
+    ) -> Result<()> {
+        // zfs-fuse serves stale files after a rollback under a mounted dataset.
+        self.unmount(dataset)?;
+        self.destroy_snapshot(&dataset.snapshot(received))?;
+        self.rollback(&dataset.snapshot(base))?;
+        tracing::info!("{dataset} back at @{base}: destroyed @{received}, received by this run");
+        Ok(())
+    }
+
+    /// Take back a full receive over a dataset kept aside: destroy the new copy (with
+    /// its descendants, all received by this run) and give the kept one its name back.
+    /// The kept one stays `canmount=noauto` (mounted explicitly).
+    pub fn undo_full_aside(&self, dataset: &DatasetName, aside: &DatasetName) -> Result<()> {
+        if self.exists(dataset)? {
+            self.unmount(dataset)?;
+            self.destroy_dataset_recursive(dataset)?;
+            tracing::info!("destroyed {dataset}, received by this run");
+        }
+        self.rename(aside, dataset)?;
+        tracing::info!("{aside} has its name {dataset} back");
+        Ok(())
+    }
+
+    /// Take back a full receive into a dataset that did not exist before this run:
+    /// destroy it with its descendants (a copy of the source's, kept there).
+    pub fn undo_full_new(&self, dataset: &DatasetName) -> Result<()> {
+        if self.exists(dataset)? {
+            self.unmount(dataset)?;
+            self.destroy_dataset_recursive(dataset)?;
+            tracing::info!("destroyed {dataset}, new in this run");
+        }
+        Ok(())
+    }
+
     /// Set the mountpoint to `wanted` where it differs, and mount.
     pub fn mount_at(&self, dataset: &DatasetName, wanted: &Path) -> Result<()> {
         if self.mountpoint(dataset)?.as_deref() != Some(wanted) {
