@@ -481,6 +481,10 @@ fn a_tablespace_that_cannot_be_received_takes_the_whole_tree_back_and_a_plain_re
     assert!(data.join("global/pg_control").exists());
     assert!(std::fs::read_dir(data.join("pg_wal")).unwrap().count() > 0);
     assert!(data.join("pgzfs.received-not-configured").exists());
+    // That base is a copy of the primary, not yet a standby: pgzfs must not start it
+    // (it would come up as a second primary), and says so.
+    assert!(err.contains("PostgreSQL stays stopped"), "{err}");
+    assert!(lab.try_sql("db2", "SELECT 1").is_err(), "db2 stays stopped");
     let ts = lab.dir.join("db2-ts/pg");
     assert!(
         std::fs::read_dir(&ts)

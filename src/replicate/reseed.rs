@@ -449,6 +449,15 @@ impl Reseed<'_> {
                         snapshot_name
                     )));
                 }
+                if received_marker_present(&local.data_dir) {
+                    // Taken back to a base an earlier run received (a tree whose member
+                    // failed): a copy of the primary, not a standby. Starting it would
+                    // start a second primary; the rerun goes on from it.
+                    return Err(e.context(
+                        "the data directory is back at the common base, a received copy not yet \
+                         configured as a standby; PostgreSQL stays stopped. Run reset-secondary again",
+                    ));
+                }
                 // (After a kept partial full receive there is no data directory to start.)
                 let has_data = matches!(control::read_control(&local.data_dir), Ok(Some(_)));
                 if was_running && has_data {

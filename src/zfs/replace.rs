@@ -475,4 +475,46 @@ mod tests {
             ["rename tank/pg-old-20261201 tank/pg", "mount tank/pg"]
         );
     }
+
+    #[test]
+    fn taking_back_an_incremental_destroys_the_received_snapshot_and_rolls_back_to_the_base() {
+        let (runner, log) = Scripted::new(vec![]);
+        let zfs = ZfsCli::new(runner);
+        let zfs: &dyn Zfs = &zfs;
+        let dataset = DatasetName::parse("tank/pg").unwrap();
+        zfs.undo_incremental(
+            &dataset,
+            &SnapName::parse("pgzfs-new").unwrap(),
+            &SnapName::parse("pgzfs-base").unwrap(),
+        )
+        .unwrap();
+        // Never `rollback -r`: the received snapshot is destroyed by name, so a snapshot
+        // nobody expected makes the rollback fail instead of vanishing.
+        assert_eq!(
+            *log.borrow(),
+            [
+                "unmount tank/pg",
+                "destroy tank/pg@pgzfs-new",
+                "rollback tank/pg@pgzfs-base",
+            ]
+        );
+    }
+
+    #[test]
+    fn taking_back_a_full_copy_destroys_it_and_gives_the_kept_one_its_name_back() {
+        let (runner, log) = Scripted::new(vec![]);
+        let zfs = ZfsCli::new(runner);
+        let zfs: &dyn Zfs = &zfs;
+        let dataset = DatasetName::parse("tank/pg").unwrap();
+        let aside = DatasetName::parse("tank/pg-old-20261201").unwrap();
+        zfs.undo_full_aside(&dataset, &aside).unwrap();
+        assert_eq!(
+            *log.borrow(),
+            [
+                "unmount tank/pg",
+                "destroy -r tank/pg",
+                "rename tank/pg-old-20261201 tank/pg",
+            ]
+        );
+    }
 }
