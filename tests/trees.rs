@@ -412,3 +412,100 @@ fn a_tree_fails_over_and_the_old_primary_rejoins_keeping_the_diverged_writes_of_
         "yes"
     );
 }
+
+/// The standby's tablespace dataset runs out of space halfway through an incremental of
+/// the whole tree: the data directory and pg_wal have already gone forward. pgzfs takes
+/// them back to the base they came from, so the tree never holds two different moments,
+/// and once the operator has made room a plain rerun (no --full) brings everything up.
+#[test]
+fn a_tablespace_that_cannot_be_received_takes_the_whole_tree_back_and_a_plain_rerun_works() {
+    let lab = Lab::up("treeundo");
+    lay_out_the_primary_as_a_tree(&lab);
+    let pool = lab.pool().to_string();
+    let tree = [
+        format!("{pool}/db2"),
+        format!("{pool}/db2/wal"),
+        format!("{pool}/db2ts"),
+    ];
+    lab.reset_secondary("db2");
+    wait_same_orders(&lab);
+
+    // Much more data in the tablespace on the primary than db2's tablespace dataset may
+    // grow by: a quota a few MiB above what it uses now.
+    lab.sql(
+        "db1",
+        "INSERT INTO orders SELECT g, repeat(md5(g::text), 8) FROM generate_series(5001, 150000) g",
+    );
+    let get = |prop: &str, ds: &str| {
+        lab.zfs(&["get", "-H", "-p", "-o", "value", prop, ds])
+            .trim()
+            .to_string()
+    };
+    // The standby has replayed them into its own tablespace dataset first: the
+    // incremental then needs about as much again, far more than the quota leaves.
+    wait_same_orders(&lab);
+    let quota_set = (0..10).any(|_| {
+        let used: u64 = get("used", &format!("{pool}/db2ts")).parse().unwrap();
+        let quota = used + 8 * 1024 * 1024;
+        // The standby may still be writing (a restartpoint): read again and retry.
+        Command::new("zfs")
+            .args(["set", &format!("quota={quota}"), &format!("{pool}/db2ts")])
+            .status()
+            .unwrap()
+            .success()
+    });
+    assert!(quota_set, "a quota just above what db2ts uses");
+    let before: Vec<Vec<(String, String)>> = tree.iter().map(|ds| lab.snapshots(ds)).collect();
+
+    let out = lab.pgzfs("db2", &["reset-secondary", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains(&format!("{pool}/db2ts")), "{err}");
+    assert!(err.contains("back at its last good state"), "{err}");
+
+    // Every dataset holds exactly the snapshots it held before (the base is the newest
+    // again, the half-arrived cut is gone), and is mounted where it was.
+    let after: Vec<Vec<(String, String)>> = tree.iter().map(|ds| lab.snapshots(ds)).collect();
+    assert_eq!(after, before, "the same snapshots, by name and guid");
+    for ds in &tree {
+        assert_eq!(get("mounted", ds), "yes", "{ds} mounted again");
+    }
+    assert_eq!(
+        get("mountpoint", &format!("{pool}/db2/wal")),
+        lab.data_dir("db2").join("pg_wal").display().to_string()
+    );
+    // The standby's files are there: the data directory, its WAL, the tablespace's
+    // directory; marked as a received copy, so the rerun may go on from it.
+    let data = lab.data_dir("db2");
+    assert!(data.join("PG_VERSION").exists());
+    assert!(data.join("global/pg_control").exists());
+    assert!(std::fs::read_dir(data.join("pg_wal")).unwrap().count() > 0);
+    assert!(data.join("pgzfs.received-not-configured").exists());
+    // That base is a copy of the primary, not yet a standby: pgzfs must not start it
+    // (it would come up as a second primary), and says so.
+    assert!(err.contains("PostgreSQL stays stopped"), "{err}");
+    assert!(lab.try_sql("db2", "SELECT 1").is_err(), "db2 stays stopped");
+    let ts = lab.dir.join("db2-ts/pg");
+    assert!(
+        std::fs::read_dir(&ts)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("PG_")),
+        "the tablespace directory of db2 is intact"
+    );
+    let stray = lab.zfs(&["list", "-H", "-o", "name", "-t", "filesystem"]);
+    assert!(
+        !stray
+            .lines()
+            .any(|l| l.starts_with(&format!("{pool}/db2")) && !tree.iter().any(|t| t == l)),
+        "nothing half-made beside the tree: {stray}"
+    );
+
+    // The operator makes room; the same command, no --full, goes forward from the base.
+    lab.zfs(&["set", "quota=none", &format!("{pool}/db2ts")]);
+    let rerun = lab.reset_secondary("db2");
+    assert_eq!(rerun["mode"], "incremental");
+    lab.assert_streaming("db2");
+    wait_same_orders(&lab);
+    assert_eq!(lab.sql("db2", "SELECT count(*) FROM orders"), "150000");
+}

@@ -475,6 +475,15 @@ impl Reseed<'_> {
                         snapshot_name
                     )));
                 }
+                if received_marker_present(&local.data_dir) {
+                    // Taken back to a base an earlier run received (a tree whose member
+                    // failed): a copy of the primary, not a standby. Starting it would
+                    // start a second primary; the rerun goes on from it.
+                    return Err(e.context(
+                        "the data directory is back at the common base, a received copy not yet \
+                         configured as a standby; PostgreSQL stays stopped. Run reset-secondary again",
+                    ));
+                }
                 // (After a kept partial full receive there is no data directory to start.)
                 let has_data = matches!(control::read_control(&local.data_dir), Ok(Some(_)));
                 if was_running && has_data {
@@ -776,18 +785,38 @@ impl Reseed<'_> {
                 moved.bytes += more.bytes;
                 moved.elapsed += more.elapsed;
             }
-            Err(e) => {
+            Err((e, received)) => {
+                // All or nothing: every dataset this run received goes back to its last
+                // good state, so that a plain rerun finds the same base everywhere.
                 tracing::error!("receiving the children and tablespaces failed: {e}");
-                if let Err(e) = local_zfs.mount(dataset) {
-                    tracing::warn!("could not mount {dataset} again: {e}");
+                let steps = super::tree_receive::undo_steps(plan, dataset_exists, received);
+                let left =
+                    super::tree_receive::undo_received(local_zfs, dataset, &plan.members, &steps);
+                let rolled_back = steps.iter().any(|s| {
+                    matches!(s, super::tree_receive::Undo::RollBack { dataset: d, .. } if d == dataset)
+                });
+                if rolled_back && left.is_empty() {
+                    // The base is the copy an earlier run received, before it was made a
+                    // standby: it must not count as a primary's data (the rerun goes on
+                    // from it, and nothing starts it as it is).
+                    if let Err(e) = mark_received(&local.data_dir) {
+                        tracing::warn!("{e}");
+                    }
                 }
-                if let Err(e) = super::tree_receive::restore_after_failure(local_zfs, &plan.members)
-                {
-                    tracing::warn!("could not restore every child and tablespace: {e}");
-                }
-                return Err(e.context(format!(
-                    "{dataset} was received, but not every child and tablespace; run reset-secondary --full to copy the cluster again"
-                )));
+                return Err(if left.is_empty() {
+                    e.context(format!(
+                        "not every child and tablespace of {dataset} could be received; every dataset \
+                         this run received is back at its last good state: remove the cause and run \
+                         reset-secondary again"
+                    ))
+                } else {
+                    e.context(format!(
+                        "not every child and tablespace of {dataset} could be received, and not \
+                         everything received could be taken back: {}. Run reset-secondary --full to \
+                         copy the cluster again",
+                        left.join("; ")
+                    ))
+                });
             }
         }
         let transferred = moved;
@@ -818,15 +847,9 @@ impl Reseed<'_> {
         for leftover in ["postmaster.pid", "postmaster.opts"] {
             data_dir.remove(leftover)?;
         }
+        drop(data_dir);
         // Until make_standby is done, this copy of a primary must not count as one.
-        data_dir
-            .write(
-                RECEIVED_NOT_CONFIGURED,
-                b"received by pgzfs reset-secondary, not yet a standby\n",
-                0o600,
-                None,
-            )
-            .map_err(|e| e.context(format!("marking {} as received", local.data_dir.display())))?;
+        mark_received(&local.data_dir)?;
         Ok(transferred)
     }
 
@@ -860,51 +883,67 @@ impl Reseed<'_> {
         remote_zfs: &dyn Zfs,
         stream_zfs: &dyn Zfs,
         plan: &Plan,
-    ) -> Result<transfer::Transferred> {
+    ) -> std::result::Result<transfer::Transferred, (Error, usize)> {
         let mut moved = transfer::Transferred::default();
-        for member in &plan.members {
-            self.interrupt.check()?;
-            let options = SendOptions::choose(
-                &remote_zfs.features_for(&member.source_dataset)?,
-                &local_zfs
-                    .features_for(&member.local_dataset)
-                    .unwrap_or_default(),
-                remote_zfs.is_encrypted(&member.source_dataset)?,
-            );
-            tracing::info!("{}", member.describe(&plan.snapshot));
-            let replacement = Replacement {
-                dataset: &member.local_dataset,
-                // Unmounted already, and renamed aside where the plan says so.
-                exists: false,
-                rename_aside: None,
-                newer_than_base: &member.rolled_back,
-                incremental: member.is_incremental(),
-                resumable: false,
-                resume: None,
-            };
-            let source_snapshot = member.source_snapshot(&plan.snapshot);
-            let base = member.base_snapshot();
-            let one = local_zfs
-                .receive_replacing(
-                    &replacement,
-                    &self.interrupt,
-                    |_| stream_zfs.send_with(&source_snapshot, base.as_ref(), &options),
-                    |source, sink| self.copy_stream(local, source, sink, None),
-                )
-                .map_err(|not| not.error)?
-                .transferred;
-            if !member.is_incremental() {
-                super::tree_receive::copy_tuning(
-                    remote_zfs,
-                    local_zfs,
-                    &member.source_dataset,
-                    &member.local_dataset,
-                );
-            }
+        for (received, member) in plan.members.iter().enumerate() {
+            let one = self
+                .receive_member(local, local_zfs, remote_zfs, stream_zfs, plan, member)
+                .map_err(|e| (e, received))?;
             moved.bytes += one.bytes;
             moved.elapsed += one.elapsed;
         }
         Ok(moved)
+    }
+
+    /// One member of the plan; on failure ZFS has left it as it was (not resumable).
+    fn receive_member(
+        &self,
+        local: &Node,
+        local_zfs: &dyn Zfs,
+        remote_zfs: &dyn Zfs,
+        stream_zfs: &dyn Zfs,
+        plan: &Plan,
+        member: &super::tree::MemberPlan,
+    ) -> Result<transfer::Transferred> {
+        self.interrupt.check()?;
+        let options = SendOptions::choose(
+            &remote_zfs.features_for(&member.source_dataset)?,
+            &local_zfs
+                .features_for(&member.local_dataset)
+                .unwrap_or_default(),
+            remote_zfs.is_encrypted(&member.source_dataset)?,
+        );
+        tracing::info!("{}", member.describe(&plan.snapshot));
+        let replacement = Replacement {
+            dataset: &member.local_dataset,
+            // Unmounted already, and renamed aside where the plan says so.
+            exists: false,
+            rename_aside: None,
+            newer_than_base: &member.rolled_back,
+            incremental: member.is_incremental(),
+            resumable: false,
+            resume: None,
+        };
+        let source_snapshot = member.source_snapshot(&plan.snapshot);
+        let base = member.base_snapshot();
+        let one = local_zfs
+            .receive_replacing(
+                &replacement,
+                &self.interrupt,
+                |_| stream_zfs.send_with(&source_snapshot, base.as_ref(), &options),
+                |source, sink| self.copy_stream(local, source, sink, None),
+            )
+            .map_err(|not| not.error)?
+            .transferred;
+        if !member.is_incremental() {
+            super::tree_receive::copy_tuning(
+                remote_zfs,
+                local_zfs,
+                &member.source_dataset,
+                &member.local_dataset,
+            );
+        }
+        Ok(one)
     }
 
     /// Whether the partial receive `token` left on this node can be continued now: it
@@ -1286,6 +1325,19 @@ fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<
             .flatten(),
         Some(_) => None,
     }
+}
+
+/// Mark the data directory as a received copy not yet made a standby: until make_standby
+/// is done, this copy of a primary must not count as one.
+fn mark_received(data_dir: &Path) -> Result<()> {
+    Dir::open(data_dir)?
+        .write(
+            RECEIVED_NOT_CONFIGURED,
+            b"received by pgzfs reset-secondary, not yet a standby\n",
+            0o600,
+            None,
+        )
+        .map_err(|e| e.context(format!("marking {} as received", data_dir.display())))
 }
 
 #[cfg(test)]

@@ -171,6 +171,48 @@ impl<'z> dyn Zfs + 'z {
         Ok(())
     }
 
+    /// Take back an incremental that was received whole: destroy the received snapshot
+    /// `received` and roll `dataset` back to `base`, which it still holds (the receive
+    /// only added `received` on top of it). Left unmounted.
+    pub fn undo_incremental(
+        &self,
+        dataset: &DatasetName,
+        received: &SnapName,
+        base: &SnapName,
+    ) -> Result<()> {
+        // zfs-fuse serves stale files after a rollback under a mounted dataset.
+        self.unmount(dataset)?;
+        self.destroy_snapshot(&dataset.snapshot(received))?;
+        self.rollback(&dataset.snapshot(base))?;
+        tracing::info!("{dataset} back at @{base}: destroyed @{received}, received by this run");
+        Ok(())
+    }
+
+    /// Take back a full receive over a dataset kept aside: destroy the new copy (with
+    /// its descendants, all received by this run) and give the kept one its name back.
+    /// The kept one stays `canmount=noauto` (mounted explicitly).
+    pub fn undo_full_aside(&self, dataset: &DatasetName, aside: &DatasetName) -> Result<()> {
+        if self.exists(dataset)? {
+            self.unmount(dataset)?;
+            self.destroy_dataset_recursive(dataset)?;
+            tracing::info!("destroyed {dataset}, received by this run");
+        }
+        self.rename(aside, dataset)?;
+        tracing::info!("{aside} has its name {dataset} back");
+        Ok(())
+    }
+
+    /// Take back a full receive into a dataset that did not exist before this run:
+    /// destroy it with its descendants (a copy of the source's, kept there).
+    pub fn undo_full_new(&self, dataset: &DatasetName) -> Result<()> {
+        if self.exists(dataset)? {
+            self.unmount(dataset)?;
+            self.destroy_dataset_recursive(dataset)?;
+            tracing::info!("destroyed {dataset}, new in this run");
+        }
+        Ok(())
+    }
+
     /// Set the mountpoint to `wanted` where it differs, and mount.
     pub fn mount_at(&self, dataset: &DatasetName, wanted: &Path) -> Result<()> {
         if self.mountpoint(dataset)?.as_deref() != Some(wanted) {
@@ -431,6 +473,48 @@ mod tests {
         assert_eq!(
             log[4..],
             ["rename tank/pg-old-20261201 tank/pg", "mount tank/pg"]
+        );
+    }
+
+    #[test]
+    fn taking_back_an_incremental_destroys_the_received_snapshot_and_rolls_back_to_the_base() {
+        let (runner, log) = Scripted::new(vec![]);
+        let zfs = ZfsCli::new(runner);
+        let zfs: &dyn Zfs = &zfs;
+        let dataset = DatasetName::parse("tank/pg").unwrap();
+        zfs.undo_incremental(
+            &dataset,
+            &SnapName::parse("pgzfs-new").unwrap(),
+            &SnapName::parse("pgzfs-base").unwrap(),
+        )
+        .unwrap();
+        // Never `rollback -r`: the received snapshot is destroyed by name, so a snapshot
+        // nobody expected makes the rollback fail instead of vanishing.
+        assert_eq!(
+            *log.borrow(),
+            [
+                "unmount tank/pg",
+                "destroy tank/pg@pgzfs-new",
+                "rollback tank/pg@pgzfs-base",
+            ]
+        );
+    }
+
+    #[test]
+    fn taking_back_a_full_copy_destroys_it_and_gives_the_kept_one_its_name_back() {
+        let (runner, log) = Scripted::new(vec![]);
+        let zfs = ZfsCli::new(runner);
+        let zfs: &dyn Zfs = &zfs;
+        let dataset = DatasetName::parse("tank/pg").unwrap();
+        let aside = DatasetName::parse("tank/pg-old-20261201").unwrap();
+        zfs.undo_full_aside(&dataset, &aside).unwrap();
+        assert_eq!(
+            *log.borrow(),
+            [
+                "unmount tank/pg",
+                "destroy -r tank/pg",
+                "rename tank/pg-old-20261201 tank/pg",
+            ]
         );
     }
 }
