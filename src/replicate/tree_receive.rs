@@ -70,6 +70,11 @@ pub(super) fn copy_tuning(
                 continue;
             }
         };
+        // A received dataset inherits the pool's defaults, which usually match: setting
+        // an equal value would cost a `zfs set` (a second each on zfs-fuse) for nothing.
+        if matches!(local_zfs.get_text(local.as_str(), property), Ok(Some(here)) if here == value) {
+            continue;
+        }
         match local_zfs.set_tuning_props(local, &[(property, value.clone())]) {
             Ok(()) => tracing::info!("{local}: {property}={value} (as on the source)"),
             Err(e) => tracing::warn!("could not set {property}={value} on {local}: {e}"),
