@@ -730,6 +730,23 @@ fn openzfs_a_tree_with_wal_child_and_tablespace_is_cut_atomically_and_reseeds_fu
         "OpenZFS takes the whole cut in one call: {plan}"
     );
 
+    // The estimate covers the whole cut, not only pgzfs1/db1 (whose WAL lives in the
+    // child): at least what the three datasets reference now, give or take the writes.
+    let estimate = plan
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("estimated size: "))
+        .and_then(|v| v.strip_suffix(" MiB"))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("an estimate in MiB: {plan}"));
+    let referenced: u64 = primary
+        .iter()
+        .map(|ds| get("referenced", ds).parse::<u64>().expect("referenced -p"))
+        .sum();
+    assert!(
+        estimate * 1048576.0 >= referenced as f64 * 0.9,
+        "the estimate ({estimate} MiB) covers all three datasets ({referenced} bytes)"
+    );
+
     let full = guest.reset_secondary("db2");
     assert_eq!(full["mode"], "full", "{full}");
     guest.assert_streaming("db2");
