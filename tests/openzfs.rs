@@ -636,3 +636,167 @@ fn openzfs_libzfs_core_kernel_test_passes_in_the_guest() {
         "{text}"
     );
 }
+
+/// db1 laid out as people who tune PostgreSQL on ZFS lay it out, inside the guest:
+/// pg_wal on the child `pgzfs1/db1/wal` with 128k records (the data directory's dataset
+/// has 16k), and a tablespace `fast` on `pgzfs1/db1ts`, outside that tree, holding a
+/// table. Both nodes get the `tablespaces` entry in /lab/pgzfs.toml.
+fn lay_out_db1_as_a_tree(guest: &Guest) {
+    let pg_bin = guest.get("PG_BIN");
+    guest.run(&format!(
+        "set -e; cd /; \
+         runuser -u postgres -- {pg_bin}/pg_ctl -D /lab/db1/data -w -t 300 stop >/dev/null; \
+         mv /lab/db1/data/pg_wal /lab/db1/data/pg_wal.old; \
+         mkdir /lab/db1/data/pg_wal; \
+         zfs create -o recordsize=128k -o mountpoint=/lab/db1/data/pg_wal pgzfs1/db1/wal; \
+         cp -a /lab/db1/data/pg_wal.old/. /lab/db1/data/pg_wal/; \
+         chown postgres:postgres /lab/db1/data/pg_wal; chmod 0700 /lab/db1/data/pg_wal; \
+         rm -rf /lab/db1/data/pg_wal.old; \
+         zfs create -o recordsize=16k -o mountpoint=/lab/db1-ts pgzfs1/db1ts; \
+         install -d -o postgres -g postgres -m 0700 /lab/db1-ts/pg; \
+         runuser -u postgres -- {pg_bin}/pg_ctl -D /lab/db1/data -l /lab/db1.log -w -t 300 start >/dev/null"
+    ));
+    guest.sql("db1", "CREATE TABLESPACE fast LOCATION '/lab/db1-ts/pg'");
+    guest.sql(
+        "db1",
+        "CREATE TABLE orders TABLESPACE fast AS SELECT g AS id, md5(g::text) AS item FROM generate_series(1, 5000) g",
+    );
+    for (node, pool) in [("db1", "pgzfs1"), ("db2", "pgzfs2")] {
+        guest.edit_config(&format!(
+            r#"s|^mountpoint = "/lab/{node}"$|&\ntablespaces = [{{ name = "fast", dataset = "{pool}/{node}ts", mountpoint = "/lab/{node}-ts" }}]|"#
+        ));
+    }
+    let config = guest.run("cat /lab/pgzfs.toml");
+    assert_eq!(
+        config.matches("tablespaces = [").count(),
+        2,
+        "both nodes name the tablespace: {config}"
+    );
+}
+
+const ORDERS_SQL: &str =
+    "SELECT count(*) || ':' || md5(string_agg(id || item, ',' ORDER BY id)) FROM orders";
+
+/// Wait until the standby's `orders` (in the tablespace) equal the primary's.
+fn assert_same_orders(guest: &Guest) {
+    let want = guest.sql("db1", ORDERS_SQL);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = guest.try_sql("db2", ORDERS_SQL);
+        if got.as_deref() == Ok(want.as_str()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "db2 never showed the primary's orders: want {want}, got {got:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// On kernel OpenZFS the cut of a tree with a tablespace is ONE `zfs snapshot -r tree@s
+/// ts@s` call: the three snapshots share a transaction group (`createtxg`), which no
+/// sequence of separate calls guarantees. A full then an incremental re-seed carry the
+/// tree and the tablespace; the standby's wal child keeps the primary's record size.
+#[test]
+fn openzfs_a_tree_with_wal_child_and_tablespace_is_cut_atomically_and_reseeds_full_then_incremental(
+) {
+    let guest = Guest::up("oztree", "cli");
+    lay_out_db1_as_a_tree(&guest);
+    let get = |prop: &str, ds: &str| -> String {
+        guest
+            .zfs(&format!("get -H -p -o value {prop} {ds}"))
+            .trim()
+            .to_string()
+    };
+    let primary = ["pgzfs1/db1", "pgzfs1/db1/wal", "pgzfs1/db1ts"];
+    let standby = ["pgzfs2/db2", "pgzfs2/db2/wal", "pgzfs2/db2ts"];
+
+    // The preview knows this ZFS cuts everything in one call.
+    let out = guest.pgzfs("db2", "reset-secondary --dry-run");
+    assert_eq!(out.status.code(), Some(0));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(plan.contains("child: full pgzfs1/db1/wal@"), "{plan}");
+    assert!(
+        plan.contains("tablespace fast: full pgzfs1/db1ts@"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("one atomic snapshot of pgzfs1/db1 (with -r) and pgzfs1/db1ts"),
+        "OpenZFS takes the whole cut in one call: {plan}"
+    );
+    assert!(
+        !plan.contains("snapshotted separately"),
+        "OpenZFS takes the whole cut in one call: {plan}"
+    );
+
+    // The estimate covers the whole cut, not only pgzfs1/db1 (whose WAL lives in the
+    // child): at least what the three datasets reference now, give or take the writes.
+    let estimate = plan
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("estimated size: "))
+        .and_then(|v| v.strip_suffix(" MiB"))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("an estimate in MiB: {plan}"));
+    let referenced: u64 = primary
+        .iter()
+        .map(|ds| get("referenced", ds).parse::<u64>().expect("referenced -p"))
+        .sum();
+    assert!(
+        estimate * 1048576.0 >= referenced as f64 * 0.9,
+        "the estimate ({estimate} MiB) covers all three datasets ({referenced} bytes)"
+    );
+
+    let full = guest.reset_secondary("db2");
+    assert_eq!(full["mode"], "full", "{full}");
+    guest.assert_streaming("db2");
+    guest.assert_same_contents("db1", "db2");
+    assert_same_orders(&guest);
+    // The full receive gave the standby's datasets the primary's tuning.
+    assert_eq!(get("recordsize", "pgzfs1/db1/wal"), "131072");
+    assert_eq!(
+        get("recordsize", "pgzfs2/db2/wal"),
+        get("recordsize", "pgzfs1/db1/wal"),
+        "the wal child keeps the primary's record size"
+    );
+    assert_eq!(get("recordsize", "pgzfs2/db2"), "16384");
+    assert_eq!(get("mountpoint", "pgzfs2/db2/wal"), "/lab/db2/data/pg_wal");
+    assert_eq!(get("mounted", "pgzfs2/db2/wal"), "yes");
+    assert_eq!(get("mounted", "pgzfs2/db2ts"), "yes");
+
+    guest.sql(
+        "db1",
+        "INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(5001, 7000) g",
+    );
+    guest.write_on_primary(50);
+    let incr = guest.reset_secondary("db2");
+    assert_eq!(incr["mode"], "incremental", "{incr}");
+    guest.assert_streaming("db2");
+    guest.assert_same_contents("db1", "db2");
+    assert_same_orders(&guest);
+    assert_eq!(guest.sql("db2", "SELECT count(*) FROM orders"), "7000");
+
+    // Each cut: the same snapshot name on all three datasets, one transaction group.
+    for cut in [&full, &incr] {
+        let snap = cut["snapshot"].as_str().unwrap().split_once('@').unwrap().1;
+        let txgs: Vec<String> = primary
+            .iter()
+            .map(|ds| get("createtxg", &format!("{ds}@{snap}")))
+            .collect();
+        assert!(
+            txgs.iter().all(|t| t == &txgs[0]),
+            "the cut {snap} was taken in one call: createtxg {txgs:?} on {primary:?}"
+        );
+    }
+    // The new base is held on all three datasets on both sides (`zfs holds`).
+    let snap = incr["snapshot"]
+        .as_str()
+        .unwrap()
+        .split_once('@')
+        .unwrap()
+        .1;
+    for ds in primary.iter().chain(standby.iter()) {
+        let holds = guest.zfs(&format!("holds -H {ds}@{snap}"));
+        assert!(holds.contains("pgzfs"), "{ds}@{snap} is held: {holds}");
+    }
+}

@@ -290,7 +290,7 @@ impl Reseed<'_> {
             (None, None) => String::new(),
         };
         if self.dry_run {
-            let estimated_bytes = estimate(&remote_zfs, &preview, None);
+            let estimated_bytes = estimate_cut(&remote_zfs, &preview);
             let text = format!(
                 "plan for {} (nothing was changed):\n  source: {} ({}), PostgreSQL {}\n  {}\n  estimated size: {}\n  steps: lock, replication slot{}, {}, \
                  stop local PostgreSQL, {}receive, standby config, start, wait for streaming, hold the new base",
@@ -1312,7 +1312,34 @@ fn member_inputs(sides: &[MemberSides]) -> Vec<MemberInput<'_>> {
         .collect()
 }
 
-/// The stream size when the sending side can tell it without sending.
+/// What the whole cut will send: the dataset's stream and every member's (children,
+/// tablespaces), before the cut is taken. Unknown if any part of it is.
+fn estimate_cut(zfs: &dyn Zfs, plan: &Plan) -> Option<u64> {
+    let member = |m: &super::tree::MemberPlan| {
+        let object = m.source_dataset.to_string();
+        match m.base_snapshot() {
+            None => zfs.get_number(&object, "referenced").ok().flatten(),
+            Some(base) if zfs.features().ok()?.written_property => zfs
+                .get_number(&object, &format!("written@{}", base.snap()))
+                .ok()
+                .flatten(),
+            Some(_) => None,
+        }
+    };
+    sum_if_all_known(
+        std::iter::once(estimate(zfs, plan, None)).chain(plan.members.iter().map(member)),
+    )
+}
+
+/// The sum of the parts, or None when any part is unknown (a total that silently leaves
+/// out a child or a tablespace would understate the transfer).
+fn sum_if_all_known(parts: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
+    parts
+        .into_iter()
+        .try_fold(0u64, |total, part| part.map(|p| total.saturating_add(p)))
+}
+
+/// The stream size of the dataset itself when the sending side can tell it without sending.
 fn estimate(zfs: &dyn Zfs, plan: &Plan, taken: Option<&SnapshotName>) -> Option<u64> {
     let object = taken
         .map(|s| s.to_string())
@@ -1343,6 +1370,17 @@ fn mark_received(data_dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_estimate_adds_every_member_and_is_unknown_if_one_is() {
+        // The dataset, its wal child and a tablespace.
+        assert_eq!(
+            sum_if_all_known([Some(40 << 20), Some(33 << 20), Some(3 << 20)]),
+            Some(76 << 20)
+        );
+        assert_eq!(sum_if_all_known([Some(40 << 20), None, Some(1)]), None);
+        assert_eq!(sum_if_all_known([Some(7)]), Some(7));
+    }
 
     #[test]
     fn a_source_demoted_or_gone_while_the_reseed_waited_stops_it() {
