@@ -437,16 +437,7 @@ pub fn prune_dataset(
         .map(|d| d.candidate.name.clone())
         .collect();
     for name in doomed {
-        match zfs.destroy_snapshot(&name) {
-            Ok(()) => {
-                tracing::info!("retention: destroyed {name}");
-                report.destroyed.push(name);
-            }
-            Err(e) => {
-                tracing::warn!("retention: could not destroy {name}: {e}");
-                report.failed.push((name, e.to_string()));
-            }
-        }
+        destroy_into_report(zfs, name, &mut report);
     }
     Ok(report)
 }
@@ -507,18 +498,23 @@ pub fn prune_cluster(
             }
             tracing::info!("retention: destroyed {part}");
         }
-        match zfs.destroy_snapshot(&name) {
-            Ok(()) => {
-                tracing::info!("retention: destroyed {name}");
-                report.destroyed.push(name);
-            }
-            Err(e) => {
-                tracing::warn!("retention: could not destroy {name}: {e}");
-                report.failed.push((name, e.to_string()));
-            }
-        }
+        destroy_into_report(zfs, name, &mut report);
     }
     Ok(report)
+}
+
+/// Destroy one snapshot the policy gave up, and record in `report` whether it went.
+fn destroy_into_report(zfs: &dyn Zfs, name: SnapshotName, report: &mut PruneReport) {
+    match zfs.destroy_snapshot(&name) {
+        Ok(()) => {
+            tracing::info!("retention: destroyed {name}");
+            report.destroyed.push(name);
+        }
+        Err(e) => {
+            tracing::warn!("retention: could not destroy {name}: {e}");
+            report.failed.push((name, e.to_string()));
+        }
+    }
 }
 
 /// How many snapshots to keep per grandfather-father-son class: the newest snapshot of

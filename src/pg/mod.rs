@@ -152,18 +152,31 @@ impl Pg {
         (self.version_num / 10000) as u32
     }
 
+    /// A failed statement, named with the server it went to.
+    fn failed(&self, e: &postgres::Error) -> Error {
+        Error::failed(format!(
+            "{}: {}",
+            self.target.describe(),
+            describe_pg_error(e)
+        ))
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>> {
+        self.client.query(sql, params).map_err(|e| self.failed(&e))
+    }
+
     fn query_one(
         &mut self,
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<postgres::Row> {
-        self.client.query_one(sql, params).map_err(|e| {
-            Error::failed(format!(
-                "{}: {}",
-                self.target.describe(),
-                describe_pg_error(&e)
-            ))
-        })
+        self.client
+            .query_one(sql, params)
+            .map_err(|e| self.failed(&e))
     }
 
     fn query_opt(
@@ -171,13 +184,9 @@ impl Pg {
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Option<postgres::Row>> {
-        self.client.query_opt(sql, params).map_err(|e| {
-            Error::failed(format!(
-                "{}: {}",
-                self.target.describe(),
-                describe_pg_error(&e)
-            ))
-        })
+        self.client
+            .query_opt(sql, params)
+            .map_err(|e| self.failed(&e))
     }
 
     /// Whether this session is encrypted, as the server sees it.
@@ -343,20 +352,11 @@ impl Pg {
     /// Where the cluster's own tablespaces live (pg_default and pg_global are in the
     /// data directory).
     pub fn tablespace_locations(&mut self) -> Result<Vec<std::path::PathBuf>> {
-        let rows = self
-            .client
-            .query(
-                "SELECT pg_tablespace_location(oid) FROM pg_tablespace \
+        let rows = self.query(
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace \
                  WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY spcname",
-                &[],
-            )
-            .map_err(|e| {
-                Error::failed(format!(
-                    "{}: {}",
-                    self.target.describe(),
-                    describe_pg_error(&e)
-                ))
-            })?;
+            &[],
+        )?;
         Ok(rows
             .iter()
             .map(|row| std::path::PathBuf::from(row.get::<_, String>(0)))
@@ -388,13 +388,9 @@ impl Pg {
     }
 
     pub fn checkpoint(&mut self) -> Result<()> {
-        self.client.batch_execute("CHECKPOINT").map_err(|e| {
-            Error::failed(format!(
-                "{}: {}",
-                self.target.describe(),
-                describe_pg_error(&e)
-            ))
-        })
+        self.client
+            .batch_execute("CHECKPOINT")
+            .map_err(|e| self.failed(&e))
     }
 }
 
@@ -486,22 +482,13 @@ impl Pg {
 
     /// On the primary: every standby connection it serves.
     pub fn standby_connections(&mut self) -> Result<Vec<StandbyConnection>> {
-        let rows = self
-            .client
-            .query(
-                "SELECT coalesce(application_name, ''), coalesce(state, ''), \
+        let rows = self.query(
+            "SELECT coalesce(application_name, ''), coalesce(state, ''), \
                  pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, \
                  extract(epoch FROM replay_lag)::float8 \
                  FROM pg_stat_replication ORDER BY application_name, state = 'streaming' DESC",
-                &[],
-            )
-            .map_err(|e| {
-                Error::failed(format!(
-                    "{}: {}",
-                    self.target.describe(),
-                    describe_pg_error(&e)
-                ))
-            })?;
+            &[],
+        )?;
         Ok(rows
             .iter()
             .map(|row| StandbyConnection {
@@ -525,13 +512,7 @@ impl Pg {
              pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, {wal_status} \
              FROM pg_replication_slots ORDER BY slot_name"
         );
-        let rows = self.client.query(&sql, &[]).map_err(|e| {
-            Error::failed(format!(
-                "{}: {}",
-                self.target.describe(),
-                describe_pg_error(&e)
-            ))
-        })?;
+        let rows = self.query(&sql, &[])?;
         Ok(rows
             .iter()
             .map(|row| SlotInfo {

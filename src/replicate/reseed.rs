@@ -253,8 +253,8 @@ impl Reseed<'_> {
         let planned_snapshot = SnapName::parse(&format!("pgzfs-{stamp}"))?;
         let preview = match &resume {
             Some(resumed) => resumed.plan.clone(),
-            None => {
-                let mut preview = plan(&PlanInput {
+            None => plan_cluster(
+                &PlanInput {
                     source_dataset: &source.dataset,
                     source_snapshots: &remote_snaps,
                     local_dataset: &local.dataset,
@@ -262,11 +262,11 @@ impl Reseed<'_> {
                     snapshot: &planned_snapshot,
                     full: self.request.full,
                     stamp: &stamp,
-                })?;
-                preview.members = plan_members(&preview, &member_inputs(&others), &stamp)?;
-                preview.cut_note = source_cluster.cut_note(multi_snapshot);
-                preview
-            }
+                },
+                &others,
+                &source_cluster,
+                multi_snapshot,
+            )?,
         };
         if self.request.caller == Caller::MajorUpgrade
             && !self.request.full
@@ -403,8 +403,8 @@ impl Reseed<'_> {
         // 5. The real plan, against the snapshot that now exists.
         let the_plan = match &resume {
             Some(resumed) => resumed.plan.clone(),
-            None => {
-                let mut the_plan = plan(&PlanInput {
+            None => plan_cluster(
+                &PlanInput {
                     source_dataset: &source.dataset,
                     source_snapshots: &remote_zfs.snapshots(&source.dataset)?,
                     local_dataset: &local.dataset,
@@ -412,11 +412,11 @@ impl Reseed<'_> {
                     snapshot: &snapshot_name,
                     full: self.request.full,
                     stamp: &stamp,
-                })?;
-                the_plan.members = plan_members(&the_plan, &member_inputs(&others), &stamp)?;
-                the_plan.cut_note = source_cluster.cut_note(multi_snapshot);
-                the_plan
-            }
+                },
+                &others,
+                &source_cluster,
+                multi_snapshot,
+            )?,
         };
         // Each tablespace where this node keeps it; refused before anything is received
         // when the backup names a tablespace the config does not.
@@ -1296,6 +1296,20 @@ fn tree_sides(
         });
     }
     Ok(sides)
+}
+
+/// The plan of the dataset itself, then of every child and tablespace from the same cut
+/// and base, and what the plan says about the cut's atomicity.
+fn plan_cluster(
+    input: &PlanInput,
+    others: &[MemberSides],
+    cluster: &ClusterDatasets,
+    multi_snapshot: bool,
+) -> Result<Plan> {
+    let mut the_plan = plan(input)?;
+    the_plan.members = plan_members(&the_plan, &member_inputs(others), input.stamp)?;
+    the_plan.cut_note = cluster.cut_note(multi_snapshot);
+    Ok(the_plan)
 }
 
 fn member_inputs(sides: &[MemberSides]) -> Vec<MemberInput<'_>> {
