@@ -362,10 +362,15 @@ pub fn upgrade(ctx: &Context, new_bin: &Path) -> Result<Report> {
         new_bin.display(),
         node.pg.pg_os_user
     )];
-    for (name, _) in upgrader.scripts() {
+    for (name, text) in upgrader.scripts() {
         if name == "update_extensions.sql" {
-            let kept = node.data_dir.join("pgzfs-update_extensions.sql");
-            match std::fs::copy(work.path.join(&name), &kept) {
+            const KEPT: &str = "pgzfs-update_extensions.sql";
+            let kept = node.data_dir.join(KEPT);
+            // Through the directory's handle: a link the PostgreSQL user left under that
+            // name is replaced, not followed.
+            let written = crate::safe_dir::Dir::open(&node.data_dir)
+                .and_then(|dir| dir.write(KEPT, text.as_bytes(), 0o644, None));
+            match written {
                 Ok(_) => follow_ups.push(format!(
                     "psql -f {} (as {}): pg_upgrade asks to update extensions",
                     kept.display(),

@@ -205,10 +205,18 @@ impl Upgrader {
     /// Scripts pg_upgrade left in its working directory for the operator
     /// (update_extensions.sql, delete_old_cluster.sh), with their text.
     pub fn scripts(&self) -> Vec<(String, String)> {
+        // pg_upgrade ran as the PostgreSQL user, who owns the work directory: read only
+        // regular files there, never through a link it may have put in their place.
+        let Ok(dir) = crate::safe_dir::Dir::open(&self.work_dir) else {
+            return Vec::new();
+        };
         let mut found = Vec::new();
         for name in ["update_extensions.sql", "delete_old_cluster.sh"] {
-            if let Ok(text) = std::fs::read_to_string(self.work_dir.join(name)) {
-                found.push((name.to_string(), text));
+            if let Ok(crate::safe_dir::Found::File(bytes)) = dir.read(name) {
+                found.push((
+                    name.to_string(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
             }
         }
         found
