@@ -222,36 +222,18 @@ fn an_upgrade_that_fails_leaves_the_15_primary_running_with_every_row() {
         "CREATE TABLE ledger AS SELECT g AS id FROM generate_series(1, 777) g",
     );
     let before = lab.contents("db1");
-    let child = lab
-        .pgzfs_command("db1", &["upgrade", "--new-bin", new_bin])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let data_dir = lab.data_dir("db1").display().to_string();
-    let pid = wait_for_link_run(&data_dir, Duration::from_secs(120))
-        .expect("pg_upgrade --link never ran");
-    // Kill it at the worst moment: once it has disabled the old cluster (renamed its
-    // global/pg_control, which --link does before linking the files), as an OOM kill would.
-    let disabled = lab.data_dir("db1").join("global/pg_control.old");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !disabled.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "pg_upgrade never disabled the old cluster"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let dying_bin = bin_whose_pg_upgrade_dies_mid_link(&lab, new_bin);
+    let out = lab.pgzfs("db1", &["upgrade", "--new-bin", &dying_bin]);
     eprintln!("{}", stderr_of(&out));
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let said = stderr_of(&out);
     assert!(said.contains("pg_upgrade --link failed"), "{said}");
+    // It died at the worst moment: the old cluster was disabled already.
+    assert!(said.contains("Adding \".old\" suffix"), "{said}");
+    assert!(
+        said.contains("killed by signal 9") || said.contains("signal 9"),
+        "{said}"
+    );
     assert!(said.contains("rolled back to"), "{said}");
     assert_eq!(major_of(&lab, "db1"), "15");
     assert_eq!(pg_version_file(&lab, "db1"), "15");
@@ -279,30 +261,38 @@ fn an_upgrade_that_fails_leaves_the_15_primary_running_with_every_row() {
     lab.assert_same_contents("db1", "db2");
 }
 
-/// The pid of the real (not --check) pg_upgrade run on `data_dir`.
-fn wait_for_link_run(data_dir: &str, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if args[0].ends_with("/pg_upgrade")
-                && args.iter().any(|a| a == data_dir)
-                && args.iter().any(|a| a == "--link")
-                && !args.iter().any(|a| a == "--check")
-            {
-                return Some(pid);
-            }
+/// A copy of the new major's bin directory whose pg_upgrade is killed (SIGKILL, as an
+/// OOM kill would) at the worst moment: its second hard link. The first is the link
+/// support check; the second is the first relation file, made only after pg_upgrade has
+/// disabled the old cluster (renamed its global/pg_control). strace injects the signal
+/// at that system call, so the moment is the same however loaded the machine is.
+fn bin_whose_pg_upgrade_dies_mid_link(lab: &Lab, new_bin: &str) -> String {
+    let strace = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("strace is not installed: run scripts/install-deps (this test needs it to kill pg_upgrade at a fixed point)");
+    let dir = lab.dir.join("pg18-dying-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(new_bin).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "pg_upgrade" {
+            std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
-    None
+    let real = std::fs::canonicalize(Path::new(new_bin).join("pg_upgrade")).unwrap();
+    let wrapper = dir.join("pg_upgrade");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {strace} -qq -o /dev/null -e trace=link,linkat \\\n    -e inject=link,linkat:signal=KILL:when=2 {} \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir.display().to_string()
 }

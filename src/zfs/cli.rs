@@ -53,14 +53,23 @@ impl<R: Runner> ZfsCli<R> {
     /// Run, retrying while zfs says the dataset is busy: right after an unmount or a
     /// process exit, zfs-fuse (and sometimes FreeBSD) still holds the dataset briefly.
     fn run_retrying_busy(&self, cmd: &Cmd) -> Result<String> {
+        self.run_retrying(cmd, &["busy"])
+    }
+
+    /// Run, retrying while zfs's complaint contains one of `transient`.
+    fn run_retrying(&self, cmd: &Cmd, transient: &[&str]) -> Result<String> {
         let mut delay = Duration::from_millis(200);
         for attempt in 1.. {
             let out = self.runner.output(cmd)?;
             if out.success() {
                 return Ok(out.stdout);
             }
-            if attempt < 10 && out.stderr.contains("busy") {
-                tracing::debug!("{}: busy, retrying in {delay:?}", cmd.display());
+            if attempt < 10 && transient.iter().any(|t| out.stderr.contains(t)) {
+                tracing::debug!(
+                    "{}: {}; retrying in {delay:?}",
+                    cmd.display(),
+                    out.stderr.trim()
+                );
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(2));
                 continue;
@@ -569,8 +578,14 @@ impl<R: Runner> Zfs for ZfsCli<R> {
     }
 
     fn rollback(&self, snapshot: &SnapshotName) -> Result<()> {
-        self.run_retrying_busy(&self.cmd().arg("rollback").arg(snapshot.to_string()))
-            .map(drop)
+        // zfs-fuse answers a rollback right after the unmount with EIO ("I/O error")
+        // while its daemon still tears the mount down (seen under load in CI); the
+        // rollback itself is idempotent, so asking again is safe.
+        self.run_retrying(
+            &self.cmd().arg("rollback").arg(snapshot.to_string()),
+            &["busy", "I/O error"],
+        )
+        .map(drop)
     }
 
     fn clone_snapshot(
@@ -761,6 +776,55 @@ mod tests {
     }
 
     use super::*;
+
+    /// Answers each zfs call with the next scripted stderr ("" for success) and records
+    /// the calls.
+    struct Scripted {
+        answers: std::sync::Mutex<Vec<&'static str>>,
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Runner for Scripted {
+        fn output(&self, cmd: &Cmd) -> Result<crate::exec::Output> {
+            use std::os::unix::process::ExitStatusExt;
+            self.calls.lock().unwrap().push(cmd.display());
+            let stderr = self.answers.lock().unwrap().remove(0);
+            Ok(crate::exec::Output {
+                status: std::process::ExitStatus::from_raw(if stderr.is_empty() { 0 } else { 256 }),
+                stdout: String::new(),
+                stderr: stderr.to_string(),
+            })
+        }
+        fn source(&self, _: &Cmd) -> Result<Box<dyn crate::transfer::Source>> {
+            unreachable!()
+        }
+        fn sink(&self, _: &Cmd) -> Result<Box<dyn crate::transfer::Sink>> {
+            unreachable!()
+        }
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    #[test]
+    fn a_rollback_that_zfs_fuse_answers_with_eio_is_asked_again_and_a_refusal_is_not() {
+        let snapshot = SnapshotName::parse("tank/pg@pgzfs-20261202T012058Z").unwrap();
+        let zfs = ZfsCli::new(Scripted {
+            answers: std::sync::Mutex::new(vec!["cannot rollback 'tank/pg': I/O error", ""]),
+            calls: std::sync::Mutex::new(Vec::new()),
+        });
+        zfs.rollback(&snapshot).expect("the second try succeeds");
+        assert_eq!(zfs.runner().calls.lock().unwrap().len(), 2);
+        let refusing = ZfsCli::new(Scripted {
+            answers: std::sync::Mutex::new(vec![
+                "cannot rollback to 'tank/pg@a': more recent snapshots or bookmarks exist",
+            ]),
+            calls: std::sync::Mutex::new(Vec::new()),
+        });
+        let e = refusing.rollback(&snapshot).unwrap_err();
+        assert!(e.message().contains("more recent snapshots"), "{e}");
+        assert_eq!(refusing.runner().calls.lock().unwrap().len(), 1);
+    }
 
     // Recorded from zfs-fuse 0.7 (pool v23): `zfs get -H -p -d 1 -o name,property,value
     // guid,createtxg,userrefs,pgzfs:lsn tank/pg`.
