@@ -2,6 +2,7 @@
 //! `GET /quorum`, and fence this node's primary when it has lost the majority for
 //! `isolation_timeout` (the isolated primary of issue 16). A witness runs only this.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use crate::failover::seam::RealPostgres;
 use crate::failover::{fence, local_role, Role};
 use crate::http::{Request, Response};
 use crate::pg::ctl::PgCtl;
+use crate::promotion_grant::{grant_ttl, Grants};
 use crate::quorum::{ask_all, majority, must_fence, Contacts, View};
 use crate::transfer::Interrupt;
 
@@ -35,10 +37,32 @@ pub struct QuorumState {
     pub fenced_isolated: AtomicBool,
     /// On a data node: whether its postmaster runs, for `View::postgres`.
     pub postmaster: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// This voter's promotion grant: one candidate at a time, among these data nodes.
+    pub grants: Grants,
+    data_nodes: Mutex<Vec<String>>,
+}
+
+/// Where a voter keeps the grant it gave: next to its lock file, with its other runtime
+/// files.
+pub fn grant_file(lock_file: &Path, me: &str) -> PathBuf {
+    lock_file.with_file_name(format!("pgzfs-{me}.grant.json"))
+}
+
+/// The grant's time to live under `config`: the longest promotion any node may take.
+fn config_grant_ttl(config: &Config) -> Duration {
+    grant_ttl(
+        config
+            .nodes
+            .iter()
+            .map(|n| n.failover.promote_timeout)
+            .max()
+            .unwrap_or_default(),
+    )
 }
 
 impl QuorumState {
-    pub fn new(me: &str, role: &'static str, config: &Config) -> QuorumState {
+    /// `lock_file`: this voter's lock file, next to which its grant is kept.
+    pub fn new(me: &str, role: &'static str, config: &Config, lock_file: &Path) -> QuorumState {
         QuorumState {
             me: me.to_string(),
             role,
@@ -46,13 +70,54 @@ impl QuorumState {
             voters: Mutex::new((config.voters(), config.isolation_timeout)),
             fenced_isolated: AtomicBool::new(false),
             postmaster: None,
+            data_nodes: Mutex::new(config.nodes.iter().map(|n| n.name.clone()).collect()),
+            grants: Grants::load(
+                me,
+                &grant_file(lock_file, me),
+                config_grant_ttl(config),
+                Instant::now(),
+            ),
         }
     }
 
-    /// After SIGHUP: the voters and the timeout as the new config says.
+    /// After SIGHUP: the voters and the timeouts as the new config says.
     pub fn reconfigure(&self, config: &Config) {
         *self.voters.lock().unwrap_or_else(|p| p.into_inner()) =
             (config.voters(), config.isolation_timeout);
+        self.grants.set_ttl(config_grant_ttl(config));
+        *self.data_nodes.lock().unwrap_or_else(|p| p.into_inner()) =
+            config.nodes.iter().map(|n| n.name.clone()).collect();
+    }
+
+    /// `GET /promotion-grant?candidate=NODE[&release=yes]`: give the grant to a data node
+    /// that asks, or take it back from the one that holds it. (A forged request can only
+    /// hold the grant for a while, which delays a promotion; it can never cause one.)
+    pub fn respond_grant(&self, request: &Request) -> Response {
+        let Some(candidate) = request.param("candidate") else {
+            return Response::new(400, "text/plain", "candidate= is required\n");
+        };
+        let is_data_node = self
+            .data_nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|n| n == candidate);
+        if !is_data_node {
+            return Response::new(
+                400,
+                "text/plain",
+                "candidate= must name a configured data node\n",
+            );
+        }
+        let answer = match request.param("release") {
+            Some("yes") => self.grants.release(candidate, Instant::now()),
+            None => self.grants.request(candidate, Instant::now()),
+            Some(_) => return Response::new(400, "text/plain", "release= takes only yes\n"),
+        };
+        Response::json(
+            200,
+            &serde_json::to_value(answer).expect("the answer serializes"),
+        )
     }
 
     fn settings(&self) -> (Vec<Voter>, Duration) {
@@ -263,11 +328,17 @@ pub fn fence_if_primary(ctx: &Context, view: &View) -> Option<String> {
 pub fn run_witness(invocation: &Invocation, config: Config, witness: Witness) -> Result<i32> {
     crate::log::init(&config.log_file, &witness.name, invocation.verbose);
     let interrupt = Interrupt::install()?;
-    let state = Arc::new(QuorumState::new(&witness.name, "witness", &config));
+    let state = Arc::new(QuorumState::new(
+        &witness.name,
+        "witness",
+        &config,
+        &witness.lock_file,
+    ));
     let answering = Arc::clone(&state);
     let handler: Arc<crate::http::Handler> =
         Arc::new(move |request: &Request| match request.path.as_str() {
             "/quorum" => answering.respond(request),
+            "/promotion-grant" => answering.respond_grant(request),
             "/liveness" => Response::new(200, "text/plain", "alive\n"),
             _ => Response::new(404, "text/plain", "Not Found\n"),
         });
@@ -338,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_question_from_another_voter_counts_as_contact_and_strangers_are_refused() {
-        let state = QuorumState::new("db1", "data", &config());
+        let state = QuorumState::new("db1", "data", &config(), &scratch_lock("contact"));
         let before = state.view(Instant::now());
         assert_eq!(before.reachable_voters, vec!["db1".to_string()]);
         assert_eq!(before.voters, 3);
@@ -364,5 +435,53 @@ mod tests {
         let view: View = serde_json::from_str(&answer.body).unwrap();
         assert_eq!(view.node, "db1");
         assert_eq!(view.role, "data");
+    }
+
+    fn scratch_lock(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("pgzfs-isolation-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("pgzfs.lock")
+    }
+
+    fn grant_request(query: &[(&str, &str)]) -> Request {
+        Request {
+            path: "/promotion-grant".into(),
+            ..get(query)
+        }
+    }
+
+    #[test]
+    fn the_witness_grants_one_data_node_and_refuses_strangers_and_itself() {
+        let lock = scratch_lock("grant");
+        let witness = QuorumState::new("w1", "witness", &config(), &lock);
+        let asked = |query: &[(&str, &str)]| {
+            let response = witness.respond_grant(&grant_request(query));
+            (response.status, response.body)
+        };
+        let (status, body) = asked(&[("candidate", "db2")]);
+        assert_eq!(status, 200);
+        let answer: crate::promotion_grant::GrantAnswer = serde_json::from_str(&body).unwrap();
+        assert!(answer.granted, "{answer:?}");
+        assert_eq!(answer.voter, "w1");
+        assert!(
+            grant_file(&lock, "w1").exists(),
+            "the grant is on disk before the answer"
+        );
+        let (_, body) = asked(&[("candidate", "db1")]);
+        let answer: crate::promotion_grant::GrantAnswer = serde_json::from_str(&body).unwrap();
+        assert!(!answer.granted);
+        assert_eq!(answer.holder.as_deref(), Some("db2"));
+        // A witness is never a candidate; neither is a name nobody configured.
+        for candidate in ["w1", "db9", "db1&x"] {
+            assert_eq!(asked(&[("candidate", candidate)]).0, 400, "{candidate}");
+        }
+        assert_eq!(asked(&[]).0, 400);
+        assert_eq!(asked(&[("candidate", "db2"), ("release", "no")]).0, 400);
+        // db2 gives it back: db1 may have it now.
+        assert_eq!(asked(&[("candidate", "db2"), ("release", "yes")]).0, 200);
+        let (_, body) = asked(&[("candidate", "db1")]);
+        assert!(body.contains("\"granted\":true"), "{body}");
     }
 }

@@ -34,6 +34,7 @@ pub mod log;
 pub mod pg;
 pub mod pgpass;
 pub mod progress;
+pub mod promotion_grant;
 pub mod quorum;
 pub mod ratelimit;
 pub mod replicate;

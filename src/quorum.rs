@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Voter};
+use crate::promotion_grant::{grant_verdict, GrantAnswer, GrantVerdict};
 
 /// How much longer than `isolation_timeout` a majority must have missed the primary
 /// before a standby is promoted. It covers, in the worst case: one poll interval of the
@@ -260,6 +261,11 @@ pub trait Quorum {
     /// Whether a majority agrees that `primary` has been out of contact for longer than
     /// `isolation_timeout` plus the margin, so that it has fenced itself by now.
     fn primary_lease(&self, primary: &str) -> LeaseVerdict;
+    /// Ask every voter for its promotion grant for `candidate` (see
+    /// [`crate::promotion_grant`]); None when the quorum is off and there is nobody to ask.
+    fn request_grant(&self, candidate: &str) -> Option<GrantVerdict>;
+    /// Give back whatever grants `candidate` holds (best effort: they run out anyway).
+    fn release_grant(&self, candidate: &str);
 }
 
 /// The built-in quorum: the voters' daemons, asked over HTTP.
@@ -330,6 +336,61 @@ pub fn ask_all(voters: &[Voter], from: Option<&str>) -> Vec<(String, Result<View
     })
 }
 
+/// One voter's answer about the promotion grant (`release` gives it back instead).
+fn ask_grant(voter: &Voter, candidate: &str, release: bool) -> Result<GrantAnswer, String> {
+    let port = voter
+        .http_port
+        .ok_or_else(|| "no http_listen configured, so it cannot be asked".to_string())?;
+    let path = format!(
+        "/promotion-grant?candidate={candidate}{}",
+        if release { "&release=yes" } else { "" }
+    );
+    match crate::http::get(&voter.host, port, &path, ASK_TIMEOUT) {
+        Ok((200, body)) => {
+            let answer: GrantAnswer =
+                serde_json::from_str(&body).map_err(|e| format!("unreadable answer: {e}"))?;
+            if answer.voter != voter.name {
+                return Err(format!(
+                    "the daemon there says it is {:?}, not {}",
+                    answer.voter, voter.name
+                ));
+            }
+            Ok(answer)
+        }
+        Ok((status, body)) => Err(format!("HTTP {status}: {}", body.trim())),
+        Err(e) => Err(e.message().to_string()),
+    }
+}
+
+/// Ask every voter at once about the grant.
+fn ask_grant_all(
+    voters: &[Voter],
+    candidate: &str,
+    release: bool,
+) -> Vec<(String, Result<GrantAnswer, String>)> {
+    std::thread::scope(|scope| {
+        let asks: Vec<_> = voters
+            .iter()
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    scope.spawn(move || ask_grant(v, candidate, release)),
+                )
+            })
+            .collect();
+        asks.into_iter()
+            .map(|(name, asked)| {
+                (
+                    name,
+                    asked
+                        .join()
+                        .unwrap_or_else(|_| Err("the question panicked".into())),
+                )
+            })
+            .collect()
+    })
+}
+
 impl Quorum for PeerQuorum {
     fn views(&self) -> Vec<(String, Result<View, String>)> {
         ask_all(&self.voters, None)
@@ -358,6 +419,29 @@ impl Quorum for PeerQuorum {
             lease(self.isolation_timeout),
             self.two_node_failover,
         )
+    }
+
+    fn request_grant(&self, candidate: &str) -> Option<GrantVerdict> {
+        if not_configured(&self.voters).is_some() {
+            return None;
+        }
+        Some(grant_verdict(
+            &self.names(),
+            candidate,
+            &ask_grant_all(&self.voters, candidate, false),
+            self.two_node_failover,
+        ))
+    }
+
+    fn release_grant(&self, candidate: &str) {
+        if not_configured(&self.voters).is_some() {
+            return;
+        }
+        for (voter, answer) in ask_grant_all(&self.voters, candidate, true) {
+            if let Err(why) = answer {
+                tracing::debug!("giving the promotion grant of {voter} back: {why}");
+            }
+        }
     }
 }
 

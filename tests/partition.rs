@@ -680,3 +680,75 @@ fn a_flapping_primary_link_never_gives_two_writable_primaries() {
     );
     assert!(last.writable.len() <= 1, "{last:?}");
 }
+
+#[test]
+fn two_standbys_told_to_promote_at_the_same_moment_make_one_primary() {
+    let mut cluster = Cluster::up("partitionrace", 3, false);
+    // CARP stays out of it: the operator (or two CARP hooks) call promote on both
+    // standbys at once, after the primary's PostgreSQL died. db1's daemon lives on: it
+    // says its PostgreSQL is stopped, and it votes.
+    for node in ["db2", "db3"] {
+        cluster.lab.script("carp-stop", &[node]);
+    }
+    let out = cluster.lab.as_postgres(&format!(
+        "{}/pg_ctl -D {} -m immediate stop",
+        cluster.lab.pg_bin(),
+        cluster.lab.get("DB1_DATA")
+    ));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let died = cluster.now();
+    let racers: Vec<(String, Child)> = ["db2", "db3"]
+        .iter()
+        .map(|node| {
+            let child = cluster
+                .lab
+                .pgzfs_in_command(node, &["promote"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start pgzfs promote");
+            (node.to_string(), child)
+        })
+        .collect();
+    let outcomes: Vec<(String, std::process::Output)> = racers
+        .into_iter()
+        .map(|(node, child)| (node, child.wait_with_output().unwrap()))
+        .collect();
+    for (node, out) in &outcomes {
+        eprintln!(
+            "--- promote on {node}: {:?}\n{}",
+            out.status.code(),
+            stderr_of(out)
+        );
+    }
+    let winners: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, out)| out.status.code() == Some(0))
+        .map(|(node, _)| node)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one promote succeeds");
+    let (loser, lost) = outcomes
+        .iter()
+        .find(|(node, _)| node != winners[0])
+        .unwrap();
+    assert_eq!(lost.status.code(), Some(3), "the other refuses (exit 3)");
+    let said = stderr_of(lost);
+    assert!(
+        said.contains("promotion grant") || said.contains("answers as a writable primary"),
+        "{loser} says why: {said}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let last = cluster.rounds().last().unwrap().clone();
+    assert_eq!(last.writable, vec![winners[0].clone()], "{last:?}");
+    cluster.assert_never_two_writable("two standbys promoted at once");
+    eprintln!(
+        "PARTITION two standbys promoted at once: {} took writes after {:.1}s, {loser} refused",
+        winners[0],
+        (cluster
+            .first_round(died, |r| !r.writable.is_empty())
+            .unwrap()
+            - died)
+            .as_secs_f64()
+    );
+    cluster.kill_daemon("db1");
+}

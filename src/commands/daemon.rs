@@ -82,7 +82,8 @@ impl Daemon {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
             .map_err(|e| Error::failed(format!("cannot install the SIGHUP handler: {e}")))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let mut quorum = QuorumState::new(&ctx.local.name, "data", &ctx.config);
+        let mut quorum =
+            QuorumState::new(&ctx.local.name, "data", &ctx.config, &ctx.local.lock_file);
         let (pg_bin, data_dir, log, user) = (
             ctx.local.pg.pg_bin.clone(),
             ctx.local.data_dir.clone(),
@@ -1033,6 +1034,7 @@ fn respond(shared: &Shared, request: &Request) -> Response {
         .clone();
     match request.path.as_str() {
         "/quorum" => shared.quorum.respond(request),
+        "/promotion-grant" => shared.quorum.respond_grant(request),
         "/state" => {
             let mut state = shared.metrics().state.clone();
             state.quorum = Some(shared.quorum.view(Instant::now()));

@@ -13,6 +13,7 @@ use crate::datasets::ClusterDatasets;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::pg::ctl::PgCtl;
+use crate::promotion_grant::START_WITHIN;
 use crate::quorum::{LeaseVerdict, PeerQuorum, Quorum};
 use crate::zfs::names::SnapName;
 use crate::zfs::{prop, Zfs};
@@ -257,6 +258,8 @@ fn leases_settle(
 pub struct PeerChecks<'a> {
     pub ask: &'a (dyn Fn() -> Vec<(String, PeerAnswer)> + Sync),
     pub quorum: &'a (dyn Quorum + Sync),
+    /// How long to keep asking for the promotion grant ([`GRANT_RACE`] in real life).
+    pub grant_race: Duration,
 }
 
 /// Promote this node. The caller holds the node's lock.
@@ -273,6 +276,7 @@ pub fn promote(ctx: &Context, force: bool) -> Result<Promoted> {
     let checks = PeerChecks {
         ask: &ask,
         quorum: &PeerQuorum::new(&ctx.config),
+        grant_race: GRANT_RACE,
     };
     promote_with(ctx, force, &pg, &server, &checks)
 }
@@ -289,9 +293,22 @@ pub fn promote_with(
     let local = &ctx.local;
     let result = match preflight(ctx, force, pg, server, checks) {
         Ok(Preflight::AlreadyPrimary) => Ok(Promoted::nothing_done(&local.name)),
-        Ok(Preflight::Go { session, lag_bytes }) => {
-            make_primary(ctx, pg, server, session, lag_bytes, started)
-        }
+        Ok(Preflight::Go {
+            session,
+            lag_bytes,
+            settled,
+        }) => match claim_grant(ctx, force, checks, &settled) {
+            Ok(grant) => {
+                let made = make_primary(ctx, pg, server, session, lag_bytes, started, grant);
+                if grant.is_some() {
+                    // Promoted or not, the next candidate need not wait for the ttl: a
+                    // new primary answers as writable to its checks from now on.
+                    checks.quorum.release_grant(&local.name);
+                }
+                made
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match &result {
@@ -323,6 +340,8 @@ pub enum Preflight {
     Go {
         session: Box<dyn Session>,
         lag_bytes: u64,
+        /// Nodes that did not answer and whose lease the majority said expired.
+        settled: Vec<String>,
     },
 }
 
@@ -410,7 +429,120 @@ pub fn preflight(
         local.failover.max_lag_on_failover,
         force,
     )?;
-    Ok(Preflight::Go { session, lag_bytes })
+    Ok(Preflight::Go {
+        session,
+        lag_bytes,
+        settled,
+    })
+}
+
+/// How long a candidate keeps asking for the grant when the vote is split or another
+/// candidate holds it: long enough for a rival to finish promoting (its last look then
+/// finds it writable), short enough for a CARP event.
+pub const GRANT_RACE: Duration = Duration::from_secs(10);
+
+/// Collect a majority of the voters' promotion grants (see [`crate::promotion_grant`]):
+/// with two standbys deciding at the same moment, only one goes on. Ok(None) when the
+/// quorum is off (nothing but CARP's election keeps two candidates apart then), or
+/// when --force goes on without voters to ask. Ok(Some(when the grant was asked for))
+/// otherwise; the promotion must start within [`START_WITHIN`] of it.
+pub fn claim_grant(
+    ctx: &Context,
+    force: bool,
+    checks: &PeerChecks,
+    settled: &[String],
+) -> Result<Option<Instant>> {
+    let me = &ctx.local.name;
+    let deadline = Instant::now() + checks.grant_race;
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        let asked_at = Instant::now();
+        let Some(verdict) = checks.quorum.request_grant(me) else {
+            tracing::warn!(
+                "the quorum is off: no promotion grant is asked for, so nothing but CARP's election \
+                 keeps two standbys from promoting at the same moment (docs/ha.md)"
+            );
+            return Ok(None);
+        };
+        if verdict.won() {
+            tracing::info!("promotion grant: {}", verdict.describe());
+            if !force {
+                // A last look: a rival that held the grant before may be a primary now.
+                if let Err(e) = last_look(me, checks, settled) {
+                    checks.quorum.release_grant(me);
+                    return Err(e);
+                }
+            }
+            return Ok(Some(asked_at));
+        }
+        // Give back what was granted, so that a split vote can resolve.
+        checks.quorum.release_grant(me);
+        let rivals = verdict.rivals();
+        if force && rivals.is_empty() {
+            tracing::warn!(
+                "--force: promoting without a majority of promotion grants: {}",
+                verdict.describe()
+            );
+            return Ok(None);
+        }
+        if Instant::now() >= deadline {
+            let why = if rivals.is_empty() {
+                "no majority of the voters could grant it (is pgzfs daemon running on \
+                 them? --force goes on without it)"
+                    .to_string()
+            } else {
+                format!("{} is being promoted", rivals.join(", "))
+            };
+            return Err(Error::refused(format!(
+                "{me} did not get the promotion grant: {why} ({}). Not promoting {me}",
+                verdict.describe()
+            )));
+        }
+        tracing::info!(
+            "promotion grant not won (round {round}): {}; asking again",
+            verdict.describe()
+        );
+        std::thread::sleep(jitter(round));
+    }
+}
+
+/// A random pause between rounds of asking for the grant: two candidates that split the
+/// vote must not keep asking in step.
+fn jitter(round: u32) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let seed = nanos ^ std::process::id().wrapping_mul(2_654_435_761) ^ round;
+    Duration::from_millis(200 + u64::from(seed % 800))
+}
+
+/// With the grant held: every other node asked once more. One that answers as writable,
+/// or one that stopped answering and has no expired lease, ends the promotion.
+fn last_look(me: &str, checks: &PeerChecks, settled: &[String]) -> Result<()> {
+    match judge(&(checks.ask)()) {
+        PeerVerdict::Writable(others) => Err(Error::refused(format!(
+            "{} answers as a writable primary now; promoting {me} would make two",
+            others.join(", ")
+        ))),
+        PeerVerdict::Unknown(unknown) => {
+            let new: Vec<(String, String)> = unknown
+                .into_iter()
+                .filter(|(n, _)| !settled.contains(n))
+                .collect();
+            if new.is_empty() {
+                Ok(())
+            } else {
+                Err(unknown_refusal(
+                    &new,
+                    me,
+                    "It stopped answering after the checks",
+                ))
+            }
+        }
+        PeerVerdict::Clear => Ok(()),
+    }
 }
 
 /// Replay must be within `max_lag_on_failover` of the WAL received, or the operator
@@ -437,6 +569,7 @@ fn make_primary(
     mut session: Box<dyn Session>,
     lag_bytes: u64,
     started: Instant,
+    grant: Option<Instant>,
 ) -> Result<Promoted> {
     let local = &ctx.local;
     // The other nodes' epochs are asked for while PostgreSQL promotes: a dead node costs
@@ -464,6 +597,19 @@ fn make_primary(
         .unwrap_or_default();
     let fork_timeline = session.timeline()?;
     let major = session.major();
+    if let Some(asked) = grant {
+        // The voters keep to this grant for a limited time; promoting on one that may
+        // run out while PostgreSQL promotes would let another candidate in.
+        if asked.elapsed() > START_WITHIN {
+            return Err(Error::refused(format!(
+                "{} took {:.1}s from the promotion grant to the promotion (at most {:.0}s): \
+                 not promoting on a grant that may run out; try again",
+                local.name,
+                asked.elapsed().as_secs_f64(),
+                START_WITHIN.as_secs_f64()
+            )));
+        }
+    }
     if major >= 12 {
         if let Err(e) = session.promote(local.failover.promote_timeout) {
             // pg_promote() needs a grant the replication role may lack; pg_ctl does not.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::carp::{backup_action, master_action, BackupAction, MasterAction};
 use super::follow::check_follow;
-use super::promote::{preflight, PeerAnswer, PeerChecks, Preflight};
+use super::promote::{claim_grant, preflight, PeerAnswer, PeerChecks, Preflight};
 use super::rejoin::check_rejoin;
 use super::role::{local_role, LastRan, Role};
 use super::seam::fake::{FakeLocal, FakePostgres, FakeServer};
@@ -17,6 +17,7 @@ use crate::config::{Config, Node};
 use crate::context::Context;
 use crate::error::{Kind, Result};
 use crate::pg::control::ClusterState;
+use crate::promotion_grant::GrantVerdict;
 use crate::quorum::{LeaseVerdict, Quorum, View};
 
 /// Three data nodes. One check round (no sleeping between rounds), 1 KiB of replay lag
@@ -326,9 +327,57 @@ fn carp_backup_fences_every_server_that_takes_or_may_take_writes() {
     }
 }
 
-/// The voters' verdict on every lease: expired or not.
+/// The voters' verdict on every lease: expired or not; and their answers to the
+/// promotion grant, round by round (the last round repeats).
 struct Leases {
     expired: bool,
+    grants: Vec<Option<GrantVerdict>>,
+    asked: AtomicUsize,
+    released: AtomicUsize,
+}
+
+impl Leases {
+    fn expired(expired: bool) -> Leases {
+        Leases::granting(expired, vec![Some(won())])
+    }
+
+    fn granting(expired: bool, grants: Vec<Option<GrantVerdict>>) -> Leases {
+        Leases {
+            expired,
+            grants,
+            asked: AtomicUsize::new(0),
+            released: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn won() -> GrantVerdict {
+    GrantVerdict {
+        granted_by: vec!["db1".into(), "db2".into(), "db3".into()],
+        needed: 2,
+        ..GrantVerdict::default()
+    }
+}
+
+fn lost_to(rival: &str) -> GrantVerdict {
+    GrantVerdict {
+        granted_by: vec!["db2".into()],
+        held_by_other: vec![("db1".into(), rival.into()), ("db3".into(), rival.into())],
+        needed: 2,
+        ..GrantVerdict::default()
+    }
+}
+
+fn nobody_answers() -> GrantVerdict {
+    GrantVerdict {
+        unanswered: vec![
+            ("db1".into(), "timed out".into()),
+            ("db3".into(), "timed out".into()),
+        ],
+        granted_by: vec!["db2".into()],
+        needed: 2,
+        ..GrantVerdict::default()
+    }
 }
 
 impl Quorum for Leases {
@@ -345,6 +394,153 @@ impl Quorum for Leases {
             needed: 2,
             unanswered: vec![],
         }
+    }
+    fn request_grant(&self, _: &str) -> Option<GrantVerdict> {
+        let round = self
+            .asked
+            .fetch_add(1, Ordering::SeqCst)
+            .min(self.grants.len() - 1);
+        self.grants[round].clone()
+    }
+    fn release_grant(&self, _: &str) {
+        self.released.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn of_two_standbys_promoting_at_once_only_the_one_with_a_majority_of_grants_goes_on() {
+    use PeerAnswer::{NotPrimary, Unknown, Writable};
+    // (scenario, --force, the grant rounds, the others' answers at the last look, nodes
+    //  whose lease expired before, the outcome, grant rounds given back)
+    type Row = (
+        &'static str,
+        bool,
+        Vec<Option<GrantVerdict>>,
+        Vec<(&'static str, PeerAnswer)>,
+        Vec<&'static str>,
+        &'static str,
+        usize,
+    );
+    let clear = || vec![("db1", NotPrimary), ("db3", NotPrimary)];
+    let rows: Vec<Row> = vec![
+        (
+            "a majority grants it and nobody took writes meanwhile: promote",
+            false,
+            vec![Some(won())],
+            clear(),
+            vec![],
+            "ok",
+            0,
+        ),
+        (
+            "db3 holds the grant (it is promoting): refuse, give back the own vote",
+            false,
+            vec![Some(lost_to("db3"))],
+            clear(),
+            vec![],
+            "refused: db3 is being promoted",
+            1,
+        ),
+        (
+            "a split vote resolves on the next round: promote",
+            false,
+            vec![Some(lost_to("db3")), Some(won())],
+            clear(),
+            vec![],
+            "ok",
+            1,
+        ),
+        (
+            "won, but the rival that held the grant before is writable now: refuse",
+            false,
+            vec![Some(won())],
+            vec![("db1", NotPrimary), ("db3", Writable)],
+            vec![],
+            "refused: db3 answers as a writable primary now",
+            1,
+        ),
+        (
+            "won, but a node stopped answering after the checks: refuse",
+            false,
+            vec![Some(won())],
+            vec![("db1", NotPrimary), ("db3", Unknown("timed out".into()))],
+            vec![],
+            "refused: db3 (timed out)",
+            1,
+        ),
+        (
+            "won; the old primary still does not answer, but its lease expired before: promote",
+            false,
+            vec![Some(won())],
+            vec![("db1", Unknown("timed out".into())), ("db3", NotPrimary)],
+            vec!["db1"],
+            "ok",
+            0,
+        ),
+        (
+            "the voters cannot be asked: no grant, refuse",
+            false,
+            vec![Some(nobody_answers())],
+            clear(),
+            vec![],
+            "refused: no majority of the voters could grant it",
+            1,
+        ),
+        (
+            "the quorum is off: nothing to ask, promote (CARP alone separates candidates)",
+            false,
+            vec![None],
+            clear(),
+            vec![],
+            "ok",
+            0,
+        ),
+        (
+            "--force with the voters unreachable: the operator vouches, promote",
+            true,
+            vec![Some(nobody_answers())],
+            clear(),
+            vec![],
+            "ok",
+            1,
+        ),
+        (
+            "--force while db3 holds the grant: another promotion runs, refuse even so",
+            true,
+            vec![Some(lost_to("db3"))],
+            clear(),
+            vec![],
+            "refused: db3 is being promoted",
+            1,
+        ),
+    ];
+    let ctx = cluster("db2");
+    for (scenario, force, grants, last_look, settled, want, released) in rows {
+        let quorum = Leases::granting(false, grants);
+        let ask = || {
+            last_look
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.clone()))
+                .collect()
+        };
+        let checks = PeerChecks {
+            ask: &ask,
+            quorum: &quorum,
+            // One round, but for the split vote, which needs a second.
+            grant_race: if scenario.contains("split") {
+                std::time::Duration::from_secs(5)
+            } else {
+                std::time::Duration::ZERO
+            },
+        };
+        let settled: Vec<String> = settled.iter().map(|s| s.to_string()).collect();
+        let outcome = claim_grant(&ctx, force, &checks, &settled);
+        assert_said(scenario, &outcome, want);
+        assert_eq!(
+            quorum.released.load(Ordering::SeqCst),
+            released,
+            "{scenario}: grants given back"
+        );
     }
 }
 
@@ -463,7 +659,8 @@ fn promote_refuses_while_another_node_is_or_may_be_a_writable_primary() {
         };
         let checks = PeerChecks {
             ask: &ask,
-            quorum: &Leases { expired },
+            quorum: &Leases::expired(expired),
+            grant_race: std::time::Duration::ZERO,
         };
         let outcome = preflight(&ctx, force, &pg, &server, &checks);
         assert_said(scenario, &outcome, want);
