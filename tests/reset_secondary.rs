@@ -439,27 +439,50 @@ fn lab_with_a_long_incremental_ahead(name: &str) -> (Lab, Vec<(String, String)>)
     (lab, before)
 }
 
-/// Start a re-seed and wait until its stream is flowing.
+/// Start an incremental re-seed and wait until its stream is flowing.
 fn start_reseed_and_wait_for_the_stream(lab: &Lab) -> (std::process::Child, i32) {
+    // (zfs-fuse's zfs rewrites its argv, splitting "ds@snap" into "ds snap".)
+    start_and_wait_for_the_stream(
+        lab,
+        &["reset-secondary", "--yes"],
+        &format!("zfs send -i {}", lab.dataset("db1")),
+        &format!("zfs receive -u -F {}", lab.dataset("db2")),
+        Duration::from_millis(500),
+    )
+}
+
+/// Start pgzfs on db2 with `args`; return it and the sender's pid once the sender and
+/// the receiver (found by their command lines) have run for `flowing`.
+fn start_and_wait_for_the_stream(
+    lab: &Lab,
+    args: &[&str],
+    sender: &str,
+    receiver: &str,
+    flowing: Duration,
+) -> (std::process::Child, i32) {
     let child = lab
-        .pgzfs_command("db2", &["reset-secondary", "--yes"])
+        .pgzfs_command("db2", args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // (zfs-fuse's zfs rewrites its argv, splitting "ds@snap" into "ds snap".)
-    let sender = wait_for_process(
-        &format!("zfs send -i {}", lab.dataset("db1")),
-        Duration::from_secs(60),
-    )
-    .expect("the incremental zfs send started on the primary");
-    wait_for_process(
-        &format!("zfs receive -u -F {}", lab.dataset("db2")),
-        Duration::from_secs(10),
-    )
-    .expect("the receive started on the standby");
-    std::thread::sleep(Duration::from_millis(500));
+    let sender = wait_for_process(sender, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("{sender:?} started on the primary"));
+    wait_for_process(receiver, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("{receiver:?} started on the standby"));
+    std::thread::sleep(flowing);
     (child, sender)
+}
+
+/// Kill the sending side (zfs send and the SSH session carrying its stream), as a dying
+/// primary host would: the run fails.
+fn kill_the_sender(child: std::process::Child, sender: i32) {
+    let session = parent_of(sender);
+    kill(sender, nix::sys::signal::Signal::SIGKILL);
+    kill(session, nix::sys::signal::Signal::SIGKILL);
+    let out = child.wait_with_output().unwrap();
+    eprintln!("interrupted run:\n{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(1), "the interrupted run fails");
 }
 
 /// After an interrupted run: the standby is exactly as before and running again.
@@ -506,13 +529,7 @@ fn assert_standby_back_at_its_last_good_state(lab: &Lab, before: &[(String, Stri
 fn a_sender_killed_mid_stream_leaves_the_standby_as_it_was_and_a_rerun_succeeds() {
     let (lab, before) = lab_with_a_long_incremental_ahead("killsend");
     let (child, sender) = start_reseed_and_wait_for_the_stream(&lab);
-    // Kill the sending side: zfs send and the SSH session carrying its stream.
-    let session = parent_of(sender);
-    kill(sender, nix::sys::signal::Signal::SIGKILL);
-    kill(session, nix::sys::signal::Signal::SIGKILL);
-    let out = child.wait_with_output().unwrap();
-    eprintln!("interrupted run:\n{}", stderr_of(&out));
-    assert_eq!(out.status.code(), Some(1), "the interrupted run fails");
+    kill_the_sender(child, sender);
     assert_standby_back_at_its_last_good_state(&lab, &before);
 
     let rerun = lab.reset_secondary("db2");
@@ -534,6 +551,44 @@ fn sigterm_during_the_transfer_aborts_cleanly_and_a_rerun_succeeds() {
         "says why it stopped"
     );
     assert_standby_back_at_its_last_good_state(&lab, &before);
+
+    let rerun = lab.reset_secondary("db2");
+    assert_eq!(rerun["mode"], "incremental");
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+}
+
+#[test]
+fn a_full_reseed_killed_mid_stream_gives_the_previous_copy_its_name_and_its_boot_mount_back() {
+    let lab = Lab::up_with("killfull", 15, 10);
+    lab.reset_secondary("db2");
+    let dataset = lab.dataset("db2");
+    let before = lab.snapshots(&dataset);
+    let canmount = |name: &str| {
+        lab.zfs(&["get", "-H", "-o", "value", "canmount", name])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(canmount(&dataset), "on");
+    // The operator asks for a fresh copy; the primary's host dies mid-stream.
+    let (child, sender) = start_and_wait_for_the_stream(
+        &lab,
+        &["reset-secondary", "--full", "--yes"],
+        &format!("zfs send {} ", lab.dataset("db1")),
+        &format!("zfs receive -u {dataset}"),
+        Duration::from_millis(300),
+    );
+    kill_the_sender(child, sender);
+
+    // The copy kept aside has its name back, and mounts at the next boot as before
+    // (it was canmount=noauto while aside).
+    assert_standby_back_at_its_last_good_state(&lab, &before);
+    assert_eq!(canmount(&dataset), "on", "it mounts at boot again");
+    let datasets = lab.zfs(&["list", "-H", "-o", "name", "-t", "filesystem"]);
+    assert!(
+        !datasets.contains("-pgzfs-old-"),
+        "nothing is left aside: {datasets}"
+    );
 
     let rerun = lab.reset_secondary("db2");
     assert_eq!(rerun["mode"], "incremental");

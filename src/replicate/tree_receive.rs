@@ -44,9 +44,7 @@ pub(super) fn unmount_cluster(
 pub(super) fn rename_aside(zfs: &dyn Zfs, members: &[MemberPlan]) -> Result<()> {
     for member in members {
         if let Some(aside) = &member.rename_aside {
-            zfs.rename(&member.local_dataset, aside)?;
-            zfs.set_canmount_noauto(aside)?;
-            tracing::info!("kept the previous {} as {aside}", member.local_dataset);
+            zfs.rename_aside(&member.local_dataset, aside)?;
         }
     }
     Ok(())
@@ -109,7 +107,7 @@ pub(super) fn restore_after_failure(zfs: &dyn Zfs, members: &[MemberPlan]) -> Re
     for member in members {
         if let Some(aside) = &member.rename_aside {
             if !zfs.exists(&member.local_dataset).unwrap_or(true) {
-                zfs.rename(aside, &member.local_dataset)?;
+                zfs.put_back(aside, &member.local_dataset)?;
             }
         }
         if !matches!(member.mount, MountAt::Unmounted)

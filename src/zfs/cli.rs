@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::features::{self, ResumeToken, ResumeTokenInfo, SendOptions};
 use super::names::{DatasetName, HoldTag, SnapshotName};
-use super::{prop, Features, Snapshot, Zfs};
+use super::{prop, CanMount, Features, Snapshot, Zfs};
 use crate::error::{Error, Result};
 use crate::exec::{Cmd, Output, Runner};
 use crate::transfer::{Sink, Source};
@@ -679,13 +679,13 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         Ok(())
     }
 
-    fn set_canmount_noauto(&self, dataset: &DatasetName) -> Result<()> {
+    fn set_canmount(&self, dataset: &DatasetName, value: CanMount) -> Result<()> {
         self.runner
             .run(
                 &self
                     .cmd()
                     .arg("set")
-                    .arg("canmount=noauto")
+                    .arg(format!("canmount={}", value.as_str()))
                     .arg(dataset.as_str()),
             )
             .map(drop)

@@ -21,7 +21,7 @@ use super::cli::ZfsCli;
 use super::features::{ResumeToken, ResumeTokenInfo, SendOptions};
 use super::lzc_common::{errno_error, parse_begin_record, BEGIN_RECORD_LEN};
 use super::names::{DatasetName, HoldTag, SnapshotName};
-use super::{Features, Snapshot, Zfs};
+use super::{CanMount, Features, Snapshot, Zfs};
 use crate::error::{Error, Result};
 use crate::exec::Local;
 use crate::transfer::{Sink, Source};
@@ -558,8 +558,8 @@ impl Zfs for LzcZfs {
     fn set_mountpoint(&self, dataset: &DatasetName, path: &Path) -> Result<()> {
         self.cli.set_mountpoint(dataset, path)
     }
-    fn set_canmount_noauto(&self, dataset: &DatasetName) -> Result<()> {
-        self.cli.set_canmount_noauto(dataset)
+    fn set_canmount(&self, dataset: &DatasetName, value: CanMount) -> Result<()> {
+        self.cli.set_canmount(dataset, value)
     }
     fn features_for(&self, dataset: &DatasetName) -> Result<Features> {
         self.cli.features_for(dataset)

@@ -53,6 +53,11 @@ pub mod prop {
     pub const FORK_LSN: &str = "pgzfs:fork_lsn";
     pub const FORK_TIMELINE: &str = "pgzfs:fork_timeline";
 
+    /// On a dataset kept aside (renamed, `canmount=noauto`): its `canmount` before, put
+    /// back if it gets its name back after a failed re-seed, so that it mounts at boot
+    /// as it did.
+    pub const CANMOUNT_BEFORE: &str = "pgzfs:canmount_before";
+
     pub const ALL: [&str; 10] = [
         LSN,
         STOP_LSN,
@@ -116,6 +121,33 @@ pub struct Features {
     pub multi_snapshot: bool,
 }
 
+/// The values of the `canmount` property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanMount {
+    On,
+    Off,
+    NoAuto,
+}
+
+impl CanMount {
+    pub fn parse(text: &str) -> Option<CanMount> {
+        match text {
+            "on" => Some(CanMount::On),
+            "off" => Some(CanMount::Off),
+            "noauto" => Some(CanMount::NoAuto),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CanMount::On => "on",
+            CanMount::Off => "off",
+            CanMount::NoAuto => "noauto",
+        }
+    }
+}
+
 pub trait Zfs {
     /// "this node" or "root@db1:22", for messages.
     fn location(&self) -> String;
@@ -176,8 +208,9 @@ pub trait Zfs {
     /// None for `none`, `legacy` or unset.
     fn mountpoint(&self, dataset: &DatasetName) -> Result<Option<PathBuf>>;
     fn set_mountpoint(&self, dataset: &DatasetName, path: &std::path::Path) -> Result<()>;
-    /// Keep a renamed-aside dataset from mounting over the live one at boot.
-    fn set_canmount_noauto(&self, dataset: &DatasetName) -> Result<()>;
+    /// `zfs set canmount=...`: `noauto` keeps a renamed-aside dataset from mounting over
+    /// the live one at boot; the value it had is put back with its name.
+    fn set_canmount(&self, dataset: &DatasetName, value: CanMount) -> Result<()>;
     /// Set pgzfs user properties on the dataset itself (the cluster epoch, the fork point).
     fn set_dataset_props(&self, dataset: &DatasetName, props: &[(&str, String)]) -> Result<()>;
 

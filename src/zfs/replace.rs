@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::features::ResumeToken;
 use super::names::{DatasetName, SnapName};
-use super::Zfs;
+use super::{prop, CanMount, Zfs};
 use crate::error::{Error, Result};
 use crate::transfer::{Interrupt, Sink, Source};
 
@@ -151,12 +151,46 @@ impl<'z> dyn Zfs + 'z {
     /// at boot.
     pub fn rename_aside(&self, dataset: &DatasetName, aside: &DatasetName) -> Result<()> {
         self.rename(dataset, aside)?;
-        self.set_canmount_noauto(aside)?;
+        self.keep_from_mounting_at_boot(aside)?;
         // Its children too: at boot they would mount over the new copy's (pg_wal).
         for child in self.children(aside)? {
-            self.set_canmount_noauto(&child)?;
+            self.keep_from_mounting_at_boot(&child)?;
         }
         tracing::info!("kept the previous dataset as {aside}");
+        Ok(())
+    }
+
+    /// `canmount=noauto`, with the value it had recorded on the dataset.
+    fn keep_from_mounting_at_boot(&self, dataset: &DatasetName) -> Result<()> {
+        let before = self
+            .get_text(dataset.as_str(), "canmount")?
+            .as_deref()
+            .and_then(CanMount::parse);
+        if let Some(before) = before {
+            self.set_dataset_props(
+                dataset,
+                &[(prop::CANMOUNT_BEFORE, before.as_str().to_string())],
+            )?;
+        }
+        self.set_canmount(dataset, CanMount::NoAuto)
+    }
+
+    /// A dataset kept aside gets its name back, and with it (and its children) the
+    /// `canmount` it had before: without that it would not mount at the next boot.
+    pub fn put_back(&self, aside: &DatasetName, dataset: &DatasetName) -> Result<()> {
+        self.rename(aside, dataset)?;
+        let mut members = vec![dataset.clone()];
+        members.extend(self.children(dataset)?);
+        for member in &members {
+            let before = self
+                .get_text(member.as_str(), prop::CANMOUNT_BEFORE)?
+                .as_deref()
+                .and_then(CanMount::parse);
+            if let Some(before) = before {
+                self.set_canmount(member, before)?;
+            }
+        }
+        tracing::info!("{aside} has its name {dataset} back");
         Ok(())
     }
 
@@ -190,16 +224,14 @@ impl<'z> dyn Zfs + 'z {
 
     /// Take back a full receive over a dataset kept aside: destroy the new copy (with
     /// its descendants, all received by this run) and give the kept one its name back.
-    /// The kept one stays `canmount=noauto` (mounted explicitly).
+    /// The kept one gets its `canmount` back too.
     pub fn undo_full_aside(&self, dataset: &DatasetName, aside: &DatasetName) -> Result<()> {
         if self.exists(dataset)? {
             self.unmount(dataset)?;
             self.destroy_dataset_recursive(dataset)?;
             tracing::info!("destroyed {dataset}, received by this run");
         }
-        self.rename(aside, dataset)?;
-        tracing::info!("{aside} has its name {dataset} back");
-        Ok(())
+        self.put_back(aside, dataset)
     }
 
     /// Take back a full receive into a dataset that did not exist before this run:
@@ -234,7 +266,7 @@ impl<'z> dyn Zfs + 'z {
         tracing::error!("the transfer failed, restoring the last good state: {e}");
         if let Some(aside) = r.rename_aside {
             if !self.exists(dataset).unwrap_or(true) {
-                self.rename(aside, dataset)?;
+                self.put_back(aside, dataset)?;
             }
         }
         if self.exists(dataset).unwrap_or(false) {
@@ -289,6 +321,8 @@ mod tests {
         mounted: RefCell<bool>,
         existing: RefCell<Vec<String>>,
         receives: RefCell<VecDeque<Result<()>>>,
+        /// (object, property) → value, as `zfs set` left them.
+        props: RefCell<std::collections::HashMap<(String, String), String>>,
     }
 
     impl Scripted {
@@ -299,6 +333,7 @@ mod tests {
                 mounted: RefCell::new(true),
                 existing: RefCell::new(vec!["tank/pg".to_string()]),
                 receives: RefCell::new(receives.into()),
+                props: RefCell::default(),
             };
             (zfs, log)
         }
@@ -330,21 +365,46 @@ mod tests {
                 if !self.existing.borrow().contains(object) {
                     return answer(String::new(), 1, "dataset does not exist");
                 }
+                let set = self
+                    .props
+                    .borrow()
+                    .get(&(object.clone(), property.clone()))
+                    .cloned();
                 let value = match property.as_str() {
-                    "mounted" if *self.mounted.borrow() => "yes",
-                    "mounted" => "no",
-                    "mountpoint" => "/lab/db2",
-                    _ => "filesystem",
+                    _ if set.is_some() => set.unwrap(),
+                    "mounted" if *self.mounted.borrow() => "yes".into(),
+                    "mounted" => "no".into(),
+                    "mountpoint" => "/lab/db2".into(),
+                    "canmount" => "on".into(),
+                    p if p.starts_with("pgzfs:") => "-".into(),
+                    _ => "filesystem".into(),
                 };
                 return answer(format!("{object}\t{property}\t{value}\n"), 0, "");
             }
             match args[0].as_str() {
+                "set" => {
+                    let (name, value) = args[1].split_once('=').unwrap();
+                    self.props
+                        .borrow_mut()
+                        .insert((args[2].clone(), name.to_string()), value.to_string());
+                }
                 "unmount" => *self.mounted.borrow_mut() = false,
                 "mount" => *self.mounted.borrow_mut() = true,
                 "rename" => {
                     let mut existing = self.existing.borrow_mut();
                     existing.retain(|d| d != &args[1]);
                     existing.push(args[2].clone());
+                    // Properties travel with the dataset.
+                    let mut props = self.props.borrow_mut();
+                    let moved: Vec<_> = props
+                        .iter()
+                        .filter(|((object, _), _)| object == &args[1])
+                        .map(|((_, name), value)| (name.clone(), value.clone()))
+                        .collect();
+                    props.retain(|(object, _), _| object != &args[1]);
+                    for (name, value) in moved {
+                        props.insert((args[2].clone(), name), value);
+                    }
                 }
                 _ => {}
             }
@@ -459,20 +519,25 @@ mod tests {
         assert!(failed.error.to_string().contains("out of space"));
         let log = log.borrow();
         assert_eq!(
-            log[..4],
+            log[..5],
             [
                 "unmount tank/pg",
                 "rename tank/pg tank/pg-old-20261201",
+                "set pgzfs:canmount_before=on tank/pg-old-20261201",
                 "set canmount=noauto tank/pg-old-20261201",
                 "receive -u tank/pg",
             ],
             "no second attempt of a lasting failure"
         );
         // The failed full receive created nothing: the old dataset goes back under its
-        // name, mounted, as it was before the run.
+        // name, mounted, and mounting at boot, as it was before the run.
         assert_eq!(
-            log[4..],
-            ["rename tank/pg-old-20261201 tank/pg", "mount tank/pg"]
+            log[5..],
+            [
+                "rename tank/pg-old-20261201 tank/pg",
+                "set canmount=on tank/pg",
+                "mount tank/pg"
+            ]
         );
     }
 
