@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::quorum::majority;
+use crate::quorum::{majority, names_or_none, reasons};
 
 /// Beyond the longest `promote_timeout`: the time between the grant and the call that
 /// promotes (a last look at the other nodes, the pre-promote snapshot), and the skew
@@ -241,11 +241,7 @@ impl GrantVerdict {
             "{} granted, {} needed ({})",
             self.granted_by.len(),
             self.needed,
-            if self.granted_by.is_empty() {
-                "none".to_string()
-            } else {
-                self.granted_by.join(", ")
-            }
+            names_or_none(&self.granted_by)
         );
         if !self.held_by_other.is_empty() {
             let held: Vec<String> = self
@@ -256,12 +252,7 @@ impl GrantVerdict {
             text.push_str(&format!("; {}", held.join(", ")));
         }
         if !self.unanswered.is_empty() {
-            let names: Vec<String> = self
-                .unanswered
-                .iter()
-                .map(|(n, why)| format!("{n}: {why}"))
-                .collect();
-            text.push_str(&format!("; no grant from {}", names.join("; ")));
+            text.push_str(&format!("; no grant from {}", reasons(&self.unanswered)));
         }
         text
     }

@@ -175,22 +175,30 @@ impl LeaseVerdict {
             "{} of the {} votes needed agree that {primary} has been out of contact for longer than the lease ({})",
             self.agreeing.len(),
             self.needed,
-            if self.agreeing.is_empty() {
-                "none".to_string()
-            } else {
-                self.agreeing.join(", ")
-            }
+            names_or_none(&self.agreeing)
         );
         if !self.unanswered.is_empty() {
-            let names: Vec<String> = self
-                .unanswered
-                .iter()
-                .map(|(n, why)| format!("{n}: {why}"))
-                .collect();
-            text.push_str(&format!("; not answering: {}", names.join("; ")));
+            text.push_str(&format!("; not answering: {}", reasons(&self.unanswered)));
         }
         text
     }
+}
+
+/// "db1, db2", or "none".
+pub fn names_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// "db1: timed out; db3: HTTP 404".
+pub fn reasons(list: &[(String, String)]) -> String {
+    list.iter()
+        .map(|(n, why)| format!("{n}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Count the votes: each answering voter other than the primary agrees when it has not
@@ -289,70 +297,38 @@ impl PeerQuorum {
     }
 }
 
-/// Ask one voter's daemon for its view; `from` names the asking voter, so that the
-/// answering daemon records the contact too.
-pub fn ask(voter: &Voter, from: Option<&str>) -> Result<View, String> {
-    let port = voter
-        .http_port
-        .ok_or_else(|| "no http_listen configured, so it cannot be asked".to_string())?;
-    let path = match from {
-        Some(me) => format!("/quorum?from={me}"),
-        None => "/quorum".to_string(),
-    };
-    match crate::http::get(&voter.host, port, &path, ASK_TIMEOUT) {
-        Ok((200, body)) => {
-            let view: View =
-                serde_json::from_str(&body).map_err(|e| format!("unreadable answer: {e}"))?;
-            if view.node != voter.name {
-                return Err(format!(
-                    "the daemon there says it is {:?}, not {}",
-                    view.node, voter.name
-                ));
-            }
-            Ok(view)
-        }
-        Ok((status, _)) => Err(format!("HTTP {status}")),
-        Err(e) => Err(e.message().to_string()),
+/// What a voter's daemon answers with: each answer names the voter that gave it.
+trait VoterAnswer: serde::de::DeserializeOwned {
+    fn voter(&self) -> &str;
+}
+
+impl VoterAnswer for View {
+    fn voter(&self) -> &str {
+        &self.node
     }
 }
 
-/// Ask every voter at once.
-pub fn ask_all(voters: &[Voter], from: Option<&str>) -> Vec<(String, Result<View, String>)> {
-    std::thread::scope(|scope| {
-        let asks: Vec<_> = voters
-            .iter()
-            .map(|v| (v.name.clone(), scope.spawn(move || ask(v, from))))
-            .collect();
-        asks.into_iter()
-            .map(|(name, asked)| {
-                (
-                    name,
-                    asked
-                        .join()
-                        .unwrap_or_else(|_| Err("the question panicked".into())),
-                )
-            })
-            .collect()
-    })
+impl VoterAnswer for GrantAnswer {
+    fn voter(&self) -> &str {
+        &self.voter
+    }
 }
 
-/// One voter's answer about the promotion grant (`release` gives it back instead).
-fn ask_grant(voter: &Voter, candidate: &str, release: bool) -> Result<GrantAnswer, String> {
+/// GET `path` from one voter's daemon; an answer from a daemon that names another voter
+/// (a wrong address in the config) is no answer.
+fn ask_voter<T: VoterAnswer>(voter: &Voter, path: &str) -> Result<T, String> {
     let port = voter
         .http_port
         .ok_or_else(|| "no http_listen configured, so it cannot be asked".to_string())?;
-    let path = format!(
-        "/promotion-grant?candidate={candidate}{}",
-        if release { "&release=yes" } else { "" }
-    );
-    match crate::http::get(&voter.host, port, &path, ASK_TIMEOUT) {
+    match crate::http::get(&voter.host, port, path, ASK_TIMEOUT) {
         Ok((200, body)) => {
-            let answer: GrantAnswer =
+            let answer: T =
                 serde_json::from_str(&body).map_err(|e| format!("unreadable answer: {e}"))?;
-            if answer.voter != voter.name {
+            if answer.voter() != voter.name {
                 return Err(format!(
                     "the daemon there says it is {:?}, not {}",
-                    answer.voter, voter.name
+                    answer.voter(),
+                    voter.name
                 ));
             }
             Ok(answer)
@@ -362,21 +338,15 @@ fn ask_grant(voter: &Voter, candidate: &str, release: bool) -> Result<GrantAnswe
     }
 }
 
-/// Ask every voter at once about the grant.
-fn ask_grant_all(
+/// Ask every voter at once: one round costs one timeout, however many do not answer.
+fn ask_each<T: VoterAnswer + Send>(
     voters: &[Voter],
-    candidate: &str,
-    release: bool,
-) -> Vec<(String, Result<GrantAnswer, String>)> {
+    ask: impl Fn(&Voter) -> Result<T, String> + Sync,
+) -> Vec<(String, Result<T, String>)> {
     std::thread::scope(|scope| {
         let asks: Vec<_> = voters
             .iter()
-            .map(|v| {
-                (
-                    v.name.clone(),
-                    scope.spawn(move || ask_grant(v, candidate, release)),
-                )
-            })
+            .map(|v| (v.name.clone(), scope.spawn(|| ask(v))))
             .collect();
         asks.into_iter()
             .map(|(name, asked)| {
@@ -389,6 +359,33 @@ fn ask_grant_all(
             })
             .collect()
     })
+}
+
+/// Ask one voter's daemon for its view; `from` names the asking voter, so that the
+/// answering daemon records the contact too.
+pub fn ask(voter: &Voter, from: Option<&str>) -> Result<View, String> {
+    match from {
+        Some(me) => ask_voter(voter, &format!("/quorum?from={me}")),
+        None => ask_voter(voter, "/quorum"),
+    }
+}
+
+/// Ask every voter for its view at once.
+pub fn ask_all(voters: &[Voter], from: Option<&str>) -> Vec<(String, Result<View, String>)> {
+    ask_each(voters, |v| ask(v, from))
+}
+
+/// Every voter's answer about `candidate`'s promotion grant (`release` gives it back).
+fn ask_grant_all(
+    voters: &[Voter],
+    candidate: &str,
+    release: bool,
+) -> Vec<(String, Result<GrantAnswer, String>)> {
+    let path = format!(
+        "/promotion-grant?candidate={candidate}{}",
+        if release { "&release=yes" } else { "" }
+    );
+    ask_each(voters, |v| ask_voter(v, &path))
 }
 
 impl Quorum for PeerQuorum {

@@ -733,8 +733,12 @@ fn two_standbys_told_to_promote_at_the_same_moment_make_one_primary() {
         .unwrap();
     assert_eq!(lost.status.code(), Some(3), "the other refuses (exit 3)");
     let said = stderr_of(lost);
+    // Which refusal depends on how far the winner got: it holds the grant, or it
+    // already answers as writable (or, on a loaded machine, it did not answer in time).
     assert!(
-        said.contains("promotion grant") || said.contains("answers as a writable primary"),
+        ["promotion grant", "would make two", "Not promoting"]
+            .iter()
+            .any(|why| said.contains(why)),
         "{loser} says why: {said}"
     );
     std::thread::sleep(Duration::from_secs(3));
