@@ -86,7 +86,7 @@ impl Grants {
                     let left = record.until_unix - unix_now();
                     (left > 0.0).then(|| {
                         // Never longer than the ttl, whatever the clock did meanwhile.
-                        let left = Duration::from_secs_f64(left).min(ttl);
+                        let left = Duration::try_from_secs_f64(left).unwrap_or(ttl).min(ttl);
                         (record.candidate, now + left)
                     })
                 }
@@ -349,6 +349,15 @@ mod tests {
         let answer = restarted.request("db3", Instant::now());
         assert!(!answer.granted, "{answer:?}");
         assert_eq!(answer.holder.as_deref(), Some("db2"));
+        // A grant recorded as lasting for ages lasts one ttl at most.
+        std::fs::write(
+            dir.join("w3.grant.json"),
+            br#"{"candidate":"db2","until_unix":1e300}"#,
+        )
+        .unwrap();
+        let far = voter_in(&dir, "w3", start);
+        assert!(!far.request("db3", start + S).granted);
+        assert!(far.request("db3", start + S * 81).granted);
         // A file nobody can read: nobody gets the grant for a whole ttl.
         std::fs::write(dir.join("w2.grant.json"), b"{ torn").unwrap();
         let torn = voter_in(&dir, "w2", start);
