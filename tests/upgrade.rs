@@ -230,10 +230,7 @@ fn an_upgrade_that_fails_leaves_the_15_primary_running_with_every_row() {
     assert!(said.contains("pg_upgrade --link failed"), "{said}");
     // It died at the worst moment: the old cluster was disabled already.
     assert!(said.contains("Adding \".old\" suffix"), "{said}");
-    assert!(
-        said.contains("killed by signal 9") || said.contains("signal 9"),
-        "{said}"
-    );
+    assert!(said.contains("killed by signal 9"), "{said}");
     assert!(said.contains("rolled back to"), "{said}");
     assert_eq!(major_of(&lab, "db1"), "15");
     assert_eq!(pg_version_file(&lab, "db1"), "15");
