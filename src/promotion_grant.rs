@@ -72,16 +72,22 @@ impl Grants {
     /// yet run out is still honoured. A file that cannot be read is taken as a grant to
     /// somebody unknown for a whole `ttl`: refusing for a while is safe, forgetting is not.
     pub fn load(me: &str, file: &Path, ttl: Duration, now: Instant) -> Grants {
-        let held = match std::fs::read(file) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                tracing::warn!(
-                    "promotion grant file {}: {e}; granting nobody for {ttl:?}",
-                    file.display()
-                );
-                Some(("(unreadable grant file)".to_string(), now + ttl))
-            }
-            Ok(bytes) => match serde_json::from_slice::<GrantRecord>(&bytes) {
+        let unreadable = |why: String| {
+            tracing::warn!(
+                "promotion grant file {}: {why}; granting nobody for {ttl:?}",
+                file.display()
+            );
+            Some(("(unreadable grant file)".to_string(), now + ttl))
+        };
+        // Never through a link or anything but a regular file (see safe_dir).
+        let read =
+            crate::safe_dir::parent_of(file, None).and_then(|(dir, name)| dir.read_trusted(&name));
+        let held = match read {
+            Ok(None) => None,
+            // No directory yet: nothing was ever granted from here.
+            Err(_) if !file.parent().is_some_and(Path::exists) => None,
+            Err(e) => unreadable(e.to_string()),
+            Ok(Some(bytes)) => match serde_json::from_slice::<GrantRecord>(&bytes) {
                 Ok(record) => {
                     let left = record.until_unix - unix_now();
                     (left > 0.0).then(|| {
@@ -90,13 +96,7 @@ impl Grants {
                         (record.candidate, now + left)
                     })
                 }
-                Err(e) => {
-                    tracing::warn!(
-                        "promotion grant file {}: {e}; granting nobody for {ttl:?}",
-                        file.display()
-                    );
-                    Some(("(unreadable grant file)".to_string(), now + ttl))
-                }
+                Err(e) => unreadable(e.to_string()),
             },
         };
         Grants {
@@ -178,28 +178,17 @@ impl Grants {
         }
     }
 
-    /// Write (or, with None, remove) the record, durably enough for a daemon restart: a
-    /// new file renamed over the old one.
+    /// Write (or, with None, remove) the record, durably enough for a daemon restart, and
+    /// never through a link planted at its name (see safe_dir).
     fn write(&self, record: Option<&GrantRecord>) -> std::result::Result<(), String> {
         let describe =
-            |e: std::io::Error| format!("promotion grant file {}: {e}", self.file.display());
+            |e: crate::error::Error| format!("promotion grant file {}: {e}", self.file.display());
+        let (dir, name) = crate::safe_dir::parent_of(&self.file, Some(0o755)).map_err(describe)?;
         match record {
-            None => match std::fs::remove_file(&self.file) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(describe(e)),
-                _ => Ok(()),
-            },
+            None => dir.remove(&name).map(drop).map_err(describe),
             Some(record) => {
-                let tmp = self.file.with_extension("json.new");
                 let text = serde_json::to_vec(record).expect("a grant record serializes");
-                // Never through a link someone left at the temporary name.
-                let _ = std::fs::remove_file(&tmp);
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                use std::io::Write;
-                let mut file = options.open(&tmp).map_err(describe)?;
-                file.write_all(&text).map_err(describe)?;
-                file.sync_all().map_err(describe)?;
-                std::fs::rename(&tmp, &self.file).map_err(describe)
+                dir.write(&name, &text, 0o600, None).map_err(describe)
             }
         }
     }
@@ -358,6 +347,21 @@ mod tests {
         let far = voter_in(&dir, "w3", start);
         assert!(!far.request("db3", start + S).granted);
         assert!(far.request("db3", start + S * 81).granted);
+        // A link planted at the name is not read through (it counts as unreadable), and
+        // the next grant replaces the link instead of writing where it points.
+        let target = dir.join("elsewhere");
+        std::fs::write(&target, br#"{"candidate":"db3","until_unix":0}"#).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("w4.grant.json")).unwrap();
+        let linked = voter_in(&dir, "w4", start);
+        assert!(!linked.request("db2", start + S).granted);
+        assert!(linked.request("db2", start + S * 81).granted);
+        assert!(std::fs::symlink_metadata(dir.join("w4.grant.json"))
+            .unwrap()
+            .is_file());
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            br#"{"candidate":"db3","until_unix":0}"#
+        );
         // A file nobody can read: nobody gets the grant for a whole ttl.
         std::fs::write(dir.join("w2.grant.json"), b"{ torn").unwrap();
         let torn = voter_in(&dir, "w2", start);
@@ -368,15 +372,15 @@ mod tests {
     #[test]
     fn a_voter_that_cannot_record_its_grant_does_not_give_it() {
         let start = Instant::now();
-        let nowhere = Grants::load(
-            "db1",
-            Path::new("/nonexistent/dir/db1.grant.json"),
-            S * 80,
-            start,
-        );
+        // Its directory goes away after the start, and a plain file takes its place.
+        let dir = scratch("unrecorded").join("run");
+        std::fs::create_dir(&dir).unwrap();
+        let nowhere = Grants::load("db1", &dir.join("db1.grant.json"), S * 80, start);
+        std::fs::remove_dir(&dir).unwrap();
+        std::fs::write(&dir, b"").unwrap();
         let answer = nowhere.request("db2", start);
         assert!(!answer.granted);
-        assert!(answer.error.unwrap().contains("/nonexistent/dir"));
+        assert!(answer.error.unwrap().contains("db1.grant.json"));
     }
 
     fn granted(voter: &str, to: &str) -> (String, std::result::Result<GrantAnswer, String>) {
