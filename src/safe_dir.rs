@@ -289,6 +289,16 @@ impl Dir {
         Ok((stat.st_uid, stat.st_gid))
     }
 
+    /// Give the directory itself to `uid`:`gid` (through the handle, not the path).
+    pub fn set_owner(&self, uid: u32, gid: u32) -> Result<()> {
+        fchown(
+            self.raw(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+        )
+        .map_err(|e| Error::failed(format!("cannot chown {}: {e}", self.path.display())))
+    }
+
     /// Set the directory's own mode (through the handle, not the path).
     pub fn set_mode(&self, mode: u32) -> Result<()> {
         fchmod(self.raw(), Mode::from_bits_truncate(mode))

@@ -703,6 +703,8 @@ fn openzfs_a_tree_with_wal_child_and_tablespace_is_cut_atomically_and_reseeds_fu
 ) {
     let guest = Guest::up("oztree", "cli");
     lay_out_db1_as_a_tree(&guest);
+    // First with pg_wal sent along, a member of every cut like the tablespace.
+    guest.edit_config(r"s|^\[defaults\]$|&\nsend_pg_wal = true|");
     let get = |prop: &str, ds: &str| -> String {
         guest
             .zfs(&format!("get -H -p -o value {prop} {ds}"))
@@ -798,5 +800,40 @@ fn openzfs_a_tree_with_wal_child_and_tablespace_is_cut_atomically_and_reseeds_fu
     for ds in primary.iter().chain(standby.iter()) {
         let holds = guest.zfs(&format!("holds -H {ds}@{snap}"));
         assert!(holds.contains("pgzfs"), "{ds}@{snap} is held: {holds}");
+    }
+
+    // Then the default, which leaves pg_wal home: the same standby goes on with a plain
+    // incremental, its own pg_wal emptied, and streams the WAL from its slot.
+    guest.edit_config("/^send_pg_wal = true$/d");
+    guest.sql(
+        "db1",
+        "INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(7001, 8000) g",
+    );
+    let streamed = guest.reset_secondary("db2");
+    assert_eq!(streamed["mode"], "incremental", "{streamed}");
+    guest.assert_streaming("db2");
+    assert_same_orders(&guest);
+    assert_eq!(guest.sql("db2", "SELECT count(*) FROM orders"), "8000");
+    assert_eq!(get("pgzfs:own_pg_wal", "pgzfs2/db2/wal"), "yes");
+    let new = streamed["snapshot"]
+        .as_str()
+        .unwrap()
+        .split_once('@')
+        .unwrap()
+        .1;
+    assert!(
+        !guest
+            .sh(&format!("zfs list -H pgzfs2/db2/wal@{new}"))
+            .status
+            .success(),
+        "nothing of the cut's pg_wal was received"
+    );
+    // The earlier base on pg_wal is nobody's now: released on both sides.
+    for ds in ["pgzfs1/db1/wal", "pgzfs2/db2/wal"] {
+        let holds = guest.zfs(&format!("holds -H {ds}@{snap}"));
+        assert!(
+            !holds.contains("pgzfs-db2"),
+            "{ds}@{snap} released: {holds}"
+        );
     }
 }

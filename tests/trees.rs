@@ -91,6 +91,18 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
+/// `send_pg_wal` in `[defaults]`: true, or (false) the default.
+fn send_pg_wal(lab: &Lab, on: bool) {
+    let line = "send_pg_wal = true\n";
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    let config = if on {
+        config.replacen("[defaults]\n", &format!("[defaults]\n{line}"), 1)
+    } else {
+        config.replacen(line, "", 1)
+    };
+    lab.write_config(&config);
+}
+
 fn orders(lab: &Lab, node: &str) -> String {
     lab.sql(
         node,
@@ -114,6 +126,9 @@ fn a_tree_with_wal_and_a_tablespace_reseeds_full_then_incremental_and_refuses_a_
 ) {
     let lab = Lab::up("trees");
     lay_out_the_primary_as_a_tree(&lab);
+    // pg_wal travels with the cut here, so that it is a member like the tablespace (the
+    // default leaves it home: see the next test).
+    send_pg_wal(&lab, true);
     let pool = lab.pool().to_string();
     let dir = lab.dir.display().to_string();
 
@@ -293,6 +308,146 @@ fn a_tree_with_wal_and_a_tablespace_reseeds_full_then_incremental_and_refuses_a_
     wait_same_orders(&lab);
     assert_eq!(get("mounted", &format!("{pool}/db2/wal")), "yes");
     assert_eq!(get("mounted", &format!("{pool}/db2ts")), "yes");
+}
+
+/// The default: the standby's pg_wal is its own dataset, left out of every stream, and
+/// the standby streams the WAL it needs from its slot, as one made by pg_basebackup would.
+/// A standby that received pg_wal before (send_pg_wal = true) moves over with a plain
+/// incremental; a --full makes a new pg_wal dataset of its own.
+#[test]
+fn a_standby_of_a_tree_gets_its_wal_from_the_slot_not_from_the_stream() {
+    use std::os::unix::fs::MetadataExt;
+    let lab = Lab::up("treewal");
+    lay_out_the_primary_as_a_tree(&lab);
+    let pool = lab.pool().to_string();
+    let get = |prop: &str, ds: &str| {
+        lab.zfs(&["get", "-H", "-o", "value", prop, ds])
+            .trim()
+            .to_string()
+    };
+    send_pg_wal(&lab, true);
+    let first = lab.reset_secondary("db2");
+    let first_cut = first["snapshot"]
+        .as_str()
+        .unwrap()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let wal_first = |node: &str| format!("{pool}/{node}/wal@{first_cut}");
+    assert_eq!(
+        get("userrefs", &wal_first("db2")),
+        "1",
+        "sent, and held as a base"
+    );
+    wait_same_orders(&lab);
+
+    // Back to the default. The plan says what does not travel.
+    send_pg_wal(&lab, false);
+    let out = lab.pgzfs("db2", &["reset-secondary", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains(&format!(
+            "pg_wal: {pool}/db1/wal is not sent; {pool}/db2/wal is emptied"
+        )),
+        "{plan}"
+    );
+    assert!(!plan.contains("child: "), "{plan}");
+
+    // What the old copy's pg_wal holds must not reach the new one.
+    let leftover = lab
+        .data_dir("db2")
+        .join("pg_wal")
+        .join("000000010000000000000099");
+    std::fs::write(&leftover, b"WAL of the copy being replaced").unwrap();
+    lab.sql(
+        "db1",
+        "INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(5001, 9000) g",
+    );
+    let incremental = lab.reset_secondary("db2");
+    assert_eq!(incremental["mode"], "incremental");
+    lab.assert_streaming("db2");
+    wait_same_orders(&lab);
+    assert_eq!(lab.sql("db2", "SELECT count(*) FROM orders"), "9000");
+    assert!(!leftover.exists(), "the replaced copy's WAL is gone");
+    assert_eq!(get("pgzfs:own_pg_wal", &format!("{pool}/db2/wal")), "yes");
+    let cut = incremental["snapshot"]
+        .as_str()
+        .unwrap()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(
+        !lab.dataset_exists(&format!("{pool}/db2/wal@{cut}")),
+        "nothing of the cut's pg_wal was received"
+    );
+    // The base db2 held on pg_wal is nobody's base now: released on both sides.
+    assert_eq!(get("userrefs", &wal_first("db2")), "0");
+    assert_eq!(get("userrefs", &wal_first("db1")), "0");
+    // A pg_wal of its own is no gap in the cuts, for status nor for snapshots.
+    let out = lab.pgzfs("db2", &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !status["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["code"] == "incomplete_cut"),
+        "{status}"
+    );
+    let out = lab.pgzfs("db2", &["snapshots", "--json"]);
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for entry in listing["snapshots"].as_array().unwrap() {
+        assert!(entry.get("missing_from").is_none(), "{entry}");
+    }
+    // The received cut cannot be restored here without its WAL, and verify says why.
+    let out = lab.pgzfs("db2", &["verify", &cut]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("own pg_wal"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // --full: a new dataset for the data directory, and a new empty pg_wal of its own
+    // with the primary's tuning, owned by PostgreSQL's user.
+    let full = {
+        let out = lab.pgzfs("db2", &["reset-secondary", "--full", "--yes", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(full["mode"], "full");
+    lab.assert_streaming("db2");
+    wait_same_orders(&lab);
+    let wal = format!("{pool}/db2/wal");
+    assert_eq!(get("pgzfs:own_pg_wal", &wal), "yes");
+    assert_eq!(get("recordsize", &wal), "128K");
+    assert_eq!(get("mounted", &wal), "yes");
+    let pg_wal = lab.data_dir("db2").join("pg_wal");
+    assert_eq!(get("mountpoint", &wal), pg_wal.display().to_string());
+    let meta = std::fs::metadata(&pg_wal).unwrap();
+    let owner = std::fs::metadata(lab.data_dir("db2")).unwrap().uid();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (owner, 0o700));
+    // What the full stream left out: the primary's pg_wal, more than half of what the
+    // cluster's datasets reference after pgbench's initial load.
+    let referenced = |ds: &str| -> u64 {
+        lab.zfs(&["get", "-H", "-p", "-o", "value", "referenced", ds])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let sent = full["bytes"].as_u64().unwrap();
+    let (root, ts, primary_wal) = (
+        referenced(&format!("{pool}/db1")),
+        referenced(&format!("{pool}/db1ts")),
+        referenced(&format!("{pool}/db1/wal")),
+    );
+    assert!(
+        sent < root + ts + primary_wal / 2,
+        "sent {sent} bytes; the data directory {root}, the tablespace {ts}, pg_wal {primary_wal}"
+    );
 }
 
 #[test]

@@ -161,6 +161,9 @@ pub struct Probe {
     pub snapshots: Option<Vec<Snapshot>>,
     /// The snapshots of the cluster's children and tablespaces, by `member_key`.
     pub members: Vec<(String, Vec<Snapshot>)>,
+    /// The `member_key`s of children that are this node's own (`pgzfs:own_pg_wal`): not
+    /// copies of the primary's, so not expected to share its cuts.
+    pub own_members: Vec<String>,
     pub epoch: Option<u64>,
     pub zfs_error: Option<String>,
     pub last_event: Option<serde_json::Value>,
@@ -204,6 +207,7 @@ type Members = Vec<(String, Vec<Snapshot>)>;
 type ZfsProbe = (
     Vec<Snapshot>,
     Members,
+    Vec<String>,
     Option<u64>,
     Vec<crate::throwaway::CloneInfo>,
 );
@@ -213,8 +217,17 @@ fn probe_zfs(zfs: &dyn Zfs, node: &Node) -> Result<ZfsProbe> {
     let epoch = zfs.get_number(node.dataset.as_str(), prop::EPOCH)?;
     let cluster = ClusterDatasets::discover(zfs, &node.dataset, &node.tablespaces)?;
     let mut members = Vec::new();
+    let mut own_members = Vec::new();
     for member in cluster.others() {
         if zfs.exists(&member.dataset)? {
+            if matches!(member.role, MemberRole::Child { .. })
+                && zfs
+                    .get_text(member.dataset.as_str(), prop::OWN_PG_WAL)?
+                    .as_deref()
+                    == Some("yes")
+            {
+                own_members.push(member_key(&member.role));
+            }
             members.push((member_key(&member.role), zfs.snapshots(&member.dataset)?));
         }
     }
@@ -224,7 +237,7 @@ fn probe_zfs(zfs: &dyn Zfs, node: &Node) -> Result<ZfsProbe> {
         tracing::debug!("{}: cannot list clones: {e}", node.name);
         Vec::new()
     });
-    Ok((snapshots, members, epoch, clones))
+    Ok((snapshots, members, own_members, epoch, clones))
 }
 
 /// What names the same member on every node: a child's path below the dataset, a
@@ -258,9 +271,10 @@ fn probe(handles: &Handles, local: &Node, node: &Node) -> Probe {
             .and_then(|zfs| probe_zfs(&zfs, node))
     };
     match zfs_result {
-        Ok((snapshots, members, epoch, clones)) => {
+        Ok((snapshots, members, own_members, epoch, clones)) => {
             probe.snapshots = Some(snapshots);
             probe.members = members;
+            probe.own_members = own_members;
             probe.epoch = epoch;
             probe.clones = clones;
         }
@@ -466,6 +480,10 @@ pub fn assemble(config: &Config, local: &Node, probes: &[Probe], now: SystemTime
             // too, or the next incremental re-seed refuses.
             if let Some(primary) = primary_probe {
                 for (key, theirs) in &primary.members {
+                    if probe.own_members.contains(key) {
+                        // Its pg_wal is its own (send_pg_wal = false): not in the cuts.
+                        continue;
+                    }
                     let base = probe
                         .members
                         .iter()

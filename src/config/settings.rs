@@ -340,6 +340,9 @@ node_settings! {
             or(|_| BackupVia::default()) => BackupVia;
         /// How a re-seed makes the source's snapshot consistent: a backup session or one atomic snapshot.
         cut: String, |v: String, _: &Reading| CutMode::parse(&v) => CutMode, or(|_| CutMode::default()) => CutMode;
+        /// Whether a re-seed with a backup cut sends the pg_wal child dataset too. Off: the
+        /// standby's pg_wal is emptied and it streams the WAL from its slot on the primary.
+        send_pg_wal: bool, flag => bool, or(|_| false) => bool;
         /// The most bytes per second this node receives a re-seed's stream at, whether
         /// `reset-secondary`, `rejoin` or the daemon started it. None: unlimited. (Checked as
         /// Some(0) for an explicit "unlimited", so a node can lift a limit of `[defaults]`.)

@@ -35,6 +35,10 @@ pub struct Plan {
     /// from the same cut after this one (`replicate::tree`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberPlan>,
+    /// The pg_wal child, when it is not sent: the standby's own is emptied instead
+    /// (`send_pg_wal = false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_wal_not_sent: Option<super::tree::OwnPgWal>,
     /// Which part of the cut is atomic, where the cluster spans several datasets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cut_note: Option<String>,
@@ -62,6 +66,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan> {
         rename_aside: None,
         rolled_back: Vec::new(),
         members: Vec::new(),
+        pg_wal_not_sent: None,
         cut_note: None,
     };
     let Some(local) = input.local_snapshots else {
@@ -226,6 +231,7 @@ pub fn resume<'a>(input: &ResumeInput<'a>) -> std::result::Result<(Plan, &'a Sna
         rename_aside: None,
         rolled_back: Vec::new(),
         members: Vec::new(),
+        pg_wal_not_sent: None,
         cut_note: None,
     };
     Ok((plan, target))
@@ -275,6 +281,9 @@ impl Plan {
         }
         for member in &self.members {
             lines.push(member.describe(&self.snapshot));
+        }
+        if let Some(wal) = &self.pg_wal_not_sent {
+            lines.push(wal.describe());
         }
         if let Some(note) = &self.cut_note {
             lines.push(format!("cut: {note}"));

@@ -83,3 +83,33 @@ pub fn protect_new_base(
     }
     Ok(())
 }
+
+/// The pg_wal dataset a re-seed no longer sends (`send_pg_wal = false`) is nobody's base:
+/// this node's holds on its snapshots, left by re-seeds that did send it, are released
+/// here and on the source, so that retention can take those snapshots in time.
+pub fn release_unsent(
+    local: &Node,
+    local_zfs: &dyn Zfs,
+    remote_zfs: &dyn Zfs,
+    source_dataset: &DatasetName,
+    local_dataset: &DatasetName,
+) -> Result<()> {
+    let tag = HoldTag::parse(&format!("pgzfs-{}", local.reseed.slot_name))?;
+    let held: Vec<Snapshot> = local_zfs
+        .snapshots(local_dataset)?
+        .into_iter()
+        .filter(|s| s.is_held() && s.name.snap().is_pgzfs())
+        .collect();
+    for old in held {
+        if local_zfs.release(&tag, &old.name)? {
+            tracing::info!("released {} (pg_wal is no longer sent)", old.name);
+        }
+        let on_source = source_dataset.snapshot(old.name.snap());
+        match remote_zfs.release(&tag, &on_source) {
+            Ok(true) => tracing::info!("released {on_source} on {}", remote_zfs.location()),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("could not release {on_source}: {e}"),
+        }
+    }
+    Ok(())
+}

@@ -30,7 +30,7 @@ use crate::zfs::{Snapshot, Zfs};
 use super::plan::{plan, Plan, PlanInput};
 use super::protect::protect_new_base;
 use super::report::{DryRun, Summary};
-use super::tree::{plan_members, MemberInput, MountAt};
+use super::tree::{pg_wal_stays_home, plan_members, MemberInput, MountAt, OwnPgWal};
 
 /// Who asks for the re-seed. `rejoin` has already kept a former primary's diverged
 /// writes, so the refusal to overwrite a former primary's data does not apply to it.
@@ -266,6 +266,7 @@ impl Reseed<'_> {
                 &others,
                 &source_cluster,
                 multi_snapshot,
+                pg_wal_stays_home(&local.reseed),
             )?,
         };
         if self.request.caller == Caller::MajorUpgrade
@@ -416,6 +417,7 @@ impl Reseed<'_> {
                 &others,
                 &source_cluster,
                 multi_snapshot,
+                pg_wal_stays_home(&local.reseed),
             )?,
         };
         // Each tablespace where this node keeps it; refused before anything is received
@@ -532,7 +534,17 @@ impl Reseed<'_> {
                 &source.dataset,
                 &local.dataset,
                 &snapshot_name,
-            )
+            )?;
+            match &the_plan.pg_wal_not_sent {
+                Some(wal) => super::protect::release_unsent(
+                    &local,
+                    local_zfs,
+                    &remote_zfs,
+                    &wal.source_dataset,
+                    &wal.local_dataset,
+                ),
+                None => Ok(()),
+            }
         })?;
         let _ = primary_unlock(&mut primary);
 
@@ -760,6 +772,10 @@ impl Reseed<'_> {
                 {
                     tracing::warn!("could not restore every child and tablespace: {e}");
                 }
+                super::tree_receive::mount_own_pg_wal_again(
+                    local_zfs,
+                    plan.pg_wal_not_sent.as_ref(),
+                );
                 return Err(match kept {
                     Kept::Nothing => error,
                     Kept::PartialFull => error.context(format!(
@@ -792,6 +808,10 @@ impl Reseed<'_> {
                 let steps = super::tree_receive::undo_steps(plan, dataset_exists, received);
                 let left =
                     super::tree_receive::undo_received(local_zfs, dataset, &plan.members, &steps);
+                super::tree_receive::mount_own_pg_wal_again(
+                    local_zfs,
+                    plan.pg_wal_not_sent.as_ref(),
+                );
                 let rolled_back = steps.iter().any(|s| {
                     matches!(s, super::tree_receive::Undo::RollBack { dataset: d, .. } if d == dataset)
                 });
@@ -850,6 +870,15 @@ impl Reseed<'_> {
         drop(data_dir);
         // Until make_standby is done, this copy of a primary must not count as one.
         mark_received(&local.data_dir)?;
+        if let Some(wal) = &plan.pg_wal_not_sent {
+            super::tree_receive::make_own_pg_wal(
+                local_zfs,
+                remote_zfs,
+                &wanted,
+                wal,
+                &local.data_dir,
+            )?;
+        }
         Ok(transferred)
     }
 
@@ -1230,6 +1259,8 @@ struct MemberSides {
     local_dataset: DatasetName,
     local_snapshots: Option<Vec<Snapshot>>,
     mount: MountAt,
+    /// The child mounted at the source's `<data_dir>/pg_wal`.
+    holds_pg_wal: bool,
 }
 
 /// Both sides of every child and tablespace of the source's cluster, and where each is
@@ -1281,6 +1312,9 @@ fn tree_sides(
                 member.dataset, source.name
             )));
         }
+        let holds_pg_wal = matches!(member.role, MemberRole::Child { .. })
+            && remote_zfs.mountpoint(&member.dataset)?.as_deref()
+                == Some(source.data_dir.join("pg_wal").as_path());
         let local_snapshots = if local_zfs.exists(&local_dataset)? {
             Some(local_zfs.snapshots(&local_dataset)?)
         } else {
@@ -1293,6 +1327,7 @@ fn tree_sides(
             local_dataset,
             local_snapshots,
             mount,
+            holds_pg_wal,
         });
     }
     Ok(sides)
@@ -1305,16 +1340,31 @@ fn plan_cluster(
     others: &[MemberSides],
     cluster: &ClusterDatasets,
     multi_snapshot: bool,
+    pg_wal_stays_home: bool,
 ) -> Result<Plan> {
     let mut the_plan = plan(input)?;
-    the_plan.members = plan_members(&the_plan, &member_inputs(others), input.stamp)?;
+    // pg_wal's dataset left out of the stream is not a member: it needs no common base,
+    // is not received, rolled back or held.
+    let (own_wal, sent): (Vec<&MemberSides>, Vec<&MemberSides>) = others
+        .iter()
+        .partition(|side| pg_wal_stays_home && side.holds_pg_wal);
+    the_plan.members = plan_members(&the_plan, &member_inputs(sent), input.stamp)?;
+    the_plan.pg_wal_not_sent = own_wal.first().map(|side| OwnPgWal {
+        source_dataset: side.source_dataset.clone(),
+        local_dataset: side.local_dataset.clone(),
+        relative: match &side.mount {
+            MountAt::BelowRoot { relative } => relative.clone(),
+            _ => unreachable!("holds_pg_wal is a child mounted below the dataset"),
+        },
+        kept: the_plan.is_incremental() && side.local_snapshots.is_some(),
+    });
     the_plan.cut_note = cluster.cut_note(multi_snapshot);
     Ok(the_plan)
 }
 
-fn member_inputs(sides: &[MemberSides]) -> Vec<MemberInput<'_>> {
+fn member_inputs<'a>(sides: impl IntoIterator<Item = &'a MemberSides>) -> Vec<MemberInput<'a>> {
     sides
-        .iter()
+        .into_iter()
         .map(|s| MemberInput {
             role: s.role.clone(),
             source_dataset: &s.source_dataset,
@@ -1384,6 +1434,121 @@ fn mark_received(data_dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// db2 received cut a of the primary's tree (dataset, pg_wal child, tablespace) and
+    /// now re-seeds to cut new.
+    fn tree_with_pg_wal(local_wal: Option<Vec<Snapshot>>) -> Vec<MemberSides> {
+        use crate::zfs::fake::snap;
+        let ds = |s: &str| DatasetName::parse(s).unwrap();
+        vec![
+            MemberSides {
+                role: MemberRole::Child {
+                    relative: "wal".into(),
+                },
+                source_dataset: ds("tank/pgdata/wal"),
+                source_snapshots: vec![snap("tank/pgdata/wal@pgzfs-a", 11, 10)],
+                local_dataset: ds("backup/db2/wal"),
+                local_snapshots: local_wal,
+                mount: MountAt::BelowRoot {
+                    relative: "data/pg_wal".into(),
+                },
+                holds_pg_wal: true,
+            },
+            MemberSides {
+                role: MemberRole::Tablespace {
+                    name: "fast".into(),
+                },
+                source_dataset: ds("tank/pgts"),
+                source_snapshots: vec![snap("tank/pgts@pgzfs-a", 21, 10)],
+                local_dataset: ds("backup/db2ts"),
+                local_snapshots: Some(vec![snap("backup/db2ts@pgzfs-a", 21, 5)]),
+                mount: MountAt::Path {
+                    path: "/db2-ts".into(),
+                },
+                holds_pg_wal: false,
+            },
+        ]
+    }
+
+    fn plan_tree(others: &[MemberSides], pg_wal_stays_home: bool) -> Result<Plan> {
+        use crate::zfs::fake::snap;
+        let (source, local) = (
+            DatasetName::parse("tank/pgdata").unwrap(),
+            DatasetName::parse("backup/db2").unwrap(),
+        );
+        let new = SnapName::parse("pgzfs-new").unwrap();
+        let cluster = ClusterDatasets::new(&source, &[], &[]).unwrap();
+        plan_cluster(
+            &PlanInput {
+                source_dataset: &source,
+                source_snapshots: &[snap("tank/pgdata@pgzfs-a", 1, 10)],
+                local_dataset: &local,
+                local_snapshots: Some(&[snap("backup/db2@pgzfs-a", 1, 5)]),
+                snapshot: &new,
+                full: false,
+                stamp: "T",
+            },
+            others,
+            &cluster,
+            false,
+            pg_wal_stays_home,
+        )
+    }
+
+    #[test]
+    fn pg_wal_left_home_is_neither_sent_nor_asked_for_a_common_base() {
+        use crate::zfs::fake::snap;
+        // The standby's pg_wal shares no cut with the primary's (its own since the last
+        // re-seed): the plan goes on, incremental, without it.
+        let plan = plan_tree(&tree_with_pg_wal(Some(vec![])), true).unwrap();
+        assert!(plan.is_incremental());
+        assert_eq!(plan.members.len(), 1, "only the tablespace travels");
+        assert_eq!(plan.members[0].local_dataset.as_str(), "backup/db2ts");
+        let wal = plan.pg_wal_not_sent.as_ref().unwrap();
+        assert_eq!(wal.local_dataset.as_str(), "backup/db2/wal");
+        assert_eq!(wal.relative, Path::new("data/pg_wal"));
+        assert!(wal.kept);
+        let text = plan.describe();
+        assert!(
+            text.contains("pg_wal: tank/pgdata/wal is not sent; backup/db2/wal is emptied"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&plan).unwrap();
+        assert_eq!(json["pg_wal_not_sent"]["local_dataset"], "backup/db2/wal");
+        // A standby that has no pg_wal dataset yet gets one made.
+        let plan = plan_tree(&tree_with_pg_wal(None), true).unwrap();
+        assert!(!plan.pg_wal_not_sent.unwrap().kept);
+
+        // Sent (send_pg_wal = true, an atomic cut, no slot): pg_wal is a member like the
+        // tablespace, and without the common base the plan refuses.
+        let err = plan_tree(&tree_with_pg_wal(Some(vec![])), false).unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert!(err.to_string().contains("backup/db2/wal"), "{err}");
+        let in_step = Some(vec![snap("backup/db2/wal@pgzfs-a", 11, 5)]);
+        let plan = plan_tree(&tree_with_pg_wal(in_step), false).unwrap();
+        assert_eq!(plan.members.len(), 2);
+        assert!(plan.pg_wal_not_sent.is_none());
+    }
+
+    #[test]
+    fn pg_wal_stays_home_only_with_a_backup_cut_a_slot_and_send_pg_wal_off() {
+        use crate::cut::CutMode;
+        let node = |line: &str| {
+            let text = format!(
+                "cluster = \"pg\"\n[defaults]\ndataset = \"tank/pgdata\"\n\
+                 data_dir = \"/var/db/postgres/data15\"\n{line}\n\
+                 [[nodes]]\nname = \"db1\"\nhost = \"db1.example.net\"\n"
+            );
+            let config = crate::config::Config::parse(&text, Path::new("/etc/pgzfs.toml")).unwrap();
+            config.node("db1").unwrap().reseed.clone()
+        };
+        let default = node("");
+        assert_eq!(default.cut, CutMode::Backup);
+        assert!(pg_wal_stays_home(&default));
+        assert!(!pg_wal_stays_home(&node("send_pg_wal = true\n")));
+        assert!(!pg_wal_stays_home(&node("cut = \"atomic\"\n")));
+        assert!(!pg_wal_stays_home(&node("use_slots = false\n")));
+    }
 
     #[test]
     fn a_cut_estimate_adds_every_member_and_is_unknown_if_one_is() {

@@ -48,6 +48,45 @@ pub struct MemberPlan {
     pub mount: MountAt,
 }
 
+/// The dataset that holds pg_wal, when a re-seed leaves it out of the stream (see
+/// [`pg_wal_stays_home`]): nothing of it travels; the standby's own is created or
+/// emptied, and the standby fetches the WAL from its backup's start onwards through its
+/// replication slot, as a standby made by `pg_basebackup -X none` does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnPgWal {
+    pub source_dataset: DatasetName,
+    pub local_dataset: DatasetName,
+    /// Where it is mounted below the dataset's mountpoint, as on the source.
+    pub relative: PathBuf,
+    /// Whether the standby's own stays (an incremental over an existing one) or is made.
+    pub kept: bool,
+}
+
+impl OwnPgWal {
+    pub fn describe(&self) -> String {
+        format!(
+            "pg_wal: {} is not sent; {} {}, and the standby streams its WAL from its slot",
+            self.source_dataset,
+            self.local_dataset,
+            if self.kept {
+                "is emptied"
+            } else {
+                "is created empty"
+            }
+        )
+    }
+}
+
+/// Whether a re-seed of this node leaves the pg_wal dataset out of the stream. The WAL
+/// is the bulk of what changes, and pg_basebackup never copies the old segments either.
+/// Only a backup cut can do without it (its backup_label names where replay starts and
+/// the backup-end record where the copy is consistent; an atomic cut is consistent only
+/// with the WAL of its own snapshot), and only with a slot, which keeps that WAL on the
+/// primary from before the cut until the standby has fetched it.
+pub fn pg_wal_stays_home(reseed: &crate::config::ReseedConfig) -> bool {
+    !reseed.send_pg_wal && reseed.cut == crate::cut::CutMode::Backup && reseed.use_slots
+}
+
 /// What the planner knows about one member on both sides.
 pub struct MemberInput<'a> {
     pub role: MemberRole,

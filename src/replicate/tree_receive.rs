@@ -7,12 +7,13 @@
 
 use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::safe_dir::Dir;
 use crate::zfs::names::{DatasetName, SnapName};
-use crate::zfs::{Zfs, TUNING_PROPERTIES};
+use crate::zfs::{prop, Zfs, TUNING_PROPERTIES};
 
 use super::plan::{Mode, Plan};
-use super::tree::{MemberPlan, MountAt};
+use super::tree::{MemberPlan, MountAt, OwnPgWal};
 
 /// Unmount what the receive will touch: every descendant of the local dataset (also one
 /// the source does not have: a mounted child keeps its parent busy), deepest first, and
@@ -99,6 +100,68 @@ pub(super) fn mount_members(
         zfs.mount(&member.local_dataset)?;
     }
     Ok(())
+}
+
+/// The standby's own pg_wal dataset, when the stream left the primary's out: mounted at
+/// the place the plan names below `root_mountpoint` (created there, with the source's
+/// tuning, if this node has none), emptied, and given to the data directory's owner.
+/// The WAL in it belongs to the copy this re-seed replaced; replaying it into the new
+/// one would be wrong, and PostgreSQL fetches what the new copy needs from the slot.
+pub(super) fn make_own_pg_wal(
+    zfs: &dyn Zfs,
+    source_zfs: &dyn Zfs,
+    root_mountpoint: &Path,
+    wal: &OwnPgWal,
+    data_dir: &Path,
+) -> Result<()> {
+    let wanted = root_mountpoint.join(&wal.relative);
+    let mark = [(prop::OWN_PG_WAL, "yes".to_string())];
+    if zfs.exists(&wal.local_dataset)? {
+        if zfs.mountpoint(&wal.local_dataset)?.as_deref() != Some(wanted.as_path()) {
+            zfs.set_mountpoint(&wal.local_dataset, &wanted)?;
+        }
+        zfs.mount(&wal.local_dataset)?;
+        if zfs
+            .get_text(wal.local_dataset.as_str(), prop::OWN_PG_WAL)?
+            .as_deref()
+            != Some("yes")
+        {
+            zfs.set_dataset_props(&wal.local_dataset, &mark)?;
+        }
+    } else {
+        zfs.create_mounted_at(&wal.local_dataset, &wanted, &mark)?;
+        copy_tuning(source_zfs, zfs, &wal.source_dataset, &wal.local_dataset);
+    }
+    // Every name in the data directory came from the primary: pg_wal itself must be a
+    // real directory (the mounted dataset), and nothing in it is followed.
+    let data = Dir::open(data_dir)?;
+    let (uid, gid) = data.owner()?;
+    let pg_wal = data.subdir("pg_wal")?.ok_or_else(|| {
+        Error::failed(format!(
+            "{} has no pg_wal directory after mounting {} there",
+            data_dir.display(),
+            wal.local_dataset
+        ))
+    })?;
+    pg_wal.clear()?;
+    pg_wal.set_owner(uid, gid)?;
+    pg_wal.set_mode(0o700)?;
+    tracing::info!(
+        "{} (pg_wal) is empty; the standby fetches its WAL from the primary",
+        wal.local_dataset
+    );
+    Ok(())
+}
+
+/// After a failed transfer: the standby's own pg_wal, unmounted with the rest of the
+/// tree, goes back where it was (the previous standby needs it to start again).
+pub(super) fn mount_own_pg_wal_again(zfs: &dyn Zfs, wal: Option<&OwnPgWal>) {
+    let Some(wal) = wal else { return };
+    if zfs.exists(&wal.local_dataset).unwrap_or(false) {
+        if let Err(e) = zfs.mount(&wal.local_dataset) {
+            tracing::warn!("could not mount {} again: {e}", wal.local_dataset);
+        }
+    }
 }
 
 /// After a failed transfer: a tablespace renamed aside whose new copy never arrived gets
@@ -306,6 +369,7 @@ mod tests {
                     ts_aside,
                 ),
             ],
+            pg_wal_not_sent: None,
             cut_note: None,
         }
     }

@@ -118,6 +118,19 @@ fn mountpoint_arg(path: &Path) -> Result<&str> {
         })
 }
 
+/// `-o mountpoint=... -o pgzfs:...=...` of a new file system (`create`, `clone`), each
+/// value checked before it reaches the command line.
+fn mounted_with_props(cmd: Cmd, mountpoint: &Path, props: &[(&str, String)]) -> Result<Cmd> {
+    let mut cmd = cmd
+        .arg("-o")
+        .arg(format!("mountpoint={}", mountpoint_arg(mountpoint)?));
+    for (name, value) in props {
+        validate_user_prop(name, value)?;
+        cmd = cmd.arg("-o").arg(format!("{name}={value}"));
+    }
+    Ok(cmd)
+}
+
 fn failure(cmd: &Cmd, location: &str, out: &Output) -> Error {
     Error::failed(format!(
         "`{}` on {location} failed ({}): {}",
@@ -595,19 +608,20 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         mountpoint: &Path,
         props: &[(&str, String)],
     ) -> Result<()> {
-        let mountpoint = mountpoint_arg(mountpoint)?;
-        let mut cmd = self
-            .cmd()
-            .arg("clone")
-            .arg("-o")
-            .arg(format!("mountpoint={mountpoint}"));
-        for (name, value) in props {
-            validate_user_prop(name, value)?;
-            cmd = cmd.arg("-o").arg(format!("{name}={value}"));
-        }
+        let cmd = mounted_with_props(self.cmd().arg("clone"), mountpoint, props)?;
         self.runner
             .run(&cmd.arg(snapshot.to_string()).arg(clone.as_str()))
             .map(drop)
+    }
+
+    fn create_mounted_at(
+        &self,
+        dataset: &DatasetName,
+        mountpoint: &Path,
+        props: &[(&str, String)],
+    ) -> Result<()> {
+        let cmd = mounted_with_props(self.cmd().arg("create"), mountpoint, props)?;
+        self.runner.run(&cmd.arg(dataset.as_str())).map(drop)
     }
 
     fn destroy_dataset_recursive(&self, dataset: &DatasetName) -> Result<()> {
@@ -824,6 +838,39 @@ mod tests {
         let e = refusing.rollback(&snapshot).unwrap_err();
         assert!(e.message().contains("more recent snapshots"), "{e}");
         assert_eq!(refusing.runner().calls.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_new_pg_wal_dataset_is_created_mounted_and_marked_in_one_call() {
+        let zfs = ZfsCli::new(Scripted {
+            answers: std::sync::Mutex::new(vec![""]),
+            calls: std::sync::Mutex::new(Vec::new()),
+        });
+        let wal = DatasetName::parse("tank/db2/wal").unwrap();
+        let mark = [(prop::OWN_PG_WAL, "yes".to_string())];
+        zfs.create_mounted_at(&wal, Path::new("/pg/data/pg_wal"), &mark)
+            .unwrap();
+        let calls = zfs.runner().calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1);
+        assert!(
+            calls[0].ends_with(
+                "create -o mountpoint=/pg/data/pg_wal -o pgzfs:own_pg_wal=yes tank/db2/wal"
+            ),
+            "{calls:?}"
+        );
+        // A mountpoint zfs would split on, or a value outside pgzfs's own, never runs.
+        let calls_before = zfs.runner().calls.lock().unwrap().len();
+        assert!(zfs
+            .create_mounted_at(&wal, Path::new("/pg/my data/pg_wal"), &mark)
+            .is_err());
+        assert!(zfs
+            .create_mounted_at(
+                &wal,
+                Path::new("/pg/data/pg_wal"),
+                &[("mountpoint", "/".into())]
+            )
+            .is_err());
+        assert_eq!(zfs.runner().calls.lock().unwrap().len(), calls_before);
     }
 
     // Recorded from zfs-fuse 0.7 (pool v23): `zfs get -H -p -d 1 -o name,property,value

@@ -540,6 +540,16 @@ impl Zfs for LzcZfs {
     ) -> Result<()> {
         self.cli.clone_snapshot(snapshot, clone, mountpoint, props)
     }
+    fn create_mounted_at(
+        &self,
+        dataset: &DatasetName,
+        mountpoint: &Path,
+        props: &[(&str, String)],
+    ) -> Result<()> {
+        // Mounting is zfs(8)'s job on every platform; lzc_create alone would leave the
+        // new file system unmounted.
+        self.cli.create_mounted_at(dataset, mountpoint, props)
+    }
     fn destroy_dataset_recursive(&self, dataset: &DatasetName) -> Result<()> {
         self.cli.destroy_dataset_recursive(dataset)
     }

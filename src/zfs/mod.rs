@@ -58,6 +58,12 @@ pub mod prop {
     /// as it did.
     pub const CANMOUNT_BEFORE: &str = "pgzfs:canmount_before";
 
+    /// On a standby's pg_wal child dataset: `yes` when the dataset is this node's own,
+    /// not a copy of the primary's (`send_pg_wal = false`: a re-seed empties it and the
+    /// standby streams its WAL from the primary's slot). Its snapshots are not parts of
+    /// the primary's cuts, so a cut that lacks it here is not incomplete.
+    pub const OWN_PG_WAL: &str = "pgzfs:own_pg_wal";
+
     pub const ALL: [&str; 10] = [
         LSN,
         STOP_LSN,
@@ -195,6 +201,13 @@ pub trait Zfs {
         &self,
         snapshot: &SnapshotName,
         clone: &DatasetName,
+        mountpoint: &std::path::Path,
+        props: &[(&str, String)],
+    ) -> Result<()>;
+    /// `zfs create`: a new file system mounted at `mountpoint`, with user properties.
+    fn create_mounted_at(
+        &self,
+        dataset: &DatasetName,
         mountpoint: &std::path::Path,
         props: &[(&str, String)],
     ) -> Result<()>;
