@@ -27,7 +27,8 @@ impl Steps {
         result
     }
 
-    /// A step timed elsewhere (on another node), recorded as if it had run here.
+    /// A step timed elsewhere (on another node, or on another thread), recorded as if it
+    /// had run here.
     pub fn record(&mut self, name: &'static str, took: Duration) {
         self.started.get_or_insert_with(Instant::now);
         self.done.push((name, took));

@@ -508,44 +508,67 @@ impl Reseed<'_> {
             make_standby(&local.data_dir, &setup)
         })?;
 
-        // 8. Start and verify.
-        steps.run("postgres start", || pgctl.start(local.pg.streaming_timeout))?;
-        let replication =
-            steps.run("catch-up", || self.wait_for_streaming(&local, &mut primary))?;
-
-        // 9. Protect the new base on both sides, release the old one, trim the standby.
-        steps.run("holds", || {
-            // The same cut on every dataset of the cluster, the dataset itself last: a
-            // run that fails half way leaves the tree's hold where the dataset's is.
-            for member in &the_plan.members {
+        // 8. Start, and meanwhile protect the new base on both sides, release the old
+        //    one and trim the standby. The holds are ZFS calls (each a round trip, over
+        //    SSH to the source) that need nothing from the server, and the received cut
+        //    is the common base from now on whether or not the server comes up, so they
+        //    need not wait for it.
+        let start_timeout = local.pg.streaming_timeout;
+        let (started, held) = std::thread::scope(|scope| {
+            tracing::info!("postgres start ...");
+            let starting = scope.spawn(|| {
+                let began = std::time::Instant::now();
+                (pgctl.start(start_timeout), began.elapsed())
+            });
+            let held = steps.run("holds", || {
+                // The same cut on every dataset of the cluster, the dataset itself last: a
+                // run that fails half way leaves the tree's hold where the dataset's is.
+                for member in &the_plan.members {
+                    protect_new_base(
+                        &local,
+                        local_zfs,
+                        &remote_zfs,
+                        &member.source_dataset,
+                        &member.local_dataset,
+                        &snapshot_name,
+                    )?;
+                }
                 protect_new_base(
                     &local,
                     local_zfs,
                     &remote_zfs,
-                    &member.source_dataset,
-                    &member.local_dataset,
+                    &source.dataset,
+                    &local.dataset,
                     &snapshot_name,
                 )?;
-            }
-            protect_new_base(
-                &local,
-                local_zfs,
-                &remote_zfs,
-                &source.dataset,
-                &local.dataset,
-                &snapshot_name,
-            )?;
-            match &the_plan.pg_wal_not_sent {
-                Some(wal) => super::protect::release_unsent(
-                    &local,
-                    local_zfs,
-                    &remote_zfs,
-                    &wal.source_dataset,
-                    &wal.local_dataset,
-                ),
-                None => Ok(()),
-            }
+                match &the_plan.pg_wal_not_sent {
+                    Some(wal) => super::protect::release_unsent(
+                        &local,
+                        local_zfs,
+                        &remote_zfs,
+                        &wal.source_dataset,
+                        &wal.local_dataset,
+                    ),
+                    None => Ok(()),
+                }
+            });
+            (starting.join(), held)
+        });
+        let (start_result, start_took) = started.map_err(|_| {
+            Error::failed("starting PostgreSQL: the thread that ran pg_ctl panicked")
         })?;
+        steps.record("postgres start", start_took);
+        match &start_result {
+            Ok(()) => tracing::info!("postgres start: done in {:.1}s", start_took.as_secs_f64()),
+            Err(e) => tracing::error!(
+                "postgres start: failed after {:.1}s: {e}",
+                start_took.as_secs_f64()
+            ),
+        }
+        start_result?;
+        held?;
+        let replication =
+            steps.run("catch-up", || self.wait_for_streaming(&local, &mut primary))?;
         let _ = primary_unlock(&mut primary);
 
         let total = steps.total();
