@@ -70,7 +70,7 @@ def step_medians(workdir, pattern):
     return {k: statistics.median(v) for k, v in per_step.items()}
 
 
-STEP_ORDER = ["preflight", "lock", "primary lock", "slot", "backup start", "snapshot", "backup stop",
+STEP_ORDER = ["preflight", "datasets", "lock", "primary lock", "slot", "backup start", "snapshot", "backup stop",
               "backup record", "postgres stop", "send/receive", "standby config", "postgres start",
               "catch-up", "holds"]
 
@@ -119,6 +119,19 @@ def has_pngcairo():
     return "pngcairo" in out
 
 
+def layout_note(data):
+    """How the lab's primary was laid out and its pool made, as bench/run recorded it."""
+    tree = any(med(d, "layout_tree") for d in data.values())
+    compressed = any(med(d, "compression_on") for d in data.values())
+    lean = sorted(s for s, d in data.items() if med(d, "lean"))
+    return ("pg_wal on its own child dataset of db1 (128k records), as the README lays a primary out"
+            if tree else "pg_wal inside db1's dataset") + \
+        ("; the pool compressed (compression=on, lzjb), inherited by every dataset" if compressed
+         else "; the pool uncompressed") + \
+        (f"; lean at scale {', '.join(map(str, lean))} (only the full re-seeds and the incrementals)"
+         if lean else "")
+
+
 def main():
     (results, out, machine, zfs_note, pg_version, ssh_note, started, finished,
      scales, runs, quick) = sys.argv[1:12]
@@ -152,6 +165,10 @@ def main():
     rejoin = ["| scale | diverged writes | pgzfs rejoin (s) | pg_rewind + restart (s) | rejoin/pg_rewind "
               "| bytes: rejoin / pg_rewind |",
               "|---|---|---|---|---|---|"]
+    # (h): pg_wal left home (bench/run --layout tree).
+    home = ["| scale | re-seed | stream, pg_wal home | stream had pg_wal been sent | pg_wal's share "
+            "| wall, pg_wal home (s) | wall, pg_wal sent (s) |",
+            "|---|---|---|---|---|---|---|"]
     worst_rss = None
     # For the plot: (DB GiB, seconds per contender at 1% change).
     plot_rows = []
@@ -213,6 +230,23 @@ def main():
                     r = ratio(f_bb, secs)
                     targets.append((f"Incremental at 1% >= 10x faster than pg_basebackup into the same pool, scale 1000 (cut = {mode})",
                                     f"scale {scale}", f"{fmt(r, 1)}x", r is not None and r >= 10))
+        if med(d, "layout_tree"):
+            mib1 = lambda b: fmt(b / 2**20 if b is not None else None, 1)
+            sent = med(d, "full_sendwal_bytes")
+            share = ratio(sent - f_bytes, sent) if sent is not None and f_bytes is not None else None
+            home.append(f"| {scale} | full | {mib1(f_bytes)} MiB | {mib1(sent)} MiB | "
+                        f"{fmt(share * 100 if share is not None else None, 0)}% | {fmt(f_pgzfs)} | "
+                        f"{fmt(med(d, 'full_sendwal_s'))} |")
+            for rate in RATES:
+                b, w = med(d, f"inc{rate}_bytes"), med(d, f"inc{rate}_wal_home_bytes")
+                if b is None or w is None:
+                    continue
+                home.append(f"| {scale} | incr. {rate}% | {mib1(b)} MiB | {mib1(b + w)} MiB | "
+                            f"{fmt(ratio(w, b + w) * 100 if b + w else None, 0)}% | - | - |")
+            r = ratio(f_pgzfs, f_bb)
+            targets.append(("Full re-seed <= 0.8x pg_basebackup into the same pool where WAL need not "
+                            "travel (pg_wal on its own dataset, cut = backup)",
+                            f"scale {scale}", f"{fmt(r)}x", r is not None and r <= 0.8))
         divergences = sorted({m[2:].split("_")[0] for m in d if m.startswith("rj")}, key=float)
         for div in divergences:
             rj, rw = med(d, f"rj{div}_rejoin_s"), med(d, f"rj{div}_rewind_s")
@@ -300,6 +334,7 @@ def main():
         f"- {zfs_note}",
         f"- {pg_version}; {ssh_note}",
         f"- scales {scales}, {runs} run(s) per measurement; every number is the median of the runs.",
+        f"- layout: {layout_note(data)}",
         "",
         "## Method",
         "",
@@ -317,7 +352,14 @@ def main():
         "into a new dataset of the same zfs-fuse pool (the fair anchor: the same file system pays "
         "for every byte), and again into a plain directory on the host's ext4 (the page cache; an "
         "extra column). \"copied\" is the size of pg_basebackup's result, the data plus only the "
-        "WAL of its own backup; pgzfs's full stream carries pg_wal as it is.",
+        "WAL of its own backup. With pg_wal on its own dataset (the layout line above), db2's "
+        "stream leaves pg_wal out and db2 streams its WAL from its slot (`send_pg_wal = false`, "
+        "the default); db3's atomic cut must send it; with pg_wal inside the data dataset every "
+        "stream carries it as it is, recycled segments included.",
+        "- **(h) pg_wal left home**: with pg_wal on its own dataset, the full re-seed of db2 is "
+        "run once more with `send_pg_wal = true`, and after every incremental of db2 the size of "
+        "`zfs send -i` of db1's pg_wal dataset between the same two cuts is recorded (untimed): "
+        "the bytes that did not travel.",
         "- **(e) peak RSS**: \"Maximum resident set size\" of every pgzfs run; the largest is the full "
         "re-seed at the largest scale.",
         "- **(d) data path**: the same stream read on the standby side and discarded, once through "
@@ -337,8 +379,10 @@ def main():
         "`ssh db1 zfs snapshot B`, `ssh db1 zfs send -i A B | zfs recv -F pool/raw` (its own "
         "received copy, fresh snapshots every time, OpenSSH with the same strict host-key options) "
         "plus `pg_ctl stop -m fast` and `pg_ctl start -w` of the standby db2; and **(c)** "
-        "`rsync -a --delete` of db1's data directory over ssh into a plain directory (transfer "
-        "only, no PostgreSQL restart: a lower bound for the rsync approach). Bytes moved: pgzfs's "
+        "`rsync -a --delete --exclude='/pg_wal/*'` of db1's data directory over ssh into a plain "
+        "directory (transfer only, no PostgreSQL restart: a lower bound for the rsync approach; "
+        "pg_wal left out, as rsync recipes for standbys do). The raw pipeline sends db1's dataset "
+        "alone, so with pg_wal on a child it leaves pg_wal out like pgzfs's db2. Bytes moved: pgzfs's "
         "own count of the stream, `dd`'s count in the raw pipeline, rsync's \"Total bytes received\".",
         "- **(g) rejoin vs pg_rewind**: db2 is promoted (`pg_ctl promote`), db1 goes on writing "
         "(`UPDATE ... WHERE aid % N = 0` with N from the calibration below; none for 0%) and is "
@@ -369,6 +413,7 @@ def main():
         "",
         *raw_parts,
         "",
+        *(["### pg_wal left home (h)", "", *home, ""] if len(home) > 2 else []),
         *(["### Rejoin vs pg_rewind (g)", "", *rejoin, ""] if len(rejoin) > 2 else []),
         "### Data path (d)",
         "",
@@ -399,7 +444,7 @@ def main():
     with open(out, "w") as f:
         f.write(text)
     # The tables, for the terminal.
-    print("\n".join(["", *full, "", *inc, "", *rejoin, "", *raw_parts, "", *dp, "", *e2e, "", *transport, "", *st, "",
+    print("\n".join(["", *full, "", *inc, "", *home, "", *rejoin, "", *raw_parts, "", *dp, "", *e2e, "", *transport, "", *st, "",
                      *verdicts, ""]))
 
 

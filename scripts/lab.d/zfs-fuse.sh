@@ -346,6 +346,12 @@ create_pool() {
     # zpool chats about the block size it picked; only errors matter.
     zfs_run zpool create -m none "$name" "$dir/pool.img" 2>&1 | grep -v '^Defaulting to' >&2 || true
     pool_exists "$name" || die "zpool create $name failed"
+    # LAB_POOL_COMPRESSION (bench/run): every dataset of the pool inherits it, as
+    # on a FreeBSD pool made with compression=lz4 (zfs-fuse has lzjb: "on").
+    if [[ -n ${LAB_POOL_COMPRESSION:-} ]]; then
+        [[ $LAB_POOL_COMPRESSION =~ ^[a-z0-9-]+$ ]] || die "LAB_POOL_COMPRESSION: not a compression name"
+        zfs_run zfs set "compression=$LAB_POOL_COMPRESSION" "$name" || die "zfs set compression on $name failed"
+    fi
     # 16k records, as recommended for PostgreSQL in the README: with the 128k
     # default, one changed 8 kB page makes a whole 128k record travel in the
     # next incremental send (measured here: ~5x more bytes for random updates).
