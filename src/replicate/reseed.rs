@@ -209,8 +209,12 @@ impl Reseed<'_> {
             })?;
         // The cluster's other datasets: children of the source's dataset, tablespaces.
         let (source_cluster, others) = steps.run("datasets", || {
-            let cluster =
-                ClusterDatasets::discover(&remote_zfs, &source.dataset, &source.tablespaces)?;
+            // The preflight found the dataset: its children are all that is left to ask.
+            let cluster = ClusterDatasets::new(
+                &source.dataset,
+                &remote_zfs.children(&source.dataset)?,
+                &source.tablespaces,
+            )?;
             let others = tree_sides(&cluster, &local, &source, local_zfs, &remote_zfs)?;
             Ok((cluster, others))
         })?;
@@ -1303,41 +1307,48 @@ fn tree_sides(
     let mut sides = Vec::new();
     for member in cluster.others() {
         let local_dataset = local_counterpart(member, &local.dataset, &local.tablespaces)?;
-        let mount = match &member.role {
+        // Every zfs call is a round trip (over SSH, and slow on zfs-fuse): a child's
+        // mountpoint is asked once; that it exists, `children` just said.
+        let (mount, holds_pg_wal) = match &member.role {
             MemberRole::Root => unreachable!("others() leaves out the root"),
-            MemberRole::Child { .. } => match (remote_zfs.mountpoint(&member.dataset)?, &source_root_mountpoint) {
-                (None, _) => MountAt::Unmounted,
-                (Some(at), Some(root_at)) if at.starts_with(root_at) => MountAt::BelowRoot {
-                    relative: at.strip_prefix(root_at).expect("checked").to_path_buf(),
-                },
-                (Some(at), _) => {
-                    return Err(Error::refused(format!(
-                        "{} on {} is mounted at {}, outside its parent {}'s mountpoint; pgzfs maps a                          child's mountpoint only below its parent's. Mount it below, or make it a                          separate dataset listed in tablespaces",
-                        member.dataset,
-                        source.name,
-                        at.display(),
-                        source.dataset
-                    )))
+            MemberRole::Child { .. } => {
+                let at = remote_zfs.mountpoint(&member.dataset)?;
+                let holds_pg_wal = at.as_deref() == Some(source.data_dir.join("pg_wal").as_path());
+                let mount = match (at, &source_root_mountpoint) {
+                    (None, _) => MountAt::Unmounted,
+                    (Some(at), Some(root_at)) if at.starts_with(root_at) => MountAt::BelowRoot {
+                        relative: at.strip_prefix(root_at).expect("checked").to_path_buf(),
+                    },
+                    (Some(at), _) => {
+                        return Err(Error::refused(format!(
+                            "{} on {} is mounted at {}, outside its parent {}'s mountpoint; pgzfs \
+                             maps a child's mountpoint only below its parent's. Mount it below, or \
+                             make it a separate dataset listed in tablespaces",
+                            member.dataset,
+                            source.name,
+                            at.display(),
+                            source.dataset
+                        )))
+                    }
+                };
+                (mount, holds_pg_wal)
+            }
+            MemberRole::Tablespace { name } => {
+                if !remote_zfs.exists(&member.dataset)? {
+                    return Err(Error::failed(format!(
+                        "dataset {} (tablespaces) does not exist on {}",
+                        member.dataset, source.name
+                    )));
                 }
-            },
-            MemberRole::Tablespace { name } => MountAt::Path {
-                path: local
+                let path = local
                     .tablespaces
                     .iter()
                     .find(|t| &t.name == name)
                     .map(|t| t.mountpoint.clone())
-                    .expect("local_counterpart found it"),
-            },
+                    .expect("local_counterpart found it");
+                (MountAt::Path { path }, false)
+            }
         };
-        if !remote_zfs.exists(&member.dataset)? {
-            return Err(Error::failed(format!(
-                "dataset {} (tablespaces) does not exist on {}",
-                member.dataset, source.name
-            )));
-        }
-        let holds_pg_wal = matches!(member.role, MemberRole::Child { .. })
-            && remote_zfs.mountpoint(&member.dataset)?.as_deref()
-                == Some(source.data_dir.join("pg_wal").as_path());
         let local_snapshots = if local_zfs.exists(&local_dataset)? {
             Some(local_zfs.snapshots(&local_dataset)?)
         } else {
