@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::zfs::names::{DatasetName, SnapName, SnapshotName};
-use crate::zfs::Zfs;
+use crate::zfs::{prop, Zfs};
 
 /// One entry of a node's `tablespaces` list: the dataset that holds a tablespace outside
 /// the data directory's tree, and where this node mounts it. `name` matches the entries of
@@ -114,11 +114,30 @@ pub enum MemberRole {
     Tablespace { name: String },
 }
 
+/// The mark a re-seed that leaves the primary's pg_wal out (`send_pg_wal = false`) puts
+/// on the standby's own pg_wal dataset.
+pub fn own_pg_wal_mark() -> [(&'static str, String); 1] {
+    [(prop::OWN_PG_WAL, "yes".to_string())]
+}
+
+/// Whether `dataset` carries [`own_pg_wal_mark`]: this node's own pg_wal, not a copy of
+/// the primary's, so the primary's cuts are not expected on it.
+pub fn is_own_pg_wal(zfs: &dyn Zfs, dataset: &DatasetName) -> Result<bool> {
+    Ok(zfs.get_text(dataset.as_str(), prop::OWN_PG_WAL)?.as_deref() == Some("yes"))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Member {
     pub dataset: DatasetName,
     #[serde(flatten)]
     pub role: MemberRole,
+}
+
+impl Member {
+    /// A child that is this node's own pg_wal ([`is_own_pg_wal`]); the dataset exists.
+    pub fn is_own_pg_wal(&self, zfs: &dyn Zfs) -> Result<bool> {
+        Ok(matches!(self.role, MemberRole::Child { .. }) && is_own_pg_wal(zfs, &self.dataset)?)
+    }
 }
 
 /// The datasets that form the cluster on one node: the root first, then its children

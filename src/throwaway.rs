@@ -243,9 +243,9 @@ impl<'z> Throwaway<'z> {
             };
             let child_snapshot = child.snapshot(spec.snapshot.snap());
             zfs.clone_snapshot(&child_snapshot, &clone_child, &clone_mp, &[])
-                .map_err(|e| match zfs.get_text(child.as_str(), prop::OWN_PG_WAL) {
+                .map_err(|e| match crate::datasets::is_own_pg_wal(zfs, &child) {
                     // A standby that streams its WAL holds no pg_wal of the primary's cuts.
-                    Ok(Some(own)) if own == "yes" => Error::refused(format!(
+                    Ok(true) => Error::refused(format!(
                         "{child} is this node's own pg_wal (send_pg_wal = false): the WAL of \
                          {} was never received here, so the copy cannot start from it. Use the \
                          snapshot on the primary, or set send_pg_wal = true and re-seed with --full",

@@ -91,6 +91,24 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
+/// A property of a dataset or snapshot as `zfs get` shows it.
+fn zfs_get(lab: &Lab, prop: &str, ds: &str) -> String {
+    lab.zfs(&["get", "-H", "-o", "value", prop, ds])
+        .trim()
+        .to_string()
+}
+
+/// The snapshot name of the cut a re-seed's `--json` summary reports.
+fn cut_of(summary: &serde_json::Value) -> String {
+    summary["snapshot"]
+        .as_str()
+        .unwrap()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
 /// `send_pg_wal` in `[defaults]`: true, or (false) the default.
 fn send_pg_wal(lab: &Lab, on: bool) {
     let line = "send_pg_wal = true\n";
@@ -155,11 +173,7 @@ fn a_tree_with_wal_and_a_tablespace_reseeds_full_then_incremental_and_refuses_a_
     wait_same_orders(&lab);
     // pg_wal is its own dataset on the standby too, with the primary's record size, and
     // mounted at the standby's pg_wal.
-    let get = |prop: &str, ds: &str| {
-        lab.zfs(&["get", "-H", "-o", "value", prop, ds])
-            .trim()
-            .to_string()
-    };
+    let get = |prop: &str, ds: &str| zfs_get(&lab, prop, ds);
     assert_eq!(get("recordsize", &format!("{pool}/db2/wal")), "128K");
     assert_eq!(get("recordsize", &format!("{pool}/db2")), "16K");
     assert_eq!(
@@ -186,8 +200,7 @@ fn a_tree_with_wal_and_a_tablespace_reseeds_full_then_incremental_and_refuses_a_
     lab.assert_streaming("db2");
     wait_same_orders(&lab);
     assert_eq!(lab.sql("db2", "SELECT count(*) FROM orders"), "7000");
-    let snap = incremental["snapshot"].as_str().unwrap();
-    let name = snap.split('@').nth(1).unwrap();
+    let name = cut_of(&incremental);
     for ds in [
         format!("{pool}/db2"),
         format!("{pool}/db2/wal"),
@@ -210,13 +223,7 @@ fn a_tree_with_wal_and_a_tablespace_reseeds_full_then_incremental_and_refuses_a_
     // Retention on the primary takes whole cuts: the first cut (no longer anyone's base)
     // goes from the dataset, its wal child and the tablespace together; the held one
     // stays on all three.
-    let first = full["snapshot"]
-        .as_str()
-        .unwrap()
-        .split('@')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let first = cut_of(&full);
     lab.append_config(
         "\n[retention]\nhourly = 1\ndaily = 0\nweekly = 0\nmonthly = 0\nyearly = 0\n",
     );
@@ -320,20 +327,10 @@ fn a_standby_of_a_tree_gets_its_wal_from_the_slot_not_from_the_stream() {
     let lab = Lab::up("treewal");
     lay_out_the_primary_as_a_tree(&lab);
     let pool = lab.pool().to_string();
-    let get = |prop: &str, ds: &str| {
-        lab.zfs(&["get", "-H", "-o", "value", prop, ds])
-            .trim()
-            .to_string()
-    };
+    let get = |prop: &str, ds: &str| zfs_get(&lab, prop, ds);
     send_pg_wal(&lab, true);
     let first = lab.reset_secondary("db2");
-    let first_cut = first["snapshot"]
-        .as_str()
-        .unwrap()
-        .split('@')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let first_cut = cut_of(&first);
     let wal_first = |node: &str| format!("{pool}/{node}/wal@{first_cut}");
     assert_eq!(
         get("userrefs", &wal_first("db2")),
@@ -372,13 +369,7 @@ fn a_standby_of_a_tree_gets_its_wal_from_the_slot_not_from_the_stream() {
     assert_eq!(lab.sql("db2", "SELECT count(*) FROM orders"), "9000");
     assert!(!leftover.exists(), "the replaced copy's WAL is gone");
     assert_eq!(get("pgzfs:own_pg_wal", &format!("{pool}/db2/wal")), "yes");
-    let cut = incremental["snapshot"]
-        .as_str()
-        .unwrap()
-        .split('@')
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let cut = cut_of(&incremental);
     assert!(
         !lab.dataset_exists(&format!("{pool}/db2/wal@{cut}")),
         "nothing of the cut's pg_wal was received"

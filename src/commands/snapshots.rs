@@ -90,24 +90,17 @@ pub fn list(
     let dataset = cluster.root();
     let mut members = Vec::new();
     for member in cluster.others() {
-        if matches!(member.role, crate::datasets::MemberRole::Child { .. })
-            && zfs.exists(&member.dataset)?
-            && zfs
-                .get_text(member.dataset.as_str(), crate::zfs::prop::OWN_PG_WAL)?
-                .as_deref()
-                == Some("yes")
-        {
+        let names: Vec<_> = if !zfs.exists(&member.dataset)? {
+            Vec::new()
+        } else if member.is_own_pg_wal(zfs)? {
             // This node's own pg_wal (send_pg_wal = false): the received cuts never had
             // it here, and its absence from them is no gap.
             continue;
-        }
-        let names: Vec<_> = if zfs.exists(&member.dataset)? {
+        } else {
             zfs.snapshots(&member.dataset)?
                 .into_iter()
                 .map(|s| s.name.snap().clone())
                 .collect()
-        } else {
-            Vec::new()
         };
         members.push((member.dataset.to_string(), names));
     }

@@ -220,12 +220,7 @@ fn probe_zfs(zfs: &dyn Zfs, node: &Node) -> Result<ZfsProbe> {
     let mut own_members = Vec::new();
     for member in cluster.others() {
         if zfs.exists(&member.dataset)? {
-            if matches!(member.role, MemberRole::Child { .. })
-                && zfs
-                    .get_text(member.dataset.as_str(), prop::OWN_PG_WAL)?
-                    .as_deref()
-                    == Some("yes")
-            {
+            if member.is_own_pg_wal(zfs)? {
                 own_members.push(member_key(&member.role));
             }
             members.push((member_key(&member.role), zfs.snapshots(&member.dataset)?));

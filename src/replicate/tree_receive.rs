@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::safe_dir::Dir;
 use crate::zfs::names::{DatasetName, SnapName};
-use crate::zfs::{prop, Zfs, TUNING_PROPERTIES};
+use crate::zfs::{Zfs, TUNING_PROPERTIES};
 
 use super::plan::{Mode, Plan};
 use super::tree::{MemberPlan, MountAt, OwnPgWal};
@@ -115,17 +115,13 @@ pub(super) fn make_own_pg_wal(
     data_dir: &Path,
 ) -> Result<()> {
     let wanted = root_mountpoint.join(&wal.relative);
-    let mark = [(prop::OWN_PG_WAL, "yes".to_string())];
+    let mark = crate::datasets::own_pg_wal_mark();
     if zfs.exists(&wal.local_dataset)? {
         if zfs.mountpoint(&wal.local_dataset)?.as_deref() != Some(wanted.as_path()) {
             zfs.set_mountpoint(&wal.local_dataset, &wanted)?;
         }
         zfs.mount(&wal.local_dataset)?;
-        if zfs
-            .get_text(wal.local_dataset.as_str(), prop::OWN_PG_WAL)?
-            .as_deref()
-            != Some("yes")
-        {
+        if !crate::datasets::is_own_pg_wal(zfs, &wal.local_dataset)? {
             zfs.set_dataset_props(&wal.local_dataset, &mark)?;
         }
     } else {
