@@ -1394,7 +1394,9 @@ mod tests {
         }
     }
 
-    /// Records what ZfsCli would run on the source node, and answers "success, nothing".
+    /// Records what ZfsCli would run on the source node, and answers "success, nothing";
+    /// `zfs send` without a snapshot gets OpenZFS's usage, so that every feature probe
+    /// that follows from it is asked too.
     #[derive(Clone, Default)]
     struct Recorder(std::rc::Rc<std::cell::RefCell<Vec<crate::exec::Cmd>>>);
 
@@ -1414,10 +1416,15 @@ mod tests {
         fn output(&self, cmd: &crate::exec::Cmd) -> Result<crate::exec::Output> {
             use std::os::unix::process::ExitStatusExt;
             self.0.borrow_mut().push(cmd.clone());
+            let usage = if cmd.display() == "zfs send" {
+                include_str!("../../tests/fixtures/openzfs-2.1/send-usage.txt")
+            } else {
+                ""
+            };
             Ok(crate::exec::Output {
                 status: std::process::ExitStatus::from_raw(0),
                 stdout: String::new(),
-                stderr: String::new(),
+                stderr: usage.to_string(),
             })
         }
         fn source(&self, cmd: &crate::exec::Cmd) -> Result<Box<dyn crate::transfer::Source>> {
@@ -1450,6 +1457,7 @@ mod tests {
         zfs.exists(&ds).unwrap();
         zfs.snapshots(&ds).unwrap();
         zfs.children(&ds).unwrap();
+        zfs.survey(&ds).unwrap();
         zfs.snapshot_recursive(&snap, &[(prop::LSN, "0/3000028".to_string())])
             .unwrap();
         let props: Vec<(&str, String)> = prop::ALL

@@ -25,6 +25,7 @@ use crate::transfer::{self, Interrupt};
 use crate::zfs::features::{ResumeToken, SendOptions};
 use crate::zfs::names::{DatasetName, SnapName, SnapshotName};
 use crate::zfs::replace::{Kept, NotReplaced, Replaced, Replacement};
+use crate::zfs::survey::Survey;
 use crate::zfs::{Snapshot, Zfs};
 
 use super::plan::{plan, Plan, PlanInput};
@@ -165,23 +166,25 @@ impl Reseed<'_> {
         let pgctl = self.ctx.pgctl()?;
 
         // 1. Preflight: every refusal happens here, before anything changes.
-        let (mut state, source, mut primary, remote_zfs, remote_snaps, local_snaps) =
+        let (mut state, source, mut primary, remote_zfs, source_tree, remote_snaps, local_snaps) =
             steps.run("preflight", || {
                 let state = self.inspect_local(&local, local_zfs, &pgctl)?;
                 let (source, mut primary) =
                     find_primary(&self.ctx.config, &local, self.request.from.as_deref())?;
                 self.check_compatible(&local, &state, &pgctl, &mut primary)?;
                 let remote_zfs = self.ctx.remote_zfs(&source)?;
-                if !remote_zfs.exists(&source.dataset)? {
+                // One question for the source's whole tree: its snapshots, children
+                // and mountpoints (the datasets step below reads the rest of it).
+                let Some(source_tree) = remote_zfs.survey(&source.dataset)? else {
                     return Err(Error::failed(format!(
                         "dataset {} does not exist on {}",
                         source.dataset, source.name
                     )));
-                }
+                };
                 if local.reseed.cut == CutMode::Atomic {
                     let layout = ClusterLayout {
                         dataset: source.dataset.clone(),
-                        mountpoint: remote_zfs.mountpoint(&source.dataset)?,
+                        mountpoint: source_tree.mountpoint(&source.dataset),
                         tablespaces: primary.tablespace_locations()?,
                     };
                     crate::cut::atomic_snapshot_covers(&layout).map_err(|why| {
@@ -192,7 +195,7 @@ impl Reseed<'_> {
                         ))
                     })?;
                 }
-                let remote_snaps = remote_zfs.snapshots(&source.dataset)?;
+                let remote_snaps = source_tree.snapshots(&source.dataset);
                 let local_snaps = if state.dataset_exists {
                     Some(local_zfs.snapshots(&local.dataset)?)
                 } else {
@@ -203,19 +206,25 @@ impl Reseed<'_> {
                     source,
                     primary,
                     remote_zfs,
+                    source_tree,
                     remote_snaps,
                     local_snaps,
                 ))
             })?;
         // The cluster's other datasets: children of the source's dataset, tablespaces.
         let (source_cluster, others) = steps.run("datasets", || {
-            // The preflight found the dataset: its children are all that is left to ask.
-            let cluster = ClusterDatasets::new(
-                &source.dataset,
-                &remote_zfs.children(&source.dataset)?,
-                &source.tablespaces,
+            // The preflight's survey already knows the source's children: what is left
+            // to ask is this node's side and the tablespaces.
+            let cluster =
+                ClusterDatasets::new(&source.dataset, &source_tree.children, &source.tablespaces)?;
+            let others = tree_sides(
+                &cluster,
+                &local,
+                &source,
+                &source_tree,
+                local_zfs,
+                &remote_zfs,
             )?;
-            let others = tree_sides(&cluster, &local, &source, local_zfs, &remote_zfs)?;
             Ok((cluster, others))
         })?;
         let multi_snapshot = source_cluster.tablespaces().next().is_some()
@@ -1296,23 +1305,21 @@ fn tree_sides(
     cluster: &ClusterDatasets,
     local: &Node,
     source: &Node,
+    source_tree: &Survey,
     local_zfs: &dyn Zfs,
     remote_zfs: &dyn Zfs,
 ) -> Result<Vec<MemberSides>> {
-    let source_root_mountpoint = if cluster.others().is_empty() {
-        None
-    } else {
-        remote_zfs.mountpoint(&source.dataset)?
-    };
+    let source_root_mountpoint = source_tree.mountpoint(&source.dataset);
     let mut sides = Vec::new();
     for member in cluster.others() {
         let local_dataset = local_counterpart(member, &local.dataset, &local.tablespaces)?;
         // Every zfs call is a round trip (over SSH, and slow on zfs-fuse): a child's
-        // mountpoint is asked once; that it exists, `children` just said.
-        let (mount, holds_pg_wal) = match &member.role {
+        // mountpoint and snapshots come from the survey; a tablespace, a dataset of its
+        // own, is asked for.
+        let (mount, holds_pg_wal, source_snapshots) = match &member.role {
             MemberRole::Root => unreachable!("others() leaves out the root"),
             MemberRole::Child { .. } => {
-                let at = remote_zfs.mountpoint(&member.dataset)?;
+                let at = source_tree.mountpoint(&member.dataset);
                 let holds_pg_wal = at.as_deref() == Some(source.data_dir.join("pg_wal").as_path());
                 let mount = match (at, &source_root_mountpoint) {
                     (None, _) => MountAt::Unmounted,
@@ -1331,7 +1338,7 @@ fn tree_sides(
                         )))
                     }
                 };
-                (mount, holds_pg_wal)
+                (mount, holds_pg_wal, source_tree.snapshots(&member.dataset))
             }
             MemberRole::Tablespace { name } => {
                 if !remote_zfs.exists(&member.dataset)? {
@@ -1346,7 +1353,11 @@ fn tree_sides(
                     .find(|t| &t.name == name)
                     .map(|t| t.mountpoint.clone())
                     .expect("local_counterpart found it");
-                (MountAt::Path { path }, false)
+                (
+                    MountAt::Path { path },
+                    false,
+                    remote_zfs.snapshots(&member.dataset)?,
+                )
             }
         };
         let local_snapshots = if local_zfs.exists(&local_dataset)? {
@@ -1356,7 +1367,7 @@ fn tree_sides(
         };
         sides.push(MemberSides {
             role: member.role.clone(),
-            source_snapshots: remote_zfs.snapshots(&member.dataset)?,
+            source_snapshots,
             source_dataset: member.dataset.clone(),
             local_dataset,
             local_snapshots,

@@ -222,19 +222,36 @@ pub fn snapshots_from_rows(
 }
 
 impl<R: Runner> ZfsCli<R> {
+    /// What zfs(8) here can do, from one question: the usage `zfs send` prints. Every
+    /// probe is a round trip (over SSH a session and a login shell each), and the usage
+    /// settles the rest. `send -t` (resumable streams) came to OpenZFS together with the
+    /// `receive_resume_token` property, and long after the `written` property and
+    /// multi-snapshot calls; `send -w` came with encryption. So a zfs that lists `-t` has
+    /// `written`, and one that lists none of `-t`, `-e`, `-L` predates both (zfs-fuse).
+    /// Only in between (illumos of 2012-2014, FreeBSD 9.1 to 10.0, all long unsupported)
+    /// is `written` asked for.
     fn probe_features(&self) -> Result<Features> {
-        // Ask for the property on the pool's root: an unknown property is an error
-        // ("bad property list") on zfs-fuse, a value on OpenZFS.
-        let out = self
-            .runner
-            .output(&self.cmd().args(["get", "-H", "-o", "value", "written"]))?;
         // `zfs send` without a snapshot prints its usage, which lists every flag it knows.
         let usage = self.runner.output(&self.cmd().arg("send"))?;
         let send = features::parse_send_usage(&format!("{}\n{}", usage.stdout, usage.stderr));
+        let written = if send.resume {
+            true
+        } else if send.has('e') || send.has('L') {
+            // Ask for the property on the pool's root: an unknown property is an error
+            // ("bad property list") on zfs-fuse, a value on OpenZFS.
+            let out = self
+                .runner
+                .output(&self.cmd().args(["get", "-H", "-o", "value", "written"]))?;
+            out.success() && !out.stderr.contains("invalid property")
+        } else {
+            false
+        };
         Ok(Features {
-            written_property: out.success() && !out.stderr.contains("invalid property"),
-            multi_snapshot: out.success() && !out.stderr.contains("invalid property"),
+            written_property: written,
+            multi_snapshot: written,
             send_resume: send.resume,
+            // The same change brought `send -t` and the property `receive -s` fills.
+            resumable_receive: send.resume,
             send_large_blocks: send.has('L'),
             send_embedded: send.has('e'),
             send_compressed: send.has('c'),
@@ -243,20 +260,14 @@ impl<R: Runner> ZfsCli<R> {
         })
     }
 
+    /// The pool's own part: whether `feature@bookmarks` is enabled. A zfs without
+    /// resumable streams has no bookmarks either, and is not asked.
     fn probe_features_for(&self, dataset: &DatasetName) -> Result<Features> {
         let mut found = self.features()?;
-        // Probed on the pool's root dataset, which exists even before a first receive.
+        if !found.send_resume {
+            return Ok(found);
+        }
         let pool = dataset.pool();
-        let token = self.runner.output(&self.cmd().args([
-            "get",
-            "-H",
-            "-o",
-            "value",
-            "receive_resume_token",
-            pool,
-        ]))?;
-        found.resumable_receive =
-            features::property_known(token.success(), &token.stdout, &token.stderr);
         let bookmarks = self.runner.output(&Cmd::new("zpool").args([
             "get",
             "-H",
@@ -305,6 +316,11 @@ impl<R: Runner> Zfs for ZfsCli<R> {
     }
 
     fn is_encrypted(&self, dataset: &DatasetName) -> Result<bool> {
+        // Encryption and `send -w` came together: a zfs without raw sends has no
+        // encrypted datasets, and the round trip is saved.
+        if !self.features()?.send_raw {
+            return Ok(false);
+        }
         let out = self.runner.output(&self.cmd().args([
             "get",
             "-H",
@@ -418,6 +434,13 @@ impl<R: Runner> Zfs for ZfsCli<R> {
             .get_rows(&["-r"], &["type"], dataset.as_str())?
             .unwrap_or_default();
         children_from_rows(dataset, &rows)
+    }
+
+    fn survey(&self, dataset: &DatasetName) -> Result<Option<super::survey::Survey>> {
+        match self.get_rows(&["-r"], &super::survey::properties(), dataset.as_str())? {
+            Some(rows) => Ok(Some(super::survey::Survey::from_rows(dataset, &rows)?)),
+            None => Ok(None),
+        }
     }
 
     fn snapshot_recursive(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()> {
@@ -950,16 +973,58 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
         );
     }
 
-    /// Answers every command like zfs-fuse would for a feature probe, and counts them.
-    #[derive(Default)]
-    struct Counting(std::cell::RefCell<Vec<String>>);
-    impl Runner for Counting {
+    /// Answers feature probes as a recorded zfs(8) did (tests/fixtures/), and counts them.
+    struct Recorded {
+        zfs: &'static str,
+        asked: std::cell::RefCell<Vec<String>>,
+    }
+    impl Recorded {
+        fn new(zfs: &'static str) -> Recorded {
+            Recorded {
+                zfs,
+                asked: Default::default(),
+            }
+        }
+        fn asked(&self) -> Vec<String> {
+            self.asked.borrow().clone()
+        }
+    }
+    impl Runner for Recorded {
         fn output(&self, cmd: &Cmd) -> Result<Output> {
-            self.0.borrow_mut().push(cmd.display());
-            Ok(Output {
-                status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
-                stdout: String::new(),
-                stderr: "bad property list".into(),
+            let line = cmd.display();
+            self.asked.borrow_mut().push(line.clone());
+            let fixture = |name: &str| {
+                let path = format!(
+                    "{}/tests/fixtures/{}/{name}",
+                    env!("CARGO_MANIFEST_DIR"),
+                    self.zfs
+                );
+                std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+            };
+            let status = |code: i32| std::os::unix::process::ExitStatusExt::from_raw(code << 8);
+            Ok(match line.as_str() {
+                // zfs send prints its usage on stderr and exits 2.
+                "zfs send" => Output {
+                    status: status(2),
+                    stdout: String::new(),
+                    stderr: fixture("send-usage.txt"),
+                },
+                "zfs get -H -o value written" => Output {
+                    status: status(0),
+                    stdout: fixture("get-written.txt"),
+                    stderr: String::new(),
+                },
+                l if l.starts_with("zpool get -H -o value feature@bookmarks ") => Output {
+                    status: status(0),
+                    stdout: fixture("zpool-get-feature-bookmarks.txt"),
+                    stderr: String::new(),
+                },
+                l if l.starts_with("zfs get -H -o value encryption ") => Output {
+                    status: status(0),
+                    stdout: "off\n".into(),
+                    stderr: String::new(),
+                },
+                other => panic!("not a probe this test expects: {other}"),
             })
         }
         fn source(&self, _: &Cmd) -> Result<Box<dyn Source>> {
@@ -969,35 +1034,60 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
             unreachable!()
         }
         fn describe(&self) -> String {
-            "counting".into()
+            format!("recorded {}", self.zfs)
         }
     }
 
     #[test]
-    fn features_are_probed_once_per_value_and_pool() {
-        let zfs = ZfsCli::new(Counting::default());
+    fn zfs_fuse_is_known_from_its_send_usage_alone() {
+        let zfs = ZfsCli::new(Recorded::new("zfs-fuse"));
         let pg = DatasetName::parse("tank/pg").unwrap();
-        let first = zfs.features_for(&pg).unwrap();
-        let probes = zfs.runner().0.borrow().len();
-        assert_eq!(probes, 4, "written, send usage, resume token, bookmarks");
-        assert_eq!(zfs.features_for(&pg).unwrap(), first);
+        let found = zfs.features_for(&pg).unwrap();
+        assert_eq!(found, Features::default(), "zfs-fuse 0.7 has none of them");
+        assert!(!zfs.is_encrypted(&pg).unwrap());
+        assert_eq!(zfs.runner().asked(), ["zfs send"], "one round trip in all");
+    }
+
+    #[test]
+    fn openzfs_is_asked_its_send_usage_and_each_pool_its_bookmarks_once() {
+        let zfs = ZfsCli::new(Recorded::new("openzfs-2.1"));
+        let pg = DatasetName::parse("tank/pg").unwrap();
+        let found = zfs.features_for(&pg).unwrap();
+        assert_eq!(
+            found,
+            Features {
+                written_property: true,
+                resumable_receive: true,
+                send_resume: true,
+                send_large_blocks: true,
+                send_embedded: true,
+                send_compressed: true,
+                send_raw: true,
+                bookmarks: true,
+                multi_snapshot: true,
+            }
+        );
+        assert_eq!(zfs.features_for(&pg).unwrap(), found);
         assert_eq!(
             zfs.features().unwrap(),
             Features {
-                resumable_receive: false,
                 bookmarks: false,
-                ..first
-            }
+                ..found
+            },
+            "the pool's features are not the program's"
         );
         assert_eq!(
-            zfs.runner().0.borrow().len(),
-            probes,
+            zfs.runner().asked(),
+            ["zfs send", "zpool get -H -o value feature@bookmarks tank"],
             "no second round trip"
         );
         // Another pool has its own pool features, but the zfs(8) answers are reused.
         zfs.features_for(&DatasetName::parse("other/pg").unwrap())
             .unwrap();
-        assert_eq!(zfs.runner().0.borrow().len(), probes + 2);
+        assert_eq!(zfs.runner().asked().len(), 3);
+        // An OpenZFS with raw sends may hold encrypted datasets: that one is asked.
+        assert!(!zfs.is_encrypted(&pg).unwrap());
+        assert_eq!(zfs.runner().asked().len(), 4);
     }
 
     #[test]

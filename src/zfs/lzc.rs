@@ -404,6 +404,9 @@ impl Zfs for LzcZfs {
     fn children(&self, dataset: &DatasetName) -> Result<Vec<DatasetName>> {
         self.cli.children(dataset)
     }
+    fn survey(&self, dataset: &DatasetName) -> Result<Option<super::survey::Survey>> {
+        self.cli.survey(dataset)
+    }
     fn snapshot_recursive(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()> {
         // What `zfs snapshot -r` does: the dataset and every descendant, in one call.
         let mut names = vec![snapshot.clone()];

@@ -8,6 +8,7 @@ pub mod lzc;
 pub mod lzc_common;
 pub mod names;
 pub mod replace;
+pub mod survey;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -163,6 +164,25 @@ pub trait Zfs {
     fn snapshots(&self, dataset: &DatasetName) -> Result<Vec<Snapshot>>;
     /// Datasets below this one.
     fn children(&self, dataset: &DatasetName) -> Result<Vec<DatasetName>>;
+    /// The dataset, its children, where each is mounted and each one's snapshots; None
+    /// if the dataset does not exist. One question where the backend can ask it so.
+    fn survey(&self, dataset: &DatasetName) -> Result<Option<survey::Survey>> {
+        if !self.exists(dataset)? {
+            return Ok(None);
+        }
+        let children = self.children(dataset)?;
+        let mut mountpoints = BTreeMap::new();
+        let mut snapshots = BTreeMap::new();
+        for member in std::iter::once(dataset).chain(children.iter()) {
+            mountpoints.insert(member.clone(), self.mountpoint(member)?);
+            snapshots.insert(member.clone(), self.snapshots(member)?);
+        }
+        Ok(Some(survey::Survey::from_parts(
+            children,
+            mountpoints,
+            snapshots,
+        )))
+    }
     /// Take a snapshot of the dataset and, atomically with it, of all its descendants,
     /// with `props` (user properties) set in the same call: one round trip instead of one
     /// per property, and no moment at which the snapshot exists without them.
