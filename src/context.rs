@@ -133,7 +133,8 @@ impl Context {
                 ))
             }
         };
-        let openssh = || OpenSshHost::new(ssh_target(local, source));
+        // Asked for before the cut: the connection is opened while the cut is taken.
+        let openssh = || OpenSshHost::connecting_ahead(ssh_target(local, source));
         match (local.ssh.ssh_data_path, compress) {
             (SshDataPath::OpenSsh, None) => Some(Box::new(ZfsCli::new(openssh()))),
             (SshDataPath::OpenSsh, Some((pgzfs, level))) => Some(Box::new(ZfsCli::new(

@@ -20,6 +20,27 @@ const CIPHERS: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-po
 pub struct OpenSshHost {
     target: SshTarget,
     ssh: String,
+    master: Option<ControlMaster>,
+}
+
+/// An ssh(1) connection opened ahead of the stream (`ssh -M -N`): the stream's own
+/// ssh(1) then runs as a session of it, so the key exchange and login (about a third of
+/// a second on the lab, more over a long link) happen while the cut is being taken
+/// instead of before the first byte moves. Its socket lives in a directory only root
+/// (this process's user) can enter, made afresh for this run and removed with it:
+/// whoever can reach the socket can run commands on the other node.
+struct ControlMaster {
+    dir: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    process: std::process::Child,
+}
+
+impl Drop for ControlMaster {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl OpenSshHost {
@@ -27,11 +48,61 @@ impl OpenSshHost {
         OpenSshHost {
             target,
             ssh: "ssh".to_string(),
+            master: None,
         }
     }
 
-    /// The ssh(1) command line that runs `cmd` on the node.
-    pub fn command(&self, cmd: &Cmd) -> Cmd {
+    /// The same, with the connection opened now in the background. Until it is up (or
+    /// if it never comes up), each command connects on its own, as without it.
+    pub fn connecting_ahead(target: SshTarget) -> OpenSshHost {
+        let mut host = OpenSshHost::new(target);
+        match host.start_master() {
+            Ok(master) => host.master = Some(master),
+            Err(e) => tracing::debug!("ssh: no connection opened ahead: {e}"),
+        }
+        host
+    }
+
+    fn start_master(&self) -> std::io::Result<ControlMaster> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!(
+            "pgzfs-ssh-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        ));
+        // create, never reuse: a directory someone else made there is not ours.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let socket = dir.join("control");
+        let master = self
+            .base()
+            .args(["-M", "-N", "-S"])
+            .arg(socket.display().to_string())
+            .args(["-o", "ControlPersist=no"])
+            .args(self.destination());
+        let process = std::process::Command::new(master.program())
+            .args(&master.argv[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        match process {
+            Ok(process) => Ok(ControlMaster {
+                dir,
+                socket,
+                process,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// ssh(1) with every option pgzfs sets, up to the destination.
+    fn base(&self) -> Cmd {
         let t = &self.target;
         let option = |o: String| ["-o".to_string(), o];
         Cmd::new(self.ssh.clone())
@@ -59,15 +130,34 @@ impl OpenSshHost {
             .args(option(format!("Ciphers={CIPHERS}")))
             .args(option("ForwardAgent=no".into()))
             .args(option("ClearAllForwardings=yes".into()))
-            .args([
-                "-T",
-                "-p",
-                &t.port.to_string(),
-                "-l",
-                &t.user,
-                "--",
-                &t.host,
-            ])
+    }
+
+    /// `-T -p PORT -l USER -- HOST`: no terminal, and where to log in.
+    fn destination(&self) -> Vec<String> {
+        let t = &self.target;
+        vec![
+            "-T".to_string(),
+            "-p".to_string(),
+            t.port.to_string(),
+            "-l".to_string(),
+            t.user.clone(),
+            "--".to_string(),
+            t.host.clone(),
+        ]
+    }
+
+    /// The ssh(1) command line that runs `cmd` on the node.
+    pub fn command(&self, cmd: &Cmd) -> Cmd {
+        let mut ssh = self.base();
+        if let Some(master) = &self.master {
+            // A session of the connection opened ahead; ssh(1) connects on its own
+            // when the socket is not there (yet).
+            ssh = ssh
+                .arg("-S")
+                .arg(master.socket.display().to_string())
+                .args(["-o", "ControlMaster=no"]);
+        }
+        ssh.args(self.destination())
             // ssh(1) hands the remote shell one line, as the libssh2 exec channel does.
             .arg(crate::shell::join(&cmd.argv))
     }
@@ -183,6 +273,35 @@ mod tests {
         assert_eq!(cmd.program(), "ssh");
         // The remote command is one shell-quoted argument, last.
         assert_eq!(cmd.argv.last().unwrap(), "zfs send 'tank/pg@a b'");
+    }
+
+    #[test]
+    fn a_connection_opened_ahead_carries_the_stream_through_a_socket_only_root_can_reach() {
+        use std::os::unix::fs::PermissionsExt;
+        // `true` stands in for ssh(1): what matters is the command lines and the socket's
+        // directory, not a login.
+        let mut host = host();
+        host.ssh = "true".to_string();
+        let master = host.start_master().expect("spawn the master");
+        let dir = master.dir.clone();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is reachable by others", dir.display());
+        host.master = Some(master);
+        let line = host
+            .command(&Cmd::new("zfs").args(["send", "tank/pg@a"]))
+            .argv
+            .join(" ");
+        let socket = dir.join("control");
+        assert!(
+            line.contains(&format!("-S {} -o ControlMaster=no", socket.display())),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("-- db1.example.net zfs send tank/pg@a"),
+            "{line}"
+        );
+        drop(host);
+        assert!(!dir.exists(), "{} outlived the run", dir.display());
     }
 
     #[test]

@@ -331,6 +331,11 @@ impl Reseed<'_> {
         }
         (self.confirm)(&preview)?;
         self.interrupt.check()?;
+        // ssh_data_path and ssh_compress may give the stream (only) its own transport;
+        // every other remote command stays on the libssh2 session. Made now, so that an
+        // ssh(1) connection is opened while the locks are taken and the cut is made.
+        let own_stream_transport = self.ctx.stream_zfs(&source, &remote_zfs);
+        let stream_zfs: &dyn Zfs = own_stream_transport.as_deref().unwrap_or(&remote_zfs);
 
         // 2. Locks: one operation per node, one re-seed per primary.
         let _local_lock = steps.run("lock", || {
@@ -442,10 +447,6 @@ impl Reseed<'_> {
 
         // 6. Receive.
         self.interrupt.check()?;
-        // ssh_data_path and ssh_compress may give the stream (only) its own transport;
-        // every other remote command stays on the libssh2 session.
-        let own_stream_transport = self.ctx.stream_zfs(&source, &remote_zfs);
-        let stream_zfs: &dyn Zfs = own_stream_transport.as_deref().unwrap_or(&remote_zfs);
         let was_running = state.running;
         steps.run("postgres stop", || {
             // Data the receive rolls back needs no clean shutdown; data renamed aside and
