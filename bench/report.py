@@ -135,6 +135,17 @@ def layout_note(data):
          if lean else "")
 
 
+def remote_command_note(data):
+    """What one remote command cost on this machine, where bench/run measured it."""
+    each = [v for d in data.values() for v in d.get("remote_command_s", [])]
+    if not each:
+        return []
+    return [f"- one remote command (`ssh db1 true` as a session of an open connection) took "
+            f"{statistics.median(each):.3f} s (median of {len(each)}): a session, and root's login "
+            "shell on the other side. Every remote zfs call of a re-seed pays it once, the raw "
+            "pipeline's two ssh calls pay it twice."]
+
+
 def main():
     (results, out, machine, zfs_note, pg_version, ssh_note, started, finished,
      scales, runs, quick) = sys.argv[1:12]
@@ -338,6 +349,7 @@ def main():
         f"- {pg_version}; {ssh_note}",
         f"- scales {scales}, {runs} run(s) per measurement; every number is the median of the runs.",
         f"- layout: {layout_note(data)}",
+        *remote_command_note(data),
         "",
         "## Method",
         "",

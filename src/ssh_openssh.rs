@@ -32,11 +32,25 @@ pub struct OpenSshHost {
 struct ControlMaster {
     dir: std::path::PathBuf,
     socket: std::path::PathBuf,
+    /// `ssh -O exit`: ends the master, which has gone to the background once logged in.
+    exit: Cmd,
+    /// ssh(1) as started; it exits when the master goes to the background.
     process: std::process::Child,
 }
 
+/// How long the master waits for a session when none is running. It ends with the run
+/// (`Drop`); this bounds how long it outlives a run that was killed outright, and is
+/// longer than the cut usually takes (a stream that finds it gone connects on its own).
+const MASTER_IDLE: &str = "ControlPersist=60";
+
 impl Drop for ControlMaster {
     fn drop(&mut self) {
+        let _ = std::process::Command::new(self.exit.program())
+            .args(&self.exit.argv[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = self.process.kill();
         let _ = self.process.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -80,7 +94,12 @@ impl OpenSshHost {
             .base()
             .args(["-M", "-N", "-S"])
             .arg(socket.display().to_string())
-            .args(["-o", "ControlPersist=no"])
+            .args(["-o", MASTER_IDLE])
+            .args(self.destination());
+        let exit = Cmd::new(self.ssh.clone())
+            .args(["-F", "/dev/null", "-S"])
+            .arg(socket.display().to_string())
+            .args(["-O", "exit"])
             .args(self.destination());
         let process = std::process::Command::new(master.program())
             .args(&master.argv[1..])
@@ -92,6 +111,7 @@ impl OpenSshHost {
             Ok(process) => Ok(ControlMaster {
                 dir,
                 socket,
+                exit,
                 process,
             }),
             Err(e) => {
