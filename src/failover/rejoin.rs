@@ -48,10 +48,16 @@ pub fn rejoin(
     let mut primary = check_rejoin(&RealPostgres, &server, local, &target)?;
     let new_timeline = primary.timeline()?;
     let remote = ctx.remote_zfs(&target)?;
-    let fork_lsn: Option<Lsn> = remote
-        .get_text(target.dataset.as_str(), prop::FORK_LSN)?
+    // One question for the fork point and the snapshots: every remote call is a round trip.
+    let target_tree = remote.survey(&target.dataset)?.ok_or_else(|| {
+        Error::failed(format!("dataset {} does not exist on {to}", target.dataset))
+    })?;
+    let fork_lsn: Option<Lsn> = target_tree
+        .record(prop::FORK_LSN)
         .and_then(|t| t.parse().ok());
-    let fork_timeline = remote.get_number(target.dataset.as_str(), prop::FORK_TIMELINE)?;
+    let fork_timeline: Option<u64> = target_tree
+        .record(prop::FORK_TIMELINE)
+        .and_then(|t| t.parse().ok());
 
     let zfs = ctx.local_zfs()?;
     if zfs.exists(&local.dataset)? {
@@ -83,7 +89,7 @@ pub fn rejoin(
         return Ok(None);
     }
     let local_snaps = zfs.snapshots(&local.dataset)?;
-    let remote_snaps = remote.snapshots(&target.dataset)?;
+    let remote_snaps = target_tree.snapshots(&target.dataset);
     let Some(common) = newest_common(&remote_snaps, &local_snaps) else {
         if full {
             return Ok(None);

@@ -177,10 +177,17 @@ pub trait Zfs {
             mountpoints.insert(member.clone(), self.mountpoint(member)?);
             snapshots.insert(member.clone(), self.snapshots(member)?);
         }
+        let mut records = BTreeMap::new();
+        for name in survey::DATASET_RECORDS {
+            if let Some(value) = self.get_text(dataset.as_str(), name)? {
+                records.insert(name.to_string(), value);
+            }
+        }
         Ok(Some(survey::Survey::from_parts(
             children,
             mountpoints,
             snapshots,
+            records,
         )))
     }
     /// Take a snapshot of the dataset and, atomically with it, of all its descendants,

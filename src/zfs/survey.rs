@@ -25,6 +25,8 @@ pub struct Survey {
     mountpoints: BTreeMap<DatasetName, Option<PathBuf>>,
     /// Each dataset's own snapshots, oldest first.
     snapshots: BTreeMap<DatasetName, Vec<Snapshot>>,
+    /// pgzfs's records on the surveyed dataset itself (the fork point of a promotion).
+    records: BTreeMap<String, String>,
 }
 
 impl Survey {
@@ -38,17 +40,24 @@ impl Survey {
         self.snapshots.get(dataset).cloned().unwrap_or_default()
     }
 
+    /// A pgzfs property set on the surveyed dataset itself ([`DATASET_RECORDS`]).
+    pub fn record(&self, name: &str) -> Option<&str> {
+        self.records.get(name).map(String::as_str)
+    }
+
     /// Built from the answers of the one-by-one questions, for backends without a
     /// cheaper way.
     pub fn from_parts(
         children: Vec<DatasetName>,
         mountpoints: BTreeMap<DatasetName, Option<PathBuf>>,
         snapshots: BTreeMap<DatasetName, Vec<Snapshot>>,
+        records: BTreeMap<String, String>,
     ) -> Survey {
         Survey {
             children,
             mountpoints,
             snapshots,
+            records,
         }
     }
 
@@ -82,19 +91,34 @@ impl Survey {
             mountpoints.insert(member.clone(), at);
             snapshots.insert(member.clone(), snapshots_from_rows(member, &snapshot_rows)?);
         }
+        let records = rows
+            .iter()
+            .filter(|(name, property, value)| {
+                name == dataset.as_str()
+                    && DATASET_RECORDS.contains(&property.as_str())
+                    && value != "-"
+            })
+            .map(|(_, property, value)| (property.clone(), value.clone()))
+            .collect();
         Ok(Survey {
             children,
             mountpoints,
             snapshots,
+            records,
         })
     }
 }
+
+/// pgzfs's records on a dataset (not a snapshot) that a survey brings along: where the
+/// promoted node forked, which a rejoin compares with the old primary's last checkpoint.
+pub const DATASET_RECORDS: [&str; 2] = [prop::FORK_LSN, prop::FORK_TIMELINE];
 
 /// The properties one `zfs get -r` asks for: the datasets' type and mountpoint, the
 /// snapshots' identity and holds, and pgzfs's own records.
 pub fn properties() -> Vec<&'static str> {
     let mut properties = vec!["type", "mountpoint", "guid", "createtxg", "userrefs"];
     properties.extend(prop::ALL);
+    properties.extend(DATASET_RECORDS);
     properties
 }
 
@@ -114,6 +138,8 @@ mod tests {
             row("tank/pg", "type", "filesystem"),
             row("tank/pg", "mountpoint", "/db/pg"),
             row("tank/pg", "guid", "11"),
+            row("tank/pg", "pgzfs:fork_lsn", "0/5000060"),
+            row("tank/pg", "pgzfs:fork_timeline", "-"),
             row("tank/pg@pgzfs-1", "type", "snapshot"),
             row("tank/pg@pgzfs-1", "mountpoint", "-"),
             row("tank/pg@pgzfs-1", "guid", "101"),
@@ -156,5 +182,7 @@ mod tests {
             own[0].props
         );
         assert_eq!(survey.snapshots(&wal)[0].guid, 202);
+        assert_eq!(survey.record(prop::FORK_LSN), Some("0/5000060"));
+        assert_eq!(survey.record(prop::FORK_TIMELINE), None, "unset is \"-\"");
     }
 }
