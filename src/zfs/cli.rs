@@ -228,8 +228,8 @@ impl<R: Runner> ZfsCli<R> {
     /// `receive_resume_token` property, and long after the `written` property and
     /// multi-snapshot calls; `send -w` came with encryption. So a zfs that lists `-t` has
     /// `written`, and one that lists none of `-t`, `-e`, `-L` predates both (zfs-fuse).
-    /// Only in between (illumos of 2012-2014, FreeBSD 9.1 to 10.0, all long unsupported)
-    /// is `written` asked for.
+    /// Only in between (illumos and FreeBSD of about 2012 to 2014, long unsupported) is
+    /// `written` asked for.
     fn probe_features(&self) -> Result<Features> {
         // `zfs send` without a snapshot prints its usage, which lists every flag it knows.
         let usage = self.runner.output(&self.cmd().arg("send"))?;
