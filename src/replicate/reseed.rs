@@ -166,7 +166,7 @@ impl Reseed<'_> {
         let pgctl = self.ctx.pgctl()?;
 
         // 1. Preflight: every refusal happens here, before anything changes.
-        let (mut state, source, mut primary, remote_zfs, source_tree, remote_snaps, local_snaps) =
+        let (mut state, source, mut primary, remote_zfs, source_tree, local_snaps) =
             steps.run("preflight", || {
                 let state = self.inspect_local(&local, local_zfs, &pgctl)?;
                 let (source, mut primary) =
@@ -195,7 +195,6 @@ impl Reseed<'_> {
                         ))
                     })?;
                 }
-                let remote_snaps = source_tree.snapshots(&source.dataset);
                 let local_snaps = if state.dataset_exists {
                     Some(local_zfs.snapshots(&local.dataset)?)
                 } else {
@@ -207,10 +206,10 @@ impl Reseed<'_> {
                     primary,
                     remote_zfs,
                     source_tree,
-                    remote_snaps,
                     local_snaps,
                 ))
             })?;
+        let remote_snaps = source_tree.snapshots(&source.dataset);
         // The cluster's other datasets: children of the source's dataset, tablespaces.
         let (source_cluster, others) = steps.run("datasets", || {
             // The preflight's survey already knows the source's children: what is left

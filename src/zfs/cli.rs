@@ -140,6 +140,12 @@ fn failure(cmd: &Cmd, location: &str, out: &Output) -> Error {
     ))
 }
 
+/// The `mountpoint` property as a path: None for `none`, `legacy` and `-` (a snapshot,
+/// or a dataset that cannot be mounted).
+pub fn mountpoint_from_value(value: &str) -> Option<PathBuf> {
+    value.starts_with('/').then(|| PathBuf::from(value))
+}
+
 pub fn parse_get_rows(text: &str) -> Vec<(String, String, String)> {
     text.lines()
         .filter_map(|line| {
@@ -682,11 +688,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         let rows = self
             .get_rows(&[], &["mountpoint"], dataset.as_str())?
             .unwrap_or_default();
-        Ok(rows
-            .first()
-            .map(|(_, _, v)| v.clone())
-            .filter(|v| v.starts_with('/'))
-            .map(PathBuf::from))
+        Ok(rows.first().and_then(|(_, _, v)| mountpoint_from_value(v)))
     }
 
     fn set_mountpoint(&self, dataset: &DatasetName, path: &Path) -> Result<()> {

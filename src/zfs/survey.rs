@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::cli::{children_from_rows, snapshots_from_rows};
+use super::cli::{children_from_rows, mountpoint_from_value, snapshots_from_rows};
 use super::names::DatasetName;
 use super::{prop, Snapshot};
 use crate::error::Result;
@@ -85,9 +85,7 @@ impl Survey {
             let at = rows
                 .iter()
                 .find(|(name, property, _)| name == member.as_str() && property == "mountpoint")
-                .map(|(_, _, value)| value)
-                .filter(|value| value.starts_with('/'))
-                .map(PathBuf::from);
+                .and_then(|(_, _, value)| mountpoint_from_value(value));
             mountpoints.insert(member.clone(), at);
             snapshots.insert(member.clone(), snapshots_from_rows(member, &snapshot_rows)?);
         }
