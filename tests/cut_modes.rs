@@ -93,7 +93,7 @@ fn reseeds_under_write_load_give_an_intact_equal_standby(
         let before = history();
         let summary = lab.reset_secondary("db2");
         let after = history();
-        load.stop();
+        load.stop(lab);
         assert!(
             after > before,
             "pgbench committed transactions while the {cut} re-seed ran ({before} → {after})"
@@ -141,8 +141,9 @@ impl Pgbench {
         Pgbench { child, lab_log }
     }
 
-    /// Stop the load; it must not have failed meanwhile.
-    fn stop(mut self) {
+    /// Stop the load and wait until its sessions on db1 are gone; it must not have
+    /// failed meanwhile.
+    fn stop(mut self, lab: &Lab) {
         // Its own process group: runuser and the pgbench it started, nothing else.
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
@@ -155,6 +156,25 @@ impl Pgbench {
                 let _ = self.child.wait();
                 break;
             }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // A killed client does not end its session at once: a backend that already had
+        // the COMMIT finishes it, and on a busy zfs-fuse pool the WAL flush under it can
+        // take seconds. Until those sessions are gone db1 may still commit, and a
+        // comparison taken meanwhile would race it (CI saw db2 two transactions ahead).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let sessions = lab.sql(
+                "db1",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'",
+            );
+            if sessions == "0" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgbench's {sessions} sessions on db1 outlived it by a minute"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let log = std::fs::read_to_string(&self.lab_log).unwrap_or_default();
@@ -175,7 +195,9 @@ const FINGERPRINT: &str = "SELECT string_agg(t, ' ') FROM (\
 
 /// Wait until db2 has replayed everything db1 wrote, then compare every table.
 fn assert_caught_up_and_equal(lab: &Lab) {
-    let target = lab.sql("db1", "SELECT pg_current_wal_lsn()");
+    // The insert position, not the write position: a commit already in the WAL
+    // buffers counts too.
+    let target = lab.sql("db1", "SELECT pg_current_wal_insert_lsn()");
     let history = lab.sql("db1", "SELECT count(*) FROM pgbench_history");
     assert_ne!(history, "0", "pgbench committed transactions on db1");
     let deadline = Instant::now() + Duration::from_secs(120);
