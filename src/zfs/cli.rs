@@ -255,6 +255,10 @@ impl<R: Runner> ZfsCli<R> {
         Ok(Features {
             written_property: written,
             multi_snapshot: written,
+            // Several properties per `zfs set` came in late 2015, a few months before
+            // `send -t` on every line of ZFS: a zfs with `-t` has it; an older one that
+            // may have it too is given one call per property, which always works.
+            multi_property_set: send.resume,
             send_resume: send.resume,
             // The same change brought `send -t` and the property `receive -s` fills.
             resumable_receive: send.resume,
@@ -264,6 +268,27 @@ impl<R: Runner> ZfsCli<R> {
             send_raw: send.has('w'),
             ..Features::default()
         })
+    }
+
+    /// User properties on a dataset or snapshot: in one `zfs set` where this zfs takes
+    /// several (each call is a round trip, over SSH a session), else one call each, as
+    /// zfs-fuse needs. Every name and value is checked before the first call.
+    fn set_props(&self, object: &str, props: &[(&str, String)]) -> Result<()> {
+        for (name, value) in props {
+            validate_user_prop(name, value)?;
+        }
+        let assignments = props.iter().map(|(name, value)| format!("{name}={value}"));
+        if props.len() > 1 && self.features()?.multi_property_set {
+            return self
+                .runner
+                .run(&self.cmd().arg("set").args(assignments).arg(object))
+                .map(drop);
+        }
+        for assignment in assignments {
+            self.runner
+                .run(&self.cmd().arg("set").arg(assignment).arg(object))?;
+        }
+        Ok(())
     }
 
     /// The pool's own part: whether `feature@bookmarks` is enabled. A zfs without
@@ -506,18 +531,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
     }
 
     fn set_snapshot_props(&self, snapshot: &SnapshotName, props: &[(&str, String)]) -> Result<()> {
-        // One `zfs set` per property: zfs-fuse takes only one property=value per call.
-        for (name, value) in props {
-            validate_user_prop(name, value)?;
-            self.runner.run(
-                &self
-                    .cmd()
-                    .arg("set")
-                    .arg(format!("{name}={value}"))
-                    .arg(snapshot.to_string()),
-            )?;
-        }
-        Ok(())
+        self.set_props(&snapshot.to_string(), props)
     }
 
     fn get_text(&self, object: &str, property: &str) -> Result<Option<String>> {
@@ -705,17 +719,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
     }
 
     fn set_dataset_props(&self, dataset: &DatasetName, props: &[(&str, String)]) -> Result<()> {
-        for (name, value) in props {
-            validate_user_prop(name, value)?;
-            self.runner.run(
-                &self
-                    .cmd()
-                    .arg("set")
-                    .arg(format!("{name}={value}"))
-                    .arg(dataset.as_str()),
-            )?;
-        }
-        Ok(())
+        self.set_props(dataset.as_str(), props)
     }
 
     fn set_canmount(&self, dataset: &DatasetName, value: CanMount) -> Result<()> {
@@ -1026,6 +1030,11 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
                     stdout: "off\n".into(),
                     stderr: String::new(),
                 },
+                l if l.starts_with("zfs set ") => Output {
+                    status: status(0),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                },
                 other => panic!("not a probe this test expects: {other}"),
             })
         }
@@ -1067,6 +1076,7 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
                 send_raw: true,
                 bookmarks: true,
                 multi_snapshot: true,
+                multi_property_set: true,
             }
         );
         assert_eq!(zfs.features_for(&pg).unwrap(), found);
@@ -1090,6 +1100,46 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
         // An OpenZFS with raw sends may hold encrypted datasets: that one is asked.
         assert!(!zfs.is_encrypted(&pg).unwrap());
         assert_eq!(zfs.runner().asked().len(), 4);
+    }
+
+    /// The cut's record (stop LSN, backup_label) is several properties set at once on
+    /// a snapshot of the source, over SSH: one round trip where the zfs takes them all.
+    #[test]
+    fn a_cuts_record_is_one_zfs_set_on_openzfs_and_one_per_property_on_zfs_fuse() {
+        let snap = SnapshotName::parse("tank/pg@pgzfs-20261202T150000Z").unwrap();
+        let record = [
+            ("pgzfs:stop-lsn", "0/3000138".to_string()),
+            ("pgzfs:backup-label", "5354415254".to_string()),
+        ];
+        let openzfs = ZfsCli::new(Recorded::new("openzfs-2.1"));
+        openzfs.set_snapshot_props(&snap, &record).unwrap();
+        assert_eq!(
+            openzfs.runner().asked(),
+            [
+                "zfs send",
+                "zfs set pgzfs:stop-lsn=0/3000138 pgzfs:backup-label=5354415254 tank/pg@pgzfs-20261202T150000Z"
+            ]
+        );
+        // The answer is kept: the next record costs one call, the single property too.
+        openzfs.set_snapshot_props(&snap, &record).unwrap();
+        openzfs.set_snapshot_props(&snap, &record[..1]).unwrap();
+        assert_eq!(openzfs.runner().asked().len(), 4);
+
+        let fuse = ZfsCli::new(Recorded::new("zfs-fuse"));
+        fuse.set_snapshot_props(&snap, &record).unwrap();
+        assert_eq!(
+            fuse.runner().asked(),
+            [
+                "zfs send",
+                "zfs set pgzfs:stop-lsn=0/3000138 tank/pg@pgzfs-20261202T150000Z",
+                "zfs set pgzfs:backup-label=5354415254 tank/pg@pgzfs-20261202T150000Z"
+            ]
+        );
+        // A bad name is refused before any call sets the good one before it.
+        let fuse = ZfsCli::new(Recorded::new("zfs-fuse"));
+        let bad = [("pgzfs:ok", "1".to_string()), ("no-colon", "2".to_string())];
+        assert!(fuse.set_snapshot_props(&snap, &bad).is_err());
+        assert!(fuse.runner().asked().is_empty(), "{:?}", fuse.runner().asked());
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct Features {
     /// `zfs snapshot a@s b@s` takes several snapshots in one atomic call. Came with the
     /// same (libzfs_core era) ZFS as the `written` property; zfs-fuse has neither.
     pub multi_snapshot: bool,
+    /// `zfs set a=1 b=2 name` sets several properties in one call (illumos 5745, 2015).
+    pub multi_property_set: bool,
 }
 
 /// The values of the `canmount` property.
