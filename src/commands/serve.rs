@@ -256,9 +256,10 @@ pub struct Allowed {
     /// For `zfs send -t TOKEN`, also inside `compressed-send`: the token, which must be
     /// verified against this node's ZFS before the send runs (see [`verify_resume_token`]).
     pub resume: Option<ResumeToken>,
-    /// For `zfs set` under `serve --for`: the snapshot and property, which must be checked
-    /// against this node's ZFS before the set runs (see [`Binding::may_set`]).
-    pub set: Option<(SnapshotName, String)>,
+    /// For `zfs set` under `serve --for`: the snapshot and its properties, each of which
+    /// must be checked against this node's ZFS before the set runs (see
+    /// [`Binding::may_set`]).
+    pub set: Option<(SnapshotName, Vec<String>)>,
 }
 
 /// Properties a client may read: what pgzfs needs, nothing that lists other datasets.
@@ -431,10 +432,21 @@ pub fn check_in(argv: &[String], scope: &Scope) -> std::result::Result<Allowed, 
             }
             Ok(allow(argv))
         }
-        ["zfs", "set", assignment, name] => {
+        // A cut's record, in one call where the zfs takes several properties.
+        ["zfs", "set", assignments @ .., name] if !assignments.is_empty() => {
             ours_pgzfs(name)?;
-            check_pgzfs_assignment(assignment)?;
-            Ok(allow(vec!["zfs", "set", assignment, name]))
+            let mut argv = vec!["zfs", "set"];
+            let mut seen = Vec::new();
+            for assignment in assignments {
+                let prop = check_pgzfs_assignment(assignment)?;
+                if seen.contains(&prop) {
+                    return Err(format!("{prop} is set twice in one call"));
+                }
+                seen.push(prop);
+                argv.push(assignment);
+            }
+            argv.push(name);
+            Ok(allow(argv))
         }
         // The usage text, which lists the flags this zfs knows (ZfsCli::features).
         ["zfs", "send"] => Ok(allow(vec!["zfs", "send"])),
@@ -625,7 +637,7 @@ fn check_props(list: &str) -> std::result::Result<(), String> {
 }
 
 /// `pgzfs:name=value`, a user property pgzfs sets, with a value it could have written.
-fn check_pgzfs_assignment(assignment: &str) -> std::result::Result<(), String> {
+fn check_pgzfs_assignment(assignment: &str) -> std::result::Result<&str, String> {
     let (prop, value) = assignment
         .split_once('=')
         .ok_or_else(|| format!("{assignment:?} is not property=value"))?;
@@ -634,7 +646,8 @@ fn check_pgzfs_assignment(assignment: &str) -> std::result::Result<(), String> {
             "only pgzfs: user properties may be set, not {prop:?}"
         ));
     }
-    crate::zfs::cli::validate_user_prop(prop, value).map_err(|e| e.message().to_string())
+    crate::zfs::cli::validate_user_prop(prop, value).map_err(|e| e.message().to_string())?;
+    Ok(prop)
 }
 
 /// The user property `serve --for` adds to every snapshot a bound key creates: which node
@@ -709,13 +722,17 @@ impl Binding {
                 argv.push(name.to_string());
                 allowed.argv = argv;
             }
-            ["zfs", "set", assignment, name] => {
-                let (prop, _) = assignment.split_once('=').unwrap_or((assignment, ""));
-                if prop == TAKEN_FOR {
-                    return Err(format!("{TAKEN_FOR} is set by serve, not by the client"));
+            ["zfs", "set", assignments @ .., name] => {
+                let mut props = Vec::new();
+                for assignment in assignments {
+                    let (prop, _) = assignment.split_once('=').unwrap_or((assignment, ""));
+                    if prop == TAKEN_FOR {
+                        return Err(format!("{TAKEN_FOR} is set by serve, not by the client"));
+                    }
+                    props.push(prop.to_string());
                 }
                 let snapshot = SnapshotName::parse(name).map_err(|e| e.message().to_string())?;
-                allowed.set = Some((snapshot, prop.to_string()));
+                allowed.set = Some((snapshot, props));
             }
             _ => {}
         }
@@ -791,19 +808,25 @@ fn connection_id() -> String {
 }
 
 /// Read what [`Binding::may_set`] needs from this node's ZFS and decide.
-fn verify_set(binding: &Binding, set: &(SnapshotName, String)) -> std::result::Result<(), String> {
+fn verify_set(
+    binding: &Binding,
+    set: &(SnapshotName, Vec<String>),
+) -> std::result::Result<(), String> {
     use crate::zfs::Zfs;
-    let (snapshot, prop) = set;
+    let (snapshot, props) = set;
     let zfs =
         crate::zfs::cli::ZfsCli::with_program(crate::exec::Local, crate::exec::find_program("zfs"));
     let name = snapshot.to_string();
     let taken_for = zfs
         .get_text(&name, TAKEN_FOR)
         .map_err(|e| e.message().to_string())?;
-    let current = zfs
-        .get_text(&name, prop)
-        .map_err(|e| e.message().to_string())?;
-    binding.may_set(snapshot, prop, taken_for.as_deref(), current.as_deref())
+    for prop in props {
+        let current = zfs
+            .get_text(&name, prop)
+            .map_err(|e| e.message().to_string())?;
+        binding.may_set(snapshot, prop, taken_for.as_deref(), current.as_deref())?;
+    }
+    Ok(())
 }
 
 /// `zfs send -t` streams whatever snapshot the token names *by GUID*, and the token comes
@@ -1005,6 +1028,14 @@ mod tests {
             ],
             vec!["zfs", "set", "pgzfs:lsn=0/3000028", snap],
             vec!["zfs", "set", "pgzfs:backup_label=5354415254", snap],
+            // the same record in one call, where the zfs takes several properties
+            vec![
+                "zfs",
+                "set",
+                "pgzfs:stop_lsn=0/3000138",
+                "pgzfs:backup_label=5354415254",
+                snap,
+            ],
             // transfers
             vec!["zfs", "send", snap],
             vec!["zfs", "send", "-i", base, snap],
@@ -1087,6 +1118,10 @@ mod tests {
             "zfs set readonly=off tank/pgdata@pgzfs-1",
             "zfs set pgzfs:lsn=0/1 tank/pgdata",
             "zfs set pgzfs:lsn='0/1 x' tank/pgdata@pgzfs-1",
+            "zfs set pgzfs:lsn=0/1 readonly=on tank/pgdata@pgzfs-1",
+            "zfs set pgzfs:lsn=0/1 pgzfs:lsn=0/2 tank/pgdata@pgzfs-1",
+            "zfs set -u pgzfs:lsn=0/1 tank/pgdata@pgzfs-1",
+            "zfs set pgzfs:lsn=0/1 tank/pgdata@pgzfs-1 tank/pgdata@pgzfs-2",
             "zfs inherit pgzfs:lsn tank/pgdata",
             "zfs allow -u evil send tank/pgdata",
             "zfs unmount tank/pgdata",
@@ -1520,7 +1555,14 @@ mod tests {
         assert_eq!(compressed, 4);
 
         let issued = recorder.0.borrow();
-        assert!(issued.len() >= 29, "recorded {} commands", issued.len());
+        assert!(issued.len() >= 26, "recorded {} commands", issued.len());
+        // This zfs (OpenZFS 2.1's usage) takes the whole record in one `zfs set`.
+        assert!(
+            issued
+                .iter()
+                .any(|cmd| cmd.argv.len() == 3 + prop::ALL.len() && cmd.argv[1] == "set"),
+            "one zfs set for the record"
+        );
         for cmd in issued.iter() {
             let line = crate::shell::join(&cmd.argv);
             let words = split(&line).unwrap_or_else(|why| panic!("{line}: {why}"));
@@ -1608,6 +1650,10 @@ mod tests {
         let forged = format!("{TAKEN_FOR}=db3/x");
         assert!(bound_check(&db2, &["zfs", "snapshot", "-r", "-o", &forged, snap]).is_err());
         assert!(bound_check(&db2, &["zfs", "set", &forged, snap]).is_err());
+        assert!(
+            bound_check(&db2, &["zfs", "set", "pgzfs:stop_lsn=0/1", &forged, snap]).is_err(),
+            "not even beside a property it may set"
+        );
     }
 
     #[test]
@@ -1620,7 +1666,7 @@ mod tests {
             &["zfs", "set", "pgzfs:backup_label=5354", &snap.to_string()],
         )
         .unwrap();
-        assert_eq!(allowed.set, Some((snap.clone(), label.to_string())));
+        assert_eq!(allowed.set, Some((snap.clone(), vec![label.to_string()])));
         let ours = db2.taken_for.clone();
         assert!(db2.may_set(&snap, label, Some(&ours), None).is_ok());
         // Forging the label of an existing cut: already set.
@@ -1636,6 +1682,26 @@ mod tests {
             .may_set(&snap, label, Some(&ours), None)
             .is_err());
         assert!(db2.may_set(&snap, label, None, None).is_err());
+
+        // A whole record in one call: every property in it is checked.
+        let allowed = bound_check(
+            &db2,
+            &[
+                "zfs",
+                "set",
+                "pgzfs:stop_lsn=0/3000138",
+                "pgzfs:backup_label=5354",
+                &snap.to_string(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            allowed.set,
+            Some((
+                snap.clone(),
+                vec!["pgzfs:stop_lsn".to_string(), label.to_string()]
+            ))
+        );
     }
 
     #[test]

@@ -277,12 +277,25 @@ impl<R: Runner> ZfsCli<R> {
         for (name, value) in props {
             validate_user_prop(name, value)?;
         }
-        let assignments = props.iter().map(|(name, value)| format!("{name}={value}"));
+        let assignments: Vec<String> = props
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
         if props.len() > 1 && self.features()?.multi_property_set {
-            return self
+            let all_at_once = self
                 .runner
-                .run(&self.cmd().arg("set").args(assignments).arg(object))
-                .map(drop);
+                .run(&self.cmd().arg("set").args(assignments.clone()).arg(object));
+            match all_at_once {
+                Ok(_) => return Ok(()),
+                // A source's `pgzfs serve` from before this form refuses it (a fleet is
+                // upgraded one node at a time); one property per call it allows. A
+                // multi-property set is one ioctl: nothing of it was applied.
+                Err(e) => tracing::info!(
+                    "one zfs set for {} properties failed on {} ({e}); setting them one by one",
+                    props.len(),
+                    self.location()
+                ),
+            }
         }
         for assignment in assignments {
             self.runner
@@ -1131,6 +1144,24 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
             fuse.runner().asked(),
             [
                 "zfs send",
+                "zfs set pgzfs:stop-lsn=0/3000138 tank/pg@pgzfs-20261202T150000Z",
+                "zfs set pgzfs:backup-label=5354415254 tank/pg@pgzfs-20261202T150000Z"
+            ]
+        );
+        // An older `pgzfs serve` on the source refuses the new form: one call each.
+        let old_serve = ZfsCli::new(Scripted {
+            answers: std::sync::Mutex::new(vec![
+                include_str!("../../tests/fixtures/openzfs-2.1/send-usage.txt"),
+                "pgzfs serve: refused: not a command pgzfs uses",
+                "",
+                "",
+            ]),
+            calls: std::sync::Mutex::new(Vec::new()),
+        });
+        old_serve.set_snapshot_props(&snap, &record).unwrap();
+        assert_eq!(
+            old_serve.runner().calls.lock().unwrap()[2..],
+            [
                 "zfs set pgzfs:stop-lsn=0/3000138 tank/pg@pgzfs-20261202T150000Z",
                 "zfs set pgzfs:backup-label=5354415254 tank/pg@pgzfs-20261202T150000Z"
             ]
