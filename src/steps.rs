@@ -34,6 +34,16 @@ impl Steps {
         self.done.push((name, took));
     }
 
+    /// A step that ran on another thread, recorded and logged as [`run`](Self::run)
+    /// would have.
+    pub fn record_outcome<T>(&mut self, name: &'static str, took: Duration, result: &Result<T>) {
+        self.record(name, took);
+        match result {
+            Ok(_) => tracing::info!("{name}: done in {:.1}s", took.as_secs_f64()),
+            Err(e) => tracing::error!("{name}: failed after {:.1}s: {e}", took.as_secs_f64()),
+        }
+    }
+
     pub fn in_order(&self) -> Vec<(String, f64)> {
         self.done
             .iter()

@@ -225,6 +225,65 @@ fn the_standby_keeps_only_keep_common_snapshots_and_never_its_held_base() {
     lab.assert_streaming("db2");
 }
 
+/// The standby's start, its catch-up and the holds run side by side; a catch-up that
+/// never comes still ends the run with the reason, the new base held on both sides and
+/// the copy left a standby, never a primary. Once the cause is gone a plain rerun streams.
+#[test]
+fn a_standby_that_cannot_stream_is_reported_left_a_standby_and_its_base_kept() {
+    let lab = Lab::up("nostream");
+    lab.reset_secondary("db2");
+    // The primary refuses replication connections (the role lost REPLICATION), while
+    // pgzfs's own session and the snapshot work as before. Without the attribute no
+    // slot can be made either, so this standby runs without one; and it is cut
+    // atomically, so that it starts (consistent from its own WAL) and only the stream
+    // is missing.
+    let config = file_text(&lab.config()).replacen(
+        "name = \"db2\"\n",
+        "name = \"db2\"\nuse_slots = false\ncut = \"atomic\"\nstreaming_timeout = \"8s\"\n",
+        1,
+    );
+    lab.write_config(&config);
+    lab.sql("db1", "ALTER ROLE replicator NOREPLICATION; SELECT 1");
+    lab.sql("db1", "UPDATE pgbench_accounts SET abalance = 7 WHERE aid < 100");
+
+    let out = lab.pgzfs("db2", &["reset-secondary", "--yes", "--json"]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let why = stderr_of(&out);
+    assert!(
+        why.contains("did not start streaming within") && why.contains("streaming_timeout"),
+        "the failure says what did not happen: {why}"
+    );
+    assert!(
+        why.contains("holds: done"),
+        "the holds ran while the catch-up waited: {why}"
+    );
+    assert_eq!(
+        lab.sql("db2", "SELECT pg_is_in_recovery()"),
+        "t",
+        "the copy runs as a standby"
+    );
+    // The new cut is the common base, held on both sides.
+    let newest_on = |node: &str| lab.snapshots(&lab.dataset(node)).last().unwrap().0.clone();
+    let (primary_base, standby_base) = (newest_on("db1"), newest_on("db2"));
+    assert_eq!(
+        primary_base.split_once('@').unwrap().1,
+        standby_base.split_once('@').unwrap().1
+    );
+    for base in [&primary_base, &standby_base] {
+        assert_eq!(
+            lab.zfs(&["get", "-H", "-o", "value", "userrefs", base]).trim(),
+            "1",
+            "{base} is held"
+        );
+    }
+
+    lab.sql("db1", "ALTER ROLE replicator REPLICATION; SELECT 1");
+    let rerun = lab.reset_secondary("db2");
+    assert_eq!(rerun["mode"], "incremental", "{rerun}");
+    lab.assert_streaming("db2");
+    lab.assert_same_contents("db1", "db2");
+}
+
 #[test]
 fn a_copy_left_unconfigured_by_an_interrupted_run_is_reseeded_but_a_former_primary_is_not() {
     let lab = Lab::up("unfinished");

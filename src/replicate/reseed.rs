@@ -521,17 +521,30 @@ impl Reseed<'_> {
             make_standby(&local.data_dir, &setup)
         })?;
 
-        // 8. Start, and meanwhile protect the new base on both sides, release the old
-        //    one and trim the standby. The holds are ZFS calls (each a round trip, over
-        //    SSH to the source) that need nothing from the server, and the received cut
-        //    is the common base from now on whether or not the server comes up, so they
-        //    need not wait for it.
+        // 8. Start and wait for streaming, and meanwhile protect the new base on both
+        //    sides, release the old one and trim the standby. The holds are ZFS calls
+        //    (each a round trip, over SSH to the source, and on zfs-fuse each a txg
+        //    commit) that need nothing from the server, and the received cut is the
+        //    common base from now on whether or not the server comes up, so they need
+        //    not wait for it, nor it for them: at small scales they take longer than
+        //    the start and the catch-up together.
         let start_timeout = local.pg.streaming_timeout;
+        let interrupt = &self.interrupt;
+        let primary_session = &mut primary;
+        let local_node = &local;
         let (started, held) = std::thread::scope(|scope| {
             tracing::info!("postgres start ...");
-            let starting = scope.spawn(|| {
+            let starting = scope.spawn(move || {
                 let began = std::time::Instant::now();
-                (pgctl.start(start_timeout), began.elapsed())
+                let start = pgctl.start(start_timeout);
+                let start_took = began.elapsed();
+                let caught_up = start.is_ok().then(|| {
+                    tracing::info!("catch-up ...");
+                    let began = std::time::Instant::now();
+                    let result = wait_for_streaming(local_node, primary_session, interrupt);
+                    (result, began.elapsed())
+                });
+                (start, start_took, caught_up)
             });
             let held = steps.run("holds", || {
                 // The same cut on every dataset of the cluster, the dataset itself last: a
@@ -567,21 +580,15 @@ impl Reseed<'_> {
             });
             (starting.join(), held)
         });
-        let (start_result, start_took) = started.map_err(|_| {
+        let (start_result, start_took, caught_up) = started.map_err(|_| {
             Error::failed("starting PostgreSQL: the thread that ran pg_ctl panicked")
         })?;
-        steps.record("postgres start", start_took);
-        match &start_result {
-            Ok(()) => tracing::info!("postgres start: done in {:.1}s", start_took.as_secs_f64()),
-            Err(e) => tracing::error!(
-                "postgres start: failed after {:.1}s: {e}",
-                start_took.as_secs_f64()
-            ),
-        }
+        steps.record_outcome("postgres start", start_took, &start_result);
         start_result?;
+        let (replication, catch_up_took) = caught_up.expect("the catch-up follows a start");
+        steps.record_outcome("catch-up", catch_up_took, &replication);
         held?;
-        let replication =
-            steps.run("catch-up", || self.wait_for_streaming(&local, &mut primary))?;
+        let replication = replication?;
         let _ = primary_unlock(&mut primary);
 
         let total = steps.total();
@@ -1068,45 +1075,47 @@ impl Reseed<'_> {
             cut,
         })
     }
+}
 
-    fn wait_for_streaming(
-        &self,
-        local: &Node,
-        primary: &mut Pg,
-    ) -> Result<crate::pg::ReplicationInfo> {
-        let deadline = Instant::now() + local.pg.streaming_timeout;
-        let target = pg_target(local);
-        let mut last;
-        loop {
-            self.interrupt.check()?;
-            let standby_status = Pg::connect(&target).and_then(|mut pg| pg.wal_receiver_status());
-            match standby_status {
-                Ok(Some(status)) if status == "streaming" => {
-                    if let Some(info) = primary.replication_info(&local.name)? {
-                        if info.state == "streaming" {
-                            return Ok(info);
-                        }
-                        last = format!("the primary sees {} in state {}", local.name, info.state);
-                    } else {
-                        last = format!(
-                            "the primary does not list {} in pg_stat_replication yet",
-                            local.name
-                        );
+/// Until this standby streams: its WAL receiver says so, and the primary lists it as
+/// streaming (within `streaming_timeout`).
+fn wait_for_streaming(
+    local: &Node,
+    primary: &mut Pg,
+    interrupt: &Interrupt,
+) -> Result<crate::pg::ReplicationInfo> {
+    let deadline = Instant::now() + local.pg.streaming_timeout;
+    let target = pg_target(local);
+    let mut last;
+    loop {
+        interrupt.check()?;
+        let standby_status = Pg::connect(&target).and_then(|mut pg| pg.wal_receiver_status());
+        match standby_status {
+            Ok(Some(status)) if status == "streaming" => {
+                if let Some(info) = primary.replication_info(&local.name)? {
+                    if info.state == "streaming" {
+                        return Ok(info);
                     }
+                    last = format!("the primary sees {} in state {}", local.name, info.state);
+                } else {
+                    last = format!(
+                        "the primary does not list {} in pg_stat_replication yet",
+                        local.name
+                    );
                 }
-                Ok(Some(status)) => last = format!("WAL receiver status {status}"),
-                Ok(None) => last = "no WAL receiver yet".into(),
-                Err(e) => last = e.to_string(),
             }
-            if Instant::now() >= deadline {
-                return Err(Error::failed(format!(
+            Ok(Some(status)) => last = format!("WAL receiver status {status}"),
+            Ok(None) => last = "no WAL receiver yet".into(),
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::failed(format!(
                     "the standby did not start streaming within {:?} (streaming_timeout): {last}. Check {}",
                     local.pg.streaming_timeout,
                     local.pg.pg_log_file.display()
                 )));
-            }
-            std::thread::sleep(Duration::from_millis(250));
         }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

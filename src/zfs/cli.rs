@@ -1170,7 +1170,11 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
         let fuse = ZfsCli::new(Recorded::new("zfs-fuse"));
         let bad = [("pgzfs:ok", "1".to_string()), ("no-colon", "2".to_string())];
         assert!(fuse.set_snapshot_props(&snap, &bad).is_err());
-        assert!(fuse.runner().asked().is_empty(), "{:?}", fuse.runner().asked());
+        assert!(
+            fuse.runner().asked().is_empty(),
+            "{:?}",
+            fuse.runner().asked()
+        );
     }
 
     #[test]
