@@ -244,7 +244,10 @@ fn a_standby_that_cannot_stream_is_reported_left_a_standby_and_its_base_kept() {
     );
     lab.write_config(&config);
     lab.sql("db1", "ALTER ROLE replicator NOREPLICATION; SELECT 1");
-    lab.sql("db1", "UPDATE pgbench_accounts SET abalance = 7 WHERE aid < 100");
+    lab.sql(
+        "db1",
+        "UPDATE pgbench_accounts SET abalance = 7 WHERE aid < 100",
+    );
 
     let out = lab.pgzfs("db2", &["reset-secondary", "--yes", "--json"]);
     assert_ne!(out.status.code(), Some(0), "{}", stderr_of(&out));
@@ -271,7 +274,8 @@ fn a_standby_that_cannot_stream_is_reported_left_a_standby_and_its_base_kept() {
     );
     for base in [&primary_base, &standby_base] {
         assert_eq!(
-            lab.zfs(&["get", "-H", "-o", "value", "userrefs", base]).trim(),
+            lab.zfs(&["get", "-H", "-o", "value", "userrefs", base])
+                .trim(),
             "1",
             "{base} is held"
         );

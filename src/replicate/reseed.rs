@@ -29,7 +29,7 @@ use crate::zfs::survey::Survey;
 use crate::zfs::{Snapshot, Zfs};
 
 use super::plan::{plan, Plan, PlanInput};
-use super::protect::protect_new_base;
+use super::protect::{protect_new_base, SourceKnown};
 use super::report::{DryRun, Summary};
 use super::tree::{pg_wal_stays_home, plan_members, MemberInput, MountAt, OwnPgWal};
 
@@ -419,12 +419,16 @@ impl Reseed<'_> {
         let (start_lsn, stop, timeline) = (cut.start_lsn.clone(), cut.stop.clone(), cut.timeline);
 
         // 5. The real plan, against the snapshot that now exists.
-        let the_plan = match &resume {
-            Some(resumed) => resumed.plan.clone(),
-            None => plan_cluster(
+        let source_snaps_after_cut = match &resume {
+            Some(_) => None,
+            None => Some(remote_zfs.snapshots(&source.dataset)?),
+        };
+        let the_plan = match (&resume, &source_snaps_after_cut) {
+            (Some(resumed), _) => resumed.plan.clone(),
+            (None, snaps) => plan_cluster(
                 &PlanInput {
                     source_dataset: &source.dataset,
-                    source_snapshots: &remote_zfs.snapshots(&source.dataset)?,
+                    source_snapshots: snaps.as_deref().unwrap_or_default(),
                     local_dataset: &local.dataset,
                     local_snapshots: local_snaps.as_deref(),
                     snapshot: &snapshot_name,
@@ -557,6 +561,10 @@ impl Reseed<'_> {
                         &member.source_dataset,
                         &member.local_dataset,
                         &snapshot_name,
+                        SourceKnown {
+                            snapshots: None,
+                            only_received: member.is_incremental(),
+                        },
                     )?;
                 }
                 protect_new_base(
@@ -566,6 +574,10 @@ impl Reseed<'_> {
                     &source.dataset,
                     &local.dataset,
                     &snapshot_name,
+                    SourceKnown {
+                        snapshots: source_snaps_after_cut.as_deref(),
+                        only_received: the_plan.is_incremental(),
+                    },
                 )?;
                 match &the_plan.pg_wal_not_sent {
                     Some(wal) => super::protect::release_unsent(
