@@ -18,12 +18,7 @@ impl Steps {
         tracing::info!("{name} ...");
         let start = Instant::now();
         let result = f();
-        let took = start.elapsed();
-        self.done.push((name, took));
-        match &result {
-            Ok(_) => tracing::info!("{name}: done in {:.1}s", took.as_secs_f64()),
-            Err(e) => tracing::error!("{name}: failed after {:.1}s: {e}", took.as_secs_f64()),
-        }
+        self.record_outcome(name, start.elapsed(), &result);
         result
     }
 

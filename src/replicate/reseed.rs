@@ -419,27 +419,28 @@ impl Reseed<'_> {
         let (start_lsn, stop, timeline) = (cut.start_lsn.clone(), cut.stop.clone(), cut.timeline);
 
         // 5. The real plan, against the snapshot that now exists.
-        let source_snaps_after_cut = match &resume {
-            Some(_) => None,
-            None => Some(remote_zfs.snapshots(&source.dataset)?),
-        };
-        let the_plan = match (&resume, &source_snaps_after_cut) {
-            (Some(resumed), _) => resumed.plan.clone(),
-            (None, snaps) => plan_cluster(
-                &PlanInput {
-                    source_dataset: &source.dataset,
-                    source_snapshots: snaps.as_deref().unwrap_or_default(),
-                    local_dataset: &local.dataset,
-                    local_snapshots: local_snaps.as_deref(),
-                    snapshot: &snapshot_name,
-                    full: self.request.full,
-                    stamp: &stamp,
-                },
-                &others,
-                &source_cluster,
-                multi_snapshot,
-                pg_wal_stays_home(&local.reseed),
-            )?,
+        // The source's list read here also tells the holds which old bases are held.
+        let (the_plan, source_snaps_after_cut) = match &resume {
+            Some(resumed) => (resumed.plan.clone(), None),
+            None => {
+                let source_snaps = remote_zfs.snapshots(&source.dataset)?;
+                let planned = plan_cluster(
+                    &PlanInput {
+                        source_dataset: &source.dataset,
+                        source_snapshots: &source_snaps,
+                        local_dataset: &local.dataset,
+                        local_snapshots: local_snaps.as_deref(),
+                        snapshot: &snapshot_name,
+                        full: self.request.full,
+                        stamp: &stamp,
+                    },
+                    &others,
+                    &source_cluster,
+                    multi_snapshot,
+                    pg_wal_stays_home(&local.reseed),
+                )?;
+                (planned, Some(source_snaps))
+            }
         };
         // Each tablespace where this node keeps it; refused before anything is received
         // when the backup names a tablespace the config does not.

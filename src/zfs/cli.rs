@@ -1121,8 +1121,8 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
     fn a_cuts_record_is_one_zfs_set_on_openzfs_and_one_per_property_on_zfs_fuse() {
         let snap = SnapshotName::parse("tank/pg@pgzfs-20261202T150000Z").unwrap();
         let record = [
-            ("pgzfs:stop-lsn", "0/3000138".to_string()),
-            ("pgzfs:backup-label", "5354415254".to_string()),
+            ("pgzfs:stop_lsn", "0/3000138".to_string()),
+            ("pgzfs:backup_label", "5354415254".to_string()),
         ];
         let openzfs = ZfsCli::new(Recorded::new("openzfs-2.1"));
         openzfs.set_snapshot_props(&snap, &record).unwrap();
@@ -1130,7 +1130,7 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
             openzfs.runner().asked(),
             [
                 "zfs send",
-                "zfs set pgzfs:stop-lsn=0/3000138 pgzfs:backup-label=5354415254 tank/pg@pgzfs-20261202T150000Z"
+                "zfs set pgzfs:stop_lsn=0/3000138 pgzfs:backup_label=5354415254 tank/pg@pgzfs-20261202T150000Z"
             ]
         );
         // The answer is kept: the next record costs one call, the single property too.
@@ -1144,8 +1144,8 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
             fuse.runner().asked(),
             [
                 "zfs send",
-                "zfs set pgzfs:stop-lsn=0/3000138 tank/pg@pgzfs-20261202T150000Z",
-                "zfs set pgzfs:backup-label=5354415254 tank/pg@pgzfs-20261202T150000Z"
+                "zfs set pgzfs:stop_lsn=0/3000138 tank/pg@pgzfs-20261202T150000Z",
+                "zfs set pgzfs:backup_label=5354415254 tank/pg@pgzfs-20261202T150000Z"
             ]
         );
         // An older `pgzfs serve` on the source refuses the new form: one call each.
@@ -1162,8 +1162,8 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
         assert_eq!(
             old_serve.runner().calls.lock().unwrap()[2..],
             [
-                "zfs set pgzfs:stop-lsn=0/3000138 tank/pg@pgzfs-20261202T150000Z",
-                "zfs set pgzfs:backup-label=5354415254 tank/pg@pgzfs-20261202T150000Z"
+                "zfs set pgzfs:stop_lsn=0/3000138 tank/pg@pgzfs-20261202T150000Z",
+                "zfs set pgzfs:backup_label=5354415254 tank/pg@pgzfs-20261202T150000Z"
             ]
         );
         // A bad name is refused before any call sets the good one before it.
