@@ -491,13 +491,24 @@ pub fn check_in(argv: &[String], scope: &Scope) -> std::result::Result<Allowed, 
             argv.push(target);
             Ok(allow(argv))
         }
-        ["zfs", verb @ ("hold" | "release"), tag, name] => {
+        // One snapshot, or several in one call (a node's old bases, released at once).
+        ["zfs", verb @ ("hold" | "release"), tag, names @ ..] if !names.is_empty() => {
             let tag = HoldTag::parse(tag).map_err(|e| e.message().to_string())?;
             if !tag.as_str().starts_with("pgzfs-") {
                 return Err(format!("hold tag {tag} does not start with pgzfs-"));
             }
-            ours_pgzfs(name)?;
-            Ok(allow(vec!["zfs", verb, tag.as_str(), name]))
+            let mut argv = vec!["zfs", verb, tag.as_str()];
+            for name in names {
+                if name.starts_with('-') {
+                    return Err(format!("not a zfs {verb} form pgzfs uses"));
+                }
+                ours_pgzfs(name)?;
+                if argv[3..].contains(name) {
+                    return Err(format!("{name} is named twice in one call"));
+                }
+                argv.push(name);
+            }
+            Ok(allow(argv))
         }
         // Reading the hold tags (ZfsCli::holds); zfs-fuse's is broken, OpenZFS's works.
         ["zfs", "holds", "-H", name] => {
@@ -700,7 +711,7 @@ impl Binding {
     pub fn bind(&self, mut allowed: Allowed) -> std::result::Result<Allowed, String> {
         let words: Vec<&str> = allowed.argv.iter().map(String::as_str).collect();
         match words.as_slice() {
-            ["zfs", "hold" | "release", tag, _] if *tag != self.tag.as_str() => {
+            ["zfs", "hold" | "release", tag, ..] if *tag != self.tag.as_str() => {
                 return Err(format!(
                     "this key acts for {} only; hold tag {tag} is not its tag {}",
                     self.node, self.tag
@@ -1044,6 +1055,8 @@ mod tests {
             // protecting the common base
             vec!["zfs", "hold", "pgzfs-db2", snap],
             vec!["zfs", "release", "pgzfs-db2", base],
+            // a node's old bases released in one call
+            vec!["zfs", "release", "pgzfs-db2", base, snap],
             vec!["zfs", "holds", "-H", snap],
             vec![
                 "zfs",
@@ -1122,6 +1135,14 @@ mod tests {
             "zfs set pgzfs:lsn=0/1 pgzfs:lsn=0/2 tank/pgdata@pgzfs-1",
             "zfs set -u pgzfs:lsn=0/1 tank/pgdata@pgzfs-1",
             "zfs set pgzfs:lsn=0/1 tank/pgdata@pgzfs-1 tank/pgdata@pgzfs-2",
+            "zfs release pgzfs-db2",
+            "zfs release -r pgzfs-db2 tank/pgdata@pgzfs-1",
+            "zfs release pgzfs-db2 tank/pgdata@pgzfs-1 -r",
+            "zfs release pgzfs-db2 tank/pgdata@pgzfs-1 tank/pgdata@pgzfs-1",
+            "zfs release pgzfs-db2 tank/pgdata@pgzfs-1 tank/pgdata@manual",
+            "zfs release pgzfs-db2 tank/pgdata@pgzfs-1 tank/other@pgzfs-1",
+            "zfs release pgzfs-db2 tank/pgdata@pgzfs-1 tank/pgdata",
+            "zfs hold pgzfs-db2 tank/pgdata@pgzfs-1 tank/other@pgzfs-2",
             "zfs inherit pgzfs:lsn tank/pgdata",
             "zfs allow -u evil send tank/pgdata",
             "zfs unmount tank/pgdata",
@@ -1616,6 +1637,10 @@ mod tests {
             let why = bound_check(&db2, &["zfs", verb, "pgzfs-db3", snap]).unwrap_err();
             assert!(why.contains("db2") && why.contains("pgzfs-db3"), "{why}");
             assert!(bound_check(&db2, &["zfs", verb, "pgzfs-db2", snap]).is_ok());
+            // Several snapshots in one call: the same tag rule.
+            let other = "tank/pgdata@pgzfs-20261121T003000Z";
+            assert!(bound_check(&db2, &["zfs", verb, "pgzfs-db3", other, snap]).is_err());
+            assert!(bound_check(&db2, &["zfs", verb, "pgzfs-db2", other, snap]).is_ok());
         }
         // Unbound keys keep today's behaviour: any pgzfs- tag.
         assert!(check(

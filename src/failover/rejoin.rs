@@ -181,16 +181,20 @@ fn release_obsolete_holds(
     snapshots: &[crate::zfs::Snapshot],
     base_txg: u64,
 ) -> Result<()> {
-    for snap in snapshots
+    let held: Vec<crate::zfs::names::SnapshotName> = snapshots
         .iter()
         .filter(|s| s.createtxg > base_txg && s.is_held())
-    {
-        for node in &ctx.config.nodes {
-            let tag =
-                crate::zfs::names::HoldTag::parse(&format!("pgzfs-{}", node.reseed.slot_name))?;
-            if zfs.release(&tag, &snap.name)? {
-                tracing::info!("released the obsolete hold {tag} on {} (a base {} had from this node as primary)", snap.name, node.name);
-            }
+        .map(|s| s.name.clone())
+        .collect();
+    // One call per tag, all snapshots in it: most carry only some standbys' tags.
+    for node in &ctx.config.nodes {
+        let tag = crate::zfs::names::HoldTag::parse(&format!("pgzfs-{}", node.reseed.slot_name))?;
+        for (snap, _) in held
+            .iter()
+            .zip(zfs.release_each(&tag, &held)?)
+            .filter(|(_, r)| *r)
+        {
+            tracing::info!("released the obsolete hold {tag} on {snap} (a base {} had from this node as primary)", node.name);
         }
     }
     Ok(())

@@ -626,6 +626,50 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         }
     }
 
+    fn release_each(&self, tag: &HoldTag, snapshots: &[SnapshotName]) -> Result<Vec<bool>> {
+        if snapshots.len() < 2 {
+            return snapshots.iter().map(|s| self.release(tag, s)).collect();
+        }
+        // zfs(8) releases each snapshot named on its own and goes on after a failure,
+        // printing one line per failure that names the snapshot (zfs-fuse and OpenZFS).
+        let out = self.runner.output(
+            &self
+                .cmd()
+                .arg("release")
+                .arg(tag.as_str())
+                .args(snapshots.iter().map(|s| s.to_string())),
+        )?;
+        if out.success() {
+            return Ok(vec![true; snapshots.len()]);
+        }
+        match release_failures(snapshots, &out.stderr) {
+            Some(failures) => snapshots
+                .iter()
+                .zip(failures)
+                .map(|(snapshot, failure)| match failure {
+                    None => Ok(true),
+                    Some(line) if line.contains("no such") => Ok(false),
+                    Some(line) => Err(Error::failed(format!(
+                        "cannot release {snapshot} on {}: {line}",
+                        self.location()
+                    ))),
+                })
+                .collect(),
+            // A failure that names no snapshot (a `pgzfs serve` from before this form
+            // refuses it; a zfs that stopped early): which ones were released is not
+            // known, so each is asked on its own. A second release of one is harmless.
+            None => {
+                tracing::info!(
+                    "one zfs release of {} snapshots failed on {} ({}); releasing them one by one",
+                    snapshots.len(),
+                    self.location(),
+                    out.stderr.trim()
+                );
+                snapshots.iter().map(|s| self.release(tag, s)).collect()
+            }
+        }
+    }
+
     fn holds(&self, snapshot: &SnapshotName) -> Result<Option<Vec<HoldTag>>> {
         let out = self
             .runner
@@ -819,6 +863,30 @@ fn mark_passing_receive_trouble(e: Error) -> Error {
     }
 }
 
+/// Which of `snapshots` a failed multi-snapshot `zfs release` reported, by the line that
+/// names it ('pool/ds@snap' in quotes, as zfs-fuse and OpenZFS print it): None for one it
+/// released. None as a whole when a line names none of them or more than one, or no line
+/// names any: then the outcome of some is unknown.
+fn release_failures<'a>(
+    snapshots: &[SnapshotName],
+    stderr: &'a str,
+) -> Option<Vec<Option<&'a str>>> {
+    let quoted: Vec<String> = snapshots.iter().map(|s| format!("'{s}'")).collect();
+    let mut failures = vec![None; snapshots.len()];
+    for line in stderr.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let mut named = quoted
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| line.contains(q.as_str()));
+        match (named.next(), named.next()) {
+            (Some((i, _)), None) => failures[i] = Some(line),
+            _ => return None,
+        }
+    }
+    // It failed, so at least one line must say where.
+    failures.iter().any(Option::is_some).then_some(failures)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -880,6 +948,84 @@ mod tests {
         let e = refusing.rollback(&snapshot).unwrap_err();
         assert!(e.message().contains("more recent snapshots"), "{e}");
         assert_eq!(refusing.runner().calls.lock().unwrap().len(), 1);
+    }
+
+    fn scripted(answers: Vec<&'static str>) -> ZfsCli<Scripted> {
+        ZfsCli::new(Scripted {
+            answers: std::sync::Mutex::new(answers),
+            calls: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    #[test]
+    fn old_bases_are_released_in_one_call_and_each_ones_outcome_read_from_its_line() {
+        let tag = HoldTag::parse("pgzfs-db1").unwrap();
+        let snaps: Vec<SnapshotName> = ["pgzfs-1", "pgzfs-2", "pgzfs-3"]
+            .iter()
+            .map(|s| SnapshotName::parse(&format!("tank/pg@{s}")).unwrap())
+            .collect();
+        // zfs-fuse 0.7: pgzfs-2 carries only another standby's hold.
+        let zfs_fuse = scripted(vec![
+            "cannot release 'pgzfs-db1' from 'tank/pg@pgzfs-2': no such tag on this dataset",
+        ]);
+        assert_eq!(
+            zfs_fuse.release_each(&tag, &snaps).unwrap(),
+            [true, false, true]
+        );
+        assert_eq!(
+            *zfs_fuse.runner().calls.lock().unwrap(),
+            ["zfs release pgzfs-db1 tank/pg@pgzfs-1 tank/pg@pgzfs-2 tank/pg@pgzfs-3"]
+        );
+        // OpenZFS words it otherwise.
+        let openzfs = scripted(vec![
+            "cannot release hold from snapshot 'tank/pg@pgzfs-1': no such tag on this dataset\n\
+             cannot release hold from snapshot 'tank/pg@pgzfs-3': no such tag on this dataset",
+        ]);
+        assert_eq!(
+            openzfs.release_each(&tag, &snaps).unwrap(),
+            [false, true, false]
+        );
+        // Any other failure of one is the error, as it would be one call each.
+        let gone = scripted(vec![
+            "cannot open 'tank/pg@pgzfs-2': dataset does not exist",
+        ]);
+        let e = gone.release_each(&tag, &snaps).unwrap_err();
+        assert!(
+            e.message().contains("tank/pg@pgzfs-2") && e.message().contains("does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_release_refused_or_failed_without_naming_a_snapshot_is_asked_again_one_by_one() {
+        let tag = HoldTag::parse("pgzfs-db1").unwrap();
+        let snaps: Vec<SnapshotName> = ["pgzfs-1", "pgzfs-2"]
+            .iter()
+            .map(|s| SnapshotName::parse(&format!("tank/pg@{s}")).unwrap())
+            .collect();
+        for failure in [
+            // a source's pgzfs serve from before the form
+            "pgzfs: serve: refused zfs release pgzfs-db1 tank/pg@pgzfs-1 tank/pg@pgzfs-2 from 10.0.0.2: not a command a standby needs from this node",
+            // OpenZFS, when the failure is not one snapshot's
+            "cannot release: pool I/O is currently suspended",
+        ] {
+            let zfs = scripted(vec![
+                failure,
+                "",
+                "cannot release 'pgzfs-db1' from 'tank/pg@pgzfs-2': no such tag on this dataset",
+            ]);
+            assert_eq!(zfs.release_each(&tag, &snaps).unwrap(), [true, false]);
+            assert_eq!(
+                zfs.runner().calls.lock().unwrap()[1..],
+                [
+                    "zfs release pgzfs-db1 tank/pg@pgzfs-1",
+                    "zfs release pgzfs-db1 tank/pg@pgzfs-2"
+                ]
+            );
+        }
+        // A failure with no words at all names nothing either.
+        assert_eq!(release_failures(&snaps, ""), None);
+        assert_eq!(release_failures(&snaps, "\n  \n"), None);
     }
 
     #[test]

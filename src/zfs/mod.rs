@@ -210,6 +210,13 @@ pub trait Zfs {
     fn hold(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<()>;
     /// Ok(false) when the snapshot carried no such hold.
     fn release(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<bool>;
+    /// [`Zfs::release`] of each snapshot, in order: whether each carried the hold. A zfs
+    /// that takes several snapshots per call does it in one (one round trip to a source
+    /// instead of one per snapshot); an error on any one is the error, as one call each
+    /// would have stopped there.
+    fn release_each(&self, tag: &HoldTag, snapshots: &[SnapshotName]) -> Result<Vec<bool>> {
+        snapshots.iter().map(|s| self.release(tag, s)).collect()
+    }
     /// The tags of the holds on a snapshot; None when this ZFS cannot list them
     /// (`zfs holds` is broken on zfs-fuse), and callers go by `userrefs` alone.
     fn holds(&self, _snapshot: &SnapshotName) -> Result<Option<Vec<HoldTag>>> {
