@@ -628,7 +628,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
 
     fn release_each(&self, tag: &HoldTag, snapshots: &[SnapshotName]) -> Result<Vec<bool>> {
         if snapshots.len() < 2 {
-            return snapshots.iter().map(|s| self.release(tag, s)).collect();
+            return super::release_one_by_one(self, tag, snapshots);
         }
         // zfs(8) releases each snapshot named on its own and goes on after a failure,
         // printing one line per failure that names the snapshot (zfs-fuse and OpenZFS).
@@ -665,7 +665,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
                     self.location(),
                     out.stderr.trim()
                 );
-                snapshots.iter().map(|s| self.release(tag, s)).collect()
+                super::release_one_by_one(self, tag, snapshots)
             }
         }
     }
@@ -1023,6 +1023,23 @@ mod tests {
                 ]
             );
         }
+        // One by one, a snapshot that fails does not keep the next from its release.
+        let zfs = scripted(vec![
+            "pgzfs: serve: refused zfs release pgzfs-db1 tank/pg@pgzfs-1 tank/pg@pgzfs-2 from 10.0.0.2: not a command a standby needs from this node",
+            "cannot open 'tank/pg@pgzfs-1': dataset does not exist",
+            "",
+        ]);
+        let e = zfs.release_each(&tag, &snaps).unwrap_err();
+        assert!(e.message().contains("does not exist"), "{e}");
+        assert_eq!(
+            zfs.runner()
+                .calls
+                .lock()
+                .unwrap()
+                .last()
+                .map(String::as_str),
+            Some("zfs release pgzfs-db1 tank/pg@pgzfs-2")
+        );
         // A failure with no words at all names nothing either.
         assert_eq!(release_failures(&snaps, ""), None);
         assert_eq!(release_failures(&snaps, "\n  \n"), None);

@@ -212,10 +212,10 @@ pub trait Zfs {
     fn release(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<bool>;
     /// [`Zfs::release`] of each snapshot, in order: whether each carried the hold. A zfs
     /// that takes several snapshots per call does it in one (one round trip to a source
-    /// instead of one per snapshot); an error on any one is the error, as one call each
-    /// would have stopped there.
+    /// instead of one per snapshot). Every snapshot is tried, as zfs(8) does with several;
+    /// the first failure is the error.
     fn release_each(&self, tag: &HoldTag, snapshots: &[SnapshotName]) -> Result<Vec<bool>> {
-        snapshots.iter().map(|s| self.release(tag, s)).collect()
+        release_one_by_one(self, tag, snapshots)
     }
     /// The tags of the holds on a snapshot; None when this ZFS cannot list them
     /// (`zfs holds` is broken on zfs-fuse), and callers go by `userrefs` alone.
@@ -432,6 +432,17 @@ pub fn newest_common<'a>(source: &'a [Snapshot], target: &[Snapshot]) -> Option<
         .iter()
         .filter(|s| on_target.contains(&s.guid))
         .max_by_key(|s| s.createtxg)
+}
+
+/// [`Zfs::release_each`] as one `release` per snapshot: each tried, the first failure
+/// returned after all.
+pub fn release_one_by_one<Z: Zfs + ?Sized>(
+    zfs: &Z,
+    tag: &HoldTag,
+    snapshots: &[SnapshotName],
+) -> Result<Vec<bool>> {
+    let outcomes: Vec<Result<bool>> = snapshots.iter().map(|s| zfs.release(tag, s)).collect();
+    outcomes.into_iter().collect()
 }
 
 #[cfg(test)]
