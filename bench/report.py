@@ -399,6 +399,10 @@ def main():
         "pg_wal left out, as rsync recipes for standbys do). The raw pipeline sends db1's dataset "
         "alone, so with pg_wal on a child it leaves pg_wal out like pgzfs's db2. Bytes moved: pgzfs's "
         "own count of the stream, `dd`'s count in the raw pipeline, rsync's \"Total bytes received\".",
+        "- **Between contenders**, full or incremental (untimed): bench/run waits until zfs-fuse "
+        "has read and written less than 1 MiB a second for three seconds in a row, then runs "
+        "`sync`, so that a pool still writing out the load or the previous contender's copy is "
+        "not the next one's to pay for.",
         "- **(g) rejoin vs pg_rewind**: db2 is promoted (`pg_ctl promote`), db1 goes on writing "
         "(`UPDATE ... WHERE aid % N = 0` with N from the calibration below; none for 0%) and is "
         "stopped; then either `pgzfs rejoin --to db2` (which keeps db1's diverged writes in its "
