@@ -656,8 +656,8 @@ impl<R: Runner> Zfs for ZfsCli<R> {
                 })
                 .collect(),
             // A failure that names no snapshot (a `pgzfs serve` from before this form
-            // refuses it; a zfs that stopped early): which ones were released is not
-            // known, so each is asked on its own. A second release of one is harmless.
+            // refuses it; a pool-wide error): which ones were released is not known, so
+            // each is asked on its own. A second release of one is harmless.
             None => {
                 tracing::info!(
                     "one zfs release of {} snapshots failed on {} ({}); releasing them one by one",
