@@ -263,15 +263,16 @@ impl Reseed<'_> {
         };
         let stamp = crate::timestamp::utc_compact(SystemTime::now());
         let planned_snapshot = SnapName::parse(&format!("pgzfs-{stamp}"))?;
-        let preview = match &resume {
-            Some(resumed) => resumed.plan.clone(),
-            None => plan_cluster(
+        // The preview (before the cut) and the real plan (after it) differ only in the
+        // source's list and the snapshot planned for.
+        let plan_against = |source_snapshots: &[Snapshot], snapshot: &SnapName| {
+            plan_cluster(
                 &PlanInput {
                     source_dataset: &source.dataset,
-                    source_snapshots: &remote_snaps,
+                    source_snapshots,
                     local_dataset: &local.dataset,
                     local_snapshots: local_snaps.as_deref(),
-                    snapshot: &planned_snapshot,
+                    snapshot,
                     full: self.request.full,
                     stamp: &stamp,
                 },
@@ -279,7 +280,11 @@ impl Reseed<'_> {
                 &source_cluster,
                 multi_snapshot,
                 pg_wal_stays_home(&local.reseed),
-            )?,
+            )
+        };
+        let preview = match &resume {
+            Some(resumed) => resumed.plan.clone(),
+            None => plan_against(&remote_snaps, &planned_snapshot)?,
         };
         if self.request.caller == Caller::MajorUpgrade
             && !self.request.full
@@ -424,21 +429,7 @@ impl Reseed<'_> {
             Some(resumed) => (resumed.plan.clone(), None),
             None => {
                 let source_snaps = remote_zfs.snapshots(&source.dataset)?;
-                let planned = plan_cluster(
-                    &PlanInput {
-                        source_dataset: &source.dataset,
-                        source_snapshots: &source_snaps,
-                        local_dataset: &local.dataset,
-                        local_snapshots: local_snaps.as_deref(),
-                        snapshot: &snapshot_name,
-                        full: self.request.full,
-                        stamp: &stamp,
-                    },
-                    &others,
-                    &source_cluster,
-                    multi_snapshot,
-                    pg_wal_stays_home(&local.reseed),
-                )?;
+                let planned = plan_against(&source_snaps, &snapshot_name)?;
                 (planned, Some(source_snaps))
             }
         };
