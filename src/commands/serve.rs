@@ -491,7 +491,8 @@ pub fn check_in(argv: &[String], scope: &Scope) -> std::result::Result<Allowed, 
             argv.push(target);
             Ok(allow(argv))
         }
-        // One snapshot, or several in one call (a node's old bases, released at once).
+        // One snapshot, or several in one call (a tree's new cut held at once, a node's
+        // old bases released at once).
         ["zfs", verb @ ("hold" | "release"), tag, names @ ..] if !names.is_empty() => {
             let tag = HoldTag::parse(tag).map_err(|e| e.message().to_string())?;
             if !tag.as_str().starts_with("pgzfs-") {
@@ -1055,8 +1056,15 @@ mod tests {
             // protecting the common base
             vec!["zfs", "hold", "pgzfs-db2", snap],
             vec!["zfs", "release", "pgzfs-db2", base],
-            // a node's old bases released in one call
+            // a node's old bases released in one call, a tree's new cut held in one
             vec!["zfs", "release", "pgzfs-db2", base, snap],
+            vec![
+                "zfs",
+                "hold",
+                "pgzfs-db2",
+                "tank/pgdata/wal@pgzfs-20261122T003000Z",
+                snap,
+            ],
             vec!["zfs", "holds", "-H", snap],
             vec![
                 "zfs",

@@ -29,7 +29,7 @@ use crate::zfs::survey::Survey;
 use crate::zfs::{Snapshot, Zfs};
 
 use super::plan::{plan, Plan, PlanInput};
-use super::protect::{protect_new_base, SourceKnown};
+use super::protect::{protect_new_bases, NewBase, SourceKnown};
 use super::report::{DryRun, Summary};
 use super::tree::{pg_wal_stays_home, plan_members, MemberInput, MountAt, OwnPgWal};
 
@@ -543,34 +543,34 @@ impl Reseed<'_> {
                 (start, start_took, caught_up)
             });
             let held = steps.run("holds", || {
-                // The same cut on every dataset of the cluster, the dataset itself last: a
-                // run that fails half way leaves the tree's hold where the dataset's is.
-                for member in &the_plan.members {
-                    protect_new_base(
-                        &local,
-                        local_zfs,
-                        &remote_zfs,
-                        &member.source_dataset,
-                        &member.local_dataset,
-                        &snapshot_name,
-                        SourceKnown {
-                            snapshots: None,
+                // The same cut on every dataset of the cluster, the dataset itself last.
+                // A member's list comes from before the cut (the preflight's survey, or
+                // the tablespace's own): only this node, under its lock, puts its tag on
+                // a snapshot or takes it off, so what it may release is known from then.
+                let mut bases: Vec<NewBase> = the_plan
+                    .members
+                    .iter()
+                    .map(|member| NewBase {
+                        source_dataset: &member.source_dataset,
+                        local_dataset: &member.local_dataset,
+                        known: SourceKnown {
+                            snapshots: others
+                                .iter()
+                                .find(|o| o.source_dataset == member.source_dataset)
+                                .map(|o| o.source_snapshots.as_slice()),
                             only_received: member.is_incremental(),
                         },
-                    )?;
-                }
-                protect_new_base(
-                    &local,
-                    local_zfs,
-                    &remote_zfs,
-                    &source.dataset,
-                    &local.dataset,
-                    &snapshot_name,
-                    SourceKnown {
+                    })
+                    .collect();
+                bases.push(NewBase {
+                    source_dataset: &source.dataset,
+                    local_dataset: &local.dataset,
+                    known: SourceKnown {
                         snapshots: source_snaps_after_cut.as_deref(),
                         only_received: the_plan.is_incremental(),
                     },
-                )?;
+                });
+                protect_new_bases(&local, local_zfs, &remote_zfs, &bases, &snapshot_name)?;
                 match &the_plan.pg_wal_not_sent {
                     Some(wal) => super::protect::release_unsent(
                         &local,

@@ -605,6 +605,47 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         }
     }
 
+    fn hold_each(&self, tag: &HoldTag, snapshots: &[SnapshotName]) -> Result<()> {
+        if snapshots.len() < 2 {
+            return super::hold_one_by_one(self, tag, snapshots);
+        }
+        // As with release: zfs(8) holds each snapshot named on its own, goes on after a
+        // failure and prints one line per failure that names the snapshot.
+        let out = self.runner.output(
+            &self
+                .cmd()
+                .arg("hold")
+                .arg(tag.as_str())
+                .args(snapshots.iter().map(|s| s.to_string())),
+        )?;
+        if out.success() {
+            return Ok(());
+        }
+        match failures_by_snapshot(snapshots, &out.stderr) {
+            Some(failures) => snapshots
+                .iter()
+                .zip(failures)
+                .try_for_each(|(snapshot, failure)| match failure {
+                    Some(line) if !line.contains("tag already exists") => Err(Error::failed(
+                        format!("cannot hold {snapshot} on {}: {line}", self.location()),
+                    )),
+                    _ => Ok(()),
+                }),
+            // Which ones were held is not known (a `pgzfs serve` from before this form
+            // refuses it; a pool-wide error): each is asked on its own, and one already
+            // held counts as held.
+            None => {
+                tracing::info!(
+                    "one zfs hold of {} snapshots failed on {} ({}); holding them one by one",
+                    snapshots.len(),
+                    self.location(),
+                    out.stderr.trim()
+                );
+                super::hold_one_by_one(self, tag, snapshots)
+            }
+        }
+    }
+
     fn release(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<bool> {
         let out = self.runner.output(
             &self
@@ -642,7 +683,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         if out.success() {
             return Ok(vec![true; snapshots.len()]);
         }
-        match release_failures(snapshots, &out.stderr) {
+        match failures_by_snapshot(snapshots, &out.stderr) {
             Some(failures) => snapshots
                 .iter()
                 .zip(failures)
@@ -863,11 +904,11 @@ fn mark_passing_receive_trouble(e: Error) -> Error {
     }
 }
 
-/// Which of `snapshots` a failed multi-snapshot `zfs release` reported, by the line that
-/// names it ('pool/ds@snap' in quotes, as zfs-fuse and OpenZFS print it): None for one it
-/// released. None as a whole when a line names none of them or more than one, or no line
-/// names any: then the outcome of some is unknown.
-fn release_failures<'a>(
+/// Which of `snapshots` a failed multi-snapshot `zfs hold` or `zfs release` reported, by
+/// the line that names it ('pool/ds@snap' in quotes, as zfs-fuse and OpenZFS print it):
+/// None for one it did. None as a whole when a line names none of them or more than one,
+/// or no line names any: then the outcome of some is unknown.
+fn failures_by_snapshot<'a>(
     snapshots: &[SnapshotName],
     stderr: &'a str,
 ) -> Option<Vec<Option<&'a str>>> {
@@ -1041,8 +1082,54 @@ mod tests {
             Some("zfs release pgzfs-db1 tank/pg@pgzfs-2")
         );
         // A failure with no words at all names nothing either.
-        assert_eq!(release_failures(&snaps, ""), None);
-        assert_eq!(release_failures(&snaps, "\n  \n"), None);
+        assert_eq!(failures_by_snapshot(&snaps, ""), None);
+        assert_eq!(failures_by_snapshot(&snaps, "\n  \n"), None);
+    }
+
+    #[test]
+    fn new_bases_are_held_in_one_call_and_a_hold_already_there_counts_as_held() {
+        let tag = HoldTag::parse("pgzfs-db2").unwrap();
+        let snaps: Vec<SnapshotName> = ["tank/pg/wal@pgzfs-3", "tank/pg@pgzfs-3"]
+            .iter()
+            .map(|s| SnapshotName::parse(s).unwrap())
+            .collect();
+        let fresh = scripted(vec![""]);
+        fresh.hold_each(&tag, &snaps).unwrap();
+        assert_eq!(
+            *fresh.runner().calls.lock().unwrap(),
+            ["zfs hold pgzfs-db2 tank/pg/wal@pgzfs-3 tank/pg@pgzfs-3"]
+        );
+        // A rerun after a failure later on: the holds it took are still there (zfs-fuse
+        // 0.7 and OpenZFS wordings).
+        for already in [
+            "cannot hold 'tank/pg/wal@pgzfs-3': tag already exists on this dataset",
+            "cannot hold snapshot 'tank/pg@pgzfs-3': tag already exists on this dataset",
+        ] {
+            let zfs = scripted(vec![already]);
+            zfs.hold_each(&tag, &snaps).unwrap();
+            assert_eq!(zfs.runner().calls.lock().unwrap().len(), 1);
+        }
+        // Any other failure is the error, and names the snapshot.
+        let gone = scripted(vec![
+            "cannot hold 'tank/pg/wal@pgzfs-3': dataset does not exist",
+        ]);
+        let e = gone.hold_each(&tag, &snaps).unwrap_err();
+        assert!(
+            e.message().contains("tank/pg/wal@pgzfs-3") && e.message().contains("does not exist"),
+            "{e}"
+        );
+        // Refused without naming a snapshot (a serve from before the form): one by one,
+        // and the first failure stops the rest.
+        let old_serve = scripted(vec![
+            "pgzfs: serve: refused zfs hold pgzfs-db2 tank/pg/wal@pgzfs-3 tank/pg@pgzfs-3 from 10.0.0.2: not a command a standby needs from this node",
+            "cannot hold 'tank/pg/wal@pgzfs-3': dataset does not exist",
+            "",
+        ]);
+        assert!(old_serve.hold_each(&tag, &snaps).is_err());
+        assert_eq!(
+            old_serve.runner().calls.lock().unwrap()[1..],
+            ["zfs hold pgzfs-db2 tank/pg/wal@pgzfs-3"]
+        );
     }
 
     #[test]

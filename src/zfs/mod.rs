@@ -208,6 +208,12 @@ pub trait Zfs {
     /// receive can not overwrite an existing dataset.
     fn receive(&self, dataset: &DatasetName, rollback: bool) -> Result<Box<dyn Sink>>;
     fn hold(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<()>;
+    /// [`Zfs::hold`] of each snapshot, in order (one already held with `tag` counts as
+    /// held); Ok only when every one is held. A zfs that takes several snapshots per call
+    /// does it in one round trip; otherwise the first failure stops the rest.
+    fn hold_each(&self, tag: &HoldTag, snapshots: &[SnapshotName]) -> Result<()> {
+        hold_one_by_one(self, tag, snapshots)
+    }
     /// Ok(false) when the snapshot carried no such hold.
     fn release(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<bool>;
     /// [`Zfs::release`] of each snapshot, in order: whether each carried the hold. A zfs
@@ -432,6 +438,15 @@ pub fn newest_common<'a>(source: &'a [Snapshot], target: &[Snapshot]) -> Option<
         .iter()
         .filter(|s| on_target.contains(&s.guid))
         .max_by_key(|s| s.createtxg)
+}
+
+/// [`Zfs::hold_each`] as one `hold` per snapshot, in order, up to the first failure.
+pub fn hold_one_by_one<Z: Zfs + ?Sized>(
+    zfs: &Z,
+    tag: &HoldTag,
+    snapshots: &[SnapshotName],
+) -> Result<()> {
+    snapshots.iter().try_for_each(|s| zfs.hold(tag, s))
 }
 
 /// [`Zfs::release_each`] as one `release` per snapshot: each tried, the first failure
