@@ -31,6 +31,10 @@ pub struct Cut {
 /// Take a backup-safe snapshot of `dataset` (recursively) on the primary's ZFS. The
 /// backup is always stopped, even when the snapshot fails; and if this process dies half
 /// way, PostgreSQL ends the backup with the session.
+///
+/// `known`: the snapshots of the cluster's dataset and tablespaces as the caller read
+/// them moments ago, so that a free name costs no round trip; None: read them here.
+#[allow(clippy::too_many_arguments)]
 pub fn take(
     steps: &mut Steps,
     primary: &mut Pg,
@@ -39,34 +43,42 @@ pub fn take(
     name: &SnapName,
     label: &str,
     source_node: &str,
+    known: Option<&[Snapshot]>,
 ) -> Result<Cut> {
     let dataset = cluster.root();
-    let mut existing = zfs.snapshots(dataset)?;
-    for ts in cluster.tablespaces() {
-        existing.extend(zfs.snapshots(&ts.dataset)?);
-    }
-    let snapshot = dataset.snapshot(&unique_snapshot_name(name, &existing)?);
-    let label = format!("{label} {}", snapshot.snap());
+    let read_names = || {
+        let mut existing = zfs.snapshots(dataset)?;
+        for ts in cluster.tablespaces() {
+            existing.extend(zfs.snapshots(&ts.dataset)?);
+        }
+        Ok(existing)
+    };
     // A primary's timeline and system identifier cannot change during its backup, so
     // they are asked first and travel with the snapshot itself.
     let timeline = primary.current_timeline()?;
     let system_identifier = primary.system_identifier()?;
-    let start_lsn = steps.run("backup start", || primary.backup_start(&label))?;
-    let known_before = [
-        (prop::LSN, start_lsn.clone()),
-        (prop::TIMELINE, timeline.to_string()),
-        (prop::SYSTEM_ID, system_identifier.to_string()),
-        (prop::PG_MAJOR, primary.major().to_string()),
-        (prop::SOURCE_NODE, source_node.to_string()),
-    ];
-    let snapped = steps.run("snapshot", || {
-        // The tree in one `-r` call; tablespaces with it where the ZFS takes several
-        // names at once, otherwise one by one, still inside the backup session.
-        crate::datasets::snapshot_cut(zfs, cluster, snapshot.snap(), &known_before)
-    });
-    let stop = steps.run("backup stop", || primary.backup_stop());
-    snapped?;
-    let stop = stop?;
+    let (snapshot, start_lsn, stop) = under_a_free_name(name, known, read_names, |free| {
+        let snapshot = dataset.snapshot(free);
+        let named_label = format!("{label} {free}");
+        let start_lsn = steps.run("backup start", || primary.backup_start(&named_label))?;
+        let known_before = [
+            (prop::LSN, start_lsn.clone()),
+            (prop::TIMELINE, timeline.to_string()),
+            (prop::SYSTEM_ID, system_identifier.to_string()),
+            (prop::PG_MAJOR, primary.major().to_string()),
+            (prop::SOURCE_NODE, source_node.to_string()),
+        ];
+        let snapped = steps.run("snapshot", || {
+            // The tree in one `-r` call; tablespaces with it where the ZFS takes several
+            // names at once, otherwise one by one, still inside the backup session.
+            crate::datasets::snapshot_cut(zfs, cluster, free, &known_before)
+        });
+        // Ended whatever the snapshot did: a name taken meanwhile is tried again with a
+        // backup of its own, whose label names the snapshot it belongs to.
+        let stop = steps.run("backup stop", || primary.backup_stop());
+        snapped?;
+        Ok((snapshot, start_lsn, stop?))
+    })?;
     // The backup_label is written last: a snapshot that has it is a complete cut, one
     // without it (the process died between snapshot and here) is never used as a seed.
     let mut known_after = vec![(prop::STOP_LSN, stop.stop_lsn.clone())];
@@ -96,6 +108,8 @@ pub fn take(
 /// pg_control through the WAL in pg_wal, then streams. Only sound when every file of the
 /// cluster is in this one snapshot, which [`atomic_snapshot_covers`] decides beforehand.
 /// No backup_label exists, so the cut is recorded complete with the snapshot itself.
+///
+/// `known`: the dataset's snapshots as the caller read them moments ago (see [`take`]).
 pub fn take_atomic(
     steps: &mut Steps,
     primary: &mut Pg,
@@ -103,22 +117,27 @@ pub fn take_atomic(
     dataset: &DatasetName,
     name: &SnapName,
     source_node: &str,
+    known: Option<&[Snapshot]>,
 ) -> Result<Cut> {
-    let existing = zfs.snapshots(dataset)?;
-    let snapshot = dataset.snapshot(&unique_snapshot_name(name, &existing)?);
     let timeline = primary.current_timeline()?;
     let system_identifier = primary.system_identifier()?;
-    // WAL written before this position is in the snapshot; replay reaches at least here.
-    let start_lsn = primary.current_lsn()?.to_string();
-    let props = [
-        (prop::LSN, start_lsn.clone()),
-        (prop::TIMELINE, timeline.to_string()),
-        (prop::SYSTEM_ID, system_identifier.to_string()),
-        (prop::PG_MAJOR, primary.major().to_string()),
-        (prop::SOURCE_NODE, source_node.to_string()),
-        (prop::CUT, ATOMIC.to_string()),
-    ];
-    steps.run("snapshot", || zfs.snapshot_recursive(&snapshot, &props))?;
+    let read_names = || zfs.snapshots(dataset);
+    let (snapshot, start_lsn) = under_a_free_name(name, known, read_names, |free| {
+        let snapshot = dataset.snapshot(free);
+        // WAL written before this position is in the snapshot; replay reaches at least
+        // here.
+        let start_lsn = primary.current_lsn()?.to_string();
+        let props = [
+            (prop::LSN, start_lsn.clone()),
+            (prop::TIMELINE, timeline.to_string()),
+            (prop::SYSTEM_ID, system_identifier.to_string()),
+            (prop::PG_MAJOR, primary.major().to_string()),
+            (prop::SOURCE_NODE, source_node.to_string()),
+            (prop::CUT, ATOMIC.to_string()),
+        ];
+        steps.run("snapshot", || zfs.snapshot_recursive(&snapshot, &props))?;
+        Ok((snapshot, start_lsn))
+    })?;
     // Informational only (the summary's stop_lsn): an upper bound of what the snapshot
     // holds. Not recorded on the snapshot, which would cost another remote call.
     let stop_lsn = primary.current_lsn()?.to_string();
@@ -378,6 +397,34 @@ impl Cut {
     }
 }
 
+/// Run `cut` under `planned`, or under the first free name after it, judged by `known`
+/// (the caller's list, read moments ago: no round trip) or else by `read`. When a stale
+/// list led `cut` into a name taken since, by another cut in the same second, the names
+/// are read afresh and `cut` runs once more; by then it must have undone what it began
+/// (a backup session is ended before the snapshot's error is returned).
+fn under_a_free_name<T>(
+    planned: &SnapName,
+    known: Option<&[Snapshot]>,
+    read: impl FnOnce() -> Result<Vec<Snapshot>>,
+    mut cut: impl FnMut(&SnapName) -> Result<T>,
+) -> Result<T> {
+    if let Some(known) = known {
+        match cut(&unique_snapshot_name(planned, known)?) {
+            Err(e) if name_taken(&e) => {
+                tracing::info!("{e}; cutting again under a name that is free now")
+            }
+            done => return done,
+        }
+    }
+    cut(&unique_snapshot_name(planned, &read()?)?)
+}
+
+/// Whether a `zfs snapshot` failed because a snapshot of that name exists (zfs-fuse and
+/// OpenZFS: "dataset already exists").
+fn name_taken(e: &Error) -> bool {
+    e.message().contains("already exists")
+}
+
 /// Snapshot names carry the time to the second; a second re-seed within the same second
 /// gets a suffix rather than a collision.
 pub fn unique_snapshot_name(planned: &SnapName, existing: &[Snapshot]) -> Result<SnapName> {
@@ -434,6 +481,7 @@ pub fn take_of_node(
         &SnapName::pgzfs_at(now),
         label,
         &local.name,
+        None,
     )
 }
 
@@ -501,6 +549,56 @@ mod tests {
             "pgzfs-20261122T010000Z-2"
         );
         assert_eq!(unique_snapshot_name(&planned, &[]).unwrap(), planned);
+    }
+
+    #[test]
+    fn a_name_taken_since_the_preflight_read_its_names_is_cut_again_under_a_free_one() {
+        let planned = SnapName::parse("pgzfs-20261122T010000Z").unwrap();
+        // The standby's preflight saw no cut of this second; another standby's re-seed,
+        // ahead of it on the primary's lock, took one meanwhile.
+        let now_there = vec![snap("tank/pg@pgzfs-20261122T010000Z", 1, 1)];
+        let mut tried = Vec::new();
+        let cut = under_a_free_name(&planned, Some(&[]), || Ok(now_there.clone()), |free| {
+            tried.push(free.to_string());
+            if free == &planned {
+                Err(Error::failed(
+                    "cannot create snapshot 'tank/pg@pgzfs-20261122T010000Z': dataset already exists",
+                ))
+            } else {
+                Ok(free.clone())
+            }
+        })
+        .unwrap();
+        assert_eq!(cut.as_str(), "pgzfs-20261122T010000Z-2");
+        assert_eq!(
+            tried,
+            ["pgzfs-20261122T010000Z", "pgzfs-20261122T010000Z-2"]
+        );
+
+        // Any other failure is the cut's failure, with no second try; and a list read
+        // here (none known) is not second-guessed.
+        let mut tries = 0;
+        let failed = under_a_free_name(
+            &planned,
+            Some(&[]),
+            || Ok(Vec::new()),
+            |_| {
+                tries += 1;
+                Err::<(), _>(Error::failed("cannot create snapshot: out of space"))
+            },
+        );
+        assert!(failed.is_err() && tries == 1);
+        let mut tries = 0;
+        let failed = under_a_free_name(
+            &planned,
+            None,
+            || Ok(Vec::new()),
+            |_| {
+                tries += 1;
+                Err::<(), _>(Error::failed("dataset already exists"))
+            },
+        );
+        assert!(failed.is_err() && tries == 1, "read here, tried once");
     }
 
     /// The source node as seen over SSH: it answers every command with `stdout`.

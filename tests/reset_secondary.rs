@@ -659,10 +659,9 @@ fn a_full_reseed_killed_mid_stream_gives_the_previous_copy_its_name_and_its_boot
     lab.assert_same_contents("db1", "db2");
 }
 
-#[test]
-fn two_reseeds_at_once_never_run_together() {
-    let lab = Lab::up("twoatonce");
-    // A third node, so that two standbys compete for the primary's re-seed lock.
+/// db3, a second standby of db1 beside db2 (not yet copied), which waits at most
+/// `lock_timeout` for a lock.
+fn add_second_standby(lab: &Lab, lock_timeout: &str) {
     let sock3 = lab.dir.join("sock3");
     std::fs::create_dir_all(&sock3).unwrap();
     assert!(Command::new("chown")
@@ -674,14 +673,23 @@ fn two_reseeds_at_once_never_run_together() {
     let port3 = free_port();
     lab.append_config(&format!(
         "\n[[nodes]]\nname = \"db3\"\nhost = \"127.0.0.1\"\ndataset = \"{pool}/db3\"\ndata_dir = \"{dir}/db3/data\"\nmountpoint = \"{dir}/db3\"\n\
-         pg_port = {port3}\nlock_file = \"{dir}/db3.lock\"\npg_log_file = \"{dir}/db3.log\"\nlock_timeout = \"1s\"\n[nodes.pg_settings]\nunix_socket_directories = \"{sock}\"\n",
+         pg_port = {port3}\nlock_file = \"{dir}/db3.lock\"\npg_log_file = \"{dir}/db3.log\"\nlock_timeout = \"{lock_timeout}\"\n[nodes.pg_settings]\nunix_socket_directories = \"{sock}\"\n",
         pool = lab.pool(),
         dir = lab.dir.display(),
         sock = sock3.display(),
     ));
-    let config =
-        file_text(&lab.config()).replace("lock_timeout = \"20s\"", "lock_timeout = \"1s\"");
+    let config = file_text(&lab.config()).replace(
+        "lock_timeout = \"20s\"",
+        &format!("lock_timeout = \"{lock_timeout}\""),
+    );
     lab.write_config(&config);
+}
+
+#[test]
+fn two_reseeds_at_once_never_run_together() {
+    let lab = Lab::up("twoatonce");
+    // A third node, so that two standbys compete for the primary's re-seed lock.
+    add_second_standby(&lab, "1s");
 
     let spawn = |node: &str| {
         lab.pgzfs_command(node, &["reset-secondary", "--yes"])
@@ -717,6 +725,79 @@ fn two_reseeds_at_once_never_run_together() {
         codes.contains(&Some(0)) && codes.contains(&Some(3)),
         "one ran, one was refused: {codes:?}\n{}",
         stderr_of(&second)
+    );
+}
+
+/// A fleet re-seeding its standbys together: both cut within the same second, and the
+/// one that waited for the primary's lock finds its planned name taken by the other's
+/// cut (its own list of names is from before the wait). It cuts again under the next
+/// free name; both stream, each from its own cut.
+#[test]
+fn two_standbys_reseeded_in_the_same_second_each_get_their_own_cut() {
+    let lab = Lab::up("sameseconds");
+    add_second_standby(&lab, "120s");
+    lab.reset_secondary("db2");
+    lab.reset_secondary("db3");
+
+    let spawn = |node: &str| {
+        lab.pgzfs_command(node, &["reset-secondary", "--yes", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Both start just after a second begins, so that both plan the same name; a round
+    // in which a slow start still straddled two seconds is run again.
+    let mut cut_again = 0;
+    for round in 1..=5 {
+        lab.sql(
+            "db1",
+            &format!(
+                "UPDATE pgbench_accounts SET abalance = abalance + {round} WHERE aid % 50 = 0"
+            ),
+        );
+        let into_second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        std::thread::sleep(Duration::from_millis(u64::from(1020 - into_second)));
+        let (a, b) = (spawn("db2"), spawn("db3"));
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let said = format!("db2:\n{}\ndb3:\n{}", stderr_of(&a), stderr_of(&b));
+        assert!(
+            a.status.success() && b.status.success(),
+            "both re-seeds succeed, one after the other: {said}"
+        );
+        let cut = |out: &std::process::Output| {
+            let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            summary["snapshot"].as_str().unwrap().to_string()
+        };
+        let (cut2, cut3) = (cut(&a), cut(&b));
+        assert_ne!(cut2, cut3, "each standby has its own cut: {said}");
+        for node in ["db2", "db3"] {
+            lab.assert_streaming(node);
+            lab.assert_same_contents("db1", node);
+        }
+        eprintln!("round {round}: db2 from {cut2}, db3 from {cut3}");
+        if said.contains("cutting again under a name that is free now") {
+            let (first, second) = if cut2 < cut3 {
+                (&cut2, &cut3)
+            } else {
+                (&cut3, &cut2)
+            };
+            assert_eq!(
+                *second,
+                format!("{first}-2"),
+                "the second cut is the first's second with a suffix: {said}"
+            );
+            cut_again += 1;
+            break;
+        }
+        eprintln!("round {round}: no name was taken meanwhile; again");
+    }
+    assert_eq!(
+        cut_again, 1,
+        "in five rounds the two re-seeds never planned the same name"
     );
 }
 

@@ -384,6 +384,19 @@ impl Reseed<'_> {
         // 4. The cut: one atomic snapshot (cut = "atomic"), or the backup-safe cut, all in
         //    one session on the primary: held by this process, or by the source's own
         //    pgzfs (backup_via).
+        // The names already taken, from the preflight (the tablespaces' from their own
+        // list): no round trip to pick a free one. A cut taken since under the same name
+        // makes the cut read them afresh.
+        let names_taken: Vec<Snapshot> = remote_snaps
+            .iter()
+            .chain(
+                others
+                    .iter()
+                    .filter(|o| matches!(o.role, MemberRole::Tablespace { .. }))
+                    .flat_map(|o| &o.source_snapshots),
+            )
+            .cloned()
+            .collect();
         let cut = match (&resume, local.reseed.backup_via) {
             (None, _) if local.reseed.cut == CutMode::Atomic => crate::cut::take_atomic(
                 &mut steps,
@@ -392,6 +405,7 @@ impl Reseed<'_> {
                 &source.dataset,
                 &planned_snapshot,
                 &source.name,
+                Some(&names_taken),
             )?,
             (Some(resumed), _) => {
                 tracing::info!(
@@ -408,6 +422,7 @@ impl Reseed<'_> {
                 &planned_snapshot,
                 &format!("pgzfs {}", local.name),
                 &source.name,
+                Some(&names_taken),
             )?,
             (None, BackupVia::Ssh) => crate::cut::take_on_source(
                 &mut steps,
