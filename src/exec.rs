@@ -335,11 +335,33 @@ impl crate::transfer::Sink for LocalSink {
     }
 }
 
+/// A command begun by [`Runner::start`], whose output is collected when it is wanted.
+pub trait Started: Send {
+    /// Wait for it to end and return what it said, as [`Runner::output`] would have.
+    fn finish(self: Box<Self>) -> Result<Output>;
+}
+
+/// A command that ran to completion when it was started (the default [`Runner::start`]).
+struct AlreadyFinished(Result<Output>);
+
+impl Started for AlreadyFinished {
+    fn finish(self: Box<Self>) -> Result<Output> {
+        self.0
+    }
+}
+
 /// Where a command runs: on this machine, or on another node over SSH. zfs(8) goes through
 /// this, so the same ZFS code drives both ends of a transfer.
 pub trait Runner {
     /// Run to completion and capture what it said, whatever the exit status.
     fn output(&self, cmd: &Cmd) -> Result<Output>;
+    /// Begin `cmd` and collect its output later: over SSH the other end runs it while
+    /// this side goes on with other commands (each remote command costs a session and a
+    /// login shell there, so questions that do not wait for each other overlap). Here it
+    /// runs to completion at once, which is what a local command costs anyway.
+    fn start(&self, cmd: &Cmd) -> Result<Box<dyn Started>> {
+        Ok(Box::new(AlreadyFinished(self.output(cmd))))
+    }
     /// Start a program whose stdout is a byte stream.
     fn source(&self, cmd: &Cmd) -> Result<Box<dyn crate::transfer::Source>>;
     /// Start a program that consumes a byte stream on stdin.
@@ -369,6 +391,9 @@ pub trait Runner {
 impl<R: Runner + ?Sized> Runner for &R {
     fn output(&self, cmd: &Cmd) -> Result<Output> {
         (**self).output(cmd)
+    }
+    fn start(&self, cmd: &Cmd) -> Result<Box<dyn Started>> {
+        (**self).start(cmd)
     }
     fn source(&self, cmd: &Cmd) -> Result<Box<dyn crate::transfer::Source>> {
         (**self).source(cmd)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ssh2::{CheckResult, HashType, KnownHostFileKind, Session};
 
 use crate::error::{Error, Result};
-use crate::exec::{Cmd, Output, Runner};
+use crate::exec::{Cmd, Output, Runner, Started};
 use crate::transfer::{Sink, Source};
 
 /// Where and how to log in.
@@ -266,23 +266,45 @@ fn read_bounded(reader: impl Read, max: u64) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-impl Runner for SshHost {
-    fn output(&self, cmd: &Cmd) -> Result<Output> {
-        let mut channel = self.exec(cmd)?;
-        let stdout = read_bounded(&mut channel, MAX_REMOTE_STDOUT).map_err(|e| {
+/// A remote command under way on its own channel of the session.
+struct RemoteCommand {
+    channel: ssh2::Channel,
+    cmd: Cmd,
+    who: String,
+}
+
+impl Started for RemoteCommand {
+    fn finish(mut self: Box<Self>) -> Result<Output> {
+        let stdout = read_bounded(&mut self.channel, MAX_REMOTE_STDOUT).map_err(|e| {
             Error::failed(format!(
                 "ssh {}: reading output of {}: {e}",
-                self.target.describe(),
-                cmd.program()
+                self.who,
+                self.cmd.program()
             ))
         })?;
-        let stderr = read_stderr(&mut channel);
-        let status = remote_status(&mut channel)?;
+        let stderr = read_stderr(&mut self.channel);
+        let status = remote_status(&mut self.channel)?;
         Ok(Output {
             status,
             stdout,
             stderr,
         })
+    }
+}
+
+impl Runner for SshHost {
+    fn output(&self, cmd: &Cmd) -> Result<Output> {
+        self.start(cmd)?.finish()
+    }
+
+    /// The command runs on a channel of its own; libssh2 keeps what arrives for it while
+    /// other channels of the session are read.
+    fn start(&self, cmd: &Cmd) -> Result<Box<dyn Started>> {
+        Ok(Box::new(RemoteCommand {
+            channel: self.exec(cmd)?,
+            cmd: cmd.clone(),
+            who: self.target.describe(),
+        }))
     }
 
     fn source(&self, cmd: &Cmd) -> Result<Box<dyn Source>> {

@@ -173,6 +173,9 @@ impl Reseed<'_> {
                     find_primary(&self.ctx.config, &local, self.request.from.as_deref())?;
                 self.check_compatible(&local, &state, &pgctl, &mut primary)?;
                 let remote_zfs = self.ctx.remote_zfs(&source)?;
+                // What the source's zfs can do is wanted later (the cut's record, the
+                // stream's flags): asked now, it is answered while the tree is listed.
+                remote_zfs.ask_features_ahead();
                 // One question for the source's whole tree: its snapshots, children
                 // and mountpoints (the datasets step below reads the rest of it).
                 let Some(source_tree) = remote_zfs.survey(&source.dataset)? else {

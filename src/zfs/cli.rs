@@ -10,7 +10,7 @@ use super::features::{self, ResumeToken, ResumeTokenInfo, SendOptions};
 use super::names::{DatasetName, HoldTag, SnapshotName};
 use super::{prop, CanMount, Features, Snapshot, Zfs};
 use crate::error::{Error, Result};
-use crate::exec::{Cmd, Output, Runner};
+use crate::exec::{Cmd, Output, Runner, Started};
 use crate::transfer::{Sink, Source};
 
 pub struct ZfsCli<R: Runner> {
@@ -22,6 +22,9 @@ pub struct ZfsCli<R: Runner> {
     /// three times, about a second of its wall time on the lab).
     probed: Mutex<Option<Features>>,
     probed_pools: Mutex<BTreeMap<String, Features>>,
+    /// The usage question of `features`, asked ahead (see `ask_features_ahead`) and not
+    /// yet read.
+    usage_asked: Mutex<Option<Box<dyn Started>>>,
 }
 
 impl<R: Runner> ZfsCli<R> {
@@ -31,6 +34,26 @@ impl<R: Runner> ZfsCli<R> {
             zfs: "zfs".to_string(),
             probed: Mutex::new(None),
             probed_pools: Mutex::new(BTreeMap::new()),
+            usage_asked: Mutex::new(None),
+        }
+    }
+
+    /// Ask what zfs(8) can do now, and read the answer when `features` first wants it.
+    /// A re-seed asks right after logging in to its source: the other end answers while
+    /// the source's datasets are listed, instead of in a round trip of its own later.
+    pub fn ask_features_ahead(&self) {
+        if self
+            .probed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        let mut asked = self.usage_asked.lock().unwrap_or_else(|e| e.into_inner());
+        if asked.is_none() {
+            // A question that cannot be asked now is asked again when it is wanted.
+            *asked = self.runner.start(&self.cmd().arg("send")).ok();
         }
     }
 
@@ -238,7 +261,15 @@ impl<R: Runner> ZfsCli<R> {
     /// `written` asked for.
     fn probe_features(&self) -> Result<Features> {
         // `zfs send` without a snapshot prints its usage, which lists every flag it knows.
-        let usage = self.runner.output(&self.cmd().arg("send"))?;
+        let asked = self
+            .usage_asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let usage = match asked {
+            Some(asked) => asked.finish()?,
+            None => self.runner.output(&self.cmd().arg("send"))?,
+        };
         let send = features::parse_send_usage(&format!("{}\n{}", usage.stdout, usage.stderr));
         let written = if send.resume {
             true
@@ -1320,6 +1351,59 @@ tank/pg@pgzfs-20261122T003000Z\tpgzfs-db3\tSun Nov 22 00:31 2026\n";
         assert_eq!(found, Features::default(), "zfs-fuse 0.7 has none of them");
         assert!(!zfs.is_encrypted(&pg).unwrap());
         assert_eq!(zfs.runner().asked(), ["zfs send"], "one round trip in all");
+    }
+
+    /// A runner whose `start` is seen: what it was asked to begin, apart from what it ran.
+    struct Begun {
+        inner: Recorded,
+        begun: std::cell::RefCell<Vec<String>>,
+    }
+    struct Answer(Result<Output>);
+    impl crate::exec::Started for Answer {
+        fn finish(self: Box<Self>) -> Result<Output> {
+            self.0
+        }
+    }
+    impl Runner for Begun {
+        fn output(&self, cmd: &Cmd) -> Result<Output> {
+            self.inner.output(cmd)
+        }
+        fn start(&self, cmd: &Cmd) -> Result<Box<dyn crate::exec::Started>> {
+            self.begun.borrow_mut().push(cmd.display());
+            Ok(Box::new(Answer(self.inner.output(cmd))))
+        }
+        fn source(&self, _: &Cmd) -> Result<Box<dyn crate::transfer::Source>> {
+            unreachable!()
+        }
+        fn sink(&self, _: &Cmd) -> Result<Box<dyn crate::transfer::Sink>> {
+            unreachable!()
+        }
+        fn describe(&self) -> String {
+            "begun".into()
+        }
+    }
+
+    #[test]
+    fn the_usage_asked_ahead_is_the_answer_features_reads_and_is_asked_once() {
+        let zfs = ZfsCli::new(Begun {
+            inner: Recorded::new("zfs-fuse"),
+            begun: Default::default(),
+        });
+        zfs.ask_features_ahead();
+        zfs.ask_features_ahead();
+        assert_eq!(*zfs.runner().begun.borrow(), ["zfs send"], "asked once");
+        assert_eq!(zfs.features().unwrap(), Features::default());
+        assert_eq!(
+            zfs.runner().inner.asked(),
+            ["zfs send"],
+            "the answer begun ahead, not a second question"
+        );
+        zfs.ask_features_ahead();
+        assert_eq!(
+            zfs.runner().begun.borrow().len(),
+            1,
+            "known: not asked again"
+        );
     }
 
     #[test]
