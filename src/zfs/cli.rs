@@ -38,6 +38,17 @@ impl<R: Runner> ZfsCli<R> {
         }
     }
 
+    /// `zfs hold|release TAG SNAP...`, whatever it answers.
+    fn tag_call(&self, verb: &str, tag: &HoldTag, snapshots: &[SnapshotName]) -> Result<Output> {
+        self.runner.output(
+            &self
+                .cmd()
+                .arg(verb)
+                .arg(tag.as_str())
+                .args(snapshots.iter().map(|s| s.to_string())),
+        )
+    }
+
     /// Ask what zfs(8) can do now, and read the answer when `features` first wants it.
     /// A re-seed asks right after logging in to its source: the other end answers while
     /// the source's datasets are listed, instead of in a round trip of its own later.
@@ -618,13 +629,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
     }
 
     fn hold(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<()> {
-        let out = self.runner.output(
-            &self
-                .cmd()
-                .arg("hold")
-                .arg(tag.as_str())
-                .arg(snapshot.to_string()),
-        )?;
+        let out = self.tag_call("hold", tag, std::slice::from_ref(snapshot))?;
         if out.success() || out.stderr.contains("tag already exists") {
             Ok(())
         } else {
@@ -642,13 +647,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         }
         // As with release: zfs(8) holds each snapshot named on its own, goes on after a
         // failure and prints one line per failure that names the snapshot.
-        let out = self.runner.output(
-            &self
-                .cmd()
-                .arg("hold")
-                .arg(tag.as_str())
-                .args(snapshots.iter().map(|s| s.to_string())),
-        )?;
+        let out = self.tag_call("hold", tag, snapshots)?;
         if out.success() {
             return Ok(());
         }
@@ -678,13 +677,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
     }
 
     fn release(&self, tag: &HoldTag, snapshot: &SnapshotName) -> Result<bool> {
-        let out = self.runner.output(
-            &self
-                .cmd()
-                .arg("release")
-                .arg(tag.as_str())
-                .arg(snapshot.to_string()),
-        )?;
+        let out = self.tag_call("release", tag, std::slice::from_ref(snapshot))?;
         if out.success() {
             Ok(true)
         } else if out.stderr.contains("no such tag") || out.stderr.contains("no such") {
@@ -704,13 +697,7 @@ impl<R: Runner> Zfs for ZfsCli<R> {
         }
         // zfs(8) releases each snapshot named on its own and goes on after a failure,
         // printing one line per failure that names the snapshot (zfs-fuse and OpenZFS).
-        let out = self.runner.output(
-            &self
-                .cmd()
-                .arg("release")
-                .arg(tag.as_str())
-                .args(snapshots.iter().map(|s| s.to_string())),
-        )?;
+        let out = self.tag_call("release", tag, snapshots)?;
         if out.success() {
             return Ok(vec![true; snapshots.len()]);
         }
