@@ -432,6 +432,9 @@ start_qemu() {
         printf '[127.0.0.1]:%s %s\n' "$port" "$(cut -d' ' -f1,2 "$dir/host_key.pub")" >"$dir/known_hosts"
         echo "$port" >"$dir/ssh_port"
         log "booting the guest ($kernel_version, TCG, ${mem} MiB, ssh on 127.0.0.1:$port)"
+        # romfile= (none): the guest boots from -kernel, so the NIC needs no PXE
+        # option ROM, and qemu-system-x86 installed without its Recommends has none
+        # (a fresh CI machine failed: 'failed to find romfile "efi-virtio.rom"').
         if "$QEMU" "${QEMU_DATA_ARGS[@]}" -name "pgzfs-vm" -nodefaults -no-user-config \
             -accel tcg,thread=multi -cpu max -smp 2 -m "$mem" \
             -kernel "$image/vmlinuz" \
@@ -445,7 +448,8 @@ start_qemu() {
             -device virtio-blk-pci,drive=pool2,serial=pgzfs-pool2 \
             -drive "file=$dir/config.tar,if=none,id=config,format=raw,readonly=on" \
             -device virtio-blk-pci,drive=config,serial=pgzfs-config \
-            -nic "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:$port-:22" \
+            -netdev "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:22" \
+            -device virtio-net-pci,netdev=net0,romfile= \
             -daemonize -pidfile "$dir/qemu.pid" 2>"$dir/qemu.err"; then
             break
         fi
