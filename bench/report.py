@@ -87,7 +87,7 @@ def draw_plot(rows, out):
         f.write("# DB_GiB pgzfs_backup pgzfs_atomic raw rsync basebackup_pool basebackup_ext4\n")
         for row in sorted(rows):
             f.write(" ".join("NaN" if v is None else f"{v:.4f}" for v in row) + "\n")
-    titles = ["pgzfs, cut = backup", "pgzfs, cut = atomic", "raw pipeline + restart",
+    titles = ["pgzfs, cut = backup", "pgzfs, cut = atomic", "raw pipeline, standby streaming",
               "rsync (no restart)", "pg_basebackup, same pool", "pg_basebackup, ext4"]
     series = ", ".join(f"'{data}' using 1:{i + 2} with linespoints title '{t}'" for i, t in enumerate(titles))
     script = "\n".join([
@@ -161,14 +161,15 @@ def main():
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     # (a) + (c): incremental
     inc = ["| scale | change | changed (stream/full) | pgzfs, cut = backup (s) | pgzfs, cut = atomic (s) "
-           "| raw pipeline + restart (s) | backup/raw | atomic/raw | rsync (s) | pg_basebackup (pool)/pgzfs backup "
+           "| raw pipeline, standby streaming (s) | backup/raw | atomic/raw | rsync (s) | pg_basebackup (pool)/pgzfs backup "
            "| bytes moved: backup / atomic / raw / rsync |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     # (d): data path
     dp = ["| scale | stream | OpenSSH default (MiB/s) | ssh2 (MiB/s) | ssh2/OpenSSH | OpenSSH aes128-gcm (MiB/s) |",
           "|---|---|---|---|---|---|"]
-    raw_parts = ["| scale | change | ssh zfs snapshot (s) | send/recv (s) | pg_ctl stop (s) | pg_ctl start (s) |",
-                 "|---|---|---|---|---|---|"]
+    raw_parts = ["| scale | change | pg_ctl stop (s) | ssh zfs snapshot (s) | send/recv (s) | standby config (s) "
+                 "| pg_ctl start (s) | until streaming (s) |",
+                 "|---|---|---|---|---|---|---|---|"]
     # pgzfs's own full re-seed with each ssh_data_path (bench/run --ssh-data-path both).
     e2e = ["| scale | ssh_data_path | full re-seed wall (s) | send/receive throughput (MiB/s) |",
            "|---|---|---|---|"]
@@ -231,9 +232,10 @@ def main():
                        f"{fmt(rs)} | {fmt(ratio(f_bb, p), 1)}x | {moved} |")
             if rate == "1":
                 plot_rows.append((db / 2**30 if db else None, p, pa, raw, rs, f_bb, f_bb_ext4))
-            raw_parts.append(f"| {scale} | {rate}% | {fmt(med(d, f'inc{rate}_raw_snapshot_s'))} | "
-                             f"{fmt(med(d, f'inc{rate}_raw_sendrecv_s'))} | {fmt(med(d, f'inc{rate}_raw_stop_s'))} | "
-                             f"{fmt(med(d, f'inc{rate}_raw_start_s'))} |")
+            raw_parts.append(f"| {scale} | {rate}% | {fmt(med(d, f'inc{rate}_raw_stop_s'))} | "
+                             f"{fmt(med(d, f'inc{rate}_raw_snapshot_s'))} | {fmt(med(d, f'inc{rate}_raw_sendrecv_s'))} | "
+                             f"{fmt(med(d, f'inc{rate}_raw_config_s'))} | {fmt(med(d, f'inc{rate}_raw_start_s'))} | "
+                             f"{fmt(med(d, f'inc{rate}_raw_catchup_s'))} |")
             if rate == "1":
                 for mode, secs in (("backup", p), ("atomic", pa)):
                     r = ratio(secs, raw)
@@ -390,10 +392,13 @@ def main():
         "afterwards (an operator does not run one before a re-seed; earlier reports ran one, which "
         "hid the backup cut's checkpoint), then four contenders bring their copy up to date, in an "
         "order rotated from run to run: `pgzfs reset-secondary` of db2 (cut = backup) and of db3 "
-        "(cut = atomic), incremental, wall clock of the process; the **raw pipeline** "
-        "`ssh db1 zfs snapshot B`, `ssh db1 zfs send -i A B | zfs recv -F pool/raw` (its own "
-        "received copy, fresh snapshots every time, OpenSSH with the same strict host-key options) "
-        "plus `pg_ctl stop -m fast` and `pg_ctl start -w` of the standby db2; and **(c)** "
+        "(cut = atomic), incremental, wall clock of the process; the **raw pipeline** as issue 12 "
+        "defines it, on a standby of its own (pool/raw): `pg_ctl stop -m fast`, "
+        "`ssh db1 zfs snapshot B`, `ssh db1 zfs send -i A B | zfs recv -F pool/raw` (unmounted "
+        "around the receive, as zfs-fuse needs; fresh snapshots every time, OpenSSH with the same "
+        "strict host-key options), the standby config a script writes (port, socket, "
+        "primary_conninfo, standby.signal), `pg_ctl start -w`, and the wait until db1 lists it "
+        "as streaming, as pgzfs waits for its own; and **(c)** "
         "`rsync -a --delete --exclude='/pg_wal/*'` of db1's data directory over ssh into a plain "
         "directory (transfer only, no PostgreSQL restart: a lower bound for the rsync approach; "
         "pg_wal left out, as rsync recipes for standbys do). The raw pipeline sends db1's dataset "
