@@ -76,7 +76,7 @@ vm_deps() {
     local libs
     libs=$(apt-cache depends qemu-system-x86 | sed -n 's/^ *Depends: \(lib[^ <>]*\)$/\1/p' | sort -u)
     # shellcheck disable=SC2086 # one package name per word
-    apt-get install -y --no-remove --no-install-recommends $libs ipxe-qemu >/dev/null ||
+    apt-get install -y --no-remove --no-install-recommends $libs >/dev/null ||
         die "installing QEMU's libraries failed"
     local tmp
     tmp=$(mktemp -d "$CACHE/qemu-debs.XXXXXX")
