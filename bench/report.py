@@ -60,6 +60,19 @@ def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
+# The raw pipeline's parts, in the order it runs them (bench/run and
+# bench/openzfs-guest record the same metrics).
+RAW_PARTS = ["stop", "snapshot", "sendrecv", "config", "start", "catchup"]
+RAW_PARTS_HEADER = ("| scale | change | pg_ctl stop (s) | ssh zfs snapshot (s) | send/recv (s) | standby config (s) "
+                    "| pg_ctl start (s) | until streaming (s) |",
+                    "|---|---|---|---|---|---|---|---|")
+
+
+def raw_parts_row(d, scale, rate):
+    """One row of the raw pipeline's parts table: the median seconds of each part."""
+    return f"| {scale} | {rate}% | " + " | ".join(fmt(med(d, f"inc{rate}_raw_{part}_s")) for part in RAW_PARTS) + " |"
+
+
 def step_medians(workdir, pattern):
     """Median seconds per reset-secondary step over the saved --json summaries."""
     per_step = defaultdict(list)
@@ -167,9 +180,7 @@ def main():
     # (d): data path
     dp = ["| scale | stream | OpenSSH default (MiB/s) | ssh2 (MiB/s) | ssh2/OpenSSH | OpenSSH aes128-gcm (MiB/s) |",
           "|---|---|---|---|---|---|"]
-    raw_parts = ["| scale | change | pg_ctl stop (s) | ssh zfs snapshot (s) | send/recv (s) | standby config (s) "
-                 "| pg_ctl start (s) | until streaming (s) |",
-                 "|---|---|---|---|---|---|---|---|"]
+    raw_parts = list(RAW_PARTS_HEADER)
     # pgzfs's own full re-seed with each ssh_data_path (bench/run --ssh-data-path both).
     e2e = ["| scale | ssh_data_path | full re-seed wall (s) | send/receive throughput (MiB/s) |",
            "|---|---|---|---|"]
@@ -232,10 +243,7 @@ def main():
                        f"{fmt(rs)} | {fmt(ratio(f_bb, p), 1)}x | {moved} |")
             if rate == "1":
                 plot_rows.append((db / 2**30 if db else None, p, pa, raw, rs, f_bb, f_bb_ext4))
-            raw_parts.append(f"| {scale} | {rate}% | {fmt(med(d, f'inc{rate}_raw_stop_s'))} | "
-                             f"{fmt(med(d, f'inc{rate}_raw_snapshot_s'))} | {fmt(med(d, f'inc{rate}_raw_sendrecv_s'))} | "
-                             f"{fmt(med(d, f'inc{rate}_raw_config_s'))} | {fmt(med(d, f'inc{rate}_raw_start_s'))} | "
-                             f"{fmt(med(d, f'inc{rate}_raw_catchup_s'))} |")
+            raw_parts.append(raw_parts_row(d, scale, rate))
             if rate == "1":
                 for mode, secs in (("backup", p), ("atomic", pa)):
                     r = ratio(secs, raw)
@@ -484,9 +492,7 @@ def openzfs_main():
     inc = ["| scale | change | changed (stream/full) | pgzfs incremental (s) | raw pipeline, standby streaming (s) "
            "| ratio pgzfs/raw | bytes moved: pgzfs / raw | rsync (s) | rsync/pgzfs | (basebackup + standby)/pgzfs |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    raw_parts = ["| scale | change | pg_ctl stop (s) | ssh zfs snapshot (s) | send/recv (s) | standby config (s) "
-                 "| pg_ctl start (s) | until streaming (s) |",
-                 "|---|---|---|---|---|---|---|---|"]
+    raw_parts = list(RAW_PARTS_HEADER)
     targets = []
     dp = ["| scale | stream | ssh2 / OpenSSH default | OpenSSH aes128-gcm / OpenSSH default |",
           "|---|---|---|---|"]
@@ -509,10 +515,7 @@ def openzfs_main():
                        f"{fmt(ratio(p, raw))}x | {fmt(b / 2**20 if b is not None else None, 1)} / "
                        f"{fmt(raw_b / 2**20 if raw_b is not None else None, 1)} MiB | "
                        f"{fmt(rs)} | {fmt(ratio(rs, p))}x | {fmt(ratio(f_bbs, p), 1)}x |")
-            raw_parts.append(f"| {scale} | {rate}% | {fmt(med(d, f'inc{rate}_raw_stop_s'))} | "
-                             f"{fmt(med(d, f'inc{rate}_raw_snapshot_s'))} | {fmt(med(d, f'inc{rate}_raw_sendrecv_s'))} | "
-                             f"{fmt(med(d, f'inc{rate}_raw_config_s'))} | {fmt(med(d, f'inc{rate}_raw_start_s'))} | "
-                             f"{fmt(med(d, f'inc{rate}_raw_catchup_s'))} |")
+            raw_parts.append(raw_parts_row(d, scale, rate))
             if rate == "1" and p is not None and raw is not None:
                 r = ratio(p, raw)
                 targets.append(f"| scale {scale}: incremental at 1%, no pre-checkpoint, <= 1.15x the raw pipeline "
