@@ -54,15 +54,35 @@ pub fn find_primary(config: &Config, local: &Node, from: Option<&str>) -> Result
         }
         return Ok((node, pg));
     }
+    // Every node asked at once: with nine standbys, or a dead host among them, the
+    // answers take as long as the slowest one (at most one connect timeout), not the sum.
+    let answers: Vec<(&Node, Result<(Pg, bool)>)> = std::thread::scope(|scope| {
+        let asks: Vec<_> = config
+            .other_nodes(local)
+            .map(|node| {
+                let asked = scope.spawn(move || {
+                    let mut pg = Pg::connect(&pg_target(node))?;
+                    let in_recovery = pg.is_in_recovery()?;
+                    Ok((pg, in_recovery))
+                });
+                (node, asked)
+            })
+            .collect();
+        asks.into_iter()
+            .map(|(node, asked)| {
+                let answer = asked
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::failed("the check of this node panicked")));
+                (node, answer)
+            })
+            .collect()
+    });
     let mut primaries = Vec::new();
     let mut notes = Vec::new();
-    for node in config.other_nodes(local) {
-        match Pg::connect(&pg_target(node)) {
-            Ok(mut pg) => match pg.is_in_recovery() {
-                Ok(false) => primaries.push((node.clone(), pg)),
-                Ok(true) => notes.push(format!("{}: standby", node.name)),
-                Err(e) => notes.push(format!("{}: {e}", node.name)),
-            },
+    for (node, answer) in answers {
+        match answer {
+            Ok((pg, false)) => primaries.push((node.clone(), pg)),
+            Ok((_, true)) => notes.push(format!("{}: standby", node.name)),
             Err(e) => notes.push(format!("{}: {e}", node.name)),
         }
     }

@@ -659,6 +659,68 @@ fn a_full_reseed_killed_mid_stream_gives_the_previous_copy_its_name_and_its_boot
     lab.assert_same_contents("db1", "db2");
 }
 
+/// A standby finds its source by asking every other node at once. Two that answer as
+/// writable primaries (a split brain, or one server named twice) are refused, and so is
+/// none at all: before anything changes, with what each node said.
+#[test]
+fn a_reseed_that_finds_two_primaries_or_none_refuses_and_copies_nothing() {
+    let lab = Lab::up("whichprimary");
+    // db3 is configured at db1's address and port: as db2 sees it, a second primary.
+    lab.append_config_node(&format!(
+        "[[nodes]]\nname = \"db3\"\nhost = \"127.0.0.1\"\ndataset = \"{pool}/db3\"\ndata_dir = \"{dir}/db3/data\"\n\
+         mountpoint = \"{dir}/db3\"\npg_port = {port}\nlock_file = \"{dir}/db3.lock\"\n",
+        pool = lab.pool(),
+        dir = lab.dir.display(),
+        port = lab.get("DB1_PORT"),
+    ));
+    let out = lab.pgzfs("db2", &["reset-secondary", "--yes"]);
+    assert_eq!(out.status.code(), Some(3), "two primaries: refused");
+    let said = stderr_of(&out);
+    assert!(
+        said.contains("more than one primary (db1, db3)") && said.contains("--from"),
+        "the refusal names both and the way out: {said}"
+    );
+    assert!(
+        !lab.dataset_exists(&lab.dataset("db2")),
+        "nothing was received"
+    );
+    assert_eq!(lab.sql("db1", "SELECT pg_is_in_recovery()"), "f");
+
+    // The primary is down, and db3 now names a port nothing listens on.
+    let config = file_text(&lab.config()).replace(
+        &format!(
+            "pg_port = {}\nlock_file = \"{}/db3.lock\"",
+            lab.get("DB1_PORT"),
+            lab.dir.display()
+        ),
+        &format!(
+            "pg_port = {}\nlock_file = \"{}/db3.lock\"",
+            free_port(),
+            lab.dir.display()
+        ),
+    );
+    lab.write_config(&config);
+    let stopped = lab.as_postgres(&format!(
+        "{}/pg_ctl -D {} stop -m fast -w",
+        lab.pg_bin(),
+        lab.data_dir("db1").display()
+    ));
+    assert!(stopped.status.success(), "db1 stopped");
+    let out = lab.pgzfs("db2", &["reset-secondary", "--yes"]);
+    assert_eq!(out.status.code(), Some(3), "no primary: refused");
+    let said = stderr_of(&out);
+    assert!(
+        said.contains("found no reachable primary")
+            && said.contains("db1:")
+            && said.contains("db3:"),
+        "the refusal says what each node answered: {said}"
+    );
+    assert!(
+        !lab.dataset_exists(&lab.dataset("db2")),
+        "nothing was received"
+    );
+}
+
 /// db3, a second standby of db1 beside db2 (not yet copied), which waits at most
 /// `lock_timeout` for a lock.
 fn add_second_standby(lab: &Lab, lock_timeout: &str) {
