@@ -1,6 +1,6 @@
-# shellcheck shell=bash disable=SC2154 # work, runs, rates, scales, quick come from bench/run
+# shellcheck shell=bash disable=SC2154 # work, runs, rates, divergences, scales, quick come from bench/run
 # bench/run --openzfs: sourced by bench/run after the release build, with its
-# options parsed (scales, runs, rates, quick, work, out) and PGZFS, SSH2_BENCH,
+# options parsed (scales, runs, rates, divergences, quick, work, out) and PGZFS, SSH2_BENCH,
 # REPO, BENCH_DIR, log and die defined.  The measurements themselves run in
 # the guest (bench/openzfs-guest); this side boots a guest per scale, copies
 # the binaries in, collects what the guest prints and writes the report.
@@ -48,6 +48,7 @@ bench_openzfs_scale() {
         die "openzfs-vm lab failed; see $work/oz-lab-$scale.log"
     log "scale $scale: lab in $((SECONDS - t0)) s; measuring in the guest (log $work/oz-guest-$scale.log)"
     "$VM" ssh "$dir" /usr/local/sbin/openzfs-guest --scale "$scale" --runs "$runs" --rates "$rates" \
+        --divergences "$divergences" \
         </dev/null >"$work/oz-out-$scale.txt" 2>"$work/oz-guest-$scale.log" ||
         die "the measurements in the guest failed; see $work/oz-guest-$scale.log"
     local kind name rest
@@ -91,6 +92,7 @@ bench_openzfs() {
     zfs_note="OpenZFS $zfs_version (kernel module, guest kernel $guest_kernel; pools on sparse files as virtio disks)"
     command="bench/run --openzfs --scales $scales --runs $runs"
     [[ $rates == 0.1,1,10 ]] || command+=" --rates $rates"
+    [[ $divergences == 0,1,10 ]] || command+=" --divergences $divergences"
     python3 "$BENCH_DIR/report.py" --openzfs "$results" "$out" "$machine" "$zfs_note" "$guest_pg" "$guest_ssh" \
         "$started" "$finished" "$scales" "$runs" "$quick" "$command"
     log "wrote $out"

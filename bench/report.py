@@ -73,6 +73,50 @@ def raw_parts_row(d, scale, rate):
     return f"| {scale} | {rate}% | " + " | ".join(fmt(med(d, f"inc{rate}_raw_{part}_s")) for part in RAW_PARTS) + " |"
 
 
+# (h): pg_wal left home (pg_wal on a child dataset of its own).
+HOME_HEADER = ("| scale | re-seed | stream, pg_wal home | stream had pg_wal been sent | pg_wal's share "
+               "| wall, pg_wal home (s) | wall, pg_wal sent (s) |",
+               "|---|---|---|---|---|---|---|")
+
+
+def home_rows(d, scale, full_bytes, full_secs):
+    """The (h) rows of one scale: the full re-seed with pg_wal home and sent, then
+    every incremental with the size of pg_wal's own stream between the same cuts."""
+    mib1 = lambda b: fmt(b / 2**20 if b is not None else None, 1)
+    sent = med(d, "full_sendwal_bytes")
+    share = ratio(sent - full_bytes, sent) if sent is not None and full_bytes is not None else None
+    rows = [f"| {scale} | full | {mib1(full_bytes)} MiB | {mib1(sent)} MiB | "
+            f"{fmt(share * 100 if share is not None else None, 0)}% | {fmt(full_secs)} | "
+            f"{fmt(med(d, 'full_sendwal_s'))} |"]
+    for rate in RATES:
+        b, w = med(d, f"inc{rate}_bytes"), med(d, f"inc{rate}_wal_home_bytes")
+        if b is None or w is None:
+            continue
+        rows.append(f"| {scale} | incr. {rate}% | {mib1(b)} MiB | {mib1(b + w)} MiB | "
+                    f"{fmt(ratio(w, b + w) * 100 if b + w else None, 0)}% | - | - |")
+    return rows
+
+
+# (g): rejoin against pg_rewind + restart after a failover.
+REJOIN_HEADER = ("| scale | diverged writes | pgzfs rejoin (s) | pg_rewind + restart (s) | rejoin/pg_rewind "
+                 "| bytes: rejoin / pg_rewind |",
+                 "|---|---|---|---|---|---|")
+
+
+def rejoin_results(d, scale):
+    """The (g) rows of one scale, and (divergence, ratio) for each divergence measured."""
+    rows, ratios = [], []
+    divergences = sorted({m[2:].split("_")[0] for m in d if m.startswith("rj")}, key=float)
+    for div in divergences:
+        rj, rw = med(d, f"rj{div}_rejoin_s"), med(d, f"rj{div}_rewind_s")
+        rjb, rwb = med(d, f"rj{div}_rejoin_bytes"), med(d, f"rj{div}_rewind_bytes")
+        rows.append(f"| {scale} | {div}% | {fmt(rj)} | {fmt(rw)} | {fmt(ratio(rj, rw))} | "
+                    f"{fmt(rjb / 2**20 if rjb is not None else None, 1)} / "
+                    f"{fmt(rwb / 2**20 if rwb is not None else None, 1)} MiB |")
+        ratios.append((div, ratio(rj, rw)))
+    return rows, ratios
+
+
 def step_medians(workdir, pattern):
     """Median seconds per reset-secondary step over the saved --json summaries."""
     per_step = defaultdict(list)
@@ -187,14 +231,8 @@ def main():
     # (f): transport options, full re-seeds at the first scale.
     transport = ["| scale | option | full re-seed wall (s) | send/receive throughput (MiB/s) | against |",
                  "|---|---|---|---|---|"]
-    # (g): rejoin against pg_rewind + restart after a failover.
-    rejoin = ["| scale | diverged writes | pgzfs rejoin (s) | pg_rewind + restart (s) | rejoin/pg_rewind "
-              "| bytes: rejoin / pg_rewind |",
-              "|---|---|---|---|---|---|"]
-    # (h): pg_wal left home (bench/run --layout tree).
-    home = ["| scale | re-seed | stream, pg_wal home | stream had pg_wal been sent | pg_wal's share "
-            "| wall, pg_wal home (s) | wall, pg_wal sent (s) |",
-            "|---|---|---|---|---|---|---|"]
+    rejoin = list(REJOIN_HEADER)
+    home = list(HOME_HEADER)
     worst_rss = None
     # For the plot: (DB GiB, seconds per contender at 1% change).
     plot_rows = []
@@ -255,30 +293,14 @@ def main():
                     targets.append((f"Incremental at 1% >= 10x faster than pg_basebackup into the same pool, scale 1000 (cut = {mode})",
                                     f"scale {scale}", f"{fmt(r, 1)}x", r is not None and r >= 10))
         if med(d, "layout_tree"):
-            mib1 = lambda b: fmt(b / 2**20 if b is not None else None, 1)
-            sent = med(d, "full_sendwal_bytes")
-            share = ratio(sent - f_bytes, sent) if sent is not None and f_bytes is not None else None
-            home.append(f"| {scale} | full | {mib1(f_bytes)} MiB | {mib1(sent)} MiB | "
-                        f"{fmt(share * 100 if share is not None else None, 0)}% | {fmt(f_pgzfs)} | "
-                        f"{fmt(med(d, 'full_sendwal_s'))} |")
-            for rate in RATES:
-                b, w = med(d, f"inc{rate}_bytes"), med(d, f"inc{rate}_wal_home_bytes")
-                if b is None or w is None:
-                    continue
-                home.append(f"| {scale} | incr. {rate}% | {mib1(b)} MiB | {mib1(b + w)} MiB | "
-                            f"{fmt(ratio(w, b + w) * 100 if b + w else None, 0)}% | - | - |")
+            home += home_rows(d, scale, f_bytes, f_pgzfs)
             r = ratio(f_pgzfs, f_bb)
             targets.append(("Full re-seed <= 0.8x pg_basebackup into the same pool where WAL need not "
                             "travel (pg_wal on its own dataset, cut = backup)",
                             f"scale {scale}", f"{fmt(r)}x", r is not None and r <= 0.8))
-        divergences = sorted({m[2:].split("_")[0] for m in d if m.startswith("rj")}, key=float)
-        for div in divergences:
-            rj, rw = med(d, f"rj{div}_rejoin_s"), med(d, f"rj{div}_rewind_s")
-            rjb, rwb = med(d, f"rj{div}_rejoin_bytes"), med(d, f"rj{div}_rewind_bytes")
-            rejoin.append(f"| {scale} | {div}% | {fmt(rj)} | {fmt(rw)} | {fmt(ratio(rj, rw))} | "
-                          f"{fmt(rjb / 2**20 if rjb is not None else None, 1)} / "
-                          f"{fmt(rwb / 2**20 if rwb is not None else None, 1)} MiB |")
-            r = ratio(rj, rw)
+        rows, ratios = rejoin_results(d, scale)
+        rejoin += rows
+        for div, r in ratios:
             targets.append(("Rejoin faster than pg_rewind + restart", f"scale {scale}, {div}% diverged",
                             f"{fmt(r)}x", r is not None and r < 1.0))
         for stream, label in (("zfs", "zfs send of db1"), ("zeros", "zeros (transport only)")):
@@ -493,6 +515,8 @@ def openzfs_main():
            "| ratio pgzfs/raw | bytes moved: pgzfs / raw | rsync (s) | rsync/pgzfs | (basebackup + standby)/pgzfs |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     raw_parts = list(RAW_PARTS_HEADER)
+    home = list(HOME_HEADER)
+    rejoin = list(REJOIN_HEADER)
     targets = []
     dp = ["| scale | stream | ssh2 / OpenSSH default | OpenSSH aes128-gcm / OpenSSH default |",
           "|---|---|---|---|"]
@@ -526,6 +550,16 @@ def openzfs_main():
             r = ratio(f_p, f_bb)
             targets.append(f"| scale {scale}: full re-seed <= 1.0x pg_basebackup into the same pool (copy only) "
                            f"| {fmt(r)}x | {'pass' if r <= 1.0 else 'miss'} |")
+            if med(d, "layout_tree"):
+                targets.append(f"| scale {scale}: full re-seed <= 0.8x pg_basebackup (copy only) where WAL need "
+                               f"not travel (pg_wal on its own dataset) | {fmt(r)}x | {'pass' if r <= 0.8 else 'miss'} |")
+        if med(d, "layout_tree"):
+            home += home_rows(d, scale, f_bytes, f_p)
+        rows, ratios = rejoin_results(d, scale)
+        rejoin += rows
+        for div, r in ratios:
+            targets.append(f"| scale {scale}: rejoin faster than pg_rewind + restart, {div}% diverged | {fmt(r)}x | "
+                           f"{'pass' if r is not None and r < 1.0 else 'miss'} |")
         for stream, label in (("zfs", "zfs send of db1"), ("zeros", "zeros (transport only)")):
             o, s2 = med(d, f"dp_{stream}_openssh_MiBps"), med(d, f"dp_{stream}_ssh2_MiBps")
             g = med(d, f"dp_{stream}_openssh_gcm_MiBps")
@@ -573,7 +607,9 @@ def openzfs_main():
         "",
         "One guest per scale (`scripts/openzfs-vm up`, then `scripts/openzfs-vm lab --scale N`): "
         "db1 (primary) on pool pgzfs1, db2 (standby) re-seeded by pgzfs into pool pgzfs2, both in "
-        "the same guest, every transfer through the guest's own sshd on 127.0.0.1. The "
+        "the same guest, every transfer through the guest's own sshd on 127.0.0.1. Before the "
+        "first copy, db1's pg_wal moves onto a child dataset of its own (pgzfs1/db1/wal, 128k "
+        "records), as the README lays a primary out and as bench/run does on zfs-fuse. The "
         "measurements run inside the guest (`bench/openzfs-guest`), with this build's release "
         "pgzfs and `examples/ssh_throughput` copied in. Like with like: every contender writes "
         "into pgzfs2, on a dataset with the standby's recordsize (16k), and none gets a step the "
@@ -588,10 +624,19 @@ def openzfs_main():
         "- **(a) incremental**: as on zfs-fuse (above): the same UPDATE and no CHECKPOINT before "
         "the contenders, then in a rotated order `pgzfs reset-secondary` of db2 (cut = backup), "
         "the raw pipeline on a standby of its own (pgzfs2/raw at /lab/raw: `pg_ctl stop -m fast`, "
-        "`ssh zfs snapshot B`, `ssh zfs send -i A B | zfs recv -F pgzfs2/raw`, standby config, "
+        "`ssh zfs snapshot -r B`, `ssh zfs send -i A B | zfs recv -F` for the data and for pg_wal "
+        "(a copy without a backup session needs its pg_wal), standby config, "
         "`pg_ctl start -w`, until db1 lists it as streaming) "
         "and **(c)** `rsync -a --delete` of db1's data directory without pg_wal over ssh into the "
         "dataset pgzfs2/rsync (transfer only; rsync is the host's, copied in).",
+        "- **(h) pg_wal left home**: every full re-seed run also re-seeds with `send_pg_wal = true`, "
+        "and after every incremental the size of pg_wal's own stream between the same two cuts is "
+        "taken (untimed): the bytes that stayed home.",
+        "- **(g) rejoin vs pg_rewind**: as on zfs-fuse: `pg_ctl promote` of the standby, the old "
+        "primary goes on writing (none for 0%) and is stopped, then either `pgzfs rejoin --to NEW` "
+        "or `pg_rewind` from NEW, the old node's own settings put back, standby config and "
+        "`pg_ctl start`, timed until NEW lists it as streaming; the roles swap every round, the "
+        "contenders alternate, and db1 runs with `wal_log_hints = on` from before the first copy.",
         "- **(d) data path**: a `zfs send` of db1 and 64 MiB of zeros read through pgzfs's ssh2 "
         "channel and through OpenSSH (default cipher, then AES-GCM first, as pgzfs's openssh data "
         "path offers it), discarded by `wc -c`.",
@@ -619,6 +664,8 @@ def openzfs_main():
         "",
         *raw_parts,
         "",
+        *(["### pg_wal left home (h)", "", *home, ""] if len(home) > 2 else []),
+        *(["### Rejoin vs pg_rewind (g)", "", *rejoin, ""] if len(rejoin) > 2 else []),
         "### Data path (d)",
         "",
         *dp,
@@ -645,7 +692,7 @@ def openzfs_main():
         text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
     with open(out, "w") as f:
         f.write(text)
-    print("\n".join(["", *targets, "", *full, "", *inc, "", *raw_parts, "", *dp, "", *st]))
+    print("\n".join(["", *targets, "", *full, "", *inc, "", *raw_parts, "", *home, "", *rejoin, "", *dp, "", *st]))
 
 
 if __name__ == "__main__":
