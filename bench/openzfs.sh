@@ -75,7 +75,7 @@ bench_openzfs() {
     mkdir -p "$work"
     results=$work/results.tsv
     : >"$results"
-    rm -f "$work"/full-*.json "$work"/inc*.json
+    rm -f "$work"/full-*.json "$work"/inc*.json "$work"/rejoin-*.json
     trap openzfs_cleanup EXIT
     trap 'exit 130' INT TERM
     local started finished load_start load_end scale
