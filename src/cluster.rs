@@ -54,29 +54,16 @@ pub fn find_primary(config: &Config, local: &Node, from: Option<&str>) -> Result
         }
         return Ok((node, pg));
     }
-    // Every node asked at once: with nine standbys, or a dead host among them, the
-    // answers take as long as the slowest one (at most one connect timeout), not the sum.
-    let answers: Vec<(&Node, Result<(Pg, bool)>)> = std::thread::scope(|scope| {
-        let asks: Vec<_> = config
-            .other_nodes(local)
-            .map(|node| {
-                let asked = scope.spawn(move || {
-                    let mut pg = Pg::connect(&pg_target(node))?;
-                    let in_recovery = pg.is_in_recovery()?;
-                    Ok((pg, in_recovery))
-                });
-                (node, asked)
-            })
-            .collect();
-        asks.into_iter()
-            .map(|(node, asked)| {
-                let answer = asked
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::failed("the check of this node panicked")));
-                (node, answer)
-            })
-            .collect()
-    });
+    let answers = ask_each_other_node(
+        config,
+        local,
+        |node| {
+            let mut pg = Pg::connect(&pg_target(node))?;
+            let in_recovery = pg.is_in_recovery()?;
+            Ok((pg, in_recovery))
+        },
+        || Err(Error::failed("the check of this node panicked")),
+    );
     let mut primaries = Vec::new();
     let mut notes = Vec::new();
     for (node, answer) in answers {
@@ -100,6 +87,28 @@ pub fn find_primary(config: &Config, local: &Node, from: Option<&str>) -> Result
             )))
         }
     }
+}
+
+/// `ask` put to every node but `local`, all at once, each on its own thread: with nine
+/// standbys, or a dead host among them, the answers take as long as the slowest one (at
+/// most one connect timeout), not the sum. A question that panicked is answered by
+/// `panicked`. The answers come in the config's order.
+pub fn ask_each_other_node<'a, T: Send>(
+    config: &'a Config,
+    local: &'a Node,
+    ask: impl Fn(&'a Node) -> T + Sync,
+    panicked: impl Fn() -> T,
+) -> Vec<(&'a Node, T)> {
+    let ask = &ask;
+    std::thread::scope(|scope| {
+        let asks: Vec<_> = config
+            .other_nodes(local)
+            .map(|node| (node, scope.spawn(move || ask(node))))
+            .collect();
+        asks.into_iter()
+            .map(|(node, asked)| (node, asked.join().unwrap_or_else(|_| panicked())))
+            .collect()
+    })
 }
 
 /// The standby configuration `local` needs to follow `primary` (no backup_label: the
@@ -158,4 +167,98 @@ pub fn connect_local_primary(local: &Node) -> Result<Pg> {
         )));
     }
     Ok(pg)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn four_nodes() -> Config {
+        let text = r#"
+cluster = "pg"
+[defaults]
+dataset = "tank/pgdata"
+data_dir = "/var/db/postgres/data15"
+[[nodes]]
+name = "db1"
+host = "db1.example.net"
+[[nodes]]
+name = "db2"
+host = "db2.example.net"
+[[nodes]]
+name = "db3"
+host = "db3.example.net"
+[[nodes]]
+name = "db4"
+host = "db4.example.net"
+"#;
+        Config::parse(text, Path::new("/etc/pgzfs.toml")).expect("test config")
+    }
+
+    #[test]
+    fn every_other_node_is_asked_at_once_and_answers_come_in_config_order() {
+        let config = four_nodes();
+        let local = config.node("db2").unwrap().clone();
+        // Each question waits (up to 10 s) until all three are being asked: asked one
+        // after another, the first would see only itself.
+        let being_asked = AtomicUsize::new(0);
+        let answers = ask_each_other_node(
+            &config,
+            &local,
+            |node| {
+                being_asked.fetch_add(1, Ordering::SeqCst);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while being_asked.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                format!(
+                    "{} answered with {} asked",
+                    node.name,
+                    being_asked.load(Ordering::SeqCst)
+                )
+            },
+            || "panicked".to_string(),
+        );
+        let answers: Vec<(&str, String)> = answers
+            .into_iter()
+            .map(|(node, answer)| (node.name.as_str(), answer))
+            .collect();
+        assert_eq!(
+            answers,
+            vec![
+                ("db1", "db1 answered with 3 asked".to_string()),
+                ("db3", "db3 answered with 3 asked".to_string()),
+                ("db4", "db4 answered with 3 asked".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_question_that_panics_is_answered_by_the_fallback_and_the_others_still_count() {
+        let config = four_nodes();
+        let local = config.node("db1").unwrap().clone();
+        let answers = ask_each_other_node(
+            &config,
+            &local,
+            |node| {
+                if node.name == "db3" {
+                    panic!("a bug in one node's check");
+                }
+                "standby"
+            },
+            || "unknown",
+        );
+        let answers: Vec<(&str, &str)> = answers
+            .into_iter()
+            .map(|(node, answer)| (node.name.as_str(), answer))
+            .collect();
+        assert_eq!(
+            answers,
+            vec![("db2", "standby"), ("db3", "unknown"), ("db4", "standby")]
+        );
+    }
 }

@@ -61,39 +61,31 @@ pub enum PeerAnswer {
 /// be the very connection that hides a comeback).
 pub fn ask_peers(config: &Config, local: &Node, pg: &dyn Postgres) -> Vec<(String, PeerAnswer)> {
     // All nodes at once: a dead host costs one connect timeout per round, not one each.
-    std::thread::scope(|scope| {
-        let asks: Vec<_> = config
-            .other_nodes(local)
-            .map(|node| {
-                let asked = scope.spawn(move || {
-                    // The node's daemon is asked alongside, so that an unreachable node
-                    // costs one timeout, not two.
-                    std::thread::scope(|inner| {
-                        let daemon = inner.spawn(|| stopped_says_its_daemon(config, node));
-                        match pg.connect(node).and_then(|mut s| s.is_writable()) {
-                            Ok(true) => PeerAnswer::Writable,
-                            Ok(false) => PeerAnswer::NotPrimary,
-                            Err(e) => daemon
-                                .join()
-                                .ok()
-                                .flatten()
-                                .unwrap_or_else(|| PeerAnswer::Unknown(e.to_string())),
-                        }
-                    })
-                });
-                (node, asked)
+    crate::cluster::ask_each_other_node(
+        config,
+        local,
+        |node| {
+            // The node's daemon is asked alongside, so that an unreachable node costs one
+            // timeout, not two.
+            std::thread::scope(|inner| {
+                let daemon = inner.spawn(|| stopped_says_its_daemon(config, node));
+                match pg.connect(node).and_then(|mut s| s.is_writable()) {
+                    Ok(true) => PeerAnswer::Writable,
+                    Ok(false) => PeerAnswer::NotPrimary,
+                    Err(e) => daemon
+                        .join()
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| PeerAnswer::Unknown(e.to_string())),
+                }
             })
-            .collect();
-        asks.into_iter()
-            .map(|(node, asked)| {
-                // A check that panicked is not an answer.
-                let answer = asked
-                    .join()
-                    .unwrap_or_else(|_| PeerAnswer::Unknown("the check panicked".into()));
-                (node.name.clone(), answer)
-            })
-            .collect()
-    })
+        },
+        // A check that panicked is not an answer.
+        || PeerAnswer::Unknown("the check panicked".into()),
+    )
+    .into_iter()
+    .map(|(node, answer)| (node.name.clone(), answer))
+    .collect()
 }
 
 /// PostgreSQL does not answer, but the node's daemon may: when it says no postmaster runs
