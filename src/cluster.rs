@@ -177,26 +177,15 @@ mod tests {
 
     use super::*;
 
+    /// A cluster of db1 to db4, each on a host of its own.
     fn four_nodes() -> Config {
-        let text = r#"
-cluster = "pg"
-[defaults]
-dataset = "tank/pgdata"
-data_dir = "/var/db/postgres/data15"
-[[nodes]]
-name = "db1"
-host = "db1.example.net"
-[[nodes]]
-name = "db2"
-host = "db2.example.net"
-[[nodes]]
-name = "db3"
-host = "db3.example.net"
-[[nodes]]
-name = "db4"
-host = "db4.example.net"
-"#;
-        Config::parse(text, Path::new("/etc/pgzfs.toml")).expect("test config")
+        let mut text = String::from(
+            "cluster = \"pg\"\n[defaults]\ndataset = \"tank/pgdata\"\ndata_dir = \"/var/db/postgres/data15\"\n",
+        );
+        for name in ["db1", "db2", "db3", "db4"] {
+            text += &format!("[[nodes]]\nname = \"{name}\"\nhost = \"{name}.example.net\"\n");
+        }
+        Config::parse(&text, Path::new("/etc/pgzfs.toml")).expect("test config")
     }
 
     #[test]
